@@ -1,0 +1,91 @@
+"""The DATA folder that `wsm download`, `wsm download --challenge` and `wsm import` write.
+
+    DATA/
+      images/ISIC_x.<ext>               archive images, named as isic-cli names them
+      metadata.csv, attribution.txt     the same content and columns as isic-cli writes
+      licenses/<license>.txt
+      manifest.parquet                  one row per image (schema: manifests/schemas/data_manifest.json)
+      masks/<challenge>/ISIC_x_segmentation.png   official masks, 0 background / 255 lesion
+      gt_manifest.parquet               one row per (isic_id, challenge) (manifests/schemas/gt_manifest.json)
+      .wsm/                             journals, partial downloads and locks (safe to delete when idle)
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import LockedError
+from .ids import check_isic_id
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def masks(self) -> Path:
+        return self.root / "masks"
+
+    @property
+    def licenses(self) -> Path:
+        return self.root / "licenses"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    @property
+    def gt_manifest(self) -> Path:
+        return self.root / "gt_manifest.parquet"
+
+    @property
+    def metadata_csv(self) -> Path:
+        return self.root / "metadata.csv"
+
+    @property
+    def attribution(self) -> Path:
+        return self.root / "attribution.txt"
+
+    @property
+    def state(self) -> Path:
+        """Journals and partial files; never read by other tools."""
+        return self.root / ".wsm"
+
+    def image_path(self, isic_id: str, ext: str) -> Path:
+        return self.images / f"{check_isic_id(isic_id)}.{ext}"
+
+    def mask_path(self, isic_id: str, challenge: str) -> Path:
+        return self.masks / challenge / f"{check_isic_id(isic_id)}_segmentation.png"
+
+    def partial_path(self, final: Path) -> Path:
+        """Where a download in progress lives: hidden, in the same folder, so the rename is atomic."""
+        return final.parent / f".{final.name}.part"
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: Path, name: str = "lock") -> Iterator[None]:
+    """Hold an exclusive advisory lock on folder/.wsm/<name>; raise LockedError if another process has it.
+
+    The kernel drops the lock when the process dies, so a killed run never leaves a stale lock.
+    """
+    state = Path(folder) / ".wsm"
+    state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state / name, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(
+                f"{folder} is being written by another wsm process; wait for it to finish or stop it"
+            ) from None
+        yield
+    finally:
+        os.close(fd)

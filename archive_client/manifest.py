@@ -1,0 +1,115 @@
+"""The manifests wsm writes into DATA: their schemas, and atomic Parquet reads and writes.
+
+Schemas are also checked in as JSON (manifests/schemas/*.json) so other tools can read them;
+tests assert the two agree.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import atomic_path
+
+# DATA/manifest.parquet: one row per image. Every other acquisition / clinical metadata field of the
+# archive record follows these as a nullable string column named as in isic-cli's metadata.csv.
+DATA_MANIFEST_CORE = pa.schema(
+    [
+        ("isic_id", pa.string()),            # ISIC_ddddddd
+        ("file", pa.string()),               # image path relative to DATA, e.g. images/ISIC_0000000.jpg
+        ("bytes", pa.int64()),               # file size on disk
+        ("sha256", pa.string()),             # hex digest of the file on disk
+        ("width", pa.int32()),               # pixels, read from the file header
+        ("height", pa.int32()),
+        ("image_type", pa.string()),         # dermoscopic, clinical: close-up, ...
+        ("diagnosis_1", pa.string()),
+        ("diagnosis_2", pa.string()),
+        ("diagnosis_3", pa.string()),
+        ("diagnosis_4", pa.string()),
+        ("diagnosis_5", pa.string()),
+        ("copyright_license", pa.string()),  # CC-0, CC-BY, CC-BY-NC
+        ("attribution", pa.string()),
+        ("source_url", pa.string()),         # where the file came from (file:// for wsm import)
+    ]
+)
+
+# DATA/gt_manifest.parquet: one row per (isic_id, challenge) official mask.
+GT_MANIFEST = pa.schema(
+    [
+        ("isic_id", pa.string()),
+        ("challenge", pa.string()),   # isic2016 | isic2017 | isic2018 | a name given to wsm import
+        ("split", pa.string()),       # train | val | test
+        ("mask_file", pa.string()),   # relative to DATA, e.g. masks/isic2018/ISIC_0000000_segmentation.png
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
+
+_CORE_NAMES = set(DATA_MANIFEST_CORE.names)
+
+
+def metadata_fields(record: Mapping) -> dict[str, str | None]:
+    """The acquisition and clinical fields of an archive image record, flattened, as strings.
+
+    Values are stringified the way csv.DictWriter writes them (so the manifest and metadata.csv agree);
+    booleans keep Python's spelling, missing values stay None.
+    """
+    meta = record.get("metadata") or {}
+    flat: dict[str, str | None] = {}
+    for group in ("acquisition", "clinical"):
+        for key, value in (meta.get(group) or {}).items():
+            flat[key] = None if value is None else str(value)
+    return flat
+
+
+def manifest_row(record: Mapping, *, file: str, nbytes: int, sha256: str, width: int, height: int,
+                 source_url: str) -> dict:
+    """One DATA manifest row from an archive image record and what was verified on disk."""
+    meta = metadata_fields(record)
+    row = {name: meta.get(name) for name in _CORE_NAMES}
+    row.update(
+        isic_id=record["isic_id"],
+        file=file,
+        bytes=nbytes,
+        sha256=sha256,
+        width=width,
+        height=height,
+        copyright_license=record.get("copyright_license"),
+        attribution=record.get("attribution"),
+        source_url=source_url,
+    )
+    row.update({k: v for k, v in meta.items() if k not in _CORE_NAMES})
+    return row
+
+
+def rows_to_table(rows: Iterable[Mapping], core: pa.Schema) -> pa.Table:
+    """A table with the core schema first, then any extra columns as nullable strings, sorted by name."""
+    rows = list(rows)
+    extra = sorted({k for r in rows for k in r} - set(core.names))
+    schema = pa.schema(list(core) + [pa.field(name, pa.string()) for name in extra])
+    columns = {name: [r.get(name) for r in rows] for name in schema.names}
+    return pa.table(columns, schema=schema)
+
+
+def write_table_atomic(table: pa.Table, dest: Path | str) -> None:
+    with atomic_path(dest) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_table(path: Path | str, core: pa.Schema) -> pa.Table:
+    """Read a manifest, or an empty one with the core schema if the file does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return core.empty_table()
+    return pq.read_table(path)
+
+
+def merge_rows(old: pa.Table, new_rows: Iterable[Mapping], core: pa.Schema, key: tuple[str, ...]) -> pa.Table:
+    """Old rows whose key is not among new_rows, plus new_rows; sorted by key (stable, deterministic)."""
+    new_rows = list(new_rows)
+    new_keys = {tuple(r[k] for k in key) for r in new_rows}
+    kept = [r for r in old.to_pylist() if tuple(r[k] for k in key) not in new_keys]
+    merged = sorted(kept + new_rows, key=lambda r: tuple(r[k] for k in key))
+    return rows_to_table(merged, core)

@@ -1,0 +1,2 @@
+"""wsm: weak segmentation maps for the ISIC archive."""
+__version__ = "0.1.0"
