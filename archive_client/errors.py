@@ -31,3 +31,7 @@ class UnsafeArchiveError(ArchiveError):
 
 class LockedError(ArchiveError):
     """Another wsm process is writing the same folder."""
+
+
+class DiskFullError(ArchiveError, OSError):
+    """The disk filled up while writing; files already complete are kept."""

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path
@@ -106,10 +107,34 @@ def read_table(path: Path | str, core: pa.Schema) -> pa.Table:
     return pq.read_table(path)
 
 
+def merge_tables(old: pa.Table, new: pa.Table, key: tuple[str, ...]) -> pa.Table:
+    """Old rows whose key is not in ``new``, plus ``new``; columns unified (missing ones null), sorted by key."""
+    if old.num_rows and new.num_rows:
+        old_keys = _key_array(old, key)
+        old = old.filter(pc.invert(pc.is_in(old_keys, value_set=_key_array(new, key))))
+    merged = pa.concat_tables([t for t in (old, new) if t.num_rows] or [new], promote_options="default")
+    return merged.sort_by([(k, "ascending") for k in key])
+
+
+def _key_array(table: pa.Table, key: tuple[str, ...]) -> pa.Array:
+    columns = [pc.cast(table[k], pa.string()) for k in key]
+    return columns[0] if len(columns) == 1 else pc.binary_join_element_wise(*columns, "\x1f")
+
+
 def merge_rows(old: pa.Table, new_rows: Iterable[Mapping], core: pa.Schema, key: tuple[str, ...]) -> pa.Table:
-    """Old rows whose key is not among new_rows, plus new_rows; sorted by key (stable, deterministic)."""
-    new_rows = list(new_rows)
-    new_keys = {tuple(r[k] for k in key) for r in new_rows}
-    kept = [r for r in old.to_pylist() if tuple(r[k] for k in key) not in new_keys]
-    merged = sorted(kept + new_rows, key=lambda r: tuple(r[k] for k in key))
-    return rows_to_table(merged, core)
+    """merge_tables for rows given as dicts."""
+    return merge_tables(old, rows_to_table(new_rows, core), key)
+
+
+def schema_description(schema: pa.Schema, extra_columns: str | None = None) -> dict:
+    """A JSON-friendly description of a manifest schema (checked in under manifests/schemas/)."""
+    described = {"columns": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]}
+    if extra_columns:
+        described["extra_columns"] = extra_columns
+    return described
+
+
+SCHEMAS = {
+    "data_manifest": (DATA_MANIFEST_CORE, "every other archive metadata field, as a nullable string column"),
+    "gt_manifest": (GT_MANIFEST, None),
+}

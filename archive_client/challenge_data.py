@@ -1,0 +1,402 @@
+"""`wsm download --challenge`: the official challenge zips, their lesion masks and (optionally) their images.
+
+For each split of archive_client.challenges.CATALOG the ground-truth zip (and, with ``inputs=True``, the
+inputs zip) is fetched with a resumable, verified download into ``DATA/.wsm/challenges/<year>/``; its sha256
+and size go to ``DATA/.wsm/challenges/checksums.json`` so that a rerun verifies the zip instead of fetching it
+again. Entries are extracted safely (archive_client.safezip) into a staging folder beside the zip, checked,
+and only then moved to their final names:
+
+    DATA/masks/<challenge>/ISIC_x_segmentation.png   always the lower-case name (2016 ships _Segmentation)
+    DATA/images/ISIC_x.jpg                            an image already there is kept as it is
+
+A mask must decode as a PNG with one 8-bit channel (lossless 'L'-compatible modes are converted) and have
+the size of its image when the image is on disk; a mask that fails is left out with its reason. Rows are
+merged into DATA/gt_manifest.parquet (key isic_id, challenge) and, for images, DATA/manifest.parquet
+(key isic_id; rows already there are kept).
+"""
+from __future__ import annotations
+
+import errno
+import io
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from .atomic import atomic_path, fsync_dir, write_bytes_atomic, write_text_atomic
+from .challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS, ChallengeSplit, get_split
+from .errors import DownloadError, InvalidIdError
+from .ids import check_isic_id
+from .layout import DataLayout, exclusive_lock
+from .manifest import (DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row, merge_rows, read_table,
+                       write_table_atomic)
+from .safezip import ZipLimits, extract_members
+from .transfer import fetch_file, make_session, sha256_file
+
+__all__ = ["ChallengeSummary", "MaskCheck", "check_mask", "download_challenge", "find_image", "image_size"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
+
+
+# --------------------------------------------------------------------------------------------- masks
+
+@dataclass(frozen=True)
+class MaskCheck:
+    reason: str | None            # None: the mask is accepted
+    width: int = 0
+    height: int = 0
+    png_bytes: bytes | None = None   # an 'L' re-encoding when the file was another lossless mode, else None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+class _Refused(Exception):
+    pass
+
+
+def _as_l(im: Image.Image) -> Image.Image | None:
+    """None if ``im`` is already 8-bit single channel; an 'L' copy if converting loses nothing; else _Refused."""
+    if im.mode == "L":
+        return None
+    if im.mode == "1":
+        return im.convert("L")
+    if im.mode in ("P", "PA", "LA", "RGB", "RGBA"):
+        rgba = np.asarray(im.convert("RGBA"))
+        if (rgba[..., 3] != 255).any():
+            raise _Refused(f"mode {im.mode} with transparent pixels; expected an opaque 8-bit single-channel mask")
+        if (rgba[..., 0] != rgba[..., 1]).any() or (rgba[..., 0] != rgba[..., 2]).any():
+            raise _Refused(f"mode {im.mode} with coloured pixels; expected an 8-bit single-channel (L) mask")
+        return Image.fromarray(np.ascontiguousarray(rgba[..., 0]), mode="L")
+    raise _Refused(f"mode {im.mode} is not 8-bit single channel; expected L (0 background, 255 lesion)")
+
+
+def check_mask(path: Path, image_size: tuple[int, int] | None = None) -> MaskCheck:
+    """Decode a mask completely and check it is an 8-bit single-channel PNG of ``image_size`` (w, h) if given."""
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                return MaskCheck(f"is a {im.format} file, expected a PNG")
+            im.load()
+            converted = _as_l(im)
+            width, height = im.size
+    except _Refused as why:
+        return MaskCheck(f"has {why}")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return MaskCheck(f"does not decode as a PNG ({err.__class__.__name__}: {err})")
+    if image_size is not None and (width, height) != tuple(image_size):
+        return MaskCheck(f"is {width}x{height} but its image is {image_size[0]}x{image_size[1]}", width, height)
+    png = None
+    if converted is not None:
+        buf = io.BytesIO()
+        converted.save(buf, format="PNG")
+        png = buf.getvalue()
+    return MaskCheck(None, width, height, png)
+
+
+def find_image(layout: DataLayout, isic_id: str) -> Path | None:
+    """The image of isic_id in DATA/images, whatever its extension, or None."""
+    for ext in IMAGE_EXTENSIONS:
+        path = layout.image_path(isic_id, ext)
+        if path.is_file():
+            return path
+    return None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, as stored (EXIF orientation is not applied, as for masks)."""
+    with Image.open(path) as im:
+        return im.size
+
+
+def place_file(src: Path, dest: Path) -> None:
+    """Move src onto dest atomically (a copy through a temporary file when they are on different disks)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dest)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(src, tmp)
+        src.unlink()
+        return
+    fsync_dir(dest.parent)
+
+
+def _ascii_id(candidate: str) -> str:
+    """check_isic_id, also refusing non-ASCII digits (re's \\d matches them)."""
+    if not candidate.isascii():
+        raise InvalidIdError(f"refusing isic_id {candidate!r}: expected ISIC_ followed by 7 ASCII digits")
+    return check_isic_id(candidate)
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+@dataclass
+class ChallengeSummary:
+    challenge: str
+    splits: list[str] = field(default_factory=list)            # splits processed
+    missing_splits: list[str] = field(default_factory=list)    # asked for, but the challenge has no such split
+    zips: dict[str, str] = field(default_factory=dict)         # "<year>/<zip>" -> fetched | resumed | verified
+    masks_written: int = 0
+    masks_skipped: int = 0                                     # already on disk with the same bytes
+    masks_rejected: list[tuple[str, str]] = field(default_factory=list)   # (isic_id or entry, reason)
+    images_written: int = 0
+    images_skipped: int = 0                                    # already in DATA/images (kept as they are)
+    images_rejected: list[tuple[str, str]] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)        # zip entries that are neither data nor benign
+
+    def lines(self) -> list[str]:
+        """A human summary, one line per fact, for the CLI."""
+        out = [f"{self.challenge} {','.join(self.splits) or '-'}: masks {self.masks_written} written, "
+               f"{self.masks_skipped} already there, {len(self.masks_rejected)} rejected"]
+        if self.images_written or self.images_skipped or self.images_rejected:
+            out.append(f"images {self.images_written} written, {self.images_skipped} already there, "
+                       f"{len(self.images_rejected)} rejected")
+        out += [f"rejected {name}: {why}" for name, why in self.masks_rejected + self.images_rejected]
+        if self.missing_splits:
+            out.append(f"{self.challenge} has no {', '.join(self.missing_splits)} split")
+        if self.unexpected:
+            out.append(f"{len(self.unexpected)} unexpected zip entries left out, e.g. {self.unexpected[0]}")
+        return out
+
+
+# --------------------------------------------------------------------------------------------- zips
+
+def _challenge_state(layout: DataLayout) -> Path:
+    return layout.state / "challenges"
+
+
+def _read_checksums(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf8"))
+    except (OSError, ValueError) as err:
+        log.warning("ignoring unreadable %s (%s); the zips will be verified against fresh downloads", path, err)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _record_checksum(path: Path, key: str, url: str, nbytes: int, sha256: str) -> None:
+    sums = _read_checksums(path)
+    sums[key] = {"bytes": nbytes, "sha256": sha256, "url": url}
+    write_text_atomic(path, json.dumps(sums, indent=2, sort_keys=True) + "\n")
+
+
+def ensure_zip(layout: DataLayout, session: requests.Session, url: str, year: str, name: str) -> tuple[Path, str]:
+    """The zip at DATA/.wsm/challenges/<year>/<name>, verified against checksums.json or fetched; (path, how)."""
+    state = _challenge_state(layout)
+    sums_path = state / "checksums.json"
+    key = f"{year}/{name}"
+    dest = state / year / name
+    record = _read_checksums(sums_path).get(key)
+    if dest.is_file():
+        size = dest.stat().st_size
+        digest = sha256_file(dest)
+        if record is None:
+            # fetch_file renames onto the final name only after a complete, size-checked download
+            _record_checksum(sums_path, key, url, size, digest)
+            return dest, "verified"
+        if size == record.get("bytes") and digest == record.get("sha256"):
+            return dest, "verified"
+        log.warning("%s does not match checksums.json (size %d, sha256 %s; recorded %s, %s); fetching it again",
+                    dest, size, digest, record.get("bytes"), record.get("sha256"))
+        dest.unlink()
+    log.info("fetching %s", url)
+    result = fetch_file(session, url, dest, expected_size=record.get("bytes") if record else None,
+                        partial=layout.partial_path(dest))
+    if record is not None and result.sha256 != record.get("sha256"):
+        dest.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{url}: sha256 {result.sha256} differs from the {record.get('sha256')} recorded in {sums_path} when "
+            f"it was first fetched; the file changed on the server or was corrupted on the way. Rerun to retry; "
+            f"if the challenge data were updated upstream, delete the {key!r} entry of {sums_path}")
+    if record is None:
+        _record_checksum(sums_path, key, url, result.bytes, result.sha256)
+    return dest, ("resumed" if result.resumed else "fetched")
+
+
+# --------------------------------------------------------------------------------------------- one split
+
+def _staging(layout: DataLayout, cs: ChallengeSplit, what: str) -> Path:
+    return _challenge_state(layout) / cs.year / f"staging-{cs.split}-{what}"
+
+
+def _extract_images(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, url: str,
+                    summary: ChallengeSummary, limits: ZipLimits, progress: bool) -> list[dict]:
+    """Images of one split into DATA/images (existing ones kept); manifest rows for ids that have none yet."""
+    staging = _staging(layout, cs, "images")
+    kept: dict[str, Path] = {}      # entry name -> image already in DATA/images
+    bad: list[tuple[str, str]] = []
+
+    def plan(name: str) -> Path | None:
+        m = cs.image_pattern.fullmatch(name)
+        if not m:
+            return None
+        try:
+            isic_id = _ascii_id(m.group(1))
+        except InvalidIdError as err:
+            bad.append((name, str(err)))
+            return None
+        existing = find_image(layout, isic_id)
+        if existing is not None:
+            kept[name] = existing
+            return None
+        return staging / f"{isic_id}.{m.group(2).lower()}"
+
+    report = extract_members(zip_path, plan, layout.root, limits=limits, progress=progress)
+    summary.unexpected += [n for n in report.unexpected if n not in kept and n not in dict(bad)]
+    summary.images_rejected += bad
+    done = read_table(layout.manifest, DATA_MANIFEST_CORE)
+    have_row = set(done["isic_id"].to_pylist()) if done.num_rows else set()
+    rows = []
+
+    def row(isic_id: str, path: Path, nbytes: int, sha256: str, size: tuple[int, int]) -> dict:
+        record = {"isic_id": isic_id, "copyright_license": "CC-0", "attribution": f"ISIC {cs.year} challenge",
+                  "metadata": {"acquisition": {"image_type": "dermoscopic", "pixels_x": size[0],
+                                               "pixels_y": size[1]}, "clinical": {}}}
+        return manifest_row(record, file=path.relative_to(layout.root).as_posix(), nbytes=nbytes, sha256=sha256,
+                            width=size[0], height=size[1], source_url=url)
+
+    for member in report.members:
+        isic_id, ext = member.path.name.split(".")
+        try:
+            size = image_size(member.path)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            summary.images_rejected.append((isic_id, f"does not decode as an image ({err})"))
+            member.path.unlink()
+            continue
+        final = layout.image_path(isic_id, ext)
+        sha256 = member.sha256 or sha256_file(member.path)
+        place_file(member.path, final)
+        summary.images_written += 1
+        rows.append(row(isic_id, final, member.bytes, sha256, size))
+    for name, existing in kept.items():
+        summary.images_skipped += 1
+        isic_id = existing.stem
+        if isic_id not in have_row:        # on disk from a run that stopped before its manifest was written
+            rows.append(row(isic_id, existing, existing.stat().st_size, sha256_file(existing), image_size(existing)))
+    shutil.rmtree(staging, ignore_errors=True)
+    return rows
+
+
+def _extract_masks(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, summary: ChallengeSummary,
+                   limits: ZipLimits, progress: bool) -> list[dict]:
+    """Masks of one split, checked, into DATA/masks/<challenge>/; their gt manifest rows."""
+    staging = _staging(layout, cs, "masks")
+    bad: list[tuple[str, str]] = []
+
+    def plan(name: str) -> Path | None:
+        m = cs.mask_pattern.fullmatch(name)
+        if not m:
+            return None
+        try:
+            return staging / f"{_ascii_id(m.group(1))}_segmentation.png"
+        except InvalidIdError as err:
+            bad.append((name, str(err)))
+            return None
+
+    report = extract_members(zip_path, plan, layout.root, limits=limits, progress=progress)
+    summary.unexpected += [n for n in report.unexpected if n not in dict(bad)]
+    summary.masks_rejected += bad
+    rows = []
+    for member in report.members:
+        isic_id = member.path.name[: -len("_segmentation.png")]
+        image = find_image(layout, isic_id)
+        try:
+            check = check_mask(member.path, image_size(image) if image is not None else None)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            check = MaskCheck(f"cannot be checked: its image {image} does not decode ({err})")
+        if not check.ok:
+            summary.masks_rejected.append((isic_id, f"{member.name}: mask {check.reason}"))
+            member.path.unlink()
+            continue
+        final = layout.mask_path(isic_id, cs.challenge)
+        content = check.png_bytes if check.png_bytes is not None else member.path.read_bytes()
+        if final.is_file() and final.read_bytes() == content:
+            summary.masks_skipped += 1
+            member.path.unlink()
+        elif check.png_bytes is not None:
+            write_bytes_atomic(final, check.png_bytes)
+            member.path.unlink()
+            summary.masks_written += 1
+        else:
+            place_file(member.path, final)
+            summary.masks_written += 1
+        rows.append({"isic_id": isic_id, "challenge": cs.challenge, "split": cs.split,
+                     "mask_file": final.relative_to(layout.root).as_posix(),
+                     "width": check.width, "height": check.height})
+    shutil.rmtree(staging, ignore_errors=True)
+    return rows
+
+
+def _merge_into(path: Path, rows: list[dict], core, key: tuple[str, ...]) -> None:
+    if not rows:
+        return
+    old = read_table(path, core)
+    merged = merge_rows(old, rows, core, key)
+    if not merged.equals(old):
+        write_table_atomic(merged, path)
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+def download_challenge(
+    data_root: Path | str,
+    challenge: str,
+    splits: tuple[str, ...] | list[str] = SPLITS,
+    inputs: bool = False,
+    base_url: str = DEFAULT_CHALLENGE_URL,
+    session: requests.Session | None = None,
+    progress: bool = True,
+    *,
+    limits: ZipLimits = ZipLimits(),
+) -> ChallengeSummary:
+    """Fetch, verify and extract the official masks (and images with ``inputs``) of ``challenge`` into DATA.
+
+    Splits the challenge does not have (2016 has no val) are listed in ``summary.missing_splits``. Raises
+    ValueError for an unknown challenge or split name, DownloadError when a zip cannot be fetched or verified,
+    UnsafeArchiveError / ArchiveError for a hostile or corrupt zip, LockedError if another wsm writes DATA.
+    """
+    get_split(challenge, next(iter(CATALOG.get(challenge, {"train": None}))))   # unknown challenge -> ValueError
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SPLITS)}")
+    layout = DataLayout(Path(data_root))
+    summary = ChallengeSummary(challenge)
+    wanted = []
+    for split in dict.fromkeys(splits):
+        if split in CATALOG[challenge]:
+            wanted.append(CATALOG[challenge][split])
+        else:
+            summary.missing_splits.append(split)
+    session = session or make_session(workers=2)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(layout.root):
+        for cs in wanted:
+            if inputs:
+                url = cs.url(base_url, "inputs")
+                zip_path, how = ensure_zip(layout, session, url, cs.year, cs.inputs_zip)
+                summary.zips[f"{cs.year}/{cs.inputs_zip}"] = how
+                rows = _extract_images(layout, cs, zip_path, url, summary, limits, progress)
+                _merge_into(layout.manifest, rows, DATA_MANIFEST_CORE, ("isic_id",))
+            url = cs.url(base_url, "truth")
+            zip_path, how = ensure_zip(layout, session, url, cs.year, cs.truth_zip)
+            summary.zips[f"{cs.year}/{cs.truth_zip}"] = how
+            rows = _extract_masks(layout, cs, zip_path, summary, limits, progress)
+            _merge_into(layout.gt_manifest, rows, GT_MANIFEST, ("isic_id", "challenge"))
+            summary.splits.append(cs.split)
+            log.info("%s %s: %d masks written, %d already there, %d rejected", challenge, cs.split,
+                     summary.masks_written, summary.masks_skipped, len(summary.masks_rejected))
+    return summary

@@ -1,0 +1,277 @@
+"""`wsm download`: every image matching a search, with its metadata, complete and verified on disk.
+
+How it stays consistent whatever kills it:
+- each image goes through transfer.fetch_file (partial file, Range resume, size check, atomic rename);
+- after the rename, its manifest row is appended to DATA/.wsm/download-journal.jsonl;
+- at the end (also after Ctrl-C or an error) the journal is merged into DATA/manifest.parquet, written
+  atomically, then the journal is emptied. A rerun replays any journal left by a killed run, and adopts
+  (after hashing) a file that is on disk but in neither, so it only fetches what is missing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import pyarrow as pa
+from PIL import Image
+from tqdm import tqdm
+
+from . import api
+from .atomic import write_text_atomic
+from .errors import ArchiveError, DiskFullError
+from .ids import check_http_url, check_isic_id, file_extension
+from .isic_files import write_attribution, write_metadata_csv
+from .layout import DataLayout, exclusive_lock
+from .manifest import DATA_MANIFEST_CORE, manifest_row, merge_tables, read_table, rows_to_table, write_table_atomic
+from .transfer import RetryPolicy, fetch_file, make_session, sha256_file
+
+log = logging.getLogger(__name__)
+
+JOURNAL = "download-journal.jsonl"
+_BATCH_ROWS = 5000   # rows kept as Python dicts before they are packed into an Arrow batch
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    api_url: str = api.DEFAULT_API_URL
+    query: str = ""               # the archive's search DSL, passed through verbatim
+    collections: str = ""         # comma-separated collection ids
+    limit: int = 0                # at most this many images; 0 = all that match
+    workers: int = 16             # concurrent file transfers over one pooled session
+    verify: bool = False          # re-hash files the manifest already lists instead of trusting it
+    progress: bool = True
+    policy: RetryPolicy = RetryPolicy()
+
+
+@dataclass
+class DownloadSummary:
+    matched: int = 0
+    downloaded: int = 0
+    skipped: int = 0
+    adopted: int = 0                      # on disk from a killed run, verified and added
+    failed: dict[str, str] = field(default_factory=dict)
+    bytes_downloaded: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def lines(self) -> list[str]:
+        rate = self.bytes_downloaded / 1e6 / self.seconds if self.seconds else 0.0
+        out = [
+            f"matched {self.matched} images: downloaded {self.downloaded}, skipped {self.skipped} already "
+            f"complete, recovered {self.adopted}, failed {len(self.failed)}",
+            f"{self.bytes_downloaded / 1e6:.1f} MB in {self.seconds:.1f} s ({rate:.1f} MB/s)",
+        ]
+        out += [f"  failed {isic_id}: {reason}" for isic_id, reason in sorted(self.failed.items())[:50]]
+        if len(self.failed) > 50:
+            out.append(f"  ... and {len(self.failed) - 50} more (see the log with -v)")
+        return out
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    isic_id: str
+    action: str                  # downloaded | skipped | adopted | failed
+    row: dict | None = None
+    reason: str = ""
+    nbytes: int = 0
+
+
+def plan_action(dest: Path, expected_size: int, known: Mapping | None, verify: bool) -> str:
+    """skip (listed and complete), adopt (complete on disk but unlisted: hash it) or fetch."""
+    if not dest.exists():
+        return "fetch"
+    size = dest.stat().st_size
+    if size != expected_size:
+        return "fetch"
+    if known is not None and known.get("bytes") == size and known.get("sha256") and not verify:
+        return "skip"
+    return "adopt"
+
+
+def _image_size(path: Path) -> tuple[int | None, int | None]:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        log.warning("%s: not a readable image header; kept as served, width/height left empty", path)
+        return None, None
+
+
+def _process(record: Mapping, layout: DataLayout, known: Mapping[str, dict], session, opts) -> _Outcome:
+    isic_id = str(record.get("isic_id"))
+    try:
+        check_isic_id(record.get("isic_id"))
+        full = record["files"]["full"]
+        url, expected = check_http_url(full["url"]), int(full["size"])
+        dest = layout.image_path(isic_id, file_extension(url))
+        action = plan_action(dest, expected, known.get(isic_id), opts.verify)
+        nbytes = 0
+        if action == "skip":
+            sha256 = known[isic_id]["sha256"]
+        elif action == "adopt":
+            sha256 = sha256_file(dest)
+        else:
+            result = fetch_file(session, url, dest, expected_size=expected,
+                                partial=layout.partial_path(dest), policy=opts.policy)
+            sha256, nbytes, action = result.sha256, result.bytes, "downloaded"
+        width, height = _image_size(dest)
+        row = manifest_row(record, file=dest.relative_to(layout.root).as_posix(), nbytes=expected,
+                           sha256=sha256, width=width, height=height, source_url=url)
+        return _Outcome(isic_id, action, row, nbytes=nbytes)
+    except DiskFullError:
+        raise
+    except (ArchiveError, KeyError, TypeError, ValueError) as err:
+        return _Outcome(isic_id, "failed", reason=f"{err.__class__.__name__}: {err}")
+
+
+class _Journal:
+    """Append-only JSON lines of manifest rows whose files are complete."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = None
+
+    def replay(self) -> list[dict]:
+        rows = []
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf8").splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    log.debug("ignoring a torn journal line (the process died while writing it)")
+        return rows
+
+    def append(self, row: dict) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "a", encoding="utf8")
+        self._fh.write(json.dumps(row) + "\n")
+        self._fh.flush()
+
+    def clear(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.path.unlink(missing_ok=True)
+
+
+class _ManifestBuilder:
+    """Collects new rows compactly (Arrow batches) and writes the merged manifest atomically."""
+
+    def __init__(self, layout: DataLayout):
+        self.layout = layout
+        self.pending: list[dict] = []
+        self.tables: list[pa.Table] = []
+
+    def add(self, row: dict) -> None:
+        self.pending.append(row)
+        if len(self.pending) >= _BATCH_ROWS:
+            self._pack()
+
+    def _pack(self) -> None:
+        if self.pending:
+            self.tables.append(rows_to_table(self.pending, DATA_MANIFEST_CORE))
+            self.pending = []
+
+    def write(self) -> pa.Table:
+        self._pack()
+        old = read_table(self.layout.manifest, DATA_MANIFEST_CORE)
+        new = pa.concat_tables(self.tables, promote_options="default") if self.tables else old.schema.empty_table()
+        merged = merge_tables(old, new, ("isic_id",)) if new.num_rows else old
+        write_table_atomic(merged, self.layout.manifest)
+        return merged
+
+
+def _known_rows(table: pa.Table, journal_rows: list[dict]) -> dict[str, dict]:
+    """isic_id -> what is known verified on disk: file, bytes, sha256."""
+    cols = ["isic_id", "file", "bytes", "sha256"]
+    known = {r["isic_id"]: r for r in table.select(cols).to_pylist()} if table.num_rows else {}
+    known.update({r["isic_id"]: {k: r.get(k) for k in cols} for r in journal_rows})
+    return known
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable, max_pending: int) -> Iterator[Future]:
+    """Submit fn(item) for each item, never holding more than max_pending futures; yield them as they finish."""
+    pending: set[Future] = set()
+    for item in items:
+        if len(pending) >= max_pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from done
+        pending.add(pool.submit(fn, item))
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        yield from done
+
+
+def _unique(records: Iterable[Mapping]) -> Iterator[Mapping]:
+    seen: set = set()
+    for record in records:
+        key = record.get("isic_id") if isinstance(record, Mapping) else None
+        if key not in seen:
+            seen.add(key)
+            yield record if isinstance(record, Mapping) else {"isic_id": repr(record)[:40]}
+
+
+def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptions()) -> DownloadSummary:
+    """Download every image matching opts into data_root; see the module doc for the guarantees."""
+    layout = DataLayout(Path(data_root))
+    layout.images.mkdir(parents=True, exist_ok=True)
+    summary = DownloadSummary()
+    started = time.monotonic()
+    with exclusive_lock(layout.root):
+        session = make_session(opts.workers, opts.policy)
+        journal = _Journal(layout.state / JOURNAL)
+        builder = _ManifestBuilder(layout)
+        for row in journal.replay():        # rows a killed run verified but never merged
+            builder.add(row)
+        known = _known_rows(read_table(layout.manifest, DATA_MANIFEST_CORE), builder.pending)
+
+        total = api.count_images(session, opts.api_url, opts.query, opts.collections)
+        total = min(total, opts.limit) if opts.limit else total
+        records = api.search_images(session, opts.api_url, opts.query, opts.collections)
+        records = _unique(islice(records, opts.limit) if opts.limit else records)
+        images_bar = tqdm(total=total, unit="img", desc="images", disable=not opts.progress, position=0)
+        bytes_bar = tqdm(unit="B", unit_scale=True, desc="bytes ", disable=not opts.progress, position=1)
+        try:
+            with ThreadPoolExecutor(opts.workers, thread_name_prefix="wsm-download") as pool:
+                work = lambda record: _process(record, layout, known, session, opts)  # noqa: E731
+                for future in _bounded_map(pool, work, records, opts.workers * 4):
+                    outcome = future.result()
+                    summary.matched += 1
+                    if outcome.action == "failed":
+                        summary.failed[outcome.isic_id] = outcome.reason
+                        log.warning("%s failed: %s", outcome.isic_id, outcome.reason)
+                    else:
+                        journal.append(outcome.row)
+                        builder.add(outcome.row)
+                        setattr(summary, outcome.action, getattr(summary, outcome.action) + 1)
+                        summary.bytes_downloaded += outcome.nbytes
+                        bytes_bar.update(outcome.nbytes)
+                    images_bar.update(1)
+        finally:
+            images_bar.close()
+            bytes_bar.close()
+            manifest = builder.write()
+            journal.clear()
+            summary.seconds = time.monotonic() - started
+        _write_isic_files(layout, manifest, session, opts.api_url)
+    return summary
+
+
+def _write_isic_files(layout: DataLayout, manifest: pa.Table, session, api_url: str) -> None:
+    """metadata.csv, attribution.txt and licenses/ for every image in the manifest, as isic-cli writes them."""
+    if not manifest.num_rows:
+        return
+    write_metadata_csv(layout.metadata_csv, manifest)
+    write_attribution(layout.attribution, manifest)
+    for license_name in sorted(set(manifest["copyright_license"].drop_null().to_pylist())):
+        text = api.get_license_text(session, api_url, license_name)
+        write_text_atomic(layout.licenses / f"{license_name}.txt", text)

@@ -1,0 +1,209 @@
+"""The emulated archive's content, read from a DATA folder, with on-demand thumbnails and challenge zips.
+
+Everything is loaded once when the store is made; thumbnails and challenge zips are made on first request
+and cached under DATA/.wsm/emulator/ (thumbnails are remade when their image is newer, zips are named by a
+fingerprint of their sources, so a changed DATA folder never serves a stale zip).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import atomic_path, write_bytes_atomic
+from ..challenges import CATALOG, ChallengeSplit
+from ..ids import check_isic_id
+from ..layout import DataLayout
+from ..manifest import DATA_MANIFEST_CORE, GT_MANIFEST, read_table
+from . import records
+from .files import challenge_attribution_text, challenge_license_text, make_thumbnail, write_zip
+from .query import parse_query
+
+logger = logging.getLogger(__name__)
+
+# Bump when the zip layout changes, so cached zips from an older emulator are not served.
+_ZIP_FORMAT = "1"
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    isic_id: str
+    path: Path          # the image file on disk
+    ext: str            # lower-case extension, as in the served URL
+    size: int           # bytes on disk
+    mtime_ns: int
+    row: dict           # the manifest row
+    fields: dict        # flat typed fields that queries match
+
+
+@dataclass(frozen=True)
+class ChallengeZip:
+    split: ChallengeSplit
+    which: str                            # "inputs" | "truth"
+    name: str                             # the zip's file name
+    entries: tuple[tuple[str, Path], ...]  # (name inside the zip, source file)
+    attributions: tuple[str, ...]
+
+
+class ArchiveStore:
+    """What the emulator serves, loaded from ``root`` (a DATA folder, see archive_client.layout)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        self.layout = DataLayout(self.root)
+        self.cache_dir = self.layout.state / "emulator"
+        self.images: dict[str, StoredImage] = self._load_images()
+        self.ids: list[str] = sorted(self.images)
+        self.collections: dict[int, records.Collection] = {c.id: c for c in self._load_collections()}
+        self.challenge_zips: dict[tuple[str, str], ChallengeZip] = self._plan_challenge_zips()
+        self._thumb_sizes: dict[str, int] = {}
+        self._thumb_lock = threading.Lock()
+        self._zip_lock = threading.Lock()
+        self._zip_paths: dict[tuple[str, str], Path] = {}
+        self._search = functools.lru_cache(maxsize=64)(self._search_uncached)
+
+    # -- loading
+    def _inside(self, relative: str) -> Path:
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"{relative!r} in the manifests of {self.root} points outside the DATA folder")
+        return path
+
+    def _load_images(self) -> dict[str, StoredImage]:
+        images: dict[str, StoredImage] = {}
+        for row in read_table(self.layout.manifest, DATA_MANIFEST_CORE).to_pylist():
+            isic_id = check_isic_id(row["isic_id"])
+            if isic_id in images:
+                raise ValueError(f"{self.layout.manifest}: {isic_id} appears twice")
+            path = self._inside(row["file"])
+            try:
+                stat = path.stat()
+                size, mtime_ns = stat.st_size, stat.st_mtime_ns
+            except FileNotFoundError:
+                logger.warning("%s is in the manifest but %s is missing; its file requests will 404", isic_id, path)
+                size, mtime_ns = int(row.get("bytes") or 0), 0
+            images[isic_id] = StoredImage(
+                isic_id=isic_id, path=path, ext=path.suffix.lstrip(".").lower() or "jpg", size=size,
+                mtime_ns=mtime_ns, row=row, fields=records.search_fields(row),
+            )
+        return images
+
+    def _load_collections(self) -> list[records.Collection]:
+        known = frozenset(self.images)
+        path = self.root / "collections.json"
+        if not path.exists():
+            return records.default_collections(known)
+        return records.collections_from_json(json.loads(path.read_text(encoding="utf8")), known, str(path))
+
+    def _plan_challenge_zips(self) -> dict[tuple[str, str], ChallengeZip]:
+        by_split: dict[tuple[str, str], list[dict]] = {}
+        for row in read_table(self.layout.gt_manifest, GT_MANIFEST).to_pylist():
+            by_split.setdefault((row["challenge"], row["split"]), []).append(row)
+        zips: dict[tuple[str, str], ChallengeZip] = {}
+        for (challenge, split_name), rows in sorted(by_split.items()):
+            split = CATALOG.get(challenge, {}).get(split_name)
+            if split is None:
+                continue  # a name given to `wsm import`: no official zip to emulate
+            rows = sorted(rows, key=lambda r: r["isic_id"])
+            truth_stem = split.truth_zip.removesuffix(".zip")
+            inputs_stem = split.inputs_zip.removesuffix(".zip")
+            truth, inputs, attributions = [], [], []
+            for row in rows:
+                isic_id = check_isic_id(row["isic_id"])
+                mask = self._inside(row["mask_file"]) if row.get("mask_file") else self.layout.mask_path(
+                    isic_id, challenge)
+                truth.append((f"{truth_stem}/{isic_id}{split.mask_suffix}.png", mask))
+                image = self.images.get(isic_id)
+                if image is None:
+                    logger.warning("%s has a %s mask but no image in the manifest; left out of %s",
+                                   isic_id, challenge, split.inputs_zip)
+                    continue
+                inputs.append((f"{inputs_stem}/{isic_id}.{image.ext}", image.path))
+                attributions.append(image.row.get("attribution") or "Anonymous")
+            for which, name, entries in (("truth", split.truth_zip, truth), ("inputs", split.inputs_zip, inputs)):
+                zips[(split.year, name)] = ChallengeZip(split, which, name, tuple(entries), tuple(attributions))
+        return zips
+
+    # -- search
+    def _search_uncached(self, query: str, collection_ids: tuple[int, ...]) -> tuple[str, ...]:
+        predicate = parse_query(query)
+        allowed: frozenset[str] | None = None
+        if collection_ids:
+            allowed = frozenset().union(*(self.collections[c].isic_ids for c in collection_ids))
+        return tuple(
+            i for i in self.ids if (allowed is None or i in allowed) and predicate.matches(self.images[i].fields)
+        )
+
+    def search(self, query: str, collection_ids: tuple[int, ...] = ()) -> tuple[str, ...]:
+        """Sorted ids that match; raise QueryParseError for a bad query (collection ids must exist)."""
+        return self._search(query.strip(), tuple(sorted(collection_ids)))
+
+    def total_size(self, ids: tuple[str, ...]) -> int:
+        return sum(self.images[i].size for i in ids)
+
+    # -- records
+    def record(self, isic_id: str, root_url: str) -> dict:
+        """The archive record of one image; ``root_url`` is the server's own ``http://host:port/``."""
+        image = self.images[isic_id]
+        try:
+            thumbnail_size = self.thumbnail(isic_id).stat().st_size
+        except OSError as exc:  # the image is missing or unreadable: the record still lists it
+            logger.warning("no thumbnail for %s: %s", isic_id, exc)
+            thumbnail_size = 0
+        return records.image_record(
+            image.row,
+            full_url=f"{root_url}media/images/{isic_id}.{image.ext}",
+            full_size=image.size,
+            thumbnail_url=f"{root_url}media/thumbnails/{isic_id}_thumbnail_256.jpg",
+            thumbnail_size=thumbnail_size,
+        )
+
+    # -- files made on demand
+    def thumbnail(self, isic_id: str) -> Path:
+        """The cached 256-px thumbnail of an image, made now if missing or older than the image."""
+        image = self.images[isic_id]
+        dest = self.cache_dir / "thumbnails" / f"{isic_id}_thumbnail_256.jpg"
+        if isic_id in self._thumb_sizes:
+            return dest
+        with self._thumb_lock:
+            if isic_id not in self._thumb_sizes:
+                try:
+                    fresh = dest.stat().st_mtime_ns >= image.mtime_ns
+                except FileNotFoundError:
+                    fresh = False
+                if not fresh:
+                    write_bytes_atomic(dest, make_thumbnail(image.path))
+                self._thumb_sizes[isic_id] = dest.stat().st_size
+        return dest
+
+    def challenge_zip(self, year: str, name: str) -> Path | None:
+        """The cached zip for ``/challenges/<year>/<name>``, built now if needed; None if there is none."""
+        spec = self.challenge_zips.get((year, name))
+        if spec is None:
+            return None
+        with self._zip_lock:
+            if (year, name) in self._zip_paths:
+                return self._zip_paths[(year, name)]
+            present = [(n, p) for n, p in spec.entries if p.exists()]
+            for n, p in spec.entries:
+                if not p.exists():
+                    logger.warning("%s is missing; left out of %s", p, name)
+            digest = hashlib.sha256(_ZIP_FORMAT.encode())
+            for entry_name, path in present:
+                stat = path.stat()
+                digest.update(f"{entry_name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            dest = self.cache_dir / "challenges" / year / f"{digest.hexdigest()[:16]}-{name}"
+            if not dest.exists():
+                stem = name.removesuffix(".zip")
+                entries: list[tuple[str, bytes | Path]] = [(f"{stem}/", b""), *present]
+                entries.append((f"{stem}/LICENSE.txt", challenge_license_text(spec.split.challenge).encode()))
+                entries.append((f"{stem}/ATTRIBUTION.txt", challenge_attribution_text(spec.attributions).encode()))
+                with atomic_path(dest) as tmp:
+                    write_zip(tmp, entries, int(year))
+                logger.debug("built %s (%d entries) at %s", name, len(entries), dest)
+            self._zip_paths[(year, name)] = dest
+            return dest

@@ -1,0 +1,182 @@
+"""One verified, resumable file transfer over a pooled HTTP session.
+
+A file is streamed to a hidden partial file in the destination folder (`.NAME.part`), resumed with an
+HTTP Range request after a dropped connection or a truncated body (also across runs), checked against
+the expected size, hashed, fsynced and only then renamed onto its final name. So no partial file is
+ever visible under the final name, whatever kills the process.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from . import __name__ as _pkg
+from .atomic import fsync_dir
+from .errors import DiskFullError, DownloadError
+from .ids import check_http_url
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = (429, 500, 502, 503, 504)
+_STREAM_ERRORS = (
+    requests.ConnectionError,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    requests.Timeout,
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 8                 # tries per file (and per status code, through urllib3)
+    backoff_s: float = 0.25           # first wait; doubles each try
+    backoff_max_s: float = 20.0       # longest wait between tries (Retry-After is honoured above it)
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0      # silence on an open connection before it counts as dropped
+    chunk_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    path: Path
+    bytes: int
+    sha256: str
+    resumed: bool        # some bytes came from an earlier attempt or run
+
+
+def user_agent() -> str:
+    from wsm import __version__
+
+    return f"wsm/{__version__} ({_pkg})"
+
+
+def make_session(workers: int = 16, policy: RetryPolicy = RetryPolicy()) -> requests.Session:
+    """A session with a connection pool sized for ``workers`` threads and urllib3 retries on
+    429 / 5xx (honouring Retry-After) and on connection errors before a response arrives."""
+    retry = Retry(
+        total=policy.attempts,
+        connect=policy.attempts,
+        read=policy.attempts,
+        status=policy.attempts,
+        backoff_factor=policy.backoff_s,
+        backoff_max=policy.backoff_max_s,
+        status_forcelist=RETRY_STATUS,
+        allowed_methods=frozenset({"GET", "HEAD"}),
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(workers, 4), max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = user_agent()
+    return session
+
+
+def _hash_file(path: Path, chunk: int = 1 << 20) -> "hashlib._Hash":
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest
+
+
+def sha256_file(path: Path) -> str:
+    return _hash_file(path).hexdigest()
+
+
+def _content_range_start(response: requests.Response) -> int | None:
+    value = response.headers.get("Content-Range", "")  # "bytes 100-199/200"
+    try:
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _stream_once(session, url, partial: Path, expected_size, policy) -> None:
+    """One request: append to (or restart) the partial file. Raises on stream errors."""
+    offset = partial.stat().st_size if partial.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    timeout = (policy.connect_timeout_s, policy.read_timeout_s)
+    with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        if response.status_code == 416 and offset:
+            # our partial file is not a prefix the server can continue: start over
+            partial.unlink(missing_ok=True)
+            raise requests.ConnectionError("range not satisfiable; restarting from byte 0")
+        if response.status_code in RETRY_STATUS:
+            raise requests.ConnectionError(f"HTTP {response.status_code} after retries")
+        if response.status_code not in (200, 206):
+            raise DownloadError(f"GET {url} answered HTTP {response.status_code}: {response.text[:200]!r}")
+        resuming = response.status_code == 206 and _content_range_start(response) == offset
+        start = offset if resuming else 0
+        length = response.headers.get("Content-Length")
+        if expected_size is not None and length is not None and start + int(length) != expected_size:
+            raise DownloadError(
+                f"{url}: the server announces {start + int(length)} bytes but the archive record says "
+                f"{expected_size}; the record or the server is wrong, the file was not kept"
+            )
+        try:
+            with open(partial, "ab" if resuming else "wb") as fh:
+                for block in response.iter_content(policy.chunk_bytes):
+                    fh.write(block)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise DiskFullError(
+                    errno.ENOSPC, f"disk full while writing {partial}; free space and rerun (complete files are kept)"
+                ) from err
+            raise
+
+
+def fetch_file(
+    session: requests.Session,
+    url: str,
+    dest: Path,
+    *,
+    expected_size: int | None = None,
+    partial: Path | None = None,
+    policy: RetryPolicy = RetryPolicy(),
+) -> FetchResult:
+    """Download ``url`` to ``dest`` atomically; resume, retry and verify as described in the module doc."""
+    check_http_url(url)
+    dest = Path(dest)
+    partial = partial or dest.parent / f".{dest.name}.part"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    resumed = partial.exists() and partial.stat().st_size > 0
+    last_error: Exception | None = None
+    for attempt in range(policy.attempts):
+        size = partial.stat().st_size if partial.exists() else 0
+        if expected_size is not None and size > expected_size:
+            partial.unlink()
+        elif expected_size is not None and size == expected_size and size > 0:
+            break
+        try:
+            _stream_once(session, url, partial, expected_size, policy)
+        except _STREAM_ERRORS as err:
+            last_error = err
+            resumed = resumed or (partial.exists() and partial.stat().st_size > 0)
+            wait = min(policy.backoff_s * 2**attempt, policy.backoff_max_s)
+            log.debug("retrying %s in %.2fs after %s", url, wait, err)
+            time.sleep(wait)
+            continue
+        if expected_size is None or partial.stat().st_size == expected_size:
+            break
+    else:
+        raise DownloadError(f"gave up on {url} after {policy.attempts} tries: {last_error}")
+    size = partial.stat().st_size
+    if expected_size is not None and size != expected_size:
+        raise DownloadError(f"{url}: got {size} bytes, the archive record says {expected_size}")
+    digest = sha256_file(partial)
+    os.replace(partial, dest)
+    fsync_dir(dest.parent)
+    return FetchResult(dest, size, digest, resumed)

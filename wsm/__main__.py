@@ -1,0 +1,5 @@
+import sys
+
+from wsm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""The `wsm` command line: parses flags and calls the drivers; one module per command group.
+
+Errors the user can fix are printed as one line (``wsm: error: ...``) with exit code 2; ``-v`` shows the log.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from archive_client.errors import ArchiveError
+from wsm import __version__
+
+from . import data, demo
+
+COMMAND_GROUPS = [data, demo]
+
+
+class UserError(Exception):
+    """A problem with what the user asked for, explained in its message."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsm",
+        description="Weak segmentation maps for the whole ISIC archive: download the archive and the official "
+        "masks, fit a classifier, generate ISIC_WSM label maps, report and train.",
+    )
+    parser.add_argument("--version", action="version", version=f"wsm {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in COMMAND_GROUPS:
+        group.register(commands)
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet or not verbose else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("wsm: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ArchiveError, UserError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"wsm: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

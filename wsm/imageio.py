@@ -1,0 +1,301 @@
+"""Decoding and writing images: the only module in wsm that reads or writes pixels on disk.
+
+Every stage works on arrays; this module turns files into them and back:
+
+- :func:`read_image`: any image Pillow can open -> ``uint8`` ``(H, W, 3)`` RGB in display orientation.
+- :func:`read_mask`: a lesion mask -> ``uint8`` ``(H, W)`` (not binarised; scorers binarise at > 128).
+- :func:`image_size`: ``(width, height)`` in display orientation, from the header only.
+- :func:`encode_label_png` / :func:`write_label_png`: an ISIC_WSM label map as a deterministic 8-bit PNG.
+
+Decompression bombs are refused with our own pixel cap before any pixel is decoded. Pillow's global
+``ImageFile.LOAD_TRUNCATED_IMAGES`` is never touched: a truncated file is an error, not a grey half image.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from archive_client.atomic import atomic_path
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "LABEL_PNG_COMPRESS_LEVEL",
+    "ImageDecodeError",
+    "encode_label_png",
+    "image_size",
+    "read_image",
+    "read_mask",
+    "write_label_png",
+]
+
+# The largest ISIC archive images are 6748 x 4439 (about 30 megapixels); 120 MP leaves a 4x margin and stays far
+# below what a 1-bit PNG or a JPEG header can claim (a 20000 x 20000 bomb is 400 MP in a few kilobytes).
+DEFAULT_MAX_PIXELS = 120_000_000
+# zlib level for label maps: fixed, so that the same array always gives the same bytes.
+LABEL_PNG_COMPRESS_LEVEL = 6
+
+# EXIF orientations 5-8 rotate by 90 or 270 degrees: the displayed width and height are swapped.
+_EXIF_ORIENTATION_TAG = 0x0112
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+class ImageDecodeError(Exception):
+    """An image or mask file that cannot be turned into pixels (empty, truncated, corrupt, too large, odd mode).
+
+    ``path`` and ``reason`` say what was received and what was wrong; the message also says how to fix it.
+    """
+
+    def __init__(self, path: Path | str, reason: str, fix: str | None = None) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        self.fix = fix or (
+            "Re-download the file (wsm download verifies sizes and resumes), or remove it from the manifest "
+            "if the archive copy is broken too."
+        )
+        super().__init__(f"cannot decode {self.path}: {reason}. {self.fix}")
+
+    def __reduce__(self):  # keep the three arguments when the error crosses a worker-process boundary
+        return (type(self), (self.path, self.reason, self.fix))
+
+
+def _open(path: Path, max_pixels: int | None) -> Image.Image:
+    """Open lazily (header only), refusing empty files and images above ``max_pixels`` before decoding."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ImageDecodeError(path, f"the file cannot be read ({exc})") from exc
+    if size == 0:
+        raise ImageDecodeError(path, "the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Our own cap below is the policy; Pillow's warning above its 89 MP default would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(
+            path,
+            f"Pillow refused it as a decompression bomb ({exc})",
+            "If the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS as well as max_pixels.",
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            path, f"not an image format Pillow recognises (first bytes {_head(path)!r})"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(path, f"the header is corrupt ({type(exc).__name__}: {exc})") from exc
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        im.close()
+        raise ImageDecodeError(path, f"the header claims an empty image ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        im.close()
+        raise ImageDecodeError(
+            path,
+            f"{width}x{height} = {width * height / 1e6:.1f} megapixels is above the cap of "
+            f"{max_pixels / 1e6:.1f} megapixels (a decompression bomb, or a file that is not a skin image)",
+            "If the image is genuine, pass a larger max_pixels (the largest ISIC archive images are about 30 MP).",
+        )
+    return im
+
+
+def _head(path: Path, n: int = 16) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
+
+
+def _load(im: Image.Image, path: Path) -> Image.Image:
+    """Decode the pixels and apply the EXIF orientation; every decoding failure becomes ImageDecodeError."""
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        reason = str(exc)
+        if "truncated" in reason or isinstance(exc, EOFError):
+            reason = f"the file is truncated ({reason})"
+        else:
+            reason = f"the pixel data is corrupt ({type(exc).__name__}: {reason})"
+        raise ImageDecodeError(path, reason) from exc
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception as exc:  # a malformed EXIF block; Pillow raises various types here
+        raise ImageDecodeError(
+            path,
+            f"the EXIF orientation block is corrupt ({type(exc).__name__}: {exc})",
+            "Strip the EXIF data (e.g. exiftool -Orientation= FILE) after checking how the image should be shown.",
+        ) from exc
+
+
+def _wide_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a single-channel 16-bit, 32-bit integer or float raster to 0..255 by its mode (scaled, never clipped).
+
+    - ``I;16*`` (16-bit PNG/TIFF), and ``I`` whose values lie within 0..65535: ``round(v / 257)``, so that
+      65535 -> 255, 257 -> 1 and 0 -> 0 exactly (clipping at 255 would turn almost every pixel white).
+    - ``F`` within 0..1: ``round(v * 255)``; ``F`` within 0..255: rounded as is.
+    - anything else (negative values, wider ranges): a linear stretch of min..max onto 0..255.
+    """
+    arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if mode in _SIXTEEN_BIT_MODES or (mode == "I" and lo >= 0 and hi <= 65535):
+        out = arr / 257.0
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        out = arr * 255.0
+    elif mode == "F" and lo >= 0 and hi <= 255:
+        out = arr
+    elif hi > lo:
+        out = (arr - lo) * (255.0 / (hi - lo))
+    else:
+        out = np.zeros_like(arr)
+    return np.round(out).astype(np.uint8)
+
+
+def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
+    """Any Pillow mode -> contiguous uint8 (H, W, 3).
+
+    Transparent pixels are composited on white: dermoscopic and clinical photographs have no transparency, so an
+    alpha channel means "no picture here", and white is the one fill that every lesion cue (darkness, colour,
+    contrast) reads as background. Black would look like pigment and like the dermoscope frame.
+    """
+    mode = im.mode
+    if mode == "P" and "transparency" in im.info:
+        im, mode = im.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.ascontiguousarray(np.asarray(Image.alpha_composite(white, rgba).convert("RGB")))
+    if mode in _SIXTEEN_BIT_MODES or mode in {"I", "F"}:
+        grey = _wide_to_uint8(np.asarray(im), mode)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if mode != "RGB":
+        try:
+            im = im.convert("RGB")  # L, 1, P, CMYK (Adobe inversion handled by Pillow), YCbCr, LAB, HSV, ...
+        except (ValueError, OSError) as exc:
+            raise ImageDecodeError(
+                path,
+                f"Pillow cannot convert mode {mode!r} to RGB ({exc})",
+                "Convert the file to an 8-bit RGB JPEG or PNG first.",
+            ) from exc
+    arr = np.asarray(im)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ImageDecodeError(
+            path,
+            f"decoded to an array of shape {arr.shape} and dtype {arr.dtype}, expected (H, W, 3) uint8",
+            "Convert the file to an 8-bit RGB JPEG or PNG first.",
+        )
+    return np.ascontiguousarray(arr)
+
+
+def read_image(
+    path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> np.ndarray:
+    """Decode an image file into RGB pixels in display orientation.
+
+    Args:
+        path: any format Pillow reads (JPEG, PNG, TIFF, ...), any mode (see ``_to_rgb`` for the rules).
+        max_pixels: refuse images with more pixels than this, from the header, before decoding; ``None`` keeps
+            only Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``, which refuses above twice its value).
+        min_side: when set, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, much faster)
+            as long as both sides stay at least ``min_side``; use it when the image will be resized to a
+            working size anyway, and take the original size from :func:`image_size`.
+
+    Returns:
+        ``uint8`` array of shape ``(H, W, 3)``, C-contiguous, EXIF orientation applied.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageDecodeError: empty, truncated, corrupt, over ``max_pixels``, or an unconvertible mode.
+    """
+    path = Path(path)
+    with _open(path, max_pixels) as im:
+        if min_side is not None and im.format == "JPEG":
+            w, h = im.size
+            scale = max(1, min(w, h) // max(1, int(min_side)))
+            if scale >= 2:
+                im.draft("RGB", (-(-w // scale), -(-h // scale)))
+        loaded = _load(im, path)
+        return _to_rgb(loaded, path)
+
+
+def read_mask(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a lesion mask into one 8-bit channel, without binarising it.
+
+    Rules, so that any reasonable mask file means what it shows:
+    - ``L``: as stored; ``1``: 0/255; ``P``: the palette's grey level (a black/white palette gives 0/255).
+    - 16-bit / 32-bit / float: scaled to 0..255 as in :func:`read_image` (65535 -> 255).
+    - ``RGB``/``RGBA``/``LA``/``CMYK``: the brightest colour channel of each pixel (alpha ignored), so a grey
+      mask is read exactly and a coloured mark (e.g. pure red 255,0,0) counts as lesion; luma would read pure
+      red as 76, i.e. background after the official > 128 binarisation.
+
+    Returns ``uint8`` ``(H, W)``; binarise with ``> 128`` as the official scorer does (``wsm.metrics.binarise``).
+    """
+    path = Path(path)
+    with _open(path, max_pixels) as im:
+        loaded = _load(im, path)
+        mode = loaded.mode
+        if mode == "L":
+            arr = np.asarray(loaded)
+        elif mode in {"1", "P"}:
+            arr = np.asarray(loaded.convert("L"))
+        elif mode in _SIXTEEN_BIT_MODES or mode in {"I", "F"}:
+            arr = _wide_to_uint8(np.asarray(loaded), mode)
+        else:
+            try:
+                rgb = np.asarray(loaded.convert("RGB"))
+            except (ValueError, OSError) as exc:
+                raise ImageDecodeError(
+                    path, f"Pillow cannot convert mask mode {mode!r} ({exc})", "Save the mask as an 8-bit PNG."
+                ) from exc
+            arr = rgb.max(axis=2)
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """``(width, height)`` as displayed (EXIF orientations 5-8 swap them), read from the header only."""
+    path = Path(path)
+    with _open(path, None) as im:
+        width, height = im.size
+        try:
+            orientation = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        except Exception:  # a corrupt EXIF block: read_image will report it; the stored size stands
+            orientation = 1
+    if orientation in _SWAPPING_ORIENTATIONS:
+        return height, width
+    return width, height
+
+
+def encode_label_png(label_map: np.ndarray) -> bytes:
+    """Encode an ``(H, W)`` ``uint8`` array as an 8-bit greyscale PNG with deterministic bytes.
+
+    Pillow writes no time or software chunks unless asked; with a fixed zlib level the same array always gives
+    the same bytes (for a given zlib build), so reruns are byte-identical and files can be compared by hash.
+    """
+    arr = np.asarray(label_map)
+    if arr.ndim != 2 or arr.dtype != np.uint8:
+        raise ValueError(
+            f"a label map must be a 2-D uint8 array (H, W), got shape {arr.shape} and dtype {arr.dtype}; "
+            "cast with .astype(np.uint8) after checking the values (0 background, 1 lesion, 255 uncertain)"
+        )
+    if arr.size == 0:
+        raise ValueError(f"a label map must not be empty, got shape {arr.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(
+        buf, format="PNG", compress_level=LABEL_PNG_COMPRESS_LEVEL, optimize=False
+    )
+    return buf.getvalue()
+
+
+def write_label_png(path: Path | str, label_map: np.ndarray) -> None:
+    """Write ``label_map`` as an 8-bit single-channel PNG, atomically (complete under its name, or absent)."""
+    data = encode_label_png(label_map)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+

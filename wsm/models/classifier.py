@@ -1,0 +1,236 @@
+"""Image classifiers for the localise stage: timm backbones behind a small registry.
+
+The classifier is trained on image-level diagnosis labels; its class activation maps (wsm.models.cam) become the
+weak lesion maps. Every backbone here is a timm CNN whose last convolutional stage feeds a global pooling and a
+linear head, which is what CAM methods need.
+
+Registered backbones (parameter counts with a 4-class head; input size the one they are trained at here):
+
+=================  ======  =========  =====================================================================
+name               params  input px   use
+=================  ======  =========  =====================================================================
+test_resnet        0.37 M  64         tests only: ~10 ms for a 4x3x64x64 forward+backward on one CPU thread
+resnet10t          4.9 M   224        quick CPU runs
+resnet18           11.2 M  224        **CPU default** (DEFAULT_CPU_CLASSIFIER)
+efficientnet_b0    4.0 M   224        **GPU default** (DEFAULT_GPU_CLASSIFIER); also fine on CPU, slower per image
+resnet50           23.5 M  224        larger GPU model
+convnext_tiny      27.8 M  224        larger GPU model (no BatchNorm; tolerates small batches)
+=================  ======  =========  =====================================================================
+
+Mask-guided classification (MB-DCNN): ``in_chans=4`` builds the 3-channel network (so RGB pretrained weights load
+unchanged), then widens its first convolution with :func:`expand_first_conv_to_4ch`, whose 4th input channel (the
+coarse lesion mask) starts from the mean of the RGB filters.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from wsm._compat import ensure_torchvision
+
+ensure_torchvision()
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+__all__ = [
+    "CLASSIFIERS",
+    "DEFAULT_CPU_CLASSIFIER",
+    "DEFAULT_GPU_CLASSIFIER",
+    "ClassifierSpec",
+    "PretrainedUnavailableError",
+    "create_classifier",
+    "expand_first_conv_to_4ch",
+    "first_conv",
+    "target_layer",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    timm_name: str      # the name timm.create_model knows
+    input_size: int     # square working size (pixels) this backbone is meant to be trained and run at
+    cam_layer: str      # dotted path of the module whose output feeds global pooling (the CAM target layer)
+    note: str = ""      # what it is for
+
+
+CLASSIFIERS: dict[str, ClassifierSpec] = {
+    "test_resnet": ClassifierSpec("test_resnet", 64, "layer4", "tiny, for tests"),
+    "resnet10t": ClassifierSpec("resnet10t", 224, "layer4", "quick CPU runs"),
+    "resnet18": ClassifierSpec("resnet18", 224, "layer4", "CPU default"),
+    "efficientnet_b0": ClassifierSpec("efficientnet_b0", 224, "bn2", "GPU default"),
+    "resnet50": ClassifierSpec("resnet50", 224, "layer4", "larger GPU model"),
+    "convnext_tiny": ClassifierSpec("convnext_tiny", 224, "stages.3", "larger GPU model, no BatchNorm"),
+}
+
+DEFAULT_CPU_CLASSIFIER = "resnet18"
+DEFAULT_GPU_CLASSIFIER = "efficientnet_b0"
+
+_OFFLINE_HINT = "use --weights FILE or run where the Hugging Face hub is reachable"
+
+
+class PretrainedUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but cannot be had (no hub, nothing in the local cache)."""
+
+
+def _spec(name: str) -> ClassifierSpec:
+    try:
+        return CLASSIFIERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown classifier {name!r}; valid ones: {', '.join(sorted(CLASSIFIERS))}"
+        ) from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds.
+
+    Runs in a daemon thread so that a hanging DNS lookup cannot hold the caller past the timeout.
+    """
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    ok: list[bool] = []
+
+    def probe() -> None:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+            ok.append(True)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(ok)
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable() -> Iterator[None]:
+    """Put huggingface_hub in offline mode for the block when the hub cannot be reached.
+
+    Offline, huggingface_hub still serves weights from its local cache and fails at once when they are not there,
+    instead of retrying for about 45 s. When HF_HUB_OFFLINE is already set, nothing is probed.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or _hub_reachable():
+        yield
+        return
+    log.info("Hugging Face hub %s not reachable: looking for pretrained weights in the local cache only",
+             constants.ENDPOINT)
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+def create_classifier(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False,
+                      weights_file: str | os.PathLike | None = None) -> nn.Module:
+    """Build a registered classifier backbone with a ``num_classes`` head.
+
+    Args:
+        name: a key of :data:`CLASSIFIERS`.
+        num_classes: size of the linear head.
+        in_chans: 3 (RGB) or 4 (RGB + coarse lesion mask, mask-guided as in MB-DCNN).
+        pretrained: load ImageNet weights from the Hugging Face hub (or its local cache).
+        weights_file: load ImageNet-style timm weights from this local file instead (implies pretrained).
+            This is for backbone weights; weights wsm trained itself load with ``wsm.training.load_weights``.
+
+    Raises:
+        ValueError: unknown name, or in_chans not 3 or 4.
+        FileNotFoundError: weights_file does not exist.
+        PretrainedUnavailableError: pretrained weights asked for but not obtainable.
+    """
+    spec = _spec(name)
+    if in_chans not in (3, 4):
+        raise ValueError(f"in_chans must be 3 (RGB) or 4 (RGB + mask), got {in_chans}")
+    kwargs: dict = dict(num_classes=num_classes, in_chans=3)
+    if weights_file is not None:
+        path = Path(weights_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} does not exist")
+        model = timm.create_model(spec.timm_name, pretrained=True,
+                                  pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    elif pretrained:
+        try:
+            with _hub_offline_unless_reachable():
+                model = timm.create_model(spec.timm_name, pretrained=True, **kwargs)
+        except OSError as err:  # huggingface_hub's LocalEntryNotFoundError is an OSError
+            raise PretrainedUnavailableError(
+                f"cannot get pretrained weights for {name!r} (timm {spec.timm_name}): the Hugging Face hub is "
+                f"not reachable and they are not in the local cache; {_OFFLINE_HINT} ({type(err).__name__})"
+            ) from err
+    else:
+        model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+    if in_chans == 4:
+        expand_first_conv_to_4ch(model)
+    return model
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The first convolution (the one that sees the image): timm's ``pretrained_cfg['first_conv']``, else the
+    first Conv2d in module order."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("first_conv")
+    if isinstance(name, str):
+        with contextlib.suppress(AttributeError):
+            module = model.get_submodule(name)
+            if isinstance(module, nn.Conv2d):
+                return name, module
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    raise ValueError(f"{type(model).__name__} has no Conv2d layer")
+
+
+def expand_first_conv_to_4ch(model: nn.Module) -> nn.Module:
+    """Widen the first convolution of a 3-channel model to 4 input channels, in place (and return the model).
+
+    The new channel's filters start as the mean of the R, G and B filters (MB-DCNN's initialisation for the
+    coarse-mask channel); the RGB filters and the bias are kept as they are.
+    """
+    name, conv = first_conv(model)
+    if conv.in_channels != 3:
+        raise ValueError(f"first convolution {name!r} has {conv.in_channels} input channels; expected 3")
+    new = nn.Conv2d(4, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                    dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                    padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        new.weight[:, :3] = conv.weight
+        new.weight[:, 3:] = conv.weight.mean(dim=1, keepdim=True)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):
+        model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(4, *model.pretrained_cfg.get(
+            "input_size", (3, 224, 224))[1:]))
+    return model
+
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """The layer whose output feeds global pooling: the target layer for class activation maps.
+
+    For a registered backbone this is its :attr:`ClassifierSpec.cam_layer`; for any other timm CNN, the module of its
+    last ``feature_info`` entry.
+    """
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    for spec in CLASSIFIERS.values():
+        if spec.timm_name == arch:
+            return model.get_submodule(spec.cam_layer)
+    info = getattr(model, "feature_info", None)
+    if info:
+        last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
+        return model.get_submodule(last["module"])
+    raise ValueError(f"cannot find a CAM target layer in {type(model).__name__}: pass target_layer explicitly")
