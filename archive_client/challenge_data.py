@@ -26,18 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import requests
 from PIL import Image
 
 from .atomic import atomic_path, fsync_dir, write_bytes_atomic, write_text_atomic
-from .challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS, ChallengeSplit, get_split
+from .challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS, ChallengeSplit
 from .errors import DownloadError, InvalidIdError
 from .ids import check_isic_id
 from .layout import DataLayout, exclusive_lock
+from .isic_files import write_attribution, write_metadata_csv
 from .manifest import (DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row, merge_rows, read_table,
                        write_table_atomic)
 from .safezip import ZipLimits, extract_members
-from .transfer import fetch_file, make_session, sha256_file
+from .transfer import RetryPolicy, fetch_file, make_session, sha256_file
 
 __all__ = ["ChallengeSummary", "MaskCheck", "check_mask", "download_challenge", "find_image", "image_size"]
 
@@ -194,7 +196,8 @@ def _record_checksum(path: Path, key: str, url: str, nbytes: int, sha256: str) -
     write_text_atomic(path, json.dumps(sums, indent=2, sort_keys=True) + "\n")
 
 
-def ensure_zip(layout: DataLayout, session: requests.Session, url: str, year: str, name: str) -> tuple[Path, str]:
+def ensure_zip(layout: DataLayout, session: requests.Session, url: str, year: str, name: str,
+               policy: RetryPolicy = RetryPolicy()) -> tuple[Path, str]:
     """The zip at DATA/.wsm/challenges/<year>/<name>, verified against checksums.json or fetched; (path, how)."""
     state = _challenge_state(layout)
     sums_path = state / "checksums.json"
@@ -215,7 +218,7 @@ def ensure_zip(layout: DataLayout, session: requests.Session, url: str, year: st
         dest.unlink()
     log.info("fetching %s", url)
     result = fetch_file(session, url, dest, expected_size=record.get("bytes") if record else None,
-                        partial=layout.partial_path(dest))
+                        partial=layout.partial_path(dest), policy=policy)
     if record is not None and result.sha256 != record.get("sha256"):
         dest.unlink(missing_ok=True)
         raise DownloadError(
@@ -256,10 +259,11 @@ def _extract_images(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, url:
         return staging / f"{isic_id}.{m.group(2).lower()}"
 
     report = extract_members(zip_path, plan, layout.root, limits=limits, progress=progress)
-    summary.unexpected += [n for n in report.unexpected if n not in kept and n not in dict(bad)]
+    refused = {name for name, _ in bad}
+    summary.unexpected += [n for n in report.unexpected if n not in kept and n not in refused]
     summary.images_rejected += bad
-    done = read_table(layout.manifest, DATA_MANIFEST_CORE)
-    have_row = set(done["isic_id"].to_pylist()) if done.num_rows else set()
+    have_row = set(pq.read_table(layout.manifest, columns=["isic_id"])["isic_id"].to_pylist()) \
+        if layout.manifest.exists() else set()
     rows = []
 
     def row(isic_id: str, path: Path, nbytes: int, sha256: str, size: tuple[int, int]) -> dict:
@@ -285,8 +289,15 @@ def _extract_images(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, url:
     for name, existing in kept.items():
         summary.images_skipped += 1
         isic_id = existing.stem
-        if isic_id not in have_row:        # on disk from a run that stopped before its manifest was written
-            rows.append(row(isic_id, existing, existing.stat().st_size, sha256_file(existing), image_size(existing)))
+        if isic_id in have_row:
+            continue
+        # on disk, but from a run that stopped before writing its manifest (or put there by hand)
+        try:
+            size = image_size(existing)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            summary.images_rejected.append((isic_id, f"{existing} is already there but does not decode ({err})"))
+            continue
+        rows.append(row(isic_id, existing, existing.stat().st_size, sha256_file(existing), size))
     shutil.rmtree(staging, ignore_errors=True)
     return rows
 
@@ -308,7 +319,8 @@ def _extract_masks(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, summa
             return None
 
     report = extract_members(zip_path, plan, layout.root, limits=limits, progress=progress)
-    summary.unexpected += [n for n in report.unexpected if n not in dict(bad)]
+    refused = {name for name, _ in bad}
+    summary.unexpected += [n for n in report.unexpected if n not in refused]
     summary.masks_rejected += bad
     rows = []
     for member in report.members:
@@ -362,6 +374,7 @@ def download_challenge(
     progress: bool = True,
     *,
     limits: ZipLimits = ZipLimits(),
+    policy: RetryPolicy = RetryPolicy(),
 ) -> ChallengeSummary:
     """Fetch, verify and extract the official masks (and images with ``inputs``) of ``challenge`` into DATA.
 
@@ -369,7 +382,8 @@ def download_challenge(
     ValueError for an unknown challenge or split name, DownloadError when a zip cannot be fetched or verified,
     UnsafeArchiveError / ArchiveError for a hostile or corrupt zip, LockedError if another wsm writes DATA.
     """
-    get_split(challenge, next(iter(CATALOG.get(challenge, {"train": None}))))   # unknown challenge -> ValueError
+    if challenge not in CATALOG:
+        raise ValueError(f"unknown challenge {challenge!r}; choose one of {', '.join(CATALOG)}")
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise ValueError(f"unknown split(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SPLITS)}")
@@ -381,22 +395,26 @@ def download_challenge(
             wanted.append(CATALOG[challenge][split])
         else:
             summary.missing_splits.append(split)
-    session = session or make_session(workers=2)
+    session = session or make_session(workers=2, policy=policy)
     layout.root.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(layout.root):
         for cs in wanted:
             if inputs:
                 url = cs.url(base_url, "inputs")
-                zip_path, how = ensure_zip(layout, session, url, cs.year, cs.inputs_zip)
+                zip_path, how = ensure_zip(layout, session, url, cs.year, cs.inputs_zip, policy)
                 summary.zips[f"{cs.year}/{cs.inputs_zip}"] = how
                 rows = _extract_images(layout, cs, zip_path, url, summary, limits, progress)
                 _merge_into(layout.manifest, rows, DATA_MANIFEST_CORE, ("isic_id",))
             url = cs.url(base_url, "truth")
-            zip_path, how = ensure_zip(layout, session, url, cs.year, cs.truth_zip)
+            zip_path, how = ensure_zip(layout, session, url, cs.year, cs.truth_zip, policy)
             summary.zips[f"{cs.year}/{cs.truth_zip}"] = how
             rows = _extract_masks(layout, cs, zip_path, summary, limits, progress)
             _merge_into(layout.gt_manifest, rows, GT_MANIFEST, ("isic_id", "challenge"))
             summary.splits.append(cs.split)
             log.info("%s %s: %d masks written, %d already there, %d rejected", challenge, cs.split,
                      summary.masks_written, summary.masks_skipped, len(summary.masks_rejected))
+        if inputs and layout.manifest.exists():   # the images are now part of DATA: describe them like isic-cli
+            manifest = pq.read_table(layout.manifest)
+            write_metadata_csv(layout.metadata_csv, manifest)
+            write_attribution(layout.attribution, manifest)
     return summary

@@ -30,12 +30,12 @@ class ChallengeSplit:
     @property
     def mask_pattern(self) -> re.Pattern:
         """Names of mask entries inside the ground-truth zip (any folder prefix)."""
-        return re.compile(rf"(?:[^/]+/)*(ISIC_\d{{7}}){self.mask_suffix}\.png")
+        return re.compile(rf"(?:[^/]+/)*(ISIC_[0-9]{{7}}){self.mask_suffix}\.png")
 
     @property
     def image_pattern(self) -> re.Pattern:
         """Names of image entries inside the inputs zip (superpixel files and the like do not match)."""
-        return re.compile(r"(?:[^/]+/)*(ISIC_\d{7})\.(jpg|jpeg|png)", re.IGNORECASE)
+        return re.compile(r"(?:[^/]+/)*(ISIC_[0-9]{7})\.(jpg|jpeg|png)", re.IGNORECASE)
 
     def url(self, base_url: str, which: str) -> str:
         name = self.truth_zip if which == "truth" else self.inputs_zip

@@ -76,6 +76,9 @@ class DownloadSummary:
         return out
 
 
+_DONE = {"skip": "skipped", "adopt": "adopted", "downloaded": "downloaded"}
+
+
 @dataclass(frozen=True)
 class _Outcome:
     isic_id: str
@@ -126,7 +129,7 @@ def _process(record: Mapping, layout: DataLayout, known: Mapping[str, dict], ses
         width, height = _image_size(dest)
         row = manifest_row(record, file=dest.relative_to(layout.root).as_posix(), nbytes=expected,
                            sha256=sha256, width=width, height=height, source_url=url)
-        return _Outcome(isic_id, action, row, nbytes=nbytes)
+        return _Outcome(isic_id, _DONE[action], row, nbytes=nbytes)
     except DiskFullError:
         raise
     except (ArchiveError, KeyError, TypeError, ValueError) as err:
@@ -190,12 +193,10 @@ class _ManifestBuilder:
         return merged
 
 
-def _known_rows(table: pa.Table, journal_rows: list[dict]) -> dict[str, dict]:
+def _known_rows(table: pa.Table) -> dict[str, dict]:
     """isic_id -> what is known verified on disk: file, bytes, sha256."""
     cols = ["isic_id", "file", "bytes", "sha256"]
-    known = {r["isic_id"]: r for r in table.select(cols).to_pylist()} if table.num_rows else {}
-    known.update({r["isic_id"]: {k: r.get(k) for k in cols} for r in journal_rows})
-    return known
+    return {r["isic_id"]: r for r in table.select(cols).to_pylist()} if table.num_rows else {}
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable, max_pending: int) -> Iterator[Future]:
@@ -230,9 +231,14 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
         session = make_session(opts.workers, opts.policy)
         journal = _Journal(layout.state / JOURNAL)
         builder = _ManifestBuilder(layout)
-        for row in journal.replay():        # rows a killed run verified but never merged
-            builder.add(row)
-        known = _known_rows(read_table(layout.manifest, DATA_MANIFEST_CORE), builder.pending)
+        recovered = journal.replay()        # rows a killed run verified but never merged
+        if recovered:
+            for row in recovered:
+                builder.add(row)
+            builder.write()
+            journal.clear()
+            builder = _ManifestBuilder(layout)
+        known = _known_rows(read_table(layout.manifest, DATA_MANIFEST_CORE))
 
         total = api.count_images(session, opts.api_url, opts.query, opts.collections)
         total = min(total, opts.limit) if opts.limit else total

@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 
 from .errors import InvalidIdError, InvalidUrlError
 
-ISIC_ID = re.compile(r"ISIC_\d{7}")
+ISIC_ID = re.compile(r"ISIC_[0-9]{7}")  # ASCII digits only: \d also matches other scripts' digits
 
 
 def check_isic_id(isic_id: object) -> str:

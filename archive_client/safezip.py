@@ -10,6 +10,7 @@ partial behind. A rerun skips entries whose destination already holds a file of 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -53,6 +54,7 @@ class ExtractedMember:
     path: Path         # where it is on disk now
     bytes: int
     written: bool      # False: the destination already held a file of this size and was kept
+    sha256: str | None = None   # hex digest of what was written (None for a kept file: it was not read)
 
 
 @dataclass
@@ -161,9 +163,11 @@ def _check_claims(planned: list[tuple[zipfile.ZipInfo, Path]], limits: ZipLimits
             f"{limits.max_total_bytes}; raise ZipLimits.max_total_bytes if you have the space")
 
 
-def _stream_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, limits: ZipLimits, total_so_far: int) -> int:
-    """Copy one entry to dest through a temporary file; enforce the caps on the bytes read; return the size."""
+def _stream_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, limits: ZipLimits,
+                  total_so_far: int) -> tuple[int, str]:
+    """Copy one entry to dest through a temporary file, enforcing the caps on the bytes read; (size, sha256)."""
     nbytes = 0
+    digest = hashlib.sha256()
     with atomic_path(dest) as tmp, zf.open(info) as src, open(tmp, "wb") as out:
         while block := src.read(limits.chunk_bytes):
             nbytes += len(block)
@@ -179,10 +183,11 @@ def _stream_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, limits
                 raise UnsafeArchiveError(
                     f"refusing the archive: more than {limits.max_total_bytes} bytes extracted in total")
             out.write(block)
+            digest.update(block)
         if nbytes != info.file_size:
             raise ArchiveError(f"entry {info.filename!r} of {zf.filename} holds {nbytes} bytes, its header says "
                                f"{info.file_size}; the zip is corrupt: delete it and download it again")
-    return nbytes
+    return nbytes, digest.hexdigest()
 
 
 def _same_crc(path: Path, crc: int, chunk: int = MiB) -> bool:
@@ -245,9 +250,9 @@ def extract_members(
                         not verify_existing_crc or _same_crc(dest, info.CRC)):
                     report.members.append(ExtractedMember(info.filename, dest, info.file_size, written=False))
                     continue
-                nbytes = _stream_entry(zf, info, dest, limits, report.bytes_written)
+                nbytes, sha256 = _stream_entry(zf, info, dest, limits, report.bytes_written)
                 report.bytes_written += nbytes
-                report.members.append(ExtractedMember(info.filename, dest, nbytes, written=True))
+                report.members.append(ExtractedMember(info.filename, dest, nbytes, written=True, sha256=sha256))
     except zipfile.BadZipFile as err:
         raise ArchiveError(f"{zip_path} is corrupt or not a zip file ({err}); delete it and download it again") from err
     except (zlib.error, EOFError) as err:

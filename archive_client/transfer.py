@@ -42,7 +42,7 @@ class RetryPolicy:
     backoff_max_s: float = 20.0       # longest wait between tries (Retry-After is honoured above it)
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0      # silence on an open connection before it counts as dropped
-    chunk_bytes: int = 1 << 20
+    chunk_bytes: int = 1 << 16        # small enough that a truncated body keeps most of what arrived
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def make_session(workers: int = 16, policy: RetryPolicy = RetryPolicy()) -> requ
         raise_on_status=False,
     )
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(workers, 4), max_retries=retry)
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=workers + 4, max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = user_agent()
@@ -121,7 +121,7 @@ def _stream_once(session, url, partial: Path, expected_size, policy) -> None:
         length = response.headers.get("Content-Length")
         if expected_size is not None and length is not None and start + int(length) != expected_size:
             raise DownloadError(
-                f"{url}: the server announces {start + int(length)} bytes but the archive record says "
+                f"{url}: the server announces {start + int(length)} bytes but the record says "
                 f"{expected_size}; the record or the server is wrong, the file was not kept"
             )
         try:
@@ -175,7 +175,7 @@ def fetch_file(
         raise DownloadError(f"gave up on {url} after {policy.attempts} tries: {last_error}")
     size = partial.stat().st_size
     if expected_size is not None and size != expected_size:
-        raise DownloadError(f"{url}: got {size} bytes, the archive record says {expected_size}")
+        raise DownloadError(f"{url}: got {size} bytes, the record says {expected_size}")
     digest = sha256_file(partial)
     os.replace(partial, dest)
     fsync_dir(dest.parent)

@@ -171,10 +171,10 @@ def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
     if mode in _ALPHA_MODES:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.ascontiguousarray(np.asarray(Image.alpha_composite(white, rgba).convert("RGB")))
+        return np.array(Image.alpha_composite(white, rgba).convert("RGB"))
     if mode in _SIXTEEN_BIT_MODES or mode in {"I", "F"}:
         grey = _wide_to_uint8(np.asarray(im), mode)
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+        return np.repeat(grey[:, :, None], 3, axis=2)
     if mode != "RGB":
         try:
             im = im.convert("RGB")  # L, 1, P, CMYK (Adobe inversion handled by Pillow), YCbCr, LAB, HSV, ...
@@ -184,14 +184,14 @@ def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
                 f"Pillow cannot convert mode {mode!r} to RGB ({exc})",
                 "Convert the file to an 8-bit RGB JPEG or PNG first.",
             ) from exc
-    arr = np.asarray(im)
+    arr = np.array(im)  # a copy: writable and C-contiguous (np.asarray of a Pillow image is read-only)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageDecodeError(
             path,
             f"decoded to an array of shape {arr.shape} and dtype {arr.dtype}, expected (H, W, 3) uint8",
             "Convert the file to an 8-bit RGB JPEG or PNG first.",
         )
-    return np.ascontiguousarray(arr)
+    return arr
 
 
 def read_image(
@@ -208,7 +208,7 @@ def read_image(
             working size anyway, and take the original size from :func:`image_size`.
 
     Returns:
-        ``uint8`` array of shape ``(H, W, 3)``, C-contiguous, EXIF orientation applied.
+        ``uint8`` array of shape ``(H, W, 3)``, C-contiguous and writable, EXIF orientation applied.
 
     Raises:
         FileNotFoundError: no such file.
@@ -255,7 +255,7 @@ def read_mask(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
                     path, f"Pillow cannot convert mask mode {mode!r} ({exc})", "Save the mask as an 8-bit PNG."
                 ) from exc
             arr = rgb.max(axis=2)
-    return np.ascontiguousarray(arr, dtype=np.uint8)
+    return np.array(arr, dtype=np.uint8)  # a writable, C-contiguous copy
 
 
 def image_size(path: Path | str) -> tuple[int, int]:

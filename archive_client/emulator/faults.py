@@ -56,15 +56,23 @@ def applicable_kinds(kinds: tuple[str, ...], group: str, has_body: bool) -> tupl
 
 @dataclass(frozen=True)
 class EmulatorStats:
-    """A snapshot of what the emulator has served since it started (or since ``reset_stats``)."""
-    requests: int = 0                                       # every request received
-    faults: dict[str, int] = field(default_factory=dict)    # injected faults by kind
-    routes: dict[str, int] = field(default_factory=dict)    # requests by route (search, image, media, ...)
-    range_requests: int = 0                                 # file requests that carried a Range header
+    """A snapshot of what the emulator has served since it started (or since ``reset_stats``).
 
-    @property
-    def faults_total(self) -> int:
-        return sum(self.faults.values())
+    Fields read as attributes or as keys: ``server.stats.faults == server.stats["faults"]``.
+    """
+    requests: int = 0                                            # every request received
+    faults: int = 0                                              # injected faults, all kinds
+    faults_by_kind: dict[str, int] = field(default_factory=dict)  # injected faults by kind
+    routes: dict[str, int] = field(default_factory=dict)         # requests by route (search, image, media, ...)
+    range_requests: int = 0                                      # file requests that carried a Range header
+
+    def __getitem__(self, key: str) -> object:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(f"{key!r}; stats have {', '.join(self.__dataclass_fields__)}")
+        return getattr(self, key)
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.__dataclass_fields__)
 
 
 class FaultInjector:
@@ -113,7 +121,8 @@ class FaultInjector:
 
     def stats(self) -> EmulatorStats:
         with self._lock:
-            return EmulatorStats(self._requests, dict(self._faults), dict(self._routes), self._ranges)
+            return EmulatorStats(self._requests, sum(self._faults.values()), dict(self._faults), dict(self._routes),
+                                 self._ranges)
 
     def reset_stats(self) -> None:
         """Zero the counters (the fault sequence keeps going; it does not restart)."""

@@ -37,9 +37,9 @@ def parse_byte_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiable(f"{header!r}: empty suffix range of a {size}-byte file")
         return max(0, size - n), size - 1
     first = int(first_text)
+    if last_text and int(last_text) < first:
+        return None  # syntactically invalid: ignored
     last = int(last_text) if last_text else size - 1
-    if last < first:
-        return None
     if first >= size:
         raise RangeNotSatisfiable(f"{header!r}: starts past the end of a {size}-byte file")
     return first, min(last, size - 1)

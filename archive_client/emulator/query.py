@@ -288,10 +288,9 @@ class _Parser:
         field = match.group()
         self.pos = match.end()
         if self._peek() != ":":
-            raise self._error(
-                f"expected ':' after field name {field!r} (terms are field:value; "
-                "quote values that contain spaces or ':')"
-            )
+            hint = (f"; operators are upper case: {field.upper()}" if field.upper() in _KEYWORDS
+                    else "; quote values that contain spaces or ':'")
+            raise self._error(f"expected ':' after field name {field!r} (terms are field:value{hint})")
         self.pos += 1
         self._skip_ws()
         return self._value(field)
@@ -378,7 +377,7 @@ class _Parser:
     def _bound(self, field: str, opened: int) -> str | None:
         self._skip_ws()
         if self._at_end():
-            raise self._error(f"unterminated range opened at position {opened}", opened)
+            raise self._error(f"unterminated range: the query ended inside the range opened at position {opened}")
         if self._peek() == '"':
             return self._quoted()
         start = self.pos

@@ -140,7 +140,8 @@ def collections_from_json(data: object, known_ids: frozenset[str], source: str =
     out: dict[int, Collection] = {}
     for i, item in enumerate(data):
         if not isinstance(item, dict) or not isinstance(item.get("id"), int) or not isinstance(item.get("name"), str):
-            raise ValueError(f"{source}[{i}]: expected an object with an integer 'id' and a string 'name', got {item!r}")
+            raise ValueError(
+                f"{source}[{i}]: expected an object with an integer 'id' and a string 'name', got {item!r}")
         ids = item.get("isic_ids", [])
         if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
             raise ValueError(f"{source}[{i}]: 'isic_ids' must be a list of strings")

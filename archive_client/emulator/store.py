@@ -54,6 +54,9 @@ class ArchiveStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{root} is not a folder; expected a DATA folder with manifest.parquet "
+                                    "(see archive_client.layout)")
         self.layout = DataLayout(self.root)
         self.cache_dir = self.layout.state / "emulator"
         self.images: dict[str, StoredImage] = self._load_images()

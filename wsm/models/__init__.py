@@ -1,0 +1,41 @@
+"""Networks: classifiers and their class activation maps (localise), segmentation networks (prior).
+
+Submodules import timm / pytorch-grad-cam (seconds), so names are loaded on first use::
+
+    from wsm.models import create_classifier, cam_maps, create_segmenter
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "CLASSIFIERS": "classifier",
+    "DEFAULT_CPU_CLASSIFIER": "classifier",
+    "DEFAULT_GPU_CLASSIFIER": "classifier",
+    "PretrainedUnavailableError": "classifier",
+    "create_classifier": "classifier",
+    "expand_first_conv_to_4ch": "classifier",
+    "target_layer": "classifier",
+    "CAM_METHODS": "cam",
+    "cam_maps": "cam",
+    "create_cam": "cam",
+    "ARCHITECTURES": "segmentation",
+    "create_segmenter": "segmentation",
+    "pad_to_multiple": "segmentation",
+    "predict_prob": "segmentation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

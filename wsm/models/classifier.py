@@ -4,18 +4,21 @@ The classifier is trained on image-level diagnosis labels; its class activation 
 weak lesion maps. Every backbone here is a timm CNN whose last convolutional stage feeds a global pooling and a
 linear head, which is what CAM methods need.
 
-Registered backbones (parameter counts with a 4-class head; input size the one they are trained at here):
+Registered backbones (parameter counts with a 4-class head; input size the one they are trained at here; CPU numbers
+are images/s on one thread of a shared 2-core machine at 224 px, batch 8: train step / inference / cam_maps with
+gradcam++ and flip TTA):
 
-=================  ======  =========  =====================================================================
-name               params  input px   use
-=================  ======  =========  =====================================================================
-test_resnet        0.37 M  64         tests only: ~10 ms for a 4x3x64x64 forward+backward on one CPU thread
-resnet10t          4.9 M   224        quick CPU runs
-resnet18           11.2 M  224        **CPU default** (DEFAULT_CPU_CLASSIFIER)
-efficientnet_b0    4.0 M   224        **GPU default** (DEFAULT_GPU_CLASSIFIER); also fine on CPU, slower per image
-resnet50           23.5 M  224        larger GPU model
-convnext_tiny      27.8 M  224        larger GPU model (no BatchNorm; tolerates small batches)
-=================  ======  =========  =====================================================================
+=================  ======  ========  ==================  ==================================================
+name               params  input px  CPU img/s           use
+=================  ======  ========  ==================  ==================================================
+test_resnet        0.37 M  64        (~15 ms per 4x64px  tests only
+                                     forward+backward)
+resnet10t          4.9 M   224       10.6 / 32 / 4.2     quick CPU runs
+resnet18           11.2 M  224       7.4 / 24 / 3.2      **CPU default** (DEFAULT_CPU_CLASSIFIER)
+efficientnet_b0    4.0 M   224       7.3 / 39 / 4.8      **GPU default** (DEFAULT_GPU_CLASSIFIER)
+resnet50           23.5 M  224                           larger GPU model
+convnext_tiny      27.8 M  224                           larger GPU model (no BatchNorm; small batches are fine)
+=================  ======  ========  ==================  ==================================================
 
 Mask-guided classification (MB-DCNN): ``in_chans=4`` builds the 3-channel network (so RGB pretrained weights load
 unchanged), then widens its first convolution with :func:`expand_first_conv_to_4ch`, whose 4th input channel (the
@@ -48,6 +51,7 @@ __all__ = [
     "ClassifierSpec",
     "PretrainedUnavailableError",
     "create_classifier",
+    "create_timm_model",
     "expand_first_conv_to_4ch",
     "first_conv",
     "target_layer",
@@ -122,7 +126,8 @@ def _hub_offline_unless_reachable() -> Iterator[None]:
     """
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE or _hub_reachable():
+    proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    if constants.HF_HUB_OFFLINE or proxied or _hub_reachable():  # behind a proxy a direct probe proves nothing
         yield
         return
     log.info("Hugging Face hub %s not reachable: looking for pretrained weights in the local cache only",
@@ -154,27 +159,36 @@ def create_classifier(name: str, num_classes: int, in_chans: int = 3, pretrained
     spec = _spec(name)
     if in_chans not in (3, 4):
         raise ValueError(f"in_chans must be 3 (RGB) or 4 (RGB + mask), got {in_chans}")
-    kwargs: dict = dict(num_classes=num_classes, in_chans=3)
+    model = create_timm_model(spec.timm_name, pretrained=pretrained, weights_file=weights_file,
+                              num_classes=num_classes, in_chans=3)
+    if in_chans == 4:
+        expand_first_conv_to_4ch(model)
+    return model
+
+
+def create_timm_model(timm_name: str, pretrained: bool = False, weights_file: str | os.PathLike | None = None,
+                      **kwargs) -> nn.Module:
+    """``timm.create_model`` with wsm's handling of pretrained weights (shared with the segmentation encoders).
+
+    ``weights_file`` loads local timm-format weights (``pretrained_cfg_overlay=dict(file=...)``); ``pretrained``
+    loads from the hub or its local cache, and fails within seconds, with :class:`PretrainedUnavailableError`, when
+    neither has them.
+    """
     if weights_file is not None:
         path = Path(weights_file)
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} does not exist")
-        model = timm.create_model(spec.timm_name, pretrained=True,
-                                  pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
-    elif pretrained:
-        try:
-            with _hub_offline_unless_reachable():
-                model = timm.create_model(spec.timm_name, pretrained=True, **kwargs)
-        except OSError as err:  # huggingface_hub's LocalEntryNotFoundError is an OSError
-            raise PretrainedUnavailableError(
-                f"cannot get pretrained weights for {name!r} (timm {spec.timm_name}): the Hugging Face hub is "
-                f"not reachable and they are not in the local cache; {_OFFLINE_HINT} ({type(err).__name__})"
-            ) from err
-    else:
-        model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
-    if in_chans == 4:
-        expand_first_conv_to_4ch(model)
-    return model
+        return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    if not pretrained:
+        return timm.create_model(timm_name, pretrained=False, **kwargs)
+    try:
+        with _hub_offline_unless_reachable():
+            return timm.create_model(timm_name, pretrained=True, **kwargs)
+    except OSError as err:  # huggingface_hub's LocalEntryNotFoundError is an OSError
+        raise PretrainedUnavailableError(
+            f"cannot get pretrained weights for timm model {timm_name!r} from the Hugging Face hub or its local "
+            f"cache; {_OFFLINE_HINT} ({type(err).__name__}: {err})"
+        ) from err
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:

@@ -109,25 +109,28 @@ def to_working_size(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(rgb, (size, size), interpolation=interp))
 
 
-def _border_strips(dark: np.ndarray, fill: float = 0.98) -> np.ndarray:
-    """Whole rows/columns at the image edges that are (almost) all dark: letterbox bars, always frame."""
+def _border_strips(dark: np.ndarray, slack: int, fill: float = 0.98) -> np.ndarray:
+    """Whole rows/columns at the image edges that are (almost) all dark: letterbox bars, always frame.
+
+    A bar may start up to ``slack`` pixels in from the edge (resized or re-cropped images often carry a line of
+    bright pixels on the outermost row); the slack pixels go with the bar.
+    """
     out = np.zeros_like(dark)
     h, w = dark.shape
-    rows, cols = dark.mean(axis=1), dark.mean(axis=0)
-    top = 0
-    while top < h // 3 and rows[top] >= fill:
-        top += 1
-    bottom = h
-    while bottom > h - h // 3 and rows[bottom - 1] >= fill:
-        bottom -= 1
-    left = 0
-    while left < w // 3 and cols[left] >= fill:
-        left += 1
-    right = w
-    while right > w - w // 3 and cols[right - 1] >= fill:
-        right -= 1
-    out[:top] = out[bottom:] = True
-    out[:, :left] = out[:, right:] = True
+    for profile, length, axis in ((dark.mean(axis=1), h, 0), (dark.mean(axis=0), w, 1)):
+        for forward in (True, False):
+            seq = profile if forward else profile[::-1]
+            start = next((i for i in range(min(slack + 1, length)) if seq[i] >= fill), None)
+            if start is None:
+                continue
+            end = start
+            while end < length // 3 and seq[end] >= fill:
+                end += 1
+            sl = slice(0, end) if forward else slice(length - end, length)
+            if axis == 0:
+                out[sl, :] = True
+            else:
+                out[:, sl] = True
     return out
 
 
@@ -148,8 +151,8 @@ def vignette_mask(rgb: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -
 
     1. A pixel is dark when its brightest channel, after a small median blur, is below ``vignette_threshold``:
        the frame is black in every channel, while even very dark lesions keep some red.
-    2. Candidates are dark regions connected to the image border; whole dark rows/columns at the edges
-       (letterbox bars) are frame outright.
+    2. Candidates are dark regions connected to the image border (within 1% of the shorter side of it); whole
+       dark rows/columns at the edges (letterbox bars) are frame outright.
     3. Plausibility: a dermoscope frame is the outside of a circle roughly centred on the image (in cropped images,
        only its corners are left, as separate pieces). A circle is fitted to the inner edge of all candidates
        (edge pixels not on the image border), trimmed twice to ignore a lesion touching the frame. It is accepted
@@ -171,9 +174,12 @@ def vignette_mask(rgb: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -
     if not dark.any():
         return np.zeros((h, w), dtype=bool)
 
-    strips = _border_strips(dark)
-    labels, n = ndimage.label(dark)
-    border_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    slack = max(1, int(round(0.01 * short)))  # "touching the border" allows this many pixels of gap
+    strips = _border_strips(dark, slack)
+    labels, _ = ndimage.label(dark)
+    band = np.ones((h, w), dtype=bool)
+    band[slack:-slack, slack:-slack] = False
+    border_labels = np.unique(labels[band])
     border_labels = border_labels[border_labels > 0]
     candidate = np.isin(labels, border_labels) & ~strips
     frame = strips.copy()
@@ -183,8 +189,7 @@ def vignette_mask(rgb: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -
         # inner edge: candidate pixels with a non-candidate 4-neighbour, not on the image (or strip) border
         eroded = cv2.erode(candidate.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
         edge = candidate & ~eroded.astype(bool)
-        inner = np.zeros_like(edge)
-        inner[1:-1, 1:-1] = edge[1:-1, 1:-1]
+        inner = edge & ~band
         inner &= ~cv2.dilate(strips.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         ys, xs = np.nonzero(inner)
         if len(xs) >= 20:

@@ -1,0 +1,328 @@
+"""Augmentation, class mapping and datasets, and the training loop (loss goes down, resume, determinism, weights)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from wsm.augment import AugmentConfig, augment, denormalize, normalize  # noqa: E402
+from wsm.datasets import (  # noqa: E402
+    ISIC_CLASS_TABLE,
+    ClassifierDataset,
+    ClassMapping,
+    SegmentationDataset,
+    segmentation_rows,
+)
+from wsm.models.classifier import create_classifier  # noqa: E402
+from wsm.models.segmentation import create_segmenter  # noqa: E402
+from wsm.training import (  # noqa: E402
+    BCEDiceLoss,
+    TrainConfig,
+    class_weights,
+    classification_loss,
+    load_weights,
+    save_weights,
+    train,
+)
+
+torch.set_num_threads(1)
+
+GEOMETRY_ONLY = AugmentConfig(poisson_lambda=(0, 0), gamma=(1, 1), blur_sigma=(0, 0), dropout_p=(0, 0))
+
+
+def _square(size=64, box=(10, 14, 30, 40)):
+    """A white off-centre rectangle on black, and its mask."""
+    image = np.zeros((size, size, 3), np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    y0, x0, y1, x1 = box
+    image[y0:y1, x0:x1] = 255
+    mask[y0:y1, x0:x1] = 1
+    return image, mask
+
+
+def _iou(a, b):
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+# ------------------------------------------------------------------------------------------------ augment
+
+def test_augment_is_deterministic_given_the_generator():
+    image, mask = _square()
+    a = augment(np.random.default_rng(7), image, mask)
+    b = augment(np.random.default_rng(7), image, mask)
+    c = augment(np.random.default_rng(8), image, mask)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    assert a[0].dtype == np.uint8 and a[0].shape == image.shape
+    assert a[1].dtype == np.uint8 and a[1].shape == mask.shape and set(np.unique(a[1])) <= {0, 1}
+
+
+@pytest.mark.parametrize("cfg,min_iou", [(GEOMETRY_ONLY, 0.9), (AugmentConfig(), 0.8)])
+def test_mask_stays_aligned_with_the_image(cfg, min_iou):
+    image, mask = _square()
+    for seed in range(20):
+        out_image, out_mask = augment(np.random.default_rng(seed), image, mask, cfg=cfg)
+        drawn = out_image.mean(axis=2) > 128
+        assert out_mask.sum() > 0.8 * mask.sum()
+        assert _iou(drawn, out_mask > 0) > min_iou, seed
+
+
+def test_augment_without_mask_and_input_checks():
+    image, _ = _square()
+    out, mask = augment(np.random.default_rng(0), image)
+    assert mask is None and out.shape == image.shape
+    with pytest.raises(ValueError, match="uint8"):
+        augment(np.random.default_rng(0), image.astype(np.float32))
+    with pytest.raises(ValueError, match="does not match"):
+        augment(np.random.default_rng(0), image, np.zeros((10, 10), np.uint8))
+
+
+def test_normalize_round_trip():
+    image = np.random.default_rng(0).integers(0, 256, (8, 9, 3), dtype=np.uint8)
+    x = normalize(image)
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(denormalize(x), image)
+    mean = np.array([0.6681, 0.5301, 0.5247]) * 255
+    np.testing.assert_allclose(normalize(np.broadcast_to(np.round(mean).astype(np.uint8), (1, 1, 3))), 0, atol=0.02)
+
+
+# ------------------------------------------------------------------------------------------------ class mapping
+
+def _row(**kw):
+    row = {f"diagnosis_{i}": None for i in range(1, 6)}
+    row.update(kw)
+    return row
+
+
+def test_class_mapping_first_match_fallback_and_unlabelled():
+    mapping = ClassMapping.from_table(ISIC_CLASS_TABLE)
+    assert mapping.classes == ("melanoma", "nevus", "seborrheic_keratosis", "other")
+    assert mapping.label(_row(diagnosis_1="Malignant", diagnosis_3="Melanoma Invasive")) == 0
+    assert mapping.label(_row(diagnosis_3="melanoma in situ")) == 0  # case-insensitive
+    assert mapping.label(_row(diagnosis_3="Nevus")) == 1
+    assert mapping.label(_row(diagnosis_3="Seborrheic keratosis")) == 2
+    assert mapping.label(_row(diagnosis_1="Malignant", diagnosis_3="Basal cell carcinoma")) == 3
+    assert mapping.label(_row(diagnosis_1="Benign")) == 3
+    assert mapping.label(_row()) is None
+    assert mapping.label(_row(diagnosis_1=float("nan"), diagnosis_2=pd.NA, diagnosis_3="")) is None
+    assert ClassMapping.from_table(mapping.to_table()) == mapping
+
+
+def test_class_mapping_rules():
+    table = {"mel": ["diagnosis_2:*Melanoma*", "Lentigo maligna*"], "benign": "diagnosis_1:Benign"}
+    mapping = ClassMapping.from_table(table)
+    assert mapping.fallback is None
+    assert mapping.label(_row(diagnosis_2="Malignant melanocytic proliferations (Melanoma)")) == 0
+    assert mapping.label(_row(diagnosis_4="Lentigo maligna melanoma")) == 0  # bare glob: any diagnosis field
+    assert mapping.label(_row(diagnosis_1="Benign", diagnosis_4="Lentigo maligna")) == 0  # first match wins
+    assert mapping.label(_row(diagnosis_1="Benign")) == 1
+    assert mapping.label(_row(diagnosis_1="Malignant")) is None  # no rule, no fallback
+    with pytest.raises(ValueError, match="only one class"):
+        ClassMapping.from_table({"a": "*", "b": "*"})
+    with pytest.raises(ValueError, match="empty"):
+        ClassMapping.from_table({})
+    with pytest.raises(ValueError, match="pattern"):
+        ClassMapping.from_table({"a": 3})
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+def _write_classification_data(root, n=16, size=48):
+    """Class 0: dark images, class 1: bright ones, plus two unlabelled rows; PNG files of varied sizes."""
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n + 2):
+        label = i % 2
+        h, w = size + 8 * (i % 3), size
+        level = 60 if label == 0 else 190
+        pixels = np.clip(level + rng.integers(-30, 31, (h, w, 3)), 0, 255).astype(np.uint8)
+        file = f"images/ISIC_{i:07d}.png"
+        Image.fromarray(pixels).save(root / file)
+        dx3 = ("Melanoma Invasive", "Nevus")[label] if i < n else None
+        rows.append(_row(isic_id=f"ISIC_{i:07d}", file=file, diagnosis_3=dx3))
+    return pd.DataFrame(rows)
+
+
+def _write_segmentation_data(root, n=16, size=64):
+    """Dark discs on skin, masks 0/255; image sizes vary and are not square."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks" / "test").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    manifest, gt = [], []
+    for i in range(n):
+        h, w = size + 16 * (i % 2), size
+        yy, xx = np.mgrid[:h, :w]
+        cy, cx, r = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w, rng.uniform(0.15, 0.3) * w
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        pixels = np.where(disc[..., None], (70, 40, 30), (220, 170, 150)).astype(np.uint8)
+        isic_id = f"ISIC_{i:07d}"
+        Image.fromarray(pixels).save(root / f"images/{isic_id}.png")
+        Image.fromarray((disc * 255).astype(np.uint8)).save(root / f"masks/test/{isic_id}_segmentation.png")
+        manifest.append({"isic_id": isic_id, "file": f"images/{isic_id}.png"})
+        gt.append({"isic_id": isic_id, "challenge": "test", "split": "train" if i < n - 2 else "val",
+                   "mask_file": f"masks/test/{isic_id}_segmentation.png"})
+    return pd.DataFrame(manifest), pd.DataFrame(gt)
+
+
+@pytest.fixture(scope="module")
+def cls_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    return root, _write_classification_data(root)
+
+
+@pytest.fixture(scope="module")
+def seg_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    manifest, gt = _write_segmentation_data(root)
+    return root, segmentation_rows(manifest, gt, splits=["train"])
+
+
+def test_classifier_dataset(cls_data):
+    root, rows = cls_data
+    mapping = ClassMapping.from_table(ISIC_CLASS_TABLE)
+    ds = ClassifierDataset(root, rows, size=32, mapping=mapping, augment=True, seed=3)
+    assert len(ds) == 16  # the two unlabelled rows are left out
+    assert ds.class_counts().tolist() == [8, 8, 0, 0]
+    x, y = ds[1]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64 and int(y) == 1
+    torch.testing.assert_close(ds[1][0], x)  # same (seed, epoch, index): same item
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][0], x)
+    plain = ClassifierDataset(root, rows.to_dict("records"), size=32, mapping=mapping)
+    assert float(plain[0][0].mean()) < float(plain[1][0].mean())  # dark class 0, bright class 1
+
+
+def test_segmentation_dataset_keeps_masks_aligned(seg_data):
+    root, rows = seg_data
+    assert len(rows) == 14 and {"file", "mask_file"} <= set(rows.columns)
+    ds = SegmentationDataset(root, rows, size=64, augment=True, seed=0)
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for i in range(4):
+            x, mask = ds[i]
+            assert x.shape == (3, 64, 64) and mask.shape == (1, 64, 64) and mask.dtype == torch.float32
+            assert set(mask.unique().tolist()) <= {0.0, 1.0}
+            dark = denormalize(x.permute(1, 2, 0).numpy()).mean(axis=2) < 120  # the disc (and rotated-out corners)
+            lesion = mask[0].numpy() > 0
+            assert (dark & lesion).sum() > 0.85 * lesion.sum()
+    with pytest.raises(ValueError, match="mask_file"):
+        SegmentationDataset(root, [{"isic_id": "ISIC_0000000", "file": "images/ISIC_0000000.png"}], size=64)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def test_class_weights():
+    w = class_weights([30, 10, 0, 20])
+    torch.testing.assert_close(w, torch.tensor([60 / 90, 60 / 30, 0.0, 60 / 60]))
+    loss = classification_loss([30, 10, 0, 20])
+    assert isinstance(loss, torch.nn.CrossEntropyLoss) and loss.weight.shape == (4,)
+
+
+def test_bce_dice_loss():
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:6, 2:6] = 1
+    good = BCEDiceLoss()(target * 20 - 10, target)
+    bad = BCEDiceLoss()(10 - target * 20, target)
+    assert float(good) < 0.05 < 1.0 < float(bad)
+
+
+def _classifier_setup(cls_data):
+    root, rows = cls_data
+    mapping = ClassMapping.from_table({"dark": "diagnosis_3:Melanoma*", "bright": "diagnosis_3:Nevus*"})
+    dataset = ClassifierDataset(root, rows, size=32, mapping=mapping, augment=True, seed=0)
+    torch.manual_seed(0)
+    model = create_classifier("test_resnet", num_classes=2)
+    return model, dataset, classification_loss(dataset.class_counts())
+
+
+CFG = TrainConfig(epochs=2, batch_size=4, lr=3e-3, weight_decay=1e-4, seed=0)
+
+
+def test_classifier_loss_goes_down(cls_data, tmp_path):
+    model, dataset, loss_fn = _classifier_setup(cls_data)
+    result = train(model, dataset, loss_fn, CFG, tmp_path, progress=False)
+    assert len(result.epoch_losses) == 2 and result.resumed_from == 0
+    assert result.epoch_losses[1] < 0.8 * result.epoch_losses[0]
+    assert result.weights.exists() and result.checkpoint.exists() and (tmp_path / "train_config.json").exists()
+
+
+def test_segmenter_loss_goes_down(seg_data, tmp_path):
+    root, rows = seg_data
+    dataset = SegmentationDataset(root, rows, size=64, augment=False, seed=0)
+    torch.manual_seed(0)
+    model = create_segmenter("unet", "test_resnet")
+    result = train(model, dataset, BCEDiceLoss(), dataclasses.replace(CFG, lr=1e-2), tmp_path, progress=False)
+    assert result.epoch_losses[1] < result.epoch_losses[0]
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cls_data, tmp_path):
+    model, dataset, loss_fn = _classifier_setup(cls_data)
+    full = train(model, dataset, loss_fn, CFG, tmp_path / "full", progress=False)
+    expected = _state(model)
+
+    # interrupted: the first step of epoch 2 fails, after the epoch-1 checkpoint was written
+    model, dataset, loss_fn = _classifier_setup(cls_data)
+    calls = {"n": 0}
+
+    def crashing(outputs, targets):
+        calls["n"] += 1
+        if calls["n"] == len(dataset) // CFG.batch_size + 1:
+            raise KeyboardInterrupt
+        return loss_fn(outputs, targets)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(model, dataset, crashing, CFG, tmp_path / "resumed", progress=False)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+
+    model, dataset, loss_fn = _classifier_setup(cls_data)
+    torch.manual_seed(123)  # the checkpoint's RNG state must win over whatever the caller did
+    resumed = train(model, dataset, loss_fn, CFG, tmp_path / "resumed", progress=False)
+    assert resumed.resumed_from == 1
+    assert resumed.epoch_losses == full.epoch_losses
+    for key, value in expected.items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+    # a finished run only gives its weights back; other settings refuse to resume
+    again = train(model, dataset, loss_fn, CFG, tmp_path / "resumed", progress=False)
+    assert again.resumed_from == 2 and again.epoch_losses == full.epoch_losses
+    with pytest.raises(ValueError, match="other settings"):
+        train(model, dataset, loss_fn, dataclasses.replace(CFG, lr=1e-2), tmp_path / "resumed", progress=False)
+
+
+def test_training_is_deterministic_and_worker_processes_agree(cls_data, tmp_path):
+    model, dataset, loss_fn = _classifier_setup(cls_data)
+    one = train(model, dataset, loss_fn, dataclasses.replace(CFG, epochs=1), tmp_path / "a", progress=False)
+    first = _state(model)
+    model, dataset, loss_fn = _classifier_setup(cls_data)
+    two = train(model, dataset, loss_fn, dataclasses.replace(CFG, epochs=1, num_workers=1), tmp_path / "b",
+                progress=False)
+    assert one.epoch_losses == two.epoch_losses
+    for key, value in first.items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_safetensors_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = create_segmenter("unet", "test_resnet")
+    path = save_weights(model, tmp_path / "w" / "model.safetensors", metadata={"classes": "lesion"})
+    torch.manual_seed(1)
+    other = create_segmenter("unet", "test_resnet")
+    assert load_weights(other, path) == {"classes": "lesion"}
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(other.state_dict()[key], value, rtol=0, atol=0)
+    assert [p.name for p in path.parent.iterdir()] == ["model.safetensors"]  # no temporary left behind
+    with pytest.raises(FileNotFoundError):
+        load_weights(other, tmp_path / "missing.safetensors")

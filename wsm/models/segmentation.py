@@ -1,0 +1,213 @@
+"""Segmentation networks for the prior stage: a timm ``features_only`` encoder, a decoder, a 3x3 conv head.
+
+Every architecture subclasses :class:`SegmentationModel`, which owns the encoder, the input-shape check, the head
+and the final upsampling; a subclass only builds its decoder. To add one (LinkNet, DeepLabV3+, ...):
+
+1. subclass :class:`SegmentationModel` and implement ``_make_decoder(channels, reductions)``, returning a module
+   that takes the encoder's feature list (shallowest first) and has an ``out_channels`` attribute; its output may
+   be at any stride, the base class upsamples the logits to the input size (DeepLabV3+ returns stride 4);
+2. set ``encoder_kwargs`` if the encoder needs options (e.g. ``{"output_stride": 16}`` for a dilated encoder);
+3. add it to :data:`ARCHITECTURES`.
+
+Encoders are timm model names (any timm CNN with ``features_only`` support); :data:`ENCODERS` lists the ones wsm
+uses, ``test_resnet`` being a tiny one for tests.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import ClassVar
+
+from wsm._compat import ensure_torchvision
+
+ensure_torchvision()
+
+import numpy as np  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from .classifier import create_timm_model  # noqa: E402
+
+__all__ = [
+    "ARCHITECTURES",
+    "ENCODERS",
+    "SegmentationModel",
+    "Unet",
+    "create_segmenter",
+    "pad_to_multiple",
+    "predict_prob",
+]
+
+# Encoders wsm uses (timm names) and what for; any other timm CNN with features_only support works too.
+ENCODERS: dict[str, str] = {
+    "test_resnet": "tiny (0.4 M parameters), for tests",
+    "resnet18": "CPU default",
+    "resnet34": "the classic U-Net encoder for ISIC",
+    "efficientnet_b0": "GPU default",
+    "resnet50": "larger GPU model",
+}
+
+
+class SegmentationModel(nn.Module):
+    """Encoder -> decoder -> head, with logits at the input resolution.
+
+    Shape:
+        input (B, in_chans, H, W), H and W multiples of :attr:`reduction` -> logits (B, num_classes, H, W)
+    """
+
+    encoder_kwargs: ClassVar[dict] = {}
+
+    def __init__(self, encoder: str, in_chans: int = 3, num_classes: int = 1, pretrained: bool = False,
+                 weights_file: str | os.PathLike | None = None):
+        super().__init__()
+        self.encoder = create_timm_model(encoder, pretrained=pretrained, weights_file=weights_file,
+                                         features_only=True, in_chans=in_chans, **self.encoder_kwargs)
+        channels = list(self.encoder.feature_info.channels())
+        reductions = list(self.encoder.feature_info.reduction())
+        self.reduction: int = max(reductions)  # H and W must be multiples of this
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.decoder = self._make_decoder(channels, reductions)
+        self.head = nn.Conv2d(self.decoder.out_channels, num_classes, kernel_size=3, padding=1)
+
+    def _make_decoder(self, channels: list[int], reductions: list[int]) -> nn.Module:
+        raise NotImplementedError
+
+    def check_input_shape(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        r = self.reduction
+        if h % r or w % r:
+            raise ValueError(
+                f"image height and width must be multiples of {r} (the encoder's output stride), got {h}x{w}; "
+                f"pad or resize the images to a multiple of {r}, e.g. {math.ceil(h / r) * r}x{math.ceil(w / r) * r} "
+                f"(wsm.models.segmentation.pad_to_multiple pads)"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input_shape(x)
+        logits = self.head(self.decoder(self.encoder(x)))
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+
+class _ConvBNReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class _UnetBlock(nn.Module):
+    """Upsample x2 (nearest) to the skip's size, concatenate the skip, two 3x3 conv-BN-ReLU."""
+
+    def __init__(self, cin: int, cskip: int, cout: int):
+        super().__init__()
+        self.convs = nn.Sequential(_ConvBNReLU(cin + cskip, cout), _ConvBNReLU(cout, cout))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None, scale: int = 2) -> torch.Tensor:
+        if skip is not None:
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = torch.cat([x, skip], dim=1)
+        else:
+            x = F.interpolate(x, scale_factor=scale, mode="nearest")
+        return self.convs(x)
+
+
+class UnetDecoder(nn.Module):
+    """One block per skip connection, deepest first, plus one block up to full resolution when the shallowest
+    feature is strided (as it is for every timm CNN)."""
+
+    def __init__(self, channels: Sequence[int], reductions: Sequence[int], decoder_channels: Sequence[int]):
+        super().__init__()
+        deep_first = list(reversed(channels))
+        skips = deep_first[1:]
+        self.final_scale = int(min(reductions))
+        n_blocks = len(skips) + (1 if self.final_scale > 1 else 0)
+        if len(decoder_channels) < n_blocks:
+            raise ValueError(f"decoder_channels needs {n_blocks} entries for this encoder, got {decoder_channels}")
+        blocks, cin = [], deep_first[0]
+        for i, cout in enumerate(decoder_channels[:n_blocks]):
+            blocks.append(_UnetBlock(cin, skips[i] if i < len(skips) else 0, cout))
+            cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.n_skips = len(skips)
+        self.out_channels = cin
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        deep_first = features[::-1]
+        x = deep_first[0]
+        for i, block in enumerate(self.blocks):
+            skip = deep_first[i + 1] if i < self.n_skips else None
+            x = block(x, skip, scale=self.final_scale)
+        return x
+
+
+class Unet(SegmentationModel):
+    """U-Net with a light decoder (channels 128, 64, 32, 16, 16 from deepest to full resolution)."""
+
+    decoder_channels: ClassVar[tuple[int, ...]] = (128, 64, 32, 16, 16)
+
+    def _make_decoder(self, channels: list[int], reductions: list[int]) -> nn.Module:
+        return UnetDecoder(channels, reductions, self.decoder_channels)
+
+
+ARCHITECTURES: dict[str, type[SegmentationModel]] = {
+    "unet": Unet,
+}
+
+
+def create_segmenter(arch: str, encoder: str, in_chans: int = 3, num_classes: int = 1, pretrained: bool = False,
+                     weights_file: str | os.PathLike | None = None) -> SegmentationModel:
+    """Build a segmentation network.
+
+    Args:
+        arch: a key of :data:`ARCHITECTURES`.
+        encoder: a timm model name (see :data:`ENCODERS`).
+        in_chans: input channels.
+        num_classes: 1 for lesion / background (sigmoid), more for multi-class maps (softmax).
+        pretrained: ImageNet weights for the encoder (hub or its local cache); weights_file: from a local file.
+    """
+    try:
+        cls = ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(
+            f"unknown segmentation architecture {arch!r}; valid ones: {', '.join(sorted(ARCHITECTURES))}"
+        ) from None
+    if not timm.is_model(encoder):
+        raise ValueError(f"unknown encoder {encoder!r}: not a timm model; wsm uses {', '.join(ENCODERS)}")
+    return cls(encoder, in_chans=in_chans, num_classes=num_classes, pretrained=pretrained, weights_file=weights_file)
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int = 32, value: float = 0.0
+                    ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad (B, C, H, W) images at the bottom and right to multiples of ``multiple``.
+
+    Returns the padded images and the original (H, W), to crop predictions back with ``[..., :H, :W]``.
+    ``value`` 0 is the mean colour for normalised images.
+    """
+    h, w = images.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(images, (0, pw, 0, ph), value=value), (h, w)
+
+
+def predict_prob(model: nn.Module, images: torch.Tensor) -> np.ndarray:
+    """Lesion probabilities of a batch, under ``torch.inference_mode()`` in eval mode (the mode is restored).
+
+    Shape:
+        images (B, C, H, W) -> (B, H, W) float32 sigmoid probabilities for a 1-class model,
+        (B, K, H, W) softmax probabilities for a K-class model.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = model(images.to(device=device, dtype=torch.float32))
+            probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+            return probs.float().cpu().numpy()
+    finally:
+        model.train(was_training)

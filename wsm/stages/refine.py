@@ -1,0 +1,324 @@
+"""Stages 4-5, fuse / refine / decide: from lesion probability maps to an ISIC_WSM label map.
+
+    prob = fuse({"cam": cam, "prior": prior}, weights)          # float32 (H, W) in [0, 1]
+    refined = refine(image, prob, valid_mask, RefineConfig())     # dense CRF + morphology -> Refined(prob, mask)
+    label_map = decide(prob, refined.mask, valid_mask, DecisionConfig())   # uint8 (H, W) in {0, 1, 255}
+    label_map = to_original_size(label_map, original_size)
+
+``decide`` takes the fused probability from before the CRF on purpose: the CRF makes almost every pixel confident,
+so the disagreement between the raw evidence and the refined mask is what marks the uncertain pixels.
+
+Shapes: ``rgb`` ``uint8`` ``(H, W, 3)``; ``prob`` ``float32`` ``(H, W)`` in [0, 1]; masks ``bool`` ``(H, W)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from wsm.stages.preprocess import check_mask, check_prob, check_rgb
+
+__all__ = [
+    "LABEL_BACKGROUND",
+    "LABEL_LESION",
+    "LABEL_UNCERTAIN",
+    "CrfConfig",
+    "DecisionConfig",
+    "FusionConfig",
+    "MorphologyConfig",
+    "RefineConfig",
+    "Refined",
+    "clean_mask",
+    "confidence",
+    "decide",
+    "dense_crf",
+    "fuse",
+    "refine",
+    "to_original_size",
+]
+
+# ISIC_WSM label values (Bonechi 2023).
+LABEL_BACKGROUND = 0
+LABEL_LESION = 1
+LABEL_UNCERTAIN = 255
+
+
+def _disc(radius: int) -> np.ndarray:
+    radius = max(0, int(radius))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+# --------------------------------------------------------------------------------------------------------- fuse
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    # weight per map name (e.g. "cam", "prior", "classic"); empty = equal weights for whatever maps are given
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+
+def fuse(maps: Mapping[str, np.ndarray], weights: Mapping[str, float] | FusionConfig | None = None) -> np.ndarray:
+    """Weighted mean of the probability maps that are present, weights renormalised over them.
+
+    Args:
+        maps: name -> ``(H, W)`` float map in [0, 1]; all the same shape; at least one.
+        weights: name -> weight >= 0 (or a :class:`FusionConfig`). Names of absent maps are ignored (a recipe may
+            name a prior that only exists when official masks do); a present map with no weight is an error, so a
+            typo cannot silently drop a map. ``None`` or empty: equal weights.
+
+    Returns:
+        ``float32`` ``(H, W)`` in [0, 1].
+    """
+    if isinstance(weights, FusionConfig):
+        weights = weights.weights
+    if not maps:
+        raise ValueError("fuse needs at least one probability map, got none")
+    names = sorted(maps)
+    if weights:
+        missing = [n for n in names if n not in weights]
+        if missing:
+            raise ValueError(
+                f"no fusion weight for map(s) {missing}; weights are given for {sorted(weights)}. "
+                "Add them to the fusion weights (0 to ignore a map)."
+            )
+        w = np.array([float(weights[n]) for n in names], dtype=np.float64)
+    else:
+        w = np.ones(len(names))
+    if np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise ValueError(f"fusion weights must be finite and >= 0, got {dict(zip(names, w.tolist()))}")
+    if w.sum() <= 0:
+        raise ValueError(f"the fusion weights of the maps present ({names}) sum to 0; give one a positive weight")
+    first = check_prob(maps[names[0]], f"maps[{names[0]!r}]")
+    out = np.zeros(first.shape, dtype=np.float64)
+    for name, weight in zip(names, w / w.sum()):
+        if weight > 0:
+            out += weight * check_prob(maps[name], f"maps[{name!r}]", first.shape)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- dense CRF
+
+
+@dataclass(frozen=True)
+class CrfConfig:
+    iterations: int = 5  # mean-field iterations
+    gaussian_sxy: float = 3.0  # smoothness kernel width in pixels (removes isolated pixels)
+    gaussian_compat: float = 3.0  # smoothness kernel weight
+    bilateral_sxy: float = 40.0  # appearance kernel spatial width in pixels (at the 512 working size)
+    bilateral_srgb: float = 10.0  # appearance kernel colour width in 0..255 RGB units
+    bilateral_compat: float = 5.0  # appearance kernel weight
+    unary_clip: float = 1e-4  # clip probabilities to [clip, 1 - clip] before -log (keeps unaries finite)
+
+
+def dense_crf(rgb: np.ndarray, prob: np.ndarray, cfg: CrfConfig = CrfConfig()) -> np.ndarray:
+    """Fully connected CRF (Krähenbühl & Koltun 2011) over two labels, background and lesion.
+
+    Unaries are ``-log`` of ``(1 - prob, prob)``; pairwise terms are a Gaussian smoothness kernel and a bilateral
+    appearance kernel on the RGB image, so the lesion probability snaps to colour edges. Uses the ``pydensecrf``
+    API (installed from the ``pydensecrf2`` distribution). Returns the lesion marginal, ``float32`` ``(H, W)``.
+    """
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    rgb = check_rgb(rgb)
+    prob = check_prob(prob, "prob", rgb.shape[:2])
+    h, w = prob.shape
+    softmax = np.stack([1.0 - prob, prob]).astype(np.float32)
+    softmax = np.clip(softmax, cfg.unary_clip, 1.0 - cfg.unary_clip)
+    crf = dcrf.DenseCRF2D(w, h, 2)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(softmax, clip=cfg.unary_clip)))
+    crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
+    crf.addPairwiseBilateral(
+        sxy=cfg.bilateral_sxy,
+        srgb=cfg.bilateral_srgb,
+        rgbim=np.require(rgb, np.uint8, ['C', 'W']),  # its memoryview refuses read-only buffers
+        compat=cfg.bilateral_compat,
+    )
+    q = np.asarray(crf.inference(int(cfg.iterations)), dtype=np.float32).reshape(2, h, w)
+    return np.clip(q[1], 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------- morphology
+
+
+@dataclass(frozen=True)
+class MorphologyConfig:
+    smooth_radius: float = 0.01  # open/close disc radius, x the shorter side (0.01 = 5 px at 512)
+    min_area: float = 0.002  # components smaller than this fraction of the image are specks
+    keep_components: int = 1  # how many lesion components to keep, best score first
+    centre_sigma: float = 0.35  # score = area x exp(-d^2 / 2 sigma^2), d = mean distance of the component's
+    # pixels from the image centre divided by the half-diagonal: large central blobs win, corner blobs lose
+    vignette_band: float = 0.03  # a component with more than vignette_contact of its pixels within this
+    vignette_contact: float = 0.5  # (x the shorter side) of the invalid region hugs the frame and is dropped
+
+
+def clean_mask(mask: np.ndarray, valid_mask: np.ndarray, cfg: MorphologyConfig = MorphologyConfig()) -> np.ndarray:
+    """Make a binary lesion mask look like a lesion: ``bool`` ``(H, W)``.
+
+    Steps: restrict to valid pixels; open then close with a disc of ``smooth_radius`` (removes specks and hair
+    lines, closes gaps); fill holes; drop components smaller than ``min_area`` and components that hug the
+    frame (more than ``vignette_contact`` of their pixels within ``vignette_band`` of invalid pixels: the dark
+    blurred rim of a dermoscope frame; a real lesion that merely touches the frame keeps most of its pixels away
+    from it); keep the ``keep_components`` best by area weighted by closeness to the centre; fill holes again.
+    """
+    mask = np.asarray(mask)
+    valid_mask = check_mask(valid_mask, mask.shape, "valid_mask")
+    mask = check_mask(mask, valid_mask.shape, "mask") & valid_mask
+    h, w = mask.shape
+    short = min(h, w)
+    radius = int(round(cfg.smooth_radius * short))
+    m = mask.astype(np.uint8)
+    if radius > 0:
+        m = cv2.morphologyEx(m, cv2.MORPH_OPEN, _disc(radius))
+        m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, _disc(radius), borderType=cv2.BORDER_REPLICATE)
+    m = ndimage.binary_fill_holes(m.astype(bool)) & valid_mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros((h, w), dtype=bool)
+
+    ids = np.arange(1, n)
+    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
+    yy, xx = np.mgrid[0:h, 0:w]
+    dist = np.hypot((xx - (w - 1) / 2) / (w / 2), (yy - (h - 1) / 2) / (h / 2)) / np.sqrt(2.0)
+    flat = labels.ravel()
+    mean_dist = np.bincount(flat, weights=dist.ravel(), minlength=n)[1:] / areas
+    keep = areas >= cfg.min_area * h * w
+    if not valid_mask.all():
+        band = cv2.dilate((~valid_mask).astype(np.uint8), _disc(max(1, int(round(cfg.vignette_band * short)))))
+        near = np.bincount(flat, weights=band.ravel().astype(np.float64), minlength=n)[1:] / areas
+        keep &= near <= cfg.vignette_contact
+    score = np.where(keep, areas * np.exp(-(mean_dist**2) / (2 * cfg.centre_sigma**2)), -1.0)
+    order = np.argsort(-score, kind="stable")[: max(0, cfg.keep_components)]
+    chosen = ids[order[score[order] > 0]]
+    if len(chosen) == 0:
+        return np.zeros((h, w), dtype=bool)
+    out = np.isin(labels, chosen)
+    return ndimage.binary_fill_holes(out) & valid_mask
+
+
+# ------------------------------------------------------------------------------------------------------- refine
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    crf: CrfConfig | None = field(default_factory=CrfConfig)  # None skips the CRF (threshold the fused prob)
+    mask_threshold: float = 0.5  # the (CRF) probability above which a pixel enters the mask
+    morphology: MorphologyConfig = field(default_factory=MorphologyConfig)  # clean-up of that mask
+
+
+class Refined(NamedTuple):
+    prob: np.ndarray  # float32 (H, W): the CRF marginal (the input prob when the CRF is off)
+    mask: np.ndarray  # bool (H, W): the cleaned lesion mask
+
+
+def refine(rgb: np.ndarray, prob: np.ndarray, valid_mask: np.ndarray, cfg: RefineConfig = RefineConfig()) -> Refined:
+    """Dense CRF on the image, threshold, :func:`clean_mask`. Invalid pixels are set to 0 before the CRF."""
+    rgb = check_rgb(rgb)
+    prob = check_prob(prob, "prob", rgb.shape[:2])
+    valid_mask = check_mask(valid_mask, prob.shape, "valid_mask")
+    prob = np.where(valid_mask, prob, 0.0).astype(np.float32)
+    crf_prob = dense_crf(rgb, prob, cfg.crf) if cfg.crf is not None else prob
+    mask = clean_mask(crf_prob > cfg.mask_threshold, valid_mask, cfg.morphology)
+    return Refined(prob=crf_prob, mask=mask)
+
+
+# ------------------------------------------------------------------------------------------------------- decide
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    lesion_threshold: float = 0.6  # inside the refined mask, prob >= this is certain lesion (1)
+    background_threshold: float = 0.4  # outside it, prob <= this is certain background (0)
+    band_px: int = 3  # half-width in pixels of the uncertain band along the refined boundary (0: none)
+
+
+def decide(
+    prob: np.ndarray, refined_mask: np.ndarray, valid_mask: np.ndarray, cfg: DecisionConfig = DecisionConfig()
+) -> np.ndarray:
+    """ISIC_WSM label map: ``uint8`` ``(H, W)`` with values only 0 (background), 1 (lesion), 255 (uncertain).
+
+    Valid pixels:
+    - 1 where the refined mask says lesion and ``prob >= lesion_threshold``;
+    - 0 where the refined mask says background and ``prob <= background_threshold``;
+    - 255 otherwise: the two disagree, or prob lies between the thresholds; and within ``band_px`` of the
+      refined boundary, where the evidence is least certain (the image border is not a boundary).
+
+    Invalid pixels (the dermoscope frame) show no skin, so no lesion can be seen there and the official masks call
+    them background: they are 0 when ``prob <= background_threshold``, and 255 when the evidence says otherwise
+    (a frame found where a dark lesion touches the border). Never 1.
+
+    ``prob`` is the fused probability from before the CRF (see the module docstring).
+    """
+    prob = check_prob(prob, "prob")
+    refined_mask = check_mask(refined_mask, prob.shape, "refined_mask")
+    valid_mask = check_mask(valid_mask, prob.shape, "valid_mask")
+    if not 0.0 <= cfg.background_threshold <= cfg.lesion_threshold <= 1.0:
+        raise ValueError(
+            "need 0 <= background_threshold <= lesion_threshold <= 1, got "
+            f"{cfg.background_threshold} and {cfg.lesion_threshold}"
+        )
+    label_map = np.full(prob.shape, LABEL_UNCERTAIN, dtype=np.uint8)
+    label_map[refined_mask & (prob >= cfg.lesion_threshold)] = LABEL_LESION
+    label_map[~refined_mask & (prob <= cfg.background_threshold)] = LABEL_BACKGROUND
+    if cfg.band_px > 0 and refined_mask.any() and not refined_mask.all():
+        m = refined_mask.astype(np.uint8)
+        disc = _disc(cfg.band_px)
+        # default borders: erosion does not erode from the image border, dilation does not grow from it
+        band = cv2.dilate(m, disc).astype(bool) & ~cv2.erode(m, disc).astype(bool)
+        label_map[band] = LABEL_UNCERTAIN
+    invalid = ~valid_mask
+    label_map[invalid] = np.where(prob[invalid] <= cfg.background_threshold, LABEL_BACKGROUND, LABEL_UNCERTAIN)
+    return label_map
+
+
+def _check_label_map(label_map: np.ndarray) -> np.ndarray:
+    label_map = np.asarray(label_map)
+    if label_map.ndim != 2 or label_map.dtype != np.uint8:
+        raise ValueError(f"label_map must be a 2-D uint8 array, got shape {label_map.shape} dtype {label_map.dtype}")
+    bad = np.setdiff1d(np.unique(label_map), [LABEL_BACKGROUND, LABEL_LESION, LABEL_UNCERTAIN])
+    if bad.size:
+        raise ValueError(
+            f"label_map values must be 0 (background), 1 (lesion) or 255 (uncertain), found {bad[:10].tolist()}; "
+            "a 0/255 challenge mask is not a label map"
+        )
+    return label_map
+
+
+def confidence(prob: np.ndarray, label_map: np.ndarray) -> float:
+    """One number in [0, 1] for how sure a label map is: ``mean margin x certain fraction``.
+
+    The margin of a certain pixel is how far prob lies from 0.5 on the side of its label, scaled to [0, 1]
+    (``2p - 1`` for lesion, ``1 - 2p`` for background, 0 if prob contradicts the label); its mean over the certain
+    (0 or 1) pixels is multiplied by the fraction of pixels that are certain. All-uncertain maps score 0; a map
+    with every pixel certain and prob exactly 0 or 1 scores 1.
+    """
+    label_map = _check_label_map(label_map)
+    prob = check_prob(prob, "prob", label_map.shape)
+    lesion = label_map == LABEL_LESION
+    background = label_map == LABEL_BACKGROUND
+    n_certain = int(lesion.sum() + background.sum())
+    if n_certain == 0:
+        return 0.0
+    margin = np.where(lesion, 2.0 * prob - 1.0, 1.0 - 2.0 * prob.astype(np.float64))
+    margin = np.clip(margin, 0.0, 1.0)
+    mean_margin = float(margin[lesion | background].mean())
+    return float(np.clip(mean_margin * n_certain / label_map.size, 0.0, 1.0))
+
+
+def to_original_size(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resample a label map to ``size`` = ``(width, height)`` by nearest neighbour (values stay in {0, 1, 255}).
+
+    Uses OpenCV's ``INTER_NEAREST_EXACT`` (pixel-centre aligned like Pillow's NEAREST; plain ``INTER_NEAREST``
+    shifts by half a pixel).
+    """
+    label_map = _check_label_map(label_map)
+    width, height = (int(v) for v in size)
+    if width < 1 or height < 1:
+        raise ValueError(f"size must be (width, height) with both >= 1, got {size}")
+    if label_map.shape == (height, width):
+        return label_map.copy()
+    return np.ascontiguousarray(cv2.resize(label_map, (width, height), interpolation=cv2.INTER_NEAREST_EXACT))
