@@ -108,9 +108,11 @@ class CrfConfig:
     iterations: int = 5  # mean-field iterations
     gaussian_sxy: float = 3.0  # smoothness kernel width in pixels (removes isolated pixels)
     gaussian_compat: float = 3.0  # smoothness kernel weight
-    bilateral_sxy: float = 40.0  # appearance kernel spatial width in pixels (at the 512 working size)
+    bilateral_sxy: float = 20.0  # appearance kernel spatial width in pixels (at the 512 working size)
     bilateral_srgb: float = 10.0  # appearance kernel colour width in 0..255 RGB units
     bilateral_compat: float = 5.0  # appearance kernel weight
+    # (bilateral defaults: the best of a 27-point grid on 30 ISIC 2018 images with blurred-ellipse "CAMs" made
+    # from their masks, +0.8 Jaccard points over no CRF; the pydensecrf README's 80/13/10 lost 7 points there)
     unary_clip: float = 1e-4  # clip probabilities to [clip, 1 - clip] before -log (keeps unaries finite)
 
 
