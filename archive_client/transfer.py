@@ -102,15 +102,34 @@ def _content_range_start(response: requests.Response) -> int | None:
         return None
 
 
-def _stream_once(session, url, partial: Path, expected_size, policy) -> None:
+class _HashedPartial:
+    """The partial file and the sha256 of exactly the bytes it holds, kept up to date while streaming."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.digest, self.size = hashlib.sha256(), 0
+        if path.exists() and path.stat().st_size:   # left by an earlier attempt or run: hash what is there
+            self.digest, self.size = _hash_file(path), path.stat().st_size
+
+    def restart(self) -> None:
+        self.digest, self.size = hashlib.sha256(), 0
+
+    def add(self, block: bytes) -> None:
+        self.digest.update(block)
+        self.size += len(block)
+
+
+def _stream_once(session, url, part: _HashedPartial, expected_size, policy) -> None:
     """One request: append to (or restart) the partial file. Raises on stream errors."""
-    offset = partial.stat().st_size if partial.exists() else 0
+    partial = part.path
+    offset = part.size
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     timeout = (policy.connect_timeout_s, policy.read_timeout_s)
     with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
         if response.status_code == 416 and offset:
             # our partial file is not a prefix the server can continue: start over
             partial.unlink(missing_ok=True)
+            part.restart()
             raise requests.ConnectionError("range not satisfiable; restarting from byte 0")
         if response.status_code in RETRY_STATUS:
             raise requests.ConnectionError(f"HTTP {response.status_code} after retries")
@@ -124,10 +143,13 @@ def _stream_once(session, url, partial: Path, expected_size, policy) -> None:
                 f"{url}: the server announces {start + int(length)} bytes but the record says "
                 f"{expected_size}; the record or the server is wrong, the file was not kept"
             )
+        if not resuming:
+            part.restart()
         try:
             with open(partial, "ab" if resuming else "wb") as fh:
                 for block in response.iter_content(policy.chunk_bytes):
                     fh.write(block)
+                    part.add(block)
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as err:
@@ -152,31 +174,33 @@ def fetch_file(
     dest = Path(dest)
     partial = partial or dest.parent / f".{dest.name}.part"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    resumed = partial.exists() and partial.stat().st_size > 0
+    part = _HashedPartial(partial)
+    resumed = part.size > 0
     last_error: Exception | None = None
     for attempt in range(policy.attempts):
-        size = partial.stat().st_size if partial.exists() else 0
-        if expected_size is not None and size > expected_size:
+        if expected_size is not None and part.size > expected_size:
             partial.unlink()
-        elif expected_size is not None and size == expected_size and size > 0:
+            part.restart()
+        elif expected_size is not None and part.size == expected_size:
             break
         try:
-            _stream_once(session, url, partial, expected_size, policy)
+            _stream_once(session, url, part, expected_size, policy)
         except _STREAM_ERRORS as err:
             last_error = err
-            resumed = resumed or (partial.exists() and partial.stat().st_size > 0)
+            # a body cut short: what was written is on disk; resynchronise the hash with it
+            part = _HashedPartial(partial)
+            resumed = resumed or part.size > 0
             wait = min(policy.backoff_s * 2**attempt, policy.backoff_max_s)
             log.debug("retrying %s in %.2fs after %s", url, wait, err)
             time.sleep(wait)
             continue
-        if expected_size is None or partial.stat().st_size == expected_size:
+        if expected_size is None or part.size == expected_size:
             break
     else:
         raise DownloadError(f"gave up on {url} after {policy.attempts} tries: {last_error}")
-    size = partial.stat().st_size
-    if expected_size is not None and size != expected_size:
-        raise DownloadError(f"{url}: got {size} bytes, the record says {expected_size}")
-    digest = sha256_file(partial)
+    if expected_size is not None and part.size != expected_size:
+        raise DownloadError(f"{url}: got {part.size} bytes, the record says {expected_size}")
+    size, digest = part.size, part.digest.hexdigest()
     os.replace(partial, dest)
     fsync_dir(dest.parent)
     return FetchResult(dest, size, digest, resumed)

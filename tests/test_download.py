@@ -181,3 +181,18 @@ def test_malformed_page_is_a_clear_error(tmp_path, lying_archive, capsys):
     code = main(["-q", "download", "--out", str(tmp_path), "--api-url", f"{lying_archive}/api/v2/"])
     err = capsys.readouterr().err
     assert code == 2 and "without 'results'" in err
+
+
+def test_truncated_bodies_resume_with_range(tmp_path, served_data):
+    from archive_client.emulator import EmulatorConfig, EmulatorServer
+
+    config = EmulatorConfig(fault_rate=0.5, fault_kinds=("truncate",), fault_routes=("media",), seed=11)
+    with EmulatorServer(served_data, config=config) as server:
+        # 1 KiB reads: these test images are a few KB, so a half body still leaves whole chunks on disk
+        policy = RetryPolicy(attempts=10, backoff_s=0.01, backoff_max_s=0.2, chunk_bytes=1024)
+        summary = download_images(tmp_path, DownloadOptions(api_url=server.api_url, workers=4, progress=False,
+                                                            policy=policy))
+        stats = server.stats
+    assert summary.ok and stats["faults"] > 5
+    assert stats["range_requests"] > 0, "a truncated body was refetched from byte 0 instead of resumed"
+    assert_complete(tmp_path, served_files(served_data))

@@ -33,7 +33,7 @@ def register(commands) -> None:
                           help="archive search DSL, e.g. 'diagnosis_3:\"Melanoma Invasive\" AND age_approx:[20 TO 40]'")
     download.add_argument("--collections", default="", help="comma-separated collection ids, e.g. 1,2")
     download.add_argument("--limit", type=int, default=0, help="at most N images (0: every match)")
-    download.add_argument("--workers", type=int, default=16, help="concurrent transfers")
+    download.add_argument("--workers", type=int, default=32, help="concurrent transfers")
     download.add_argument("--verify", action="store_true", help="re-hash files already listed in the manifest")
     download.add_argument("--challenge", choices=sorted(CATALOG), help="download this challenge's official masks")
     download.add_argument("--splits", type=_splits, default=SPLITS, help="with --challenge: which splits")

@@ -160,8 +160,9 @@ def vignette_mask(rgb: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -
        ``vignette_max_centre_offset`` x the shorter side of the image centre, and the median edge residual is at
        most ``vignette_max_residual`` x the radius. A dark lesion touching one border has an inner edge that is
        nowhere near such a circle, so it is left alone.
-    4. The frame is the candidate pixels outside that circle, widened inwards by ``vignette_margin`` (the frame's
-       blurred edge is darker than skin and would otherwise read as lesion).
+    4. The frame is the candidate pixels outside that circle, plus the pixels there darker than twice the threshold
+       (thin parts the blur erased), widened by ``vignette_margin`` (the frame's blurred edge is darker than
+       skin and would otherwise read as lesion).
 
     When in doubt there is no frame: a missed frame costs uncertain pixels later, a false one deletes lesion.
     """
@@ -183,7 +184,7 @@ def vignette_mask(rgb: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -
     border_labels = border_labels[border_labels > 0]
     candidate = np.isin(labels, border_labels) & ~strips
     frame = strips.copy()
-    margin = int(round(cfg.vignette_margin * short))
+    margin = max(2, int(round(cfg.vignette_margin * short))) if cfg.vignette_margin > 0 else 0
 
     if candidate.sum() >= 0.002 * h * w:
         # inner edge: candidate pixels with a non-candidate 4-neighbour, not on the image (or strip) border
@@ -210,7 +211,9 @@ def vignette_mask(rgb: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -
             if plausible:
                 yy, xx = np.mgrid[0:h, 0:w]
                 outside = np.hypot(xx - cx, yy - cy) >= r
-                frame |= candidate & outside
+                # outside the circle the darkness test is relaxed (no blur, twice the threshold): where the circle
+                # nearly touches the border the frame is a few pixels thin and the median blur erases it
+                frame |= outside & (candidate | (rgb.max(axis=2) < 2 * cfg.vignette_threshold))
     if margin > 0 and frame.any():
         frame = cv2.dilate(frame.astype(np.uint8), _disc(margin)).astype(bool)
     return frame
@@ -260,18 +263,31 @@ def shades_of_grey(rgb: np.ndarray, p: int = 6, mask: np.ndarray | None = None) 
     return np.ascontiguousarray(np.round(out).astype(np.uint8))
 
 
+def _frame_at_working_size(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """The frame found on the image as photographed (aspect kept, longer side = working size), then stretched to
+    the square working size: a circular frame in a 4:3 photograph is an ellipse in the square image."""
+    h, w = rgb.shape[:2]
+    size = cfg.working_size
+    if h == w:
+        return vignette_mask(to_working_size(rgb, size), cfg)
+    scale = size / max(h, w)
+    photo_size = (max(2, round(w * scale)), max(2, round(h * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    frame = vignette_mask(np.ascontiguousarray(cv2.resize(rgb, photo_size, interpolation=interp)), cfg)
+    return cv2.resize(frame.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
+
+
 def preprocess(rgb: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> Preprocessed:
     """Working-size image, its valid (non-frame) mask and the original size.
 
-    Order: resize; find the frame on the raw colours (its threshold is defined on them); remove hair; then
-    colour constancy estimated on the valid pixels only. Frame pixels keep their values; ``valid_mask`` says
+    Order: resize; find the frame on the raw colours (its threshold is defined on them) and at the photograph's
+    aspect ratio (the frame is a circle there); remove hair; then colour constancy estimated on the valid pixels. Frame pixels keep their values; ``valid_mask`` says
     which pixels later stages may trust.
     """
     rgb = check_rgb(rgb)
     original_size = (int(rgb.shape[1]), int(rgb.shape[0]))
     image = to_working_size(rgb, cfg.working_size)
-    frame = vignette_mask(image, cfg) if cfg.vignette else np.zeros(image.shape[:2], dtype=bool)
-    valid = ~frame
+    valid = ~_frame_at_working_size(rgb, cfg) if cfg.vignette else np.ones(image.shape[:2], dtype=bool)
     if cfg.hair_removal:
         image = remove_hair(image, cfg)
     if cfg.colour_constancy:

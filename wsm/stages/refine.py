@@ -162,10 +162,10 @@ def clean_mask(mask: np.ndarray, valid_mask: np.ndarray, cfg: MorphologyConfig =
     """Make a binary lesion mask look like a lesion: ``bool`` ``(H, W)``.
 
     Steps: restrict to valid pixels; open then close with a disc of ``smooth_radius`` (removes specks and hair
-    lines, closes gaps); fill holes; drop components smaller than ``min_area`` and components that hug the
-    frame (more than ``vignette_contact`` of their pixels within ``vignette_band`` of invalid pixels: the dark
-    blurred rim of a dermoscope frame; a real lesion that merely touches the frame keeps most of its pixels away
-    from it); keep the ``keep_components`` best by area weighted by closeness to the centre; fill holes again.
+    lines, closes gaps); drop components that hug the frame (more than ``vignette_contact`` of their pixels
+    within ``vignette_band`` of invalid pixels: the dark blurred rim of a dermoscope frame; a real lesion that
+    merely touches the frame keeps most of its pixels away from it); fill holes; drop components smaller than
+    ``min_area``; keep the ``keep_components`` best by area weighted by closeness to the centre.
     """
     mask = np.asarray(mask)
     valid_mask = check_mask(valid_mask, mask.shape, "valid_mask")
@@ -177,8 +177,18 @@ def clean_mask(mask: np.ndarray, valid_mask: np.ndarray, cfg: MorphologyConfig =
     if radius > 0:
         m = cv2.morphologyEx(m, cv2.MORPH_OPEN, _disc(radius))
         m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, _disc(radius), borderType=cv2.BORDER_REPLICATE)
-    m = ndimage.binary_fill_holes(m.astype(bool)) & valid_mask
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+    # frame huggers are judged before filling holes: a closed rim along a circular frame would otherwise be
+    # filled into a disc covering the whole field of view
+    if not valid_mask.all():
+        n, labels = cv2.connectedComponents(m, connectivity=8)
+        if n > 1:
+            areas = np.bincount(labels.ravel(), minlength=n)[1:].astype(np.float64)
+            band = cv2.dilate((~valid_mask).astype(np.uint8), _disc(max(1, int(round(cfg.vignette_band * short)))))
+            near = np.bincount(labels.ravel(), weights=band.ravel().astype(np.float64), minlength=n)[1:] / areas
+            huggers = np.nonzero(near > cfg.vignette_contact)[0] + 1
+            m[np.isin(labels, huggers)] = 0
+    filled = ndimage.binary_fill_holes(m.astype(bool)) & valid_mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(filled.astype(np.uint8), connectivity=8)
     if n <= 1:
         return np.zeros((h, w), dtype=bool)
 
@@ -186,20 +196,14 @@ def clean_mask(mask: np.ndarray, valid_mask: np.ndarray, cfg: MorphologyConfig =
     areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
     yy, xx = np.mgrid[0:h, 0:w]
     dist = np.hypot((xx - (w - 1) / 2) / (w / 2), (yy - (h - 1) / 2) / (h / 2)) / np.sqrt(2.0)
-    flat = labels.ravel()
-    mean_dist = np.bincount(flat, weights=dist.ravel(), minlength=n)[1:] / areas
+    mean_dist = np.bincount(labels.ravel(), weights=dist.ravel(), minlength=n)[1:] / areas
     keep = areas >= cfg.min_area * h * w
-    if not valid_mask.all():
-        band = cv2.dilate((~valid_mask).astype(np.uint8), _disc(max(1, int(round(cfg.vignette_band * short)))))
-        near = np.bincount(flat, weights=band.ravel().astype(np.float64), minlength=n)[1:] / areas
-        keep &= near <= cfg.vignette_contact
     score = np.where(keep, areas * np.exp(-(mean_dist**2) / (2 * cfg.centre_sigma**2)), -1.0)
     order = np.argsort(-score, kind="stable")[: max(0, cfg.keep_components)]
     chosen = ids[order[score[order] > 0]]
     if len(chosen) == 0:
         return np.zeros((h, w), dtype=bool)
-    out = np.isin(labels, chosen)
-    return ndimage.binary_fill_holes(out) & valid_mask
+    return np.isin(labels, chosen)
 
 
 # ------------------------------------------------------------------------------------------------------- refine
