@@ -9,7 +9,6 @@ How it stays consistent whatever kills it:
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,15 +26,14 @@ from .atomic import write_text_atomic
 from .errors import ArchiveError, DiskFullError
 from .ids import check_http_url, check_isic_id, file_extension
 from .isic_files import write_attribution, write_metadata_csv
+from .journal import Journal, ManifestBuilder, fold_journal
 from .layout import DataLayout, exclusive_lock
-from .manifest import DATA_MANIFEST_CORE, manifest_row, merge_tables, read_table, rows_to_table, write_table_atomic
+from .manifest import DATA_MANIFEST_CORE, manifest_row, read_table
 from .transfer import RetryPolicy, fetch_file, make_session, sha256_file
 
 log = logging.getLogger(__name__)
 
 JOURNAL = "download-journal.jsonl"
-_BATCH_ROWS = 5000   # rows kept as Python dicts before they are packed into an Arrow batch
-_JOURNAL_FLUSH_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -137,68 +135,6 @@ def _process(record: Mapping, layout: DataLayout, known: Mapping[str, dict], ses
         return _Outcome(isic_id, "failed", reason=f"{err.__class__.__name__}: {err}")
 
 
-class _Journal:
-    """Append-only JSON lines of manifest rows whose files are complete."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fh = None
-
-    def replay(self) -> list[dict]:
-        rows = []
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf8").splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    log.debug("ignoring a torn journal line (the process died while writing it)")
-        return rows
-
-    def append(self, row: dict) -> None:
-        if self._fh is None:
-            self._fh = open(self.path, "a", encoding="utf8")
-            self._flushed = time.monotonic()
-        self._fh.write(json.dumps(row) + "\n")
-        # Flushing every row stalls the coordinating thread under GIL contention; a row lost to a kill
-        # costs only a re-hash of its file on the next run (it is adopted), never a wrong manifest.
-        if time.monotonic() - self._flushed > _JOURNAL_FLUSH_S:
-            self._fh.flush()
-            self._flushed = time.monotonic()
-
-    def clear(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self.path.unlink(missing_ok=True)
-
-
-class _ManifestBuilder:
-    """Collects new rows compactly (Arrow batches) and writes the merged manifest atomically."""
-
-    def __init__(self, layout: DataLayout):
-        self.layout = layout
-        self.pending: list[dict] = []
-        self.tables: list[pa.Table] = []
-
-    def add(self, row: dict) -> None:
-        self.pending.append(row)
-        if len(self.pending) >= _BATCH_ROWS:
-            self._pack()
-
-    def _pack(self) -> None:
-        if self.pending:
-            self.tables.append(rows_to_table(self.pending, DATA_MANIFEST_CORE))
-            self.pending = []
-
-    def write(self) -> pa.Table:
-        self._pack()
-        old = read_table(self.layout.manifest, DATA_MANIFEST_CORE)
-        new = pa.concat_tables(self.tables, promote_options="default") if self.tables else old.schema.empty_table()
-        merged = merge_tables(old, new, ("isic_id",)) if new.num_rows else old
-        write_table_atomic(merged, self.layout.manifest)
-        return merged
-
-
 def _known_rows(table: pa.Table) -> dict[str, dict]:
     """isic_id -> what is known verified on disk: file, bytes, sha256."""
     cols = ["isic_id", "file", "bytes", "sha256"]
@@ -235,15 +171,9 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
     started = time.monotonic()
     with exclusive_lock(layout.root):
         session = make_session(opts.workers, opts.policy)
-        journal = _Journal(layout.state / JOURNAL)
-        builder = _ManifestBuilder(layout)
-        recovered = journal.replay()        # rows a killed run verified but never merged
-        if recovered:
-            for row in recovered:
-                builder.add(row)
-            builder.write()
-            journal.clear()
-            builder = _ManifestBuilder(layout)
+        journal = Journal(layout.state / JOURNAL)
+        fold_journal(journal, layout.manifest, DATA_MANIFEST_CORE)   # rows a killed run verified but never merged
+        builder = ManifestBuilder(layout.manifest, DATA_MANIFEST_CORE)
         known = _known_rows(read_table(layout.manifest, DATA_MANIFEST_CORE))
 
         total = api.count_images(session, opts.api_url, opts.query, opts.collections)

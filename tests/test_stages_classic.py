@@ -16,7 +16,7 @@ from wsm.stages.classic import (
     otsu_threshold,
     segment_classic,
 )
-from wsm.stages.preprocess import PreprocessConfig, preprocess, vignette_mask
+from wsm.stages.preprocess import PreprocessConfig, vignette_mask
 
 cv2.setNumThreads(1)
 

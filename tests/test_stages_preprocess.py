@@ -65,7 +65,8 @@ def write_1bit_png(path: Path, width: int, height: int) -> None:
     comp = zlib.compressobj(9)
     idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    chunks = _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
 
 
 @pytest.fixture()
@@ -347,7 +348,8 @@ def test_shades_of_grey_removes_a_colour_cast():
     after = out[~frame].reshape(-1, 3).mean(0)
     reference = rgb[~frame].reshape(-1, 3).mean(0)
     # the blue/red ratio is moved back towards the uncast image's
-    assert abs(after[2] / after[0] - reference[2] / reference[0]) < abs(before[2] / before[0] - reference[2] / reference[0])
+    target = reference[2] / reference[0]
+    assert abs(after[2] / after[0] - target) < abs(before[2] / before[0] - target)
     grey = np.full((8, 8, 3), 120, np.uint8)
     assert (shades_of_grey(grey) == grey).all()
     with pytest.raises(ValueError, match="p must be"):

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from archive_client.atomic import atomic_path
+from wsm.errors import WsmError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -45,7 +46,7 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 
-class ImageDecodeError(Exception):
+class ImageDecodeError(WsmError):
     """An image or mask file that cannot be turned into pixels (empty, truncated, corrupt, too large, odd mode).
 
     ``path`` and ``reason`` say what was received and what was wrong; the message also says how to fix it.
@@ -68,7 +69,7 @@ def _open(path: Path, max_pixels: int | None) -> Image.Image:
     """Open lazily (header only), refusing empty files and images above ``max_pixels`` before decoding."""
     try:
         size = path.stat().st_size
-    except FileNotFoundError:
+    except FileNotFoundError:  # a missing file is the caller's mistake, not a broken image
         raise
     except OSError as exc:
         raise ImageDecodeError(path, f"the file cannot be read ({exc})") from exc
@@ -259,7 +260,10 @@ def read_mask(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
 
 
 def image_size(path: Path | str) -> tuple[int, int]:
-    """``(width, height)`` as displayed (EXIF orientations 5-8 swap them), read from the header only."""
+    """``(width, height)`` as displayed (EXIF orientations 5-8 swap them), read from the header only.
+
+    No pixel cap applies (nothing is decoded); a file Pillow cannot identify raises :class:`ImageDecodeError`.
+    """
     path = Path(path)
     with _open(path, None) as im:
         width, height = im.size

@@ -14,11 +14,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wsm.errors import WsmError
+
 PIPELINES_DIR = Path(__file__).resolve().parents[1] / "pipelines"
 T = TypeVar("T")
 
 
-class PipelineError(ValueError):
+class PipelineError(WsmError, ValueError):
     """A pipeline file or override that does not fit the recipe's shape."""
 
 

@@ -9,15 +9,12 @@ import logging
 import sys
 
 from archive_client.errors import ArchiveError
+from wsm.errors import WsmError
 from wsm import __version__
 
-from . import data, demo
+from . import data, demo, maps
 
-COMMAND_GROUPS = [data, demo]
-
-
-class UserError(Exception):
-    """A problem with what the user asked for, explained in its message."""
+COMMAND_GROUPS = [data, maps, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wsm: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ArchiveError, UserError, FileNotFoundError, NotADirectoryError) as err:
+    except (ArchiveError, WsmError, FileNotFoundError, NotADirectoryError) as err:
         print(f"wsm: error: {err}", file=sys.stderr)
         return 2
 

@@ -281,8 +281,8 @@ def preprocess(rgb: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> P
     """Working-size image, its valid (non-frame) mask and the original size.
 
     Order: resize; find the frame on the raw colours (its threshold is defined on them) and at the photograph's
-    aspect ratio (the frame is a circle there); remove hair; then colour constancy estimated on the valid pixels. Frame pixels keep their values; ``valid_mask`` says
-    which pixels later stages may trust.
+    aspect ratio (the frame is a circle there); remove hair; then colour constancy estimated on the valid pixels.
+    Frame pixels keep their values; ``valid_mask`` says which pixels later stages may trust.
     """
     rgb = check_rgb(rgb)
     original_size = (int(rgb.shape[1]), int(rgb.shape[0]))

@@ -152,10 +152,9 @@ class MorphologyConfig:
     smooth_radius: float = 0.01  # open/close disc radius, x the shorter side (0.01 = 5 px at 512)
     min_area: float = 0.002  # components smaller than this fraction of the image are specks
     keep_components: int = 1  # how many lesion components to keep, best score first
-    centre_sigma: float = 0.35  # score = area x exp(-d^2 / 2 sigma^2), d = mean distance of the component's
-    # pixels from the image centre divided by the half-diagonal: large central blobs win, corner blobs lose
-    vignette_band: float = 0.03  # a component with more than vignette_contact of its pixels within this
-    vignette_contact: float = 0.5  # (x the shorter side) of the invalid region hugs the frame and is dropped
+    centre_sigma: float = 0.35  # component score = area x exp(-d^2 / 2 sigma^2), d = mean pixel distance from centre
+    vignette_band: float = 0.03  # width (x the shorter side) of the band along the invalid region (the frame)
+    vignette_contact: float = 0.5  # components with more than this share of their pixels in that band are dropped
 
 
 def clean_mask(mask: np.ndarray, valid_mask: np.ndarray, cfg: MorphologyConfig = MorphologyConfig()) -> np.ndarray:
@@ -165,7 +164,9 @@ def clean_mask(mask: np.ndarray, valid_mask: np.ndarray, cfg: MorphologyConfig =
     lines, closes gaps); drop components that hug the frame (more than ``vignette_contact`` of their pixels
     within ``vignette_band`` of invalid pixels: the dark blurred rim of a dermoscope frame; a real lesion that
     merely touches the frame keeps most of its pixels away from it); fill holes; drop components smaller than
-    ``min_area``; keep the ``keep_components`` best by area weighted by closeness to the centre.
+    ``min_area``; keep the ``keep_components`` best by ``area x exp(-d^2 / 2 centre_sigma^2)``, where ``d`` is
+    the mean distance of the component's pixels from the image centre over the half-diagonal (mean pixel distance,
+    not centroid distance: a ring along the border has its centroid in the middle). Large central blobs win.
     """
     mask = np.asarray(mask)
     valid_mask = check_mask(valid_mask, mask.shape, "valid_mask")

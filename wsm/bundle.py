@@ -1,0 +1,120 @@
+"""BUNDLE/: what `wsm fit` writes and `wsm generate` reads.
+
+    pipeline.toml       the resolved recipe, calibrated values included
+    classifier.safetensors, prior.safetensors   (when the recipe uses them)
+    calibration.json    the chosen values and the whole grid, with the images they were measured on
+    provenance.json     data manifest hash, seed, versions, classes, the ids whose masks fit used, timings
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from archive_client.atomic import write_text_atomic
+from wsm import __version__
+from wsm.errors import WsmError
+from wsm.maps import MapModels
+from wsm.pipeline import to_toml
+from wsm.recipe import Recipe, build_recipe
+
+PIPELINE = "pipeline.toml"
+CLASSIFIER = "classifier.safetensors"
+PRIOR = "prior.safetensors"
+CALIBRATION = "calibration.json"
+PROVENANCE = "provenance.json"
+
+
+class BundleError(WsmError, ValueError):
+    """A bundle folder that is missing or incomplete."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def versions() -> dict:
+    import numpy
+    import torch
+
+    out = {"wsm": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": numpy.__version__}
+    from wsm._compat import ensure_torchvision
+
+    ensure_torchvision()
+    import timm
+
+    out["timm"] = timm.__version__
+    return out
+
+
+def write_json(path: Path, payload: dict) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_pipeline(folder: Path, resolved: dict) -> None:
+    write_text_atomic(folder / PIPELINE, "# resolved by wsm " + __version__ + "\n" + to_toml(resolved))
+
+
+@dataclass
+class Bundle:
+    folder: Path
+    resolved: dict
+    recipe: Recipe
+    provenance: dict
+
+    def model_hashes(self) -> dict[str, str]:
+        return {name: file_sha256(self.folder / name)[:16] for name in (CLASSIFIER, PRIOR)
+                if (self.folder / name).exists()}
+
+    def load_models(self, device: str = "cpu") -> MapModels:
+        """The bundle's networks in eval mode on ``device``."""
+        models = MapModels(self.recipe, device=device)
+        if self.recipe.uses_classifier:
+            from wsm.models.classifier import create_classifier
+            from wsm.training import load_weights
+
+            classes = self.provenance["classes"]
+            net = create_classifier(self.recipe.classifier.arch, num_classes=len(classes))
+            load_weights(net, self._need(CLASSIFIER))
+            models.classifier = net.to(device).eval()
+        if self.recipe.uses_prior and (self.folder / PRIOR).exists():
+            from wsm.models.segmentation import create_segmenter
+            from wsm.training import load_weights
+
+            net = create_segmenter(self.recipe.prior.arch, self.recipe.prior.encoder)
+            load_weights(net, self.folder / PRIOR)
+            models.prior = net.to(device).eval()
+        return models
+
+    def _need(self, name: str) -> Path:
+        path = self.folder / name
+        if not path.exists():
+            raise BundleError(f"{self.folder} has no {name}; rerun `wsm fit` to complete the bundle")
+        return path
+
+
+def load_bundle(folder: Path | str) -> Bundle:
+    folder = Path(folder)
+    for name in (PIPELINE, PROVENANCE):
+        if not (folder / name).exists():
+            raise BundleError(f"{folder} is not a complete wsm bundle (no {name}); create it with `wsm fit`")
+    resolved = tomllib.loads((folder / PIPELINE).read_text(encoding="utf8"))
+    provenance = json.loads((folder / PROVENANCE).read_text(encoding="utf8"))
+    return Bundle(folder, resolved, build_recipe(resolved), provenance)
+
+
+def save_weights_file(model, path: Path) -> None:
+    """Final weights (safetensors), written atomically."""
+    from archive_client.atomic import atomic_path
+    from wsm.training import save_weights
+
+    with atomic_path(path) as tmp:
+        save_weights(model, tmp)

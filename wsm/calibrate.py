@@ -1,0 +1,110 @@
+"""Calibration: choose fusion weight, mask threshold and decision margin by agreement with official masks.
+
+Only masks of the fitting split that the segmentation prior did not train on are used (a prior scores too
+well on its own training masks), and never the images `generate` is later scored on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from wsm.metrics import confusion_counts, image_metrics
+from wsm.recipe import Recipe
+from wsm.stages.preprocess import Preprocessed
+from wsm.stages.refine import DecisionConfig, clean_mask, decide, dense_crf, fuse, refine
+
+MARGINS = (0.05, 0.1, 0.15, 0.2, 0.3)   # decision thresholds = mask threshold -/+ margin
+CERTAIN_ACCURACY = 0.95                  # the smallest margin whose certain pixels are at least this accurate
+
+
+@dataclass(frozen=True)
+class Sample:
+    pre: Preprocessed
+    maps: dict            # evidence maps at the working size
+    truth: np.ndarray     # bool (S, S): the official mask at the working size
+
+
+@dataclass(frozen=True)
+class Calibration:
+    prior_weight: float | None       # None: no prior in this recipe
+    mask_threshold: float
+    lesion_threshold: float
+    background_threshold: float
+    jaccard: float                   # mean Jaccard of the refined masks on the calibration images
+    certain_accuracy: float
+    certain_fraction: float
+    n_images: int
+    grid: list                       # (prior_weight, mask_threshold, mean jaccard) for every candidate
+
+    def apply(self, resolved: dict) -> dict:
+        """The resolved pipeline with the calibrated values written in."""
+        out = {**resolved}
+        if self.prior_weight is not None:
+            out["fusion"] = {"weights": {"cam": round(1 - self.prior_weight, 4), "prior": self.prior_weight}}
+        out["refine"] = {**resolved.get("refine", {}), "mask_threshold": self.mask_threshold}
+        out["decision"] = {**resolved.get("decision", {}), "lesion_threshold": self.lesion_threshold,
+                           "background_threshold": self.background_threshold}
+        return out
+
+
+def _jaccard(truth: np.ndarray, pred: np.ndarray) -> float:
+    return image_metrics(confusion_counts(truth, pred))["jaccard"]
+
+
+def _fused(sample: Sample, prior_weight: float | None) -> np.ndarray:
+    if prior_weight is None or "prior" not in sample.maps:
+        return fuse({"cam": sample.maps["cam"]}, {"cam": 1.0}) if "cam" in sample.maps else \
+            fuse(sample.maps, {k: 1.0 for k in sample.maps})
+    return fuse(sample.maps, {"cam": 1 - prior_weight, "prior": prior_weight})
+
+
+def calibrate(samples: list[Sample], recipe: Recipe, progress=None) -> Calibration:
+    """Grid search over (prior weight, mask threshold) on the refined masks, then the decision margin."""
+    if not samples:
+        raise ValueError("calibration needs at least one image with an official mask")
+    has_prior = recipe.uses_prior and all("prior" in s.maps for s in samples)
+    weights = tuple(recipe.calibration.prior_weights) if has_prior else (None,)
+    thresholds = tuple(recipe.calibration.mask_thresholds)
+    scores = {(w, t): [] for w in weights for t in thresholds}
+    for sample in samples:
+        valid = sample.pre.valid_mask
+        for w in weights:
+            prob = np.where(valid, _fused(sample, w), 0.0).astype(np.float32)
+            marginal = dense_crf(sample.pre.image, prob, recipe.refine.crf) if recipe.refine.crf else prob
+            for t in thresholds:
+                mask = clean_mask(marginal > t, valid, recipe.refine.morphology)
+                scores[(w, t)].append(_jaccard(sample.truth, mask))
+        if progress is not None:
+            progress.update(1)
+    grid = [(w, t, float(np.mean(v))) for (w, t), v in scores.items()]
+    best_w, best_t, best_j = max(grid, key=lambda g: (g[2], -abs(g[1] - 0.5)))
+    return _with_margin(samples, recipe, best_w, best_t, best_j, grid)
+
+
+def _with_margin(samples, recipe, w, t, jaccard, grid) -> Calibration:
+    """The smallest margin around t whose certain pixels reach CERTAIN_ACCURACY (else the most accurate)."""
+    refine_cfg = replace(recipe.refine, mask_threshold=t)
+    refined = []
+    for s in samples:
+        prob = _fused(s, w)
+        refined.append((prob, refine(s.pre.image, prob, s.pre.valid_mask, refine_cfg).mask))
+    best = None
+    for margin in MARGINS:
+        cfg = DecisionConfig(lesion_threshold=min(1.0, t + margin), background_threshold=max(0.0, t - margin),
+                             band_px=recipe.decision.band_px)
+        right = certain = total = 0
+        for s, (prob, mask) in zip(samples, refined):
+            label = decide(prob, mask, s.pre.valid_mask, cfg)
+            known = label != 255
+            right += int(((label == 1) == s.truth)[known].sum())
+            certain += int(known.sum())
+            total += label.size
+        accuracy = right / certain if certain else 0.0
+        best = (margin, cfg, accuracy, certain / total)
+        if accuracy >= CERTAIN_ACCURACY:
+            break
+    _, cfg, accuracy, fraction = best
+    return Calibration(prior_weight=w, mask_threshold=t, lesion_threshold=cfg.lesion_threshold,
+                       background_threshold=cfg.background_threshold, jaccard=jaccard, certain_accuracy=accuracy,
+                       certain_fraction=fraction, n_images=len(samples), grid=grid)

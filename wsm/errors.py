@@ -1,0 +1,5 @@
+"""The base of every error wsm raises on purpose: the CLI prints its message as one line, exit code 2."""
+
+
+class WsmError(Exception):
+    """A problem the user can fix, explained in the message (what was wrong, what to do)."""

@@ -1,0 +1,181 @@
+"""`wsm fit`: train what a recipe needs on a DATA folder and write a BUNDLE.
+
+1. a classifier on the image-level diagnosis labels of the manifest (recipe [classes]);
+2. where the fitting splits have official masks, a segmentation prior on most of them;
+3. calibration of fusion weight, mask threshold and decision margin on the rest (see wsm.calibrate).
+Images listed in ``exclude_ids`` (a held-out fold) are used for nothing. Training resumes from the
+checkpoints in BUNDLE/work/ if a run was interrupted.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from archive_client.layout import DataLayout
+from wsm import bundle as B
+from wsm.data import DataError, read_manifest, read_truth, with_truth
+from wsm.pipeline import load_pipeline
+from wsm.recipe import Recipe, build_recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    data: Path
+    out: Path
+    pipeline: str = "default"
+    device: str = "cpu"
+    overrides: tuple[str, ...] = ()
+    exclude_ids: frozenset[str] = frozenset()    # used for nothing (a held-out fold)
+    progress: bool = True
+
+
+@dataclass
+class FitSummary:
+    bundle: Path
+    seconds: dict = field(default_factory=dict)
+    classifier_images: int = 0
+    prior_images: int = 0
+    calibration: object = None
+
+    def lines(self) -> list[str]:
+        out = [f"bundle written to {self.bundle}",
+               f"classifier images {self.classifier_images}, prior masks {self.prior_images}"]
+        if self.calibration is not None:
+            c = self.calibration
+            out.append(f"calibrated on {c.n_images} held-out fitting-split masks: prior weight {c.prior_weight}, "
+                       f"threshold {c.mask_threshold}, Jaccard {c.jaccard:.3f}, certain pixels "
+                       f"{c.certain_fraction:.1%} at accuracy {c.certain_accuracy:.3f}")
+        out.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
+        return out
+
+
+def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
+    """Deterministic, order-free choice of the calibration images."""
+    digest = hashlib.sha256(f"{seed}:{isic_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _train_classifier(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str, progress: bool):
+    import torch
+
+    from wsm.datasets import ClassifierDataset, ClassMapping
+    from wsm.models.classifier import create_classifier
+    from wsm.training import TrainConfig, classification_loss, train
+
+    mapping = ClassMapping.from_table(recipe.classes)
+    cfg = recipe.classifier
+    dataset = ClassifierDataset(data, rows, cfg.size, mapping, augment=True, seed=recipe.seed)
+    if len(dataset) == 0:
+        raise DataError(
+            "no image in DATA has a diagnosis that the recipe's [classes] table maps to a class; add labels with "
+            "`wsm import --labels CSV`, or use the no-learning pipeline: --pipeline classic")
+    torch.manual_seed(recipe.seed)
+    model = create_classifier(cfg.arch, mapping.num_classes, pretrained=cfg.pretrained,
+                              weights_file=cfg.weights_file or None)
+    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            num_workers=recipe.fit.num_workers, seed=recipe.seed, device=device)
+    result = train(model, dataset, classification_loss(dataset.class_counts()), train_cfg, work / "classifier",
+                   progress=progress)
+    counts = dict(zip(mapping.classes, dataset.class_counts().tolist()))
+    return model, result, list(mapping.classes), counts
+
+
+def _train_prior(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str, progress: bool):
+    import torch
+
+    from wsm.datasets import SegmentationDataset
+    from wsm.models.segmentation import create_segmenter
+    from wsm.training import BCEDiceLoss, TrainConfig, train
+
+    cfg = recipe.prior
+    dataset = SegmentationDataset(data, rows, cfg.size, augment=True, seed=recipe.seed)
+    torch.manual_seed(recipe.seed)
+    model = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained)
+    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            num_workers=recipe.fit.num_workers, seed=recipe.seed, device=device)
+    return model, train(model, dataset, BCEDiceLoss(), train_cfg, work / "prior", progress=progress)
+
+
+def _calibrate(recipe: Recipe, data: Path, rows: pd.DataFrame, models, progress: bool):
+    from wsm.calibrate import Sample, calibrate
+    from wsm.maps import prepare, truth_at
+
+    size = recipe.preprocess.working_size
+    rows = rows.head(recipe.calibration.max_images)
+    samples, batch = [], 16
+    bar = tqdm(total=2 * len(rows), desc="calibrate", unit="img", disable=not progress)
+    for start in range(0, len(rows), batch):
+        chunk = rows.iloc[start:start + batch]
+        pres = [prepare(data / f, recipe.preprocess) for f in chunk["file"]]
+        maps = models.evidence([p.image for p in pres])
+        samples += [Sample(p, m, truth_at(data / mf, size)) for p, m, mf in zip(pres, maps, chunk["mask_file"])]
+        bar.update(len(chunk))
+    result = calibrate(samples, recipe, progress=bar)
+    bar.close()
+    return result
+
+
+def fit(opts: FitOptions) -> FitSummary:
+    """Train, calibrate and write the bundle; see the module doc."""
+    import torch
+
+    from wsm.maps import MapModels
+
+    resolved = load_pipeline(opts.pipeline, "cuda" if opts.device.startswith("cuda") else "cpu", opts.overrides)
+    recipe = build_recipe(resolved)
+    if recipe.fit.threads:
+        torch.set_num_threads(recipe.fit.threads)
+    out, data = Path(opts.out), Path(opts.data)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    summary = FitSummary(out)
+    rows = with_truth(read_manifest(data), read_truth(data))
+    rows = rows[~rows["isic_id"].isin(opts.exclude_ids)].reset_index(drop=True)
+    masked = rows[rows["mask_file"].notna() & rows["split"].isin(recipe.fit.splits)]
+    holdout = masked["isic_id"].map(lambda i: in_holdout(i, recipe.calibration.holdout_fraction, recipe.seed))
+    prior_rows, calibration_rows = masked[~holdout], masked[holdout]
+    if not recipe.uses_prior or not recipe.calibration.enabled:
+        prior_rows = masked if recipe.uses_prior else masked.iloc[:0]
+    models = MapModels(recipe, device=opts.device)
+    provenance = {"recipe": recipe.name, "method": recipe.method, "seed": recipe.seed, "device": opts.device,
+                  "data": str(data.resolve()), "versions": B.versions(), "excluded_ids": len(opts.exclude_ids),
+                  "data_manifest_sha256": B.file_sha256(DataLayout(data).manifest)}
+
+    if recipe.uses_classifier:
+        started = time.perf_counter()
+        models.classifier, result, classes, counts = _train_classifier(recipe, data, rows, work, opts.device,
+                                                                       opts.progress)
+        B.save_weights_file(models.classifier, out / B.CLASSIFIER)
+        models.classifier.eval()
+        provenance.update(classes=classes, class_counts=counts, classifier_losses=result.epoch_losses)
+        summary.classifier_images = sum(counts.values())
+        summary.seconds["classifier"] = time.perf_counter() - started
+    if recipe.uses_prior and len(prior_rows):
+        started = time.perf_counter()
+        models.prior, result = _train_prior(recipe, data, prior_rows, work, opts.device, opts.progress)
+        B.save_weights_file(models.prior, out / B.PRIOR)
+        models.prior.eval()
+        provenance.update(prior_losses=result.epoch_losses)
+        summary.prior_images = len(prior_rows)
+        summary.seconds["prior"] = time.perf_counter() - started
+    if recipe.calibration.enabled and len(calibration_rows) and recipe.method != "classic":
+        started = time.perf_counter()
+        summary.calibration = _calibrate(recipe, data, calibration_rows, models, opts.progress)
+        resolved = summary.calibration.apply(resolved)
+        B.write_json(out / B.CALIBRATION, {**summary.calibration.__dict__,
+                                           "isic_ids": calibration_rows["isic_id"].tolist()[:recipe.calibration.max_images]})
+        summary.seconds["calibration"] = time.perf_counter() - started
+
+    provenance["fit_mask_ids"] = sorted(set(prior_rows["isic_id"]) | set(calibration_rows["isic_id"]))
+    provenance["seconds"] = summary.seconds
+    B.write_pipeline(out, resolved)
+    B.write_json(out / B.PROVENANCE, provenance)
+    return summary

@@ -1,0 +1,357 @@
+"""`wsm generate`: an ISIC_WSM label map for every image of a split, at archive scale.
+
+- Streams the rows of the split (or of an image folder); nothing holds the whole archive in memory.
+- Work is cut into batches of images whose ids fall in the same block of `batch_size` ids; `--shard i/n` takes
+  the blocks with block % n == i, so n machines share the archive with no coordination and every image sees
+  the same batch, hence byte-identical maps, whether sharded or not.
+- The networks run in this process (GPU with --device cuda); decoding, pre-processing, fusion, dense CRF,
+  morphology and decision run in a pool of worker processes, each with one thread.
+- Every map is written atomically, its row journalled after; a rerun skips what is complete and finishes the rest.
+- A bad image (corrupt, truncated, a decompression bomb, ...) gets a `failed` row with its reason; the run goes on.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from archive_client.journal import Journal, ManifestBuilder, fold_journal
+from archive_client.layout import exclusive_lock
+from archive_client.manifest import merge_tables, write_table_atomic
+from wsm import __version__
+from wsm.bundle import Bundle, load_bundle
+from wsm.data import DataError, read_manifest, read_truth, select_split, with_truth
+from wsm.outputs import WSM_MANIFEST, part_name
+from wsm.pipeline import pipeline_hash
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_ISIC = re.compile(r"ISIC_([0-9]{7})")
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    out: Path
+    bundle: Path
+    data: Path | None = None
+    images: Path | None = None          # any folder of images instead of a DATA split
+    split: str = "all"
+    shard: tuple[int, int] = (0, 1)     # (index, count)
+    device: str = "cpu"
+    workers: int = 0                    # CPU worker processes (0: half the cores, at least 1)
+    batch_size: int = 16
+    export_challenge: bool = False      # also write challenge/ISIC_x_segmentation.png (0/255)
+    prefer_official: bool = False       # where an official mask exists, write it (source "official")
+    limit: int = 0                      # at most this many images of the shard (0: all)
+    only_ids: frozenset[str] = frozenset()   # restrict to these ids (e.g. a held-out fold); empty: no restriction
+    progress: bool = True
+
+
+@dataclass
+class GenerateSummary:
+    out: Path
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    manifest: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def lines(self) -> list[str]:
+        rate = self.done / self.seconds if self.seconds else 0.0
+        out = [f"{self.total} images: {self.done} maps written, {self.skipped} already complete, "
+               f"{len(self.failed)} failed ({rate:.1f} images/s)", f"manifest: {self.manifest}"]
+        out += [f"  failed {k}: {v}" for k, v in list(self.failed.items())[:20]]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- work units
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """`i/n` from the flag, else RANK/WORLD_SIZE (torchrun) or SLURM_ARRAY_TASK_ID/COUNT, else 0/1."""
+    if text:
+        match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+        if not match or not 0 <= int(match[1]) < int(match[2]):
+            raise DataError(f"--shard {text!r} should be i/n with 0 <= i < n, e.g. 0/4")
+        return int(match[1]), int(match[2])
+    env = os.environ
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+    return 0, 1
+
+
+def block_of(item_id: str, position: int, batch_size: int) -> int:
+    """The batch block: ISIC ids by number (stable whatever else is in the folder), other names by position."""
+    match = _ISIC.fullmatch(item_id)
+    return (int(match[1]) if match else position) // batch_size
+
+
+def folder_rows(folder: Path) -> pd.DataFrame:
+    """Rows for a folder of images: an id from each safe file name (others are refused with a reason)."""
+    if not folder.is_dir():
+        raise DataError(f"--images {folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    bad = [p.name for p in files if not _SAFE_NAME.fullmatch(p.stem)]
+    if bad:
+        log.warning("skipping %d files whose names are not safe ids (letters, digits, _ . -): %s", len(bad), bad[:5])
+    files = [p for p in files if _SAFE_NAME.fullmatch(p.stem)]
+    return pd.DataFrame({"isic_id": [p.stem for p in files], "file": [str(p.resolve()) for p in files],
+                         "mask_file": [None] * len(files)})
+
+
+def plan_rows(rows: pd.DataFrame, shard: tuple[int, int], batch_size: int) -> pd.DataFrame:
+    rows = rows.sort_values("isic_id", ignore_index=True)
+    rows["block"] = [block_of(i, n, batch_size) for n, i in enumerate(rows["isic_id"])]
+    return rows[rows["block"] % shard[1] == shard[0]].reset_index(drop=True)
+
+
+def batches(rows: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    for _, group in rows.groupby("block", sort=True):
+        yield group
+
+
+# --------------------------------------------------------------------------------- worker-process functions
+
+_WORKER: dict = {}
+
+
+def _init_worker(recipe, out: Path, export_challenge: bool) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    _WORKER.update(recipe=recipe, out=Path(out), export_challenge=export_challenge)
+
+
+def _prepare(path: str):
+    from wsm.maps import prepare
+
+    return prepare(path, _WORKER["recipe"].preprocess)
+
+
+def _write_maps(isic_id: str, label_map: np.ndarray) -> str:
+    from wsm.imageio import write_label_png
+
+    out = _WORKER["out"]
+    write_label_png(out / f"{isic_id}.png", label_map)
+    if _WORKER["export_challenge"]:
+        write_label_png(out / "challenge" / f"{isic_id}_segmentation.png",
+                        np.where(label_map == 1, 255, 0).astype(np.uint8))
+    return f"{isic_id}.png"
+
+
+def _agreement(label_map: np.ndarray, mask_path: str | None) -> float | None:
+    if not mask_path:
+        return None
+    from wsm.imageio import read_mask
+    from wsm.metrics import confusion_counts, image_metrics
+
+    truth = read_mask(mask_path)
+    if truth.shape != label_map.shape:
+        log.warning("%s: official mask %s differs from the image size %s", mask_path, truth.shape, label_map.shape)
+        return None
+    return image_metrics(confusion_counts(truth > 128, label_map == 1))["jaccard"]
+
+
+def _stats(label_map: np.ndarray) -> dict:
+    n = label_map.size
+    return {"width": label_map.shape[1], "height": label_map.shape[0],
+            "lesion_fraction": float((label_map == 1).sum() / n),
+            "uncertain_fraction": float((label_map == 255).sum() / n)}
+
+
+def _finish(isic_id: str, pre, maps: dict, mask_path: str | None) -> dict:
+    from wsm.maps import label_image
+    from wsm.stages.refine import to_original_size
+
+    labelled = label_image(pre, maps, _WORKER["recipe"])
+    label_map = to_original_size(labelled.label_map, pre.original_size)
+    path = _write_maps(isic_id, label_map)
+    return {"isic_id": isic_id, "path": path, **_stats(label_map), "confidence": labelled.confidence,
+            "source": "weak", "agreement": _agreement(label_map, mask_path), "status": "ok"}
+
+
+def _official(isic_id: str, mask_path: str) -> dict:
+    from wsm.imageio import read_mask
+
+    label_map = (read_mask(mask_path) > 128).astype(np.uint8)
+    path = _write_maps(isic_id, label_map)
+    return {"isic_id": isic_id, "path": path, **_stats(label_map), "confidence": 1.0, "source": "official",
+            "agreement": 1.0, "status": "ok"}
+
+
+# --------------------------------------------------------------------------------------------- the driver
+
+def _failed(isic_id: str, err: BaseException) -> dict:
+    return {"isic_id": isic_id, "path": None, "source": "failed", "status": "failed",
+            "error": f"{err.__class__.__name__}: {err}"[:500]}
+
+
+def _done_ids(manifest: Path, out: Path) -> set[str]:
+    """Ids whose map is listed as ok and is on disk (a rerun skips them)."""
+    if not manifest.exists():
+        return set()
+    table = pq.read_table(manifest, columns=["isic_id", "path", "status"]).to_pylist()
+    return {r["isic_id"] for r in table if r["status"] == "ok" and r["path"] and (out / r["path"]).exists()}
+
+
+def _source_rows(opts: GenerateOptions) -> pd.DataFrame:
+    if opts.images is not None:
+        return folder_rows(Path(opts.images))
+    if opts.data is None:
+        raise DataError("give --data DATA (with --split) or --images DIR")
+    data = Path(opts.data)
+    rows = select_split(with_truth(read_manifest(data), read_truth(data)), opts.split)
+    rows["file"] = [str(data / f) for f in rows["file"]]
+    rows["mask_file"] = [str(data / m) if isinstance(m, str) else None for m in rows["mask_file"]]
+    return rows[["isic_id", "file", "mask_file"]]
+
+
+def _default_workers() -> int:
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def generate(opts: GenerateOptions) -> GenerateSummary:
+    """Label maps for the selected images into opts.out; see the module doc."""
+    import torch
+
+    started = time.perf_counter()
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle(opts.bundle)
+    workers = opts.workers or _default_workers()
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
+    shard_tag = f"{opts.shard[0]}-of-{opts.shard[1]}"
+    manifest_path = out / part_name(*opts.shard)
+    summary = GenerateSummary(out, manifest=manifest_path)
+    with exclusive_lock(out, f"generate-{shard_tag}.lock"):
+        journal = Journal(out / ".wsm" / f"generate-{shard_tag}.jsonl")
+        fold_journal(journal, manifest_path, WSM_MANIFEST)
+        rows = _source_rows(opts)
+        if opts.only_ids:
+            rows = rows[rows["isic_id"].isin(opts.only_ids)]
+        rows = plan_rows(rows, opts.shard, opts.batch_size)
+        if opts.limit:
+            rows = rows.head(opts.limit)
+        done = _done_ids(manifest_path, out)
+        summary.total, summary.skipped = len(rows), int(rows["isic_id"].isin(done).sum())
+        rows = rows[~rows["isic_id"].isin(done)]
+        provenance = _provenance(bundle, opts.shard)
+        builder = ManifestBuilder(manifest_path, WSM_MANIFEST)
+        bar = tqdm(total=summary.total, initial=summary.skipped, unit="img", desc="generate",
+                   disable=not opts.progress)
+        try:
+            for row in _run(rows, bundle, opts, workers, out):
+                row = {**provenance, **row, "mask_used_in_fit": row["isic_id"] in provenance["_fit_ids"]}
+                row.pop("_fit_ids")
+                journal.append(row)
+                builder.add(row)
+                if row["status"] == "ok":
+                    summary.done += 1
+                else:
+                    summary.failed[row["isic_id"]] = row["error"]
+                bar.update(1)
+        finally:
+            bar.close()
+            builder.write()
+            journal.clear()
+            summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _provenance(bundle: Bundle, shard: tuple[int, int]) -> dict:
+    hashes = bundle.model_hashes()
+    return {"pipeline_sha256": pipeline_hash(bundle.resolved),
+            "model_sha256": ";".join(f"{k.split('.')[0]}={v}" for k, v in sorted(hashes.items())) or None,
+            "wsm_version": __version__, "_fit_ids": frozenset(bundle.provenance.get("fit_mask_ids", []))}
+
+
+def _run(rows: pd.DataFrame, bundle: Bundle, opts: GenerateOptions, workers: int, out: Path) -> Iterator[dict]:
+    """Yield one manifest row per image, in no particular order, with bounded work in flight."""
+    models = bundle.load_models(opts.device) if bundle.recipe.method != "classic" else None
+    context = multiprocessing.get_context("spawn")
+    window = max(2, 2 * workers)     # batches prepared ahead of the networks
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(bundle.recipe, out, opts.export_challenge)) as pool:
+        prepared: deque = deque()
+        finishing: set[Future] = set()
+        pending = iter(batches(rows))
+
+        def refill() -> None:
+            while len(prepared) < window and (group := next(pending, None)) is not None:
+                prepared.append([(r.isic_id, r.mask_file, _submit_one(pool, r, opts)) for r in group.itertuples()])
+
+        refill()
+        while prepared:
+            batch = prepared.popleft()
+            refill()
+            weak = []
+            for isic_id, mask_file, future in batch:
+                try:
+                    result = future.result()
+                except Exception as err:  # noqa: BLE001 - any failure of one image is recorded, never fatal
+                    yield _failed(isic_id, err)
+                    continue
+                if isinstance(result, dict):          # --prefer-official: already written
+                    yield result
+                else:
+                    weak.append((isic_id, mask_file, result))
+            if weak:
+                maps = models.evidence([pre.image for _, _, pre in weak]) if models else [{} for _ in weak]
+                for (isic_id, mask_file, pre), evidence in zip(weak, maps):
+                    future = pool.submit(_finish, isic_id, pre, evidence, mask_file)
+                    future.isic_id = isic_id
+                    finishing.add(future)
+            while len(finishing) > window * opts.batch_size or (not prepared and finishing):
+                done, finishing = wait(finishing, return_when=FIRST_COMPLETED)
+                yield from _collect(done)
+            done = {f for f in finishing if f.done()}
+            finishing -= done
+            yield from _collect(done)
+
+
+def _submit_one(pool, row, opts: GenerateOptions) -> Future:
+    if opts.prefer_official and isinstance(row.mask_file, str):
+        return pool.submit(_official, row.isic_id, row.mask_file)
+    return pool.submit(_prepare, row.file)
+
+
+def _collect(futures) -> Iterator[dict]:
+    for future in futures:
+        try:
+            yield future.result()
+        except Exception as err:  # noqa: BLE001
+            yield _failed(future.isic_id, err)
+
+
+def merge_parts(out: Path) -> Path:
+    """Join the shards' manifest parts into WSM/manifest.parquet (one row per image)."""
+    out = Path(out)
+    parts = sorted(out.glob("manifest-part-*-of-*.parquet"))
+    if not parts:
+        raise DataError(f"{out} has no manifest-part-*.parquet files to merge")
+    merged = WSM_MANIFEST.empty_table()
+    for part in parts:
+        merged = merge_tables(merged, pq.read_table(part), ("isic_id",))
+    write_table_atomic(merged, out / "manifest.parquet")
+    return out / "manifest.parquet"

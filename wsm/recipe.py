@@ -1,0 +1,122 @@
+"""A resolved pipeline file as typed, frozen stage configs (what `fit` trains and `generate` runs).
+
+The stages' own configs live with their stages (wsm.stages.*); the learning parts' configs live here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wsm.pipeline import PipelineError, stage_config
+from wsm.stages.classic import ClassicConfig
+from wsm.stages.preprocess import PreprocessConfig
+from wsm.stages.refine import CrfConfig, DecisionConfig, FusionConfig, MorphologyConfig, RefineConfig
+
+METHODS = ("weak", "cam-only", "classic")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    arch: str = "resnet18"          # a key of wsm.models.classifier.CLASSIFIERS
+    size: int = 160                 # square input side in pixels
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    pretrained: bool = False        # ImageNet weights from the Hugging Face hub (needs the network)
+    weights_file: str = ""          # or local timm weights
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    method: str = "gradcam++"       # a key of wsm.models.cam.CAM_METHODS
+    flip_tta: bool = True           # average with the flipped images' maps
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    enabled: bool = True            # train a segmentation net on the official masks of the fitting split
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    size: int = 160                 # square input side (a multiple of 32)
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    pretrained: bool = False
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    enabled: bool = True                 # choose fusion weight and mask threshold by agreement with masks
+    holdout_fraction: float = 0.2        # fitting-split masks kept from the prior's training to calibrate on
+    max_images: int = 120                # calibration images at most (each candidate runs the CRF on all)
+    prior_weights: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0)   # weight of the prior; the CAM gets the rest
+    mask_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    splits: tuple[str, ...] = ("train", "val")   # official-mask splits fit may use (never "test")
+    num_workers: int = 0                         # DataLoader workers while training
+    threads: int = 0                             # torch threads (0: leave torch's default)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    method: str                                  # weak | cam-only | classic
+    seed: int
+    classes: dict                                # class name -> diagnosis patterns (wsm.datasets.ClassMapping)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    classic: ClassicConfig = field(default_factory=ClassicConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+
+    @property
+    def uses_classifier(self) -> bool:
+        return self.method in ("weak", "cam-only")
+
+    @property
+    def uses_prior(self) -> bool:
+        return self.method == "weak" and self.prior.enabled
+
+
+def _refine_config(table: dict) -> RefineConfig:
+    crf = dict(table.get("crf", {}))
+    crf_enabled = crf.pop("enabled", True)
+    refine = dict(table.get("refine", {}))
+    return RefineConfig(
+        crf=stage_config(CrfConfig, crf, "crf") if crf_enabled else None,
+        morphology=stage_config(MorphologyConfig, table.get("morphology"), "morphology"),
+        **refine,
+    )
+
+
+def build_recipe(resolved: dict) -> Recipe:
+    """Typed configs from a resolved pipeline (wsm.pipeline.load_pipeline); errors name the bad key."""
+    method = resolved.get("method", "weak")
+    if method not in METHODS:
+        raise PipelineError(f"method = {method!r}; choose one of {', '.join(METHODS)}")
+    fusion = resolved.get("fusion", {})
+    return Recipe(
+        name=str(resolved.get("name", "unnamed")),
+        method=method,
+        seed=int(resolved.get("seed", 0)),
+        classes=dict(resolved.get("classes") or {}),
+        preprocess=stage_config(PreprocessConfig, resolved.get("preprocess"), "preprocess"),
+        classifier=stage_config(ClassifierConfig, resolved.get("classifier"), "classifier"),
+        cam=stage_config(CamConfig, resolved.get("cam"), "cam"),
+        prior=stage_config(PriorConfig, resolved.get("prior"), "prior"),
+        fusion=FusionConfig(weights=dict(fusion.get("weights", {}))),
+        refine=_refine_config(resolved),
+        decision=stage_config(DecisionConfig, resolved.get("decision"), "decision"),
+        classic=stage_config(ClassicConfig, resolved.get("classic"), "classic"),
+        calibration=stage_config(CalibrationConfig, resolved.get("calibration"), "calibration"),
+        fit=stage_config(FitConfig, resolved.get("fit"), "fit"),
+    )
