@@ -14,8 +14,8 @@ from wsm.recipe import Recipe
 from wsm.stages.preprocess import Preprocessed
 from wsm.stages.refine import DecisionConfig, clean_mask, decide, dense_crf, fuse, refine
 
-MARGINS = (0.05, 0.1, 0.15, 0.2, 0.3)   # decision thresholds = mask threshold -/+ margin
-CERTAIN_ACCURACY = 0.95                  # the smallest margin whose certain pixels are at least this accurate
+MARGINS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4)   # decision thresholds: mask threshold -/+ a margin
+CERTAIN_ACCURACY = 0.95                       # certain pixels of each side must be at least this accurate
 
 
 @dataclass(frozen=True)
@@ -82,29 +82,46 @@ def calibrate(samples: list[Sample], recipe: Recipe, progress=None) -> Calibrati
     return _with_margin(samples, recipe, best_w, best_t, best_j, grid)
 
 
+def _pick(candidates, accuracy_of, prefer) -> tuple[float, float]:
+    """The first candidate (loosest first) whose accuracy reaches CERTAIN_ACCURACY, else the most accurate."""
+    scored = [(c, accuracy_of(c)) for c in candidates]
+    for c, acc in scored:
+        if acc >= CERTAIN_ACCURACY:
+            return c, acc
+    return max(scored, key=lambda item: (item[1], prefer(item[0])))
+
+
 def _with_margin(samples, recipe, w, t, jaccard, grid) -> Calibration:
-    """The smallest margin around t whose certain pixels reach CERTAIN_ACCURACY (else the most accurate)."""
+    """Decision thresholds, lesion and background side each on its own: the loosest whose certain pixels reach
+    CERTAIN_ACCURACY on the calibration masks (inside the refined mask for lesion, outside it for background)."""
     refine_cfg = replace(recipe.refine, mask_threshold=t)
-    refined = []
+    probs, masks, truths = [], [], []
     for s in samples:
         prob = _fused(s, w)
-        refined.append((prob, refine(s.pre.image, prob, s.pre.valid_mask, refine_cfg).mask))
-    best = None
-    for margin in MARGINS:
-        cfg = DecisionConfig(lesion_threshold=min(1.0, t + margin), background_threshold=max(0.0, t - margin),
-                             band_px=recipe.decision.band_px)
-        right = certain = total = 0
-        for s, (prob, mask) in zip(samples, refined):
-            label = decide(prob, mask, s.pre.valid_mask, cfg)
-            known = label != 255
-            right += int(((label == 1) == s.truth)[known].sum())
-            certain += int(known.sum())
-            total += label.size
-        accuracy = right / certain if certain else 0.0
-        best = (margin, cfg, accuracy, certain / total)
-        if accuracy >= CERTAIN_ACCURACY:
-            break
-    _, cfg, accuracy, fraction = best
-    return Calibration(prior_weight=w, mask_threshold=t, lesion_threshold=cfg.lesion_threshold,
-                       background_threshold=cfg.background_threshold, jaccard=jaccard, certain_accuracy=accuracy,
-                       certain_fraction=fraction, n_images=len(samples), grid=grid)
+        probs.append(prob[s.pre.valid_mask])
+        masks.append(refine(s.pre.image, prob, s.pre.valid_mask, refine_cfg).mask[s.pre.valid_mask])
+        truths.append(s.truth[s.pre.valid_mask])
+    prob, mask, truth = (np.concatenate(a) for a in (probs, masks, truths))
+
+    def lesion_accuracy(lt):
+        chosen = mask & (prob >= lt)
+        return float(truth[chosen].mean()) if chosen.any() else 0.0
+
+    def background_accuracy(bt):
+        chosen = ~mask & (prob <= bt)
+        return float((~truth[chosen]).mean()) if chosen.any() else 0.0
+
+    lt, _ = _pick([min(1.0, t + m) for m in (0.0, *MARGINS)], lesion_accuracy, prefer=lambda c: -c)
+    bt, _ = _pick([max(0.0, t - m) for m in (0.0, *MARGINS)], background_accuracy, prefer=lambda c: c)
+    cfg = DecisionConfig(lesion_threshold=lt, background_threshold=bt, band_px=recipe.decision.band_px)
+    right = certain = total = 0
+    for s in samples:
+        prob = _fused(s, w)
+        label = decide(prob, refine(s.pre.image, prob, s.pre.valid_mask, refine_cfg).mask, s.pre.valid_mask, cfg)
+        known = label != 255
+        right += int(((label == 1) == s.truth)[known].sum())
+        certain += int(known.sum())
+        total += label.size
+    return Calibration(prior_weight=w, mask_threshold=t, lesion_threshold=lt, background_threshold=bt,
+                       jaccard=jaccard, certain_accuracy=right / certain if certain else 0.0,
+                       certain_fraction=certain / total, n_images=len(samples), grid=grid)

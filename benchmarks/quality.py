@@ -1,0 +1,127 @@
+"""Map quality by k-fold on the dev set: fit on k-1 folds, generate and score the held-out fold.
+
+    python benchmarks/quality.py [--folds 1] [--k 5] [--seed 0] [--pipelines classic,cam-only,default]
+                                 [--source ../shared/data/isic2018-task1-512] [--work out/bench-quality]
+                                 [--set section.key=value ...]
+
+The folds are drawn by isic_id (a hash with the seed), so no image of the scored fold, nor its mask, is used by
+`fit`; scores use the official ISIC metrics (wsm.metrics, equal to isic-challenge-scoring) with 255 counted as
+background and left out, plus the certain-pixel coverage. `--folds 1` (the quick mode) runs the first fold only.
+The equivalent commands are printed with the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "isic2018-task1-512"
+
+
+def fold_of(isic_id: str, k: int, seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"fold:{seed}:{isic_id}".encode()).digest()[:8], "big") % k
+
+
+def import_source(source: Path, data: Path) -> None:
+    from archive_client.importer import import_folders
+
+    if not (data / "manifest.parquet").exists():
+        labels = source / "pairs.csv" if (source / "pairs.csv").exists() else None
+        import_folders(data, images=source / "images", masks=source / "masks", labels=labels,
+                       challenge="isic2018", split="train", progress=True)
+
+
+def score_fold(data: Path, wsm_dir: Path, ids: list[str]) -> dict:
+    import pandas as pd
+
+    from wsm.data import read_truth
+    from wsm.imageio import read_mask
+    from wsm.metrics import aggregate, score_label_map
+
+    truth = read_truth(data).set_index("isic_id")
+    manifest = pd.read_parquet(wsm_dir / "manifest.parquet").set_index("isic_id")
+    as_background, left_out, missing = [], [], []
+    for isic_id in ids:
+        row = manifest.loc[isic_id] if isic_id in manifest.index else None
+        if row is None or row["status"] != "ok":
+            missing.append(isic_id)
+            continue
+        mask = read_mask(data / truth.loc[isic_id, "mask_file"])
+        label_map = read_mask(wsm_dir / row["path"])
+        as_background.append(score_label_map(mask, label_map, uncertain="background"))
+        left_out.append(score_label_map(mask, label_map, uncertain="ignore"))
+    bg, ig = aggregate(as_background), aggregate(left_out)
+    return {"n": len(as_background), "missing": len(missing),
+            "jaccard_255_as_background": bg["jaccard"], "threshold_jaccard_255_as_background": bg["threshold_jaccard"],
+            "dice_255_as_background": bg["dice"], "jaccard_255_left_out": ig["jaccard"],
+            "threshold_jaccard_255_left_out": ig["threshold_jaccard"], "dice_255_left_out": ig["dice"],
+            "certain_coverage": 1 - float(np.mean([r["uncertain_fraction"] for r in left_out]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--folds", type=int, default=1, help="how many of the k folds to run (1: quick mode)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pipelines", default="classic,cam-only,default")
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-quality")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--limit", type=int, default=0, help="score at most N held-out images per fold")
+    args = parser.parse_args()
+
+    from wsm.data import read_manifest
+    from wsm.fit import FitOptions, fit
+    from wsm.generate import GenerateOptions, generate
+
+    data = args.work / "data"
+    import_source(args.source, data)
+    all_ids = read_manifest(data)["isic_id"].tolist()
+    results = []
+    for fold in range(args.folds):
+        held_out = sorted(i for i in all_ids if fold_of(i, args.k, args.seed) == fold)
+        if args.limit:
+            held_out = held_out[: args.limit]
+        fold_dir = args.work / f"fold{fold}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        (fold_dir / "held_out.txt").write_text("\n".join(held_out) + "\n")
+        for name in args.pipelines.split(","):
+            bundle, out = fold_dir / f"bundle-{name}", fold_dir / f"wsm-{name}"
+            shared = fold_dir / "bundle-default" / "work" / "classifier"
+            if name == "cam-only" and shared.exists() and not (bundle / "work" / "classifier").exists():
+                # the same classifier as the default recipe's (same data, seed and settings): reuse its checkpoint
+                shutil.copytree(shared, bundle / "work" / "classifier")
+            started = time.perf_counter()
+            fit_summary = fit(FitOptions(data=data, out=bundle, pipeline=name, overrides=tuple(args.overrides),
+                                         exclude_ids=frozenset(held_out)))
+            fit_s = time.perf_counter() - started
+            started = time.perf_counter()
+            generate(GenerateOptions(out=out, bundle=bundle, data=data, split="all", only_ids=frozenset(held_out)))
+            gen_s = time.perf_counter() - started
+            scores = score_fold(data, out, held_out)
+            row = {"pipeline": name, "fold": fold, "k": args.k, "seed": args.seed, "fit_s": round(fit_s),
+                   "generate_s": round(gen_s), **scores,
+                   "calibration": getattr(fit_summary.calibration, "__dict__", None) and
+                   {k: v for k, v in fit_summary.calibration.__dict__.items() if k != "grid"}}
+            results.append(row)
+            (args.work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+            print(json.dumps(row, default=str), flush=True)
+            print(f"  reproduce: wsm fit --data DATA --out {bundle} --pipeline {name} --exclude "
+                  f"{fold_dir / 'held_out.txt'} && wsm generate --data DATA --bundle {bundle} --out {out} "
+                  f"--only {fold_dir / 'held_out.txt'}", flush=True)
+    print(f"\n{'pipeline':10s} {'fold':>4s} {'n':>5s} {'J(255=bg)':>10s} {'J(255 out)':>10s} {'TJ(255=bg)':>10s} "
+          f"{'coverage':>9s} {'fit s':>7s} {'gen s':>6s}")
+    for r in results:
+        print(f"{r['pipeline']:10s} {r['fold']:4d} {r['n']:5d} {r['jaccard_255_as_background']:10.4f} "
+              f"{r['jaccard_255_left_out']:10.4f} {r['threshold_jaccard_255_as_background']:10.4f} "
+              f"{r['certain_coverage']:9.3f} {r['fit_s']:7d} {r['generate_s']:6d}")
+
+
+if __name__ == "__main__":
+    main()
