@@ -1,0 +1,142 @@
+"""Generation speed: end-to-end images/s, per-stage times, peak memory, and the cost against the bare network.
+
+    python benchmarks/speed.py --bundle BUNDLE [--n 200] [--memory-n 200,2000] [--source DIR] [--workers 1]
+
+1. per-stage times, one image at a time in this process: decode+preprocess, CAM (forward+backward, flip TTA),
+   prior, fusion+CRF+morphology+decision, resize back and PNG write;
+2. `wsm generate` end to end on N images (its default workers), in a subprocess: images/s;
+3. peak memory (the summed RSS of generate and its workers, sampled every 0.2 s) at each --memory-n;
+4. the bare classifier forward+backward on the same N images at the same size and batch: the unavoidable cost of
+   a gradient-based CAM; the ratio says how close the whole pipeline is to it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "isic2018-task1-512"
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of pid and its descendants, from /proc."""
+    total, stack = 0, [pid]
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    while stack:
+        p = stack.pop()
+        try:
+            total += int((Path(f"/proc/{p}/statm")).read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            pass
+        stack += children.get(p, [])
+    return total / 1e6
+
+
+def run_generate(bundle: Path, folder: Path, out: Path, extra: list[str]) -> tuple[float, float]:
+    cmd = [sys.executable, "-m", "wsm", "-q", "generate", "--images", str(folder), "--bundle", str(bundle),
+           "--out", str(out), *extra]
+    start, peak = time.perf_counter(), 0.0
+    proc = subprocess.Popen(cmd)
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_mb(proc.pid))
+        time.sleep(0.2)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"generate failed: {cmd}")
+    return time.perf_counter() - start, peak
+
+
+def stage_times(bundle: Path, files: list[Path]) -> dict[str, float]:
+    from wsm.bundle import load_bundle
+    from wsm.imageio import encode_label_png
+    from wsm.maps import label_image, prepare
+    from wsm.stages.refine import to_original_size
+
+    b = load_bundle(bundle)
+    models = b.load_models("cpu")
+    times = dict.fromkeys(["decode+preprocess", "cam", "prior", "fuse+crf+morphology+decide", "resize+png"], 0.0)
+    for path in files:
+        t = time.perf_counter()
+        pre = prepare(path, b.recipe.preprocess)
+        times["decode+preprocess"] += time.perf_counter() - t
+        maps = {}
+        for name, net in (("cam", models.classifier), ("prior", models.prior)):
+            if net is None:
+                continue
+            only = type(models)(b.recipe, **{("classifier" if name == "cam" else "prior"): net})
+            t = time.perf_counter()
+            maps.update(only.evidence([pre.image])[0])
+            times[name] += time.perf_counter() - t
+        t = time.perf_counter()
+        labelled = label_image(pre, maps, b.recipe)
+        times["fuse+crf+morphology+decide"] += time.perf_counter() - t
+        t = time.perf_counter()
+        encode_label_png(to_original_size(labelled.label_map, pre.original_size))
+        times["resize+png"] += time.perf_counter() - t
+    return {k: v / len(files) for k, v in times.items()}
+
+
+def bare_classifier_seconds(bundle: Path, files: list[Path], batch: int = 16) -> float:
+    """Forward+backward of the classifier on the images, already decoded and resized (the network alone)."""
+    from wsm.bundle import load_bundle
+    from wsm.maps import _batch, prepare
+
+    b = load_bundle(bundle)
+    net = b.load_models("cpu").classifier
+    images = [prepare(p, b.recipe.preprocess).image for p in files]
+    start = time.perf_counter()
+    for i in range(0, len(images), batch):
+        x = _batch(images[i:i + batch], b.recipe.classifier.size, "cpu")
+        net.zero_grad()
+        net(x).max(dim=1).values.sum().backward()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, default=REPO / "out" / "bench-quality" / "fold0" / "bundle-default")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--memory-n", default="200,2000")
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--stage-n", type=int, default=30, help="images for the per-stage times")
+    args = parser.parse_args()
+
+    files = sorted((args.source / "images").glob("ISIC_*.jpg"))
+    sizes = sorted({args.n, *(int(s) for s in args.memory_n.split(","))})
+    if len(files) < max(sizes):
+        raise SystemExit(f"{args.source} has {len(files)} images, fewer than {max(sizes)}")
+    import torch
+
+    print(f"bundle {args.bundle}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    stages = stage_times(args.bundle, files[: args.stage_n])
+    for name, seconds in stages.items():
+        print(f"stage {name:28s} {seconds * 1000:8.1f} ms/image")
+    with tempfile.TemporaryDirectory(prefix="wsm-speed-") as tmp:
+        tmp = Path(tmp)
+        results = {}
+        for n in sizes:
+            folder = tmp / f"in{n}"
+            folder.mkdir()
+            for f in files[:n]:
+                os.symlink(f, folder / f.name)
+            results[n] = run_generate(args.bundle, folder, tmp / f"out{n}", [])
+            seconds, peak = results[n]
+            print(f"generate {n:5d} images: {seconds:7.1f} s, {n / seconds:6.2f} images/s, peak RSS {peak:7.0f} MB")
+        bare = bare_classifier_seconds(args.bundle, files[: args.n])
+        print(f"bare classifier forward+backward on {args.n} images: {bare:.1f} s ({args.n / bare:.2f} images/s)")
+        print(f"pipeline / bare classifier: {results[args.n][0] / bare:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

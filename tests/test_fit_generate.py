@@ -1,0 +1,166 @@
+"""`wsm fit` and `wsm generate` end to end on the embedded sample with tiny models."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from wsm.cli import main
+from wsm.demo import SAMPLE
+
+TINY = ["classifier.arch=test_resnet", "classifier.size=64", "classifier.epochs=1", "classifier.batch_size=8",
+        "prior.encoder=test_resnet", "prior.size=64", "prior.epochs=1", "prior.batch_size=8",
+        "preprocess.working_size=96", "calibration.max_images=6", "crf.bilateral_sxy=4.0"]
+
+
+def _sets(values):
+    return [arg for v in values for arg in ("--set", v)]
+
+
+@pytest.fixture(scope="module")
+def sample_data(tmp_path_factory) -> Path:
+    from archive_client.importer import import_folders
+
+    data = tmp_path_factory.mktemp("data")
+    import_folders(data, images=SAMPLE / "images", masks=SAMPLE / "masks", labels=SAMPLE / "labels.csv",
+                   challenge="isic2018", split="train", progress=False)
+    return data
+
+
+@pytest.fixture(scope="module")
+def bundle(sample_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle")
+    assert main(["-q", "fit", "--data", str(sample_data), "--out", str(out), *_sets(TINY)]) == 0
+    return out
+
+
+def _generate(*args) -> int:
+    return main(["-q", "generate", "--workers", "1", "--batch-size", "8", *args])
+
+
+def _maps(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.glob("ISIC_*.png")}
+
+
+def test_bundle_contents(bundle):
+    for name in ("pipeline.toml", "classifier.safetensors", "prior.safetensors", "calibration.json",
+                 "provenance.json"):
+        assert (bundle / name).exists(), name
+    from wsm.bundle import load_bundle
+
+    loaded = load_bundle(bundle)
+    assert loaded.recipe.classifier.arch == "test_resnet"
+    assert set(loaded.provenance["classes"]) == {"melanoma", "nevus", "seborrheic_keratosis", "other"}
+    assert loaded.provenance["fit_mask_ids"], "fit should record whose masks it used"
+
+
+def test_fit_is_deterministic_on_cpu(sample_data, bundle, tmp_path):
+    again = tmp_path / "again"
+    assert main(["-q", "fit", "--data", str(sample_data), "--out", str(again), *_sets(TINY)]) == 0
+    for name in ("classifier.safetensors", "prior.safetensors", "pipeline.toml"):
+        assert (again / name).read_bytes() == (bundle / name).read_bytes(), name
+
+
+def test_generate_writes_isic_wsm_maps(sample_data, bundle, tmp_path):
+    out = tmp_path / "wsm"
+    assert _generate("--data", str(sample_data), "--bundle", str(bundle), "--out", str(out),
+                     "--export-challenge") == 0
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert len(rows) == 40 and {r["status"] for r in rows} == {"ok"}
+    for row in rows:
+        label_map = np.asarray(Image.open(out / row["path"]))
+        image = Image.open(sample_data / "images" / f"{row['isic_id']}.jpg")
+        assert label_map.shape == (image.height, image.width) == (row["height"], row["width"])
+        assert set(np.unique(label_map)) <= {0, 1, 255}
+        assert 0 <= row["confidence"] <= 1 and row["agreement"] is not None
+        assert row["mask_used_in_fit"] in (True, False) and row["pipeline_sha256"]
+        challenge = np.asarray(Image.open(out / "challenge" / f"{row['isic_id']}_segmentation.png"))
+        assert set(np.unique(challenge)) <= {0, 255}
+        assert ((challenge == 255) == (label_map == 1)).all()
+    # a rerun finds everything complete
+    assert _generate("--data", str(sample_data), "--bundle", str(bundle), "--out", str(out)) == 0
+    assert _maps(out).keys() == {f"{r['isic_id']}.png" for r in rows}
+
+
+def test_shards_merged_equal_an_unsharded_run(sample_data, bundle, tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert _generate("--data", str(sample_data), "--bundle", str(bundle), "--out", str(whole)) == 0
+    for shard in ("0/2", "1/2"):
+        assert _generate("--data", str(sample_data), "--bundle", str(bundle), "--out", str(parts),
+                         "--shard", shard) == 0
+    assert main(["-q", "generate", "--out", str(parts), "--merge"]) == 0
+    assert _maps(whole) == _maps(parts) and len(_maps(whole)) == 40
+    drop = ["wsm_version"]
+    a = pq.read_table(whole / "manifest.parquet").drop(drop).to_pylist()
+    b = pq.read_table(parts / "manifest.parquet").drop(drop).to_pylist()
+    assert a == b
+
+
+def test_bad_images_fail_alone(bundle, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    good = sorted((SAMPLE / "images").glob("*.jpg"))[:3]
+    for path in good:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "truncated.jpg").write_bytes(good[0].read_bytes()[:2000])
+    (folder / "text.png").write_text("not an image")
+    Image.open(good[1]).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.open(good[1]).convert("L").save(folder / "grey.png")
+    Image.fromarray((np.asarray(Image.open(good[2]).convert("L"), dtype=np.uint16) * 257)).save(folder / "deep.png")
+    Image.new("1", (20000, 20000)).save(folder / "bomb.png")
+    (folder / "..hidden.jpg").write_bytes(good[0].read_bytes())  # not a safe id: skipped
+    out = tmp_path / "wsm"
+    assert _generate("--images", str(folder), "--bundle", str(bundle), "--out", str(out)) == 1
+    rows = {r["isic_id"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    assert {k for k, r in rows.items() if r["status"] == "failed"} == {"empty", "truncated", "text", "bomb"}
+    assert "pixels" in rows["bomb"]["error"].lower() or "large" in rows["bomb"]["error"].lower()
+    for ok in ("cmyk", "grey", "deep", *(p.stem for p in good)):
+        assert rows[ok]["status"] == "ok" and (out / f"{ok}.png").exists()
+    assert "..hidden" not in rows
+
+
+def test_classic_needs_no_training(sample_data, tmp_path):
+    bundle = tmp_path / "bundle"
+    assert main(["-q", "fit", "--data", str(sample_data), "--out", str(bundle), "--pipeline", "classic",
+                 "--set", "preprocess.working_size=96"]) == 0
+    assert not (bundle / "classifier.safetensors").exists()
+    assert _generate("--data", str(sample_data), "--bundle", str(bundle), "--out", str(tmp_path / "w"),
+                     "--limit", "5") == 0
+    assert len(_maps(tmp_path / "w")) == 5
+
+
+def test_unknown_pipeline_key_is_a_clear_error(sample_data, tmp_path, capsys):
+    code = main(["-q", "fit", "--data", str(sample_data), "--out", str(tmp_path), "--set", "crf.sharpness=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown key" in err and "bilateral_sxy" in err
+
+
+@pytest.mark.slow
+def test_generate_killed_then_rerun_is_complete(sample_data, bundle, tmp_path):
+    out = tmp_path / "wsm"
+    cmd = [sys.executable, "-m", "wsm", "-q", "generate", "--data", str(sample_data), "--bundle", str(bundle),
+           "--out", str(out), "--workers", "1", "--batch-size", "4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("ISIC_*.png"))) < 8:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 8 <= len(list(out.glob("ISIC_*.png"))) < 40
+    assert _generate("--data", str(sample_data), "--bundle", str(bundle), "--out", str(out)) == 0
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert sorted(r["isic_id"] for r in rows) == sorted(p.stem for p in (SAMPLE / "images").glob("*.jpg"))
+    for row in rows:
+        label_map = np.asarray(Image.open(out / row["path"]))    # every PNG decodes
+        assert set(np.unique(label_map)) <= {0, 1, 255}
+    assert not [p for p in out.iterdir() if p.name.startswith(".ISIC")], "temporary files left behind"
