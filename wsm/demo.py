@@ -56,9 +56,39 @@ def download_masks(ctx: DemoContext) -> str:
     return summary.lines()[0]
 
 
+HELD_OUT = 8   # sample images fit never sees, so the agreement the demo prints is an honest score
+
+
+def held_out_ids(ctx: DemoContext) -> list[str]:
+    return sorted(p.stem for p in (SAMPLE / "images").glob("ISIC_*.jpg"))[::5][:HELD_OUT]
+
+
+def fit_bundle(ctx: DemoContext) -> str:
+    from wsm.fit import FitOptions, fit
+
+    summary = fit(FitOptions(data=ctx.data, out=ctx.out / "bundle", exclude_ids=frozenset(held_out_ids(ctx)),
+                             progress=False))
+    return "; ".join(summary.lines()[1:])
+
+
+def generate_maps(ctx: DemoContext) -> str:
+    import pyarrow.parquet as pq
+
+    from wsm.generate import GenerateOptions, generate
+
+    summary = generate(GenerateOptions(out=ctx.out / "wsm", bundle=ctx.out / "bundle", data=ctx.data,
+                                       export_challenge=True, progress=False))
+    rows = pq.read_table(summary.manifest).to_pylist()
+    honest = [r["agreement"] for r in rows if r["isic_id"] in held_out_ids(ctx) and r["agreement"] is not None]
+    return (f"{summary.lines()[0]}; mean Jaccard with the official masks on the {len(honest)} images fit never "
+            f"saw: {sum(honest) / max(len(honest), 1):.3f}")
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("download (archive API, from the emulator)", download_from_emulator),
     ("download --challenge isic2018 (official masks)", download_masks),
+    ("fit (classifier, segmentation prior, calibration)", fit_bundle),
+    ("generate --split all (ISIC_WSM maps)", generate_maps),
 ]
 
 
