@@ -73,9 +73,13 @@ class MapModels:
             for item, cam in zip(out, cams):
                 item["cam"] = _resize_prob(cam, size)
         if self.prior is not None:
+            import torch
+
             from wsm.models.segmentation import predict_prob
 
-            probs = predict_prob(self.prior, _batch(images, self.recipe.prior.size, self.device))
+            # float16 on CUDA: the prior is a plain forward pass (the CAM needs float32 gradients, so it stays)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
+                probs = predict_prob(self.prior, _batch(images, self.recipe.prior.size, self.device))
             for item, prob in zip(out, probs):
                 item["prior"] = _resize_prob(prob, size)
         return out

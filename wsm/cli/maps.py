@@ -21,6 +21,9 @@ def register(commands) -> None:
     fit.add_argument("--data", required=True, type=Path, metavar="DATA")
     fit.add_argument("--out", required=True, type=Path, metavar="BUNDLE")
     _common(fit)
+    fit.add_argument("--pretrained", action="store_true",
+                     help="start from ImageNet weights from the Hugging Face hub (needs the network)")
+    fit.add_argument("--weights", type=Path, metavar="FILE", help="or start the classifier from local timm weights")
     fit.add_argument("--exclude", type=Path, metavar="IDS",
                      help="file of isic_ids (one per line, or a CSV with isic_id) that fit must not use at all")
     fit.set_defaults(run=run_fit)
@@ -65,12 +68,21 @@ def _print(summary) -> None:
         print(line, file=sys.stderr)
 
 
+def _fit_overrides(args) -> tuple[str, ...]:
+    extra = []
+    if getattr(args, "pretrained", False):
+        extra += ["classifier.pretrained=true", "prior.pretrained=true"]
+    if getattr(args, "weights", None):
+        extra.append(f'classifier.weights_file="{args.weights.resolve()}"')
+    return tuple(extra) + tuple(args.overrides)
+
+
 def run_fit(args) -> int:
     from wsm.data import read_id_list
     from wsm.fit import FitOptions, fit
 
     _print(fit(FitOptions(data=args.data, out=args.out, pipeline=args.pipeline, device=args.device,
-                          overrides=tuple(args.overrides), exclude_ids=read_id_list(args.exclude),
+                          overrides=_fit_overrides(args), exclude_ids=read_id_list(args.exclude),
                           progress=not args.quiet)))
     return 0
 
@@ -92,7 +104,7 @@ def run_generate(args) -> int:
 
         bundle = args.out / "bundle"
         _print(fit(FitOptions(data=args.data, out=bundle, pipeline=args.pipeline, device=args.device,
-                              overrides=tuple(args.overrides), progress=not args.quiet)))
+                              overrides=_fit_overrides(args), progress=not args.quiet)))
     summary = generate(GenerateOptions(out=args.out, bundle=bundle, data=args.data, images=args.images,
                                        split=args.split, shard=parse_shard(args.shard), device=args.device,
                                        workers=args.workers, batch_size=args.batch_size, limit=args.limit,

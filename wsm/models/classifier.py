@@ -43,6 +43,7 @@ ensure_torchvision()
 import timm  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+from wsm.errors import WsmError  # noqa: E402
 
 __all__ = [
     "CLASSIFIERS",
@@ -83,7 +84,7 @@ DEFAULT_GPU_CLASSIFIER = "efficientnet_b0"
 _OFFLINE_HINT = "use --weights FILE or run where the Hugging Face hub is reachable"
 
 
-class PretrainedUnavailableError(RuntimeError):
+class PretrainedUnavailableError(WsmError, RuntimeError):
     """Pretrained weights were asked for but cannot be had (no hub, nothing in the local cache)."""
 
 
