@@ -18,5 +18,5 @@ if ! command -v apt-get >/dev/null 2>&1; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends chromium
+apt-get install -y -qq chromium
 echo "install-chromium: installed $(command -v chromium)"
