@@ -196,3 +196,16 @@ def test_truncated_bodies_resume_with_range(tmp_path, served_data):
     assert summary.ok and stats["faults"] > 5
     assert stats["range_requests"] > 0, "a truncated body was refetched from byte 0 instead of resumed"
     assert_complete(tmp_path, served_files(served_data))
+
+
+def test_disk_full_is_a_clear_error_and_nothing_is_half_written(tmp_path, emulator):
+    from archive_client.errors import DiskFullError
+    from archive_client.transfer import fetch_file, make_session
+
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full to produce a real ENOSPC")
+    record = json.loads(__import__("requests").get(emulator.api_url + "images/search/?limit=1").text)["results"][0]
+    dest = tmp_path / "ISIC_x.jpg"
+    with pytest.raises(DiskFullError, match="free space and rerun"):
+        fetch_file(make_session(1), record["files"]["full"]["url"], dest, partial=Path("/dev/full"), policy=FAST)
+    assert not dest.exists()

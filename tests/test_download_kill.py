@@ -51,3 +51,31 @@ def test_sigkill_then_rerun_completes(tmp_path):
     assert summary.ok and summary.matched == 150
     assert summary.downloaded < 150 - 30, "the rerun fetched files the killed run had completed"
     assert_complete(data, expected)
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_a_consistent_manifest(tmp_path):
+    from archive_client.emulator import EmulatorConfig, EmulatorServer
+    from datafactory import make_data
+
+    served = tmp_path / "served"
+    make_data(served, n_images=120, with_masks=False, seed=2)
+    expected = served_files(served)
+    data = tmp_path / "data"
+    with EmulatorServer(served, config=EmulatorConfig(latency_ms=40, seed=2)) as server:
+        cmd = [sys.executable, "-m", "wsm", "-q", "download", "--out", str(data), "--api-url", server.api_url,
+               "--workers", "2"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(data.glob("images/ISIC_*"))) < 20:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "rerun the same command to resume" in err
+        rows = pq.read_table(data / "manifest.parquet").to_pylist()
+        assert 20 <= len(rows) < 120
+        for row in rows:
+            assert sha256(data / row["file"]) == row["sha256"] == expected[row["isic_id"]]
+        summary = download_images(data, DownloadOptions(api_url=server.api_url, progress=False, policy=FAST))
+    assert summary.ok and summary.skipped >= len(rows)
+    assert_complete(data, expected)
