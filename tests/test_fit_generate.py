@@ -1,7 +1,6 @@
 """`wsm fit` and `wsm generate` end to end on the embedded sample with tiny models."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
