@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	touch $(STAMP)
 
 test: install
+	sh scripts/install-chromium.sh
 	$(BIN)/python -m pytest -q
 
 demo: install

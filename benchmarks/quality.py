@@ -37,6 +37,21 @@ def import_source(source: Path, data: Path) -> None:
                        challenge="isic2018", split="train", progress=True)
 
 
+CLASSIFIER_SHARING = ("default", "cam-only")   # identical [classes], [classifier] and seed: one training serves both
+
+
+def reuse_classifier(fold_dir: Path, name: str, bundle: Path) -> None:
+    """Copy a finished classifier checkpoint of the other recipe, so `fit` finds it done instead of retraining."""
+    mine = bundle / "work" / "classifier"
+    if name not in CLASSIFIER_SHARING or mine.exists():
+        return
+    for other in CLASSIFIER_SHARING:
+        theirs = fold_dir / f"bundle-{other}" / "work" / "classifier"
+        if other != name and (theirs / "model.safetensors").exists():
+            shutil.copytree(theirs, mine)
+            return
+
+
 def score_fold(data: Path, wsm_dir: Path, ids: list[str]) -> dict:
     import pandas as pd
 
@@ -93,10 +108,7 @@ def main() -> None:
         (fold_dir / "held_out.txt").write_text("\n".join(held_out) + "\n")
         for name in args.pipelines.split(","):
             bundle, out = fold_dir / f"bundle-{name}", fold_dir / f"wsm-{name}"
-            shared = fold_dir / "bundle-default" / "work" / "classifier"
-            if name == "cam-only" and shared.exists() and not (bundle / "work" / "classifier").exists():
-                # the same classifier as the default recipe's (same data, seed and settings): reuse its checkpoint
-                shutil.copytree(shared, bundle / "work" / "classifier")
+            reuse_classifier(fold_dir, name, bundle)
             started = time.perf_counter()
             fit_summary = fit(FitOptions(data=data, out=bundle, pipeline=name, overrides=tuple(args.overrides),
                                          exclude_ids=frozenset(held_out)))
