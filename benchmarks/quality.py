@@ -42,14 +42,13 @@ CLASSIFIER_SHARING = ("default", "cam-only")   # identical [classes], [classifie
 
 def reuse_classifier(fold_dir: Path, name: str, bundle: Path) -> None:
     """Copy a finished classifier checkpoint of the other recipe, so `fit` finds it done instead of retraining."""
-    mine = bundle / "work" / "classifier"
-    if name not in CLASSIFIER_SHARING or mine.exists():
+    if name not in CLASSIFIER_SHARING:
         return
     for other in CLASSIFIER_SHARING:
-        theirs = fold_dir / f"bundle-{other}" / "work" / "classifier"
-        if other != name and (theirs / "model.safetensors").exists():
-            shutil.copytree(theirs, mine)
-            return
+        for theirs in (fold_dir / f"bundle-{other}" / "work").glob("classifier-*"):
+            mine = bundle / "work" / theirs.name        # the folder name is a hash of the classifier's settings
+            if other != name and (theirs / "model.safetensors").exists() and not mine.exists():
+                shutil.copytree(theirs, mine)
 
 
 def score_fold(data: Path, wsm_dir: Path, ids: list[str]) -> dict:

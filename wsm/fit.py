@@ -8,7 +8,9 @@ checkpoints in BUNDLE/work/ if a run was interrupted.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -63,6 +65,13 @@ def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def work_dir(work: Path, stage: str, cfg, recipe: Recipe, extra: dict | None = None) -> Path:
+    """Checkpoints of one stage, keyed by everything that shapes its model: a changed setting starts afresh
+    instead of resuming a checkpoint trained differently."""
+    key = json.dumps({"cfg": dataclasses.asdict(cfg), "seed": recipe.seed, **(extra or {})}, sort_keys=True)
+    return work / f"{stage}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
 def _train_classifier(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str, progress: bool):
     import torch
 
@@ -82,8 +91,8 @@ def _train_classifier(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path
                               weights_file=cfg.weights_file or None)
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             num_workers=recipe.fit.num_workers, seed=recipe.seed, device=device)
-    result = train(model, dataset, classification_loss(dataset.class_counts()), train_cfg, work / "classifier",
-                   progress=progress)
+    folder = work_dir(work, "classifier", cfg, recipe, {"classes": recipe.classes})
+    result = train(model, dataset, classification_loss(dataset.class_counts()), train_cfg, folder, progress=progress)
     counts = dict(zip(mapping.classes, dataset.class_counts().tolist()))
     return model, result, list(mapping.classes), counts
 
@@ -101,7 +110,8 @@ def _train_prior(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, dev
     model = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained)
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             num_workers=recipe.fit.num_workers, seed=recipe.seed, device=device)
-    return model, train(model, dataset, BCEDiceLoss(), train_cfg, work / "prior", progress=progress)
+    folder = work_dir(work, "prior", cfg, recipe, {"size": recipe.preprocess.working_size})
+    return model, train(model, dataset, BCEDiceLoss(), train_cfg, folder, progress=progress)
 
 
 def _calibrate(recipe: Recipe, data: Path, rows: pd.DataFrame, models, progress: bool):

@@ -17,7 +17,7 @@ METHODS = ("weak", "cam-only", "classic")
 @dataclass(frozen=True)
 class ClassifierConfig:
     arch: str = "resnet18"          # a key of wsm.models.classifier.CLASSIFIERS
-    size: int = 160                 # square input side in pixels
+    size: int = 128                 # square input side in pixels
     epochs: int = 6
     batch_size: int = 32
     lr: float = 2e-3
@@ -37,7 +37,7 @@ class PriorConfig:
     enabled: bool = True            # train a segmentation net on the official masks of the fitting split
     arch: str = "unet"
     encoder: str = "resnet18"
-    size: int = 160                 # square input side (a multiple of 32)
+    size: int = 128                 # square input side (a multiple of 32)
     epochs: int = 10
     batch_size: int = 16
     lr: float = 2e-3
