@@ -1,0 +1,54 @@
+"""Pipeline files: every shipped recipe loads; overrides, per-device tables and errors behave."""
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from wsm.fit import work_dir
+from wsm.pipeline import PIPELINES_DIR, PipelineError, load_pipeline, parse_override, pipeline_hash, to_toml
+from wsm.recipe import build_recipe
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PIPELINES_DIR.glob("*.toml")))
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_every_shipped_pipeline_builds(name, device):
+    resolved = load_pipeline(name, device)
+    if resolved.get("method") in (None, "weak", "cam-only", "classic"):
+        recipe = build_recipe(resolved)
+        assert recipe.name == name
+    assert tomllib.loads(to_toml(resolved)) == resolved      # the bundle's pipeline.toml round-trips
+
+
+def test_device_tables_and_overrides():
+    cpu, cuda = build_recipe(load_pipeline("default", "cpu")), build_recipe(load_pipeline("default", "cuda"))
+    assert cpu.classifier.size < cuda.classifier.size
+    over = build_recipe(load_pipeline("default", "cpu", ["classifier.epochs=2", "cam.method=layercam",
+                                                         "crf.enabled=false"]))
+    assert (over.classifier.epochs, over.cam.method, over.refine.crf) == (2, "layercam", None)
+    assert parse_override('prior.encoder="resnet10t"') == (["prior", "encoder"], "resnet10t")
+    assert pipeline_hash(load_pipeline("default")) != pipeline_hash(load_pipeline("default", "cuda"))
+
+
+def test_errors_name_what_is_wrong(tmp_path):
+    with pytest.raises(PipelineError, match="valid keys"):
+        build_recipe(load_pipeline("default", overrides=["classifier.depth=3"]))
+    with pytest.raises(PipelineError, match="section.key=value"):
+        parse_override("classifier.epochs")
+    with pytest.raises(PipelineError, match="default"):
+        load_pipeline("no-such-recipe")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("method = [")
+    with pytest.raises(PipelineError, match="not valid TOML"):
+        load_pipeline(bad)
+    with pytest.raises(PipelineError, match="choose one of"):
+        build_recipe(load_pipeline("default", overrides=["method=magic"]))
+
+
+def test_checkpoints_are_keyed_by_model_settings(tmp_path):
+    recipe = build_recipe(load_pipeline("default"))
+    same = work_dir(tmp_path, "classifier", recipe.classifier, recipe)
+    assert same == work_dir(tmp_path, "classifier", recipe.classifier, recipe)
+    resized = dataclasses.replace(recipe.classifier, size=recipe.classifier.size * 2)
+    assert work_dir(tmp_path, "classifier", resized, recipe) != same
+    assert Path(same).parent == tmp_path
