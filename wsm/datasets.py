@@ -43,6 +43,7 @@ __all__ = [
     "ClassMapping",
     "ClassRule",
     "ClassifierDataset",
+    "LabelMapDataset",
     "SegmentationDataset",
     "resize_square",
     "segmentation_rows",
@@ -284,6 +285,102 @@ class SegmentationDataset(_LazyImages):
         if self.augment:
             image, mask = augment(self._rng(index), image, mask, cfg=self.augment_cfg)
         return _to_tensor(image), torch.from_numpy(mask.astype(np.float32))[None]
+
+
+class LabelMapDataset(_LazyImages):
+    """Images with label maps of any source, uncertain pixels kept as an ignore value (for ``wsm train``).
+
+    Args:
+        data_root: the DATA folder; ``file``, ``label_file`` and ``guide_file`` are relative to it, or absolute.
+        rows: rows with ``file``, ``label_file`` and ``label_kind``, and ``guide_file`` when ``guides`` is set:
+
+            - ``label_kind`` ``"mask"``: an official mask (0/255), lesion where > 128 (as the official scorer);
+            - ``label_kind`` ``"labels"``: an ISIC_WSM label map (0 background, 1 lesion, 255 uncertain), or a
+              class-index map (0..K-1, 255 ignored) for ``num_classes`` K > 1; values are kept as stored.
+        size, augment, seed: as for :class:`SegmentationDataset`; the label map (and the guide map) move with
+            the image, nearest-neighbour; pixels rotated in from outside the frame are background (0).
+        num_classes: 1 (binary lesion map) or K > 1.
+        guides: append each row's ``guide_file`` (an 8-bit map, e.g. a class activation map, 0..255 -> 0..1)
+            to the image as a 4th input channel (MB-DCNN's enhanced network).
+        ignore_index: the value kept for uncertain / unlabelled pixels (255).
+
+    Items: ``(input (3 or 4, size, size) float32, target)``; target ``(1, size, size)`` float32 with values 0, 1
+    and ``ignore_index`` for one class, ``(size, size)`` int64 class indices (and ``ignore_index``) for K > 1.
+    """
+
+    def __init__(self, data_root: str | os.PathLike, rows, size: int, augment: bool = False, seed: int = 0,
+                 num_classes: int = 1, guides: bool = False, ignore_index: int = 255,
+                 augment_cfg: AugmentConfig = SEGMENTER_AUGMENT):
+        super().__init__(data_root, size, augment, seed)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.augment_cfg = augment_cfg
+        self.num_classes, self.guides, self.ignore_index = int(num_classes), bool(guides), int(ignore_index)
+        needed = ("file", "label_file", "label_kind") + (("guide_file",) if guides else ())
+        records = _records(rows, (*needed, "isic_id"))
+        for row in records:
+            missing = [c for c in needed if _text(row.get(c)) is None]
+            if missing:
+                raise ValueError(f"row {row.get('isic_id')!r} lacks {missing}; LabelMapDataset needs {list(needed)}")
+            if row["label_kind"] not in ("mask", "labels"):
+                raise ValueError(f"row {row.get('isic_id')!r}: label_kind must be 'mask' or 'labels', "
+                                 f"got {row['label_kind']!r}")
+        self.files = [str(r["file"]) for r in records]
+        self.label_files = [str(r["label_file"]) for r in records]
+        self.label_kinds = [str(r["label_kind"]) for r in records]
+        self.guide_files = [str(r["guide_file"]) for r in records] if guides else None
+        self.isic_ids = [_text(r.get("isic_id")) for r in records]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read_label(self, index: int) -> np.ndarray:
+        """The label map of item ``index`` at the working size, un-augmented: uint8 (size, size), values 0, 1
+        (or class indices) and ``ignore_index``."""
+        raw = resize_square(read_mask(self.data_root / self.label_files[index]), self.size, nearest=True)
+        if self.label_kinds[index] == "mask":
+            return (raw > 128).astype(np.uint8)
+        if self.num_classes == 1:
+            bad = np.setdiff1d(np.unique(raw), [0, 1, self.ignore_index])
+            if bad.size:
+                raise ValueError(f"{self.label_files[index]}: a lesion label map holds 0, 1 and "
+                                 f"{self.ignore_index} only, found {bad[:5].tolist()}; an official 0/255 mask "
+                                 "should be given with label_kind 'mask'")
+        return raw
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self._read_image(self.files[index])
+        label = self.read_label(index)
+        guide = None
+        if self.guides:
+            guide = resize_square(read_mask(self.data_root / self.guide_files[index]), self.size)
+        if self.augment:
+            # one geometric draw for both maps: pack them into one uint16 map (label high byte, guide low byte)
+            packed = label.astype(np.uint16) << 8
+            if guide is not None:
+                packed |= guide.astype(np.uint16)
+            image, packed = augment(self._rng(index), image, packed, cfg=self.augment_cfg)
+            label = (packed >> 8).astype(np.uint8)
+            guide = (packed & 0xFF).astype(np.uint8) if guide is not None else None
+        x = _to_tensor(image)
+        if guide is not None:
+            x = torch.cat([x, torch.from_numpy(guide.astype(np.float32) / 255.0)[None]])
+        if self.num_classes == 1:
+            return x, torch.from_numpy(label.astype(np.float32))[None]
+        return x, torch.from_numpy(label.astype(np.int64))
+
+    def class_pixel_counts(self) -> np.ndarray:
+        """Pixels per class over every item's un-augmented label map at the working size (ignored pixels left
+        out), shape (max(num_classes, 2),): the input to ``wsm.training.class_weights``. Reads every map once."""
+        k = max(self.num_classes, 2)
+        counts = np.zeros(k, dtype=np.int64)
+        for i in range(len(self)):
+            label = self.read_label(i)
+            values = label[label != self.ignore_index]
+            if values.size and int(values.max()) >= k:
+                raise ValueError(f"{self.label_files[i]} holds class {int(values.max())}; num_classes is {k}")
+            counts += np.bincount(values.ravel(), minlength=k)[:k]
+        return counts
 
 
 def segmentation_rows(manifest: pd.DataFrame, gt: pd.DataFrame, splits: Sequence[str] | None = None,

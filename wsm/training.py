@@ -13,10 +13,23 @@
 - Mixed precision (float16 autocast + gradient scaling) only when the device is CUDA and ``amp`` is set.
 - Progress: a tqdm bar per epoch on stderr; a log line per epoch on the ``wsm.training`` logger.
 
-Multi-GPU (DDP) is not handled here yet.
+- Gradient accumulation: ``accumulate`` > 1 splits every batch into that many chunks (items ``c::accumulate``),
+  one forward / backward each, one optimiser step per batch. BatchNorm then sees a chunk, not the whole batch.
+- Multi-process (DDP): when ``torch.distributed`` is initialised with more than one process (``wsm.train`` does it
+  under torchrun), the model is wrapped in ``DistributedDataParallel`` and :class:`DistributedBatchSampler` gives
+  each process its share of every batch: ``batch_size`` stays the number of images per optimiser step, over all
+  processes, and the batches are exactly the 1-process run's. Each process's loss is scaled by its share of the
+  batch, so the averaged gradient is the gradient of the batch mean. Hence N processes with ``accumulate=1``
+  compute what one process computes with ``accumulate=N`` (BatchNorm over each process's share in both), up to
+  floating-point summation order (tests/test_train_ddp.py). BatchNorm running statistics are rank 0's (DDP
+  broadcasts its buffers), so they differ from a 1-process run's. On CUDA, ``sync_batchnorm`` (default) converts
+  BatchNorm to SyncBatchNorm: statistics over the whole batch, as one process without accumulation computes them.
+  Only rank 0 writes files and shows progress; every rank reads the checkpoint to resume, so the output folder
+  must be shared.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -34,7 +47,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from archive_client.atomic import atomic_path, write_text_atomic
@@ -42,6 +55,7 @@ from archive_client.atomic import atomic_path, write_text_atomic
 __all__ = [
     "BCEDiceLoss",
     "CHECKPOINT_NAME",
+    "DistributedBatchSampler",
     "TrainConfig",
     "TrainResult",
     "WEIGHTS_NAME",
@@ -74,9 +88,11 @@ class TrainConfig:
     amp: bool = True              # float16 mixed precision; only ever used when the device is CUDA
     checkpoint_every: int = 1     # epochs between checkpoints (the last epoch always writes one)
     deterministic: bool = True    # torch.use_deterministic_algorithms (warn-only) during training
+    accumulate: int = 1           # chunks per batch (gradient accumulation); BatchNorm sees one chunk at a time
+    sync_batchnorm: bool = True   # under DDP on CUDA: SyncBatchNorm (statistics over the whole batch); CPU: no
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "checkpoint_every", "accumulate"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0:
@@ -189,6 +205,73 @@ def _set_rng_state(state: Mapping) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the initialised process group, (1, 0) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class DistributedBatchSampler(Sampler[list[int]]):
+    """This process's share of every batch of one epoch, for DDP.
+
+    The epoch's batches are the 1-process loader's (``DataLoader(shuffle=True, generator=seeded with (seed,
+    epoch))``: the same permutation, cut into ``batch_size`` runs); process ``rank`` of ``world_size`` takes items
+    ``rank::world_size`` of each. Unlike ``torch.utils.data.DistributedSampler`` nothing is padded or repeated and
+    the global batches do not depend on the number of processes, so a run can resume on another number of
+    processes and compare with a 1-process run. A last batch with fewer items than processes is dropped (a process
+    cannot take part in a step with no image).
+    """
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, epoch: int, world_size: int = 1, rank: int = 0):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world size {world_size}")
+        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        # as the 1-process loader: its iterator first draws the workers' base seed from the generator, then its
+        # RandomSampler draws the permutation (tests/test_train.py checks that the batches agree)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        perm = torch.randperm(n_items, generator=generator).tolist()
+        batches = [perm[i:i + batch_size] for i in range(0, n_items, batch_size)]
+        if batches and len(batches[-1]) < world_size:
+            log.warning("dropping the last batch of %d images: fewer than the %d processes", len(batches[-1]),
+                        world_size)
+            batches.pop()
+        self.global_batches = batches
+        self.world_size, self.rank = world_size, rank
+
+    def __iter__(self):
+        for batch in self.global_batches:
+            yield batch[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.global_batches)
+
+
+def _accumulate_step(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn, scaler,
+                     accumulate: int, world: int, global_size: int, device: torch.device, use_amp: bool) -> float:
+    """Forward / backward of one step in chunks (and across processes); returns the sum of item losses here.
+
+    Chunk c holds items ``c::accumulate`` of this process's share; its loss is scaled by ``n_chunk * world /
+    global_size`` so that the summed (DDP: averaged over processes) gradient is the gradient of the mean loss
+    over the whole batch. DDP synchronises gradients on the last non-empty chunk only.
+    """
+    chunks = [c for c in range(accumulate) if len(inputs[c::accumulate])]
+    total = 0.0
+    for i, c in enumerate(chunks):
+        x, y = inputs[c::accumulate], targets[c::accumulate]
+        last = i == len(chunks) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
+        with sync:
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                outputs = net(x)
+            loss = loss_fn(outputs.float(), y)
+            scaler.scale(loss * (len(x) * world / global_size)).backward()
+        total += float(loss.detach()) * len(x)
+    return total
+
+
 def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
           cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> TrainResult:
     """Train ``model`` in place on ``dataset`` (items ``(input, target)``), resuming from out_dir's checkpoint.
@@ -209,10 +292,20 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, t
         raise ValueError("the training dataset is empty")
     device = torch.device(cfg.device)
     use_amp = cfg.amp and device.type == "cuda"
-    steps_per_epoch = math.ceil(n_items / cfg.batch_size)
+    world, rank = _world()
+    if world > 1 and cfg.batch_size < world:
+        raise ValueError(f"batch_size {cfg.batch_size} is the number of images per step over all {world} processes; "
+                         f"it must be at least {world}")
+    steps_per_epoch = (len(DistributedBatchSampler(n_items, cfg.batch_size, cfg.seed, 0, world, rank)) if world > 1
+                       else math.ceil(n_items / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
 
     model.to(device)
+    net = model
+    if world > 1 and not isinstance(model, nn.parallel.DistributedDataParallel):
+        if cfg.sync_batchnorm and device.type == "cuda":   # torch's SyncBatchNorm has no CPU implementation
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)   # in place below the top module
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -239,7 +332,9 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, t
         _set_rng_state(state["rng"])
         start_epoch, losses = int(state["epoch"]), [float(x) for x in state["losses"]]
         log.info("resuming from %s after epoch %d of %d", ckpt_path, start_epoch, cfg.epochs)
-    write_text_atomic(out_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if rank == 0:
+        write_text_atomic(out_dir / CONFIG_NAME, json.dumps(dict(config, world_size=world), indent=2,
+                                                            sort_keys=True) + "\n")
 
     previous_det = (torch.are_deterministic_algorithms_enabled(),
                     torch.is_deterministic_algorithms_warn_only_enabled())
@@ -253,32 +348,52 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, t
         for epoch in range(start_epoch, cfg.epochs):
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
-            generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-            loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                                num_workers=cfg.num_workers, worker_init_fn=_worker_init,
-                                pin_memory=device.type == "cuda", drop_last=False)
+            if world > 1:
+                sampler = DistributedBatchSampler(n_items, cfg.batch_size, cfg.seed, epoch, world, rank)
+                generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))  # workers' base seed
+                loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                    worker_init_fn=_worker_init, pin_memory=device.type == "cuda",
+                                    generator=generator)
+                global_sizes = [len(b) for b in sampler.global_batches]
+            else:
+                generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+                loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                                    num_workers=cfg.num_workers, worker_init_fn=_worker_init,
+                                    pin_memory=device.type == "cuda", drop_last=False)
+                global_sizes = None
             model.train()
             total, seen = 0.0, 0
             bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
-                       disable=not progress, leave=False, dynamic_ncols=True)
-            for inputs, targets in bar:
+                       disable=not progress or rank != 0, leave=False, dynamic_ncols=True)
+            for step, (inputs, targets) in enumerate(bar):
                 inputs = inputs.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    outputs = model(inputs)
-                loss = loss_fn(outputs.float(), targets)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                if world == 1 and cfg.accumulate == 1:   # the plain step (bit-identical to earlier versions)
+                    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                        outputs = net(inputs)
+                    loss = loss_fn(outputs.float(), targets)
+                    scaler.scale(loss).backward()
+                    total += float(loss.detach()) * len(inputs)
+                else:
+                    total += _accumulate_step(net, inputs, targets, loss_fn, scaler, cfg.accumulate, world,
+                                              global_sizes[step] if global_sizes else len(inputs), device, use_amp)
+                seen += len(inputs)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                total += float(loss.detach()) * len(inputs)
-                seen += len(inputs)
-                bar.set_postfix(loss=f"{total / seen:.4f}")
+                bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
             bar.close()
+            if world > 1:
+                import torch.distributed as dist
+
+                sums = torch.tensor([total, float(seen)], dtype=torch.float64, device=device)
+                dist.all_reduce(sums)
+                total, seen = float(sums[0]), int(round(float(sums[1])))
             losses.append(total / seen)
-            log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, losses[-1])
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            if rank == 0:
+                log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, losses[-1])
+            if rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
                 state = {
                     "model": _unwrap(model).state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -295,6 +410,11 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, t
         if cfg.deterministic:
             torch.use_deterministic_algorithms(previous_det[0], warn_only=previous_det[1])
             torch.backends.cudnn.benchmark = previous_benchmark
-    save_weights(model, weights_path)
+    if rank == 0:
+        save_weights(model, weights_path)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank returns once the weights are on disk
     return TrainResult(weights=weights_path, checkpoint=ckpt_path, epoch_losses=losses, resumed_from=start_epoch,
                        seconds=time.perf_counter() - started)

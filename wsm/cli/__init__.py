@@ -12,9 +12,9 @@ from archive_client.errors import ArchiveError
 from wsm.errors import WsmError
 from wsm import __version__
 
-from . import data, demo, maps
+from . import data, demo, maps, report, train
 
-COMMAND_GROUPS = [data, maps, demo]
+COMMAND_GROUPS = [data, maps, report, train, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

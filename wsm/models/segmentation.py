@@ -11,6 +11,18 @@ and the final upsampling; a subclass only builds its decoder. To add one (LinkNe
 
 Encoders are timm model names (any timm CNN with ``features_only`` support); :data:`ENCODERS` lists the ones wsm
 uses, ``test_resnet`` being a tiny one for tests.
+
+Registered architectures (:data:`ARCHITECTURES`):
+
+==============  ==========================================================================================
+unet            U-Net decoder: upsample, concatenate the skip, two 3x3 conv-BN-ReLU per level
+linknet         LinkNet (Chaurasia & Culurciello 2017): 1x1 reduce, upsample, 1x1 expand, *add* the skip;
+                cheaper than U-Net at the same encoder
+deeplabv3plus   DeepLabV3+ (Chen et al. 2018): dilated encoder at output stride 16, ASPP (rates 6, 12, 18 and
+                image pooling), a stride-4 decoder that joins the low-level features (Caramazana's ASPP block)
+==============  ==========================================================================================
+
+All take ``num_classes`` > 1 for multi-class maps (softmax over the class axis) and ``in_chans`` != 3.
 """
 from __future__ import annotations
 
@@ -34,6 +46,8 @@ from .classifier import create_timm_model  # noqa: E402
 __all__ = [
     "ARCHITECTURES",
     "ENCODERS",
+    "DeepLabV3Plus",
+    "Linknet",
     "SegmentationModel",
     "Unet",
     "create_segmenter",
@@ -59,6 +73,8 @@ class SegmentationModel(nn.Module):
     """
 
     encoder_kwargs: ClassVar[dict] = {}
+    # Inputs must be multiples of max(this, the encoder's largest reduction); see DeepLabV3Plus for why it is set.
+    min_input_multiple: ClassVar[int] = 1
 
     def __init__(self, encoder: str, in_chans: int = 3, num_classes: int = 1, pretrained: bool = False,
                  weights_file: str | os.PathLike | None = None):
@@ -67,7 +83,7 @@ class SegmentationModel(nn.Module):
                                          features_only=True, in_chans=in_chans, **self.encoder_kwargs)
         channels = list(self.encoder.feature_info.channels())
         reductions = list(self.encoder.feature_info.reduction())
-        self.reduction: int = max(reductions)  # H and W must be multiples of this
+        self.reduction: int = max(max(reductions), self.min_input_multiple)  # H and W must be multiples of this
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.decoder = self._make_decoder(channels, reductions)
@@ -155,8 +171,121 @@ class Unet(SegmentationModel):
         return UnetDecoder(channels, reductions, self.decoder_channels)
 
 
+class _LinknetBlock(nn.Module):
+    """1x1 conv to cin/4, upsample to the skip's size (nearest) and a 3x3 conv, 1x1 conv to cout (all BN-ReLU)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        mid = max(cin // 4, 8)
+        self.reduce = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True))
+        self.conv = _ConvBNReLU(mid, mid)
+        self.expand = nn.Sequential(nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        x = F.interpolate(self.reduce(x), size=size, mode="nearest")
+        return self.expand(self.conv(x))
+
+
+class LinknetDecoder(nn.Module):
+    """LinkNet: each block brings the deeper map to the next skip's size and channels and *adds* the skip; a last
+    block goes to full resolution when the shallowest feature is strided. Upsampling is nearest + 3x3 conv
+    (instead of the paper's transposed convolution: no checkerboard artefacts, deterministic on CUDA)."""
+
+    def __init__(self, channels: Sequence[int], reductions: Sequence[int], out_channels: int = 32):
+        super().__init__()
+        deep_first = list(reversed(channels))
+        self.final_scale = int(min(reductions))
+        blocks = [_LinknetBlock(cin, cskip) for cin, cskip in zip(deep_first[:-1], deep_first[1:])]
+        self.blocks = nn.ModuleList(blocks)
+        self.final = _LinknetBlock(deep_first[-1], out_channels) if self.final_scale > 1 else None
+        self.out_channels = out_channels if self.final is not None else deep_first[-1]
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        deep_first = features[::-1]
+        x = deep_first[0]
+        for block, skip in zip(self.blocks, deep_first[1:]):
+            x = block(x, skip.shape[-2:]) + skip
+        if self.final is not None:
+            x = self.final(x, (x.shape[-2] * self.final_scale, x.shape[-1] * self.final_scale))
+        return x
+
+
+class Linknet(SegmentationModel):
+    """LinkNet: additive skips, a light decoder (32 channels at full resolution)."""
+
+    def _make_decoder(self, channels: list[int], reductions: list[int]) -> nn.Module:
+        return LinknetDecoder(channels, reductions)
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: a 1x1 conv, three dilated 3x3 convs and an image-pooling branch,
+    concatenated and projected by a 1x1 conv (all BN-ReLU, except the pooling branch: BatchNorm over a 1x1 map
+    fails for a batch of one image, so that branch is conv + ReLU).
+
+    Shape: (B, cin, h, w) -> (B, cout, h, w).
+    """
+
+    def __init__(self, cin: int, cout: int = 256, rates: Sequence[int] = (6, 12, 18)):
+        super().__init__()
+
+        def branch(kernel: int, dilation: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=0 if kernel == 1 else dilation,
+                                           dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.branches = nn.ModuleList([branch(1, 1), *(branch(3, r) for r in rates)])
+        self.pooling = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True))
+        n = len(self.branches) + 1
+        self.project = nn.Sequential(nn.Conv2d(n * cout, cout, 1, bias=False), nn.BatchNorm2d(cout),
+                                     nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.interpolate(self.pooling(x), size=x.shape[-2:], mode="nearest")
+        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
+
+
+class DeepLabV3PlusDecoder(nn.Module):
+    """ASPP on the deepest feature, upsampled (bilinear) to the stride-4 feature, joined with that feature reduced
+    to 48 channels by a 1x1 conv, then two 3x3 conv-BN-ReLU. Output at stride 4 (the base class upsamples)."""
+
+    def __init__(self, channels: Sequence[int], reductions: Sequence[int], aspp_channels: int = 256,
+                 low_channels: int = 48):
+        super().__init__()
+        # the low-level feature: the one at stride 4 (else the shallowest one deeper than the input)
+        self.low_index = reductions.index(4) if 4 in reductions else 0
+        self.aspp = ASPP(channels[-1], aspp_channels)
+        self.low = nn.Sequential(nn.Conv2d(channels[self.low_index], low_channels, 1, bias=False),
+                                 nn.BatchNorm2d(low_channels), nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(_ConvBNReLU(aspp_channels + low_channels, aspp_channels),
+                                  _ConvBNReLU(aspp_channels, aspp_channels))
+        self.out_channels = aspp_channels
+        # the encoder levels this decoder reads (the others are computed but unused); U-Net and LinkNet read all
+        self.used_features = (self.low_index, len(channels) - 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        low = self.low(features[self.low_index])
+        x = F.interpolate(self.aspp(features[-1]), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([x, low], dim=1))
+
+
+class DeepLabV3Plus(SegmentationModel):
+    """DeepLabV3+ on a dilated encoder (output stride 16), ASPP rates (6, 12, 18).
+
+    The dilated encoder alone would take multiples of 16; inputs are still asked to be multiples of 32, the
+    contract every registered architecture shares, so that a size, a padding or a dataset setting chosen for one
+    architecture works for all of them (``--arch`` can change without touching ``--size``).
+    """
+
+    encoder_kwargs: ClassVar[dict] = {"output_stride": 16}
+    min_input_multiple: ClassVar[int] = 32
+
+    def _make_decoder(self, channels: list[int], reductions: list[int]) -> nn.Module:
+        return DeepLabV3PlusDecoder(channels, reductions)
+
+
 ARCHITECTURES: dict[str, type[SegmentationModel]] = {
     "unet": Unet,
+    "linknet": Linknet,
+    "deeplabv3plus": DeepLabV3Plus,
 }
 
 

@@ -1,0 +1,298 @@
+"""`wsm train` on synthetic DATA folders with tiny models: label sources, outputs, resume, multi-class, the label
+map dataset, accumulation and the distributed batch sampler."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from archive_client.layout import DataLayout  # noqa: E402
+from archive_client.manifest import GT_MANIFEST, write_table_atomic  # noqa: E402
+from wsm.cli import main  # noqa: E402
+from wsm.train import TrainOptions, load_model, run, training_rows  # noqa: E402
+
+torch.set_num_threads(1)
+
+TINY = ["--encoder", "test_resnet", "--size", "64", "--batch-size", "8", "--lr", "0.01"]
+
+
+def _train(*args) -> int:
+    return main(["-q", "train", *TINY, *args])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """40 images: 24 train, 8 val, 8 test (datafactory's 3:1:1 pattern), masks for all; labels in metadata."""
+    from datafactory import make_data
+
+    return make_data(tmp_path_factory.mktemp("data") / "DATA", n_images=40, with_masks=True, seed=0)
+
+
+@pytest.fixture(scope="module")
+def half_labelled(data, tmp_path_factory):
+    """The same images, but 8 of the 24 train images have no official mask (unlabelled); and a WSM folder with a
+    weak map for *every* image (1 inside the ellipse, 255 on a 2-pixel band at its edge, 0 outside)."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("half") / "DATA"
+    root.mkdir()
+    for name in ("images", "masks", "manifest.parquet"):
+        os.symlink(data / name, root / name)
+    gt = pd.read_parquet(data / "gt_manifest.parquet")
+    unlabelled = sorted(gt[gt["split"] == "train"]["isic_id"])[:8]
+    gt = gt[~gt["isic_id"].isin(unlabelled)]
+    import pyarrow as pa
+
+    write_table_atomic(pa.Table.from_pandas(gt, schema=GT_MANIFEST, preserve_index=False),
+                       DataLayout(root).gt_manifest)
+    wsm = root.parent / "WSM"
+    wsm.mkdir()
+    rows = []
+    for mask_path in sorted((data / "masks" / "isic2018").glob("*.png")):
+        isic_id = mask_path.name.removesuffix("_segmentation.png")
+        mask = np.asarray(Image.open(mask_path)) > 128
+        band = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((5, 5), np.uint8)) > 0
+        label = np.where(band, 255, mask.astype(np.uint8)).astype(np.uint8)
+        Image.fromarray(label).save(wsm / f"{isic_id}.png")
+        rows.append({"isic_id": isic_id, "path": f"{isic_id}.png", "status": "ok"})
+    pd.DataFrame(rows).to_parquet(wsm / "manifest.parquet")
+    return root, wsm, unlabelled
+
+
+def test_cli_choices_match_the_registries():
+    from wsm.cli.train import ARCH_CHOICES, LOSS_CHOICES
+    from wsm.losses import LOSSES
+    from wsm.models.segmentation import ARCHITECTURES
+
+    assert ARCH_CHOICES == tuple(ARCHITECTURES) and LOSS_CHOICES == tuple(LOSSES)
+
+
+def test_official_masks_run_writes_everything(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train("--data", str(data), "--out", str(out), "--epochs", "2", "--save-predictions") == 0
+    for name in ("config.json", "metrics.json", "per_image.csv", "model.safetensors", "checkpoint.pt",
+                 "train_ids.txt", "eval_ids.txt"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seed"] == 0 and metrics["n_train"] == 24 and metrics["n_eval"] == 8
+    assert metrics["n_train_official"] == 24 and metrics["n_train_weak"] == 0
+    assert metrics["command"].startswith("wsm train --data") and "--encoder test_resnet" in metrics["command"]
+    m = metrics["metrics"]
+    assert m["n_images"] == 8 and {"jaccard", "threshold_jaccard", "dice", "accuracy"} <= set(m)
+    assert 0 <= m["threshold_jaccard"] <= m["jaccard"] <= 1
+    assert len(metrics["train_losses"]) == 2
+    per_image = pd.read_csv(out / "per_image.csv")
+    assert len(per_image) == 8 and per_image["jaccard"].mean() == pytest.approx(m["jaccard"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["options"]["split_train"] == "train" and config["loss"] == "bce+dice"
+    assert len((out / "train_ids.txt").read_text().splitlines()) == 24
+    preds = sorted((out / "predictions").glob("*_segmentation.png"))
+    assert len(preds) == 8 and set(np.unique(np.asarray(Image.open(preds[0])))) <= {0, 255}
+
+    # the saved model gives the predictions that were scored
+    model, cfg = load_model(out)
+    assert cfg["options"]["encoder"] == "test_resnet" and not model.training
+
+    # an existing run is not overwritten without --resume; with it, the finished run is re-evaluated
+    assert _train("--data", str(data), "--out", str(out), "--epochs", "2") == 2
+    assert _train("--data", str(data), "--out", str(out), "--epochs", "2", "--resume", "--loss", "dice") == 2
+    assert "other settings" in capsys.readouterr().err
+    assert _train("--data", str(data), "--out", str(out), "--epochs", "2", "--resume") == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["resumed_from_epoch"] == 2 and again["metrics"] == pytest.approx(m)
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    import wsm.losses
+
+    opts = TrainOptions(data=data, out=tmp_path / "full", encoder="test_resnet", size=64, epochs=2, batch_size=8,
+                        lr=0.01, progress=False)
+    full = run(opts)
+    expected = {k: v.clone() for k, v in load_model(opts.out)[0].state_dict().items()}
+
+    real = wsm.losses.create_loss
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        loss = real(*args, **kwargs)
+
+        def crashing(outputs, targets):
+            calls["n"] += 1
+            if calls["n"] == 4:          # the first step of epoch 2 (3 steps per epoch)
+                raise KeyboardInterrupt
+            return loss(outputs, targets)
+        return crashing
+
+    monkeypatch.setattr(wsm.losses, "create_loss", interrupted)
+    cut = dataclasses.replace(opts, out=tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        run(cut)
+    monkeypatch.setattr(wsm.losses, "create_loss", real)
+    from wsm.errors import WsmError
+
+    with pytest.raises(WsmError, match="--resume"):
+        run(cut)
+    resumed = run(dataclasses.replace(cut, resume=True))
+    assert resumed.losses == full.losses and resumed.metrics == full.metrics
+    for key, value in load_model(cut.out)[0].state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_training_rows_per_label_source(half_labelled):
+    root, wsm, unlabelled = half_labelled
+    official = training_rows(root, "official", "train")
+    assert len(official) == 16 and set(official["label_source"]) == {"official"}
+    weak = training_rows(root, str(wsm), "train")
+    # the 16 train images with masks and the 8 without any official mask; never val or test images
+    assert len(weak) == 24 and set(weak["label_source"]) == {"weak"}
+    gt = pd.read_parquet(root / "gt_manifest.parquet")
+    held = set(gt[gt["split"] != "train"]["isic_id"])
+    assert not held & set(weak["isic_id"])
+    both = training_rows(root, "both", "train", wsm=wsm)
+    assert len(both) == 24
+    assert set(both[both["label_source"] == "weak"]["isic_id"]) == set(unlabelled)
+    assert (both[both["label_source"] == "official"]["label_kind"] == "mask").all()
+    from wsm.data import DataError
+
+    with pytest.raises(DataError, match="--wsm"):
+        training_rows(root, "both", "train")
+    with pytest.raises(DataError, match="does not exist"):
+        training_rows(root, str(root / "nope"), "train")
+
+
+def test_both_trains_with_ignored_pixels(half_labelled, tmp_path):
+    root, wsm, _ = half_labelled
+    out = tmp_path / "both"
+    assert _train("--data", str(root), "--out", str(out), "--labels", "both", "--wsm", str(wsm), "--epochs", "1",
+                  "--loss", "hybrid", "--arch", "linknet") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_train_official"] == 16 and metrics["n_train_weak"] == 8
+    assert np.isfinite(metrics["train_losses"][0]) and metrics["metrics"]["n_images"] == 8
+
+
+def test_eval_images_are_never_trained_on(data, tmp_path, capsys):
+    assert _train("--data", str(data), "--out", str(tmp_path / "r"), "--split-train", "labeled",
+                  "--epochs", "1") == 2
+    assert "also training images" in capsys.readouterr().err
+    assert _train("--data", str(data), "--out", str(tmp_path / "r2"), "--split-train", "labeled",
+                  "--eval-split", "none", "--epochs", "1") == 0
+    assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["metrics"] == {}
+
+
+def test_bad_options_are_one_line_errors(data, tmp_path, capsys):
+    assert _train("--data", str(data), "--out", str(tmp_path / "a"), "--encoder", "no_such_net") == 2
+    assert "not a timm model" in capsys.readouterr().err
+    assert _train("--data", str(data), "--out", str(tmp_path / "b"), "--loss", "ce") == 2
+    assert "K > 1" in capsys.readouterr().err
+    assert main(["-q", "train", "--data", str(data), "--out", str(tmp_path / "c"), "--size", "100"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err
+    assert _train("--data", str(data), "--out", str(tmp_path / "d"), "--num-classes", "3") == 2
+    assert "class-index maps" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def class_maps(data, tmp_path_factory):
+    """Synthetic 3-class maps: 0 background, 1 left half of the lesion, 2 right half, 255 on the lesion's edge."""
+    import cv2
+
+    folder = tmp_path_factory.mktemp("classes")
+    for mask_path in sorted((data / "masks" / "isic2018").glob("*.png")):
+        mask = np.asarray(Image.open(mask_path)) > 128
+        xs = np.nonzero(mask.any(axis=0))[0]
+        middle = (xs.min() + xs.max()) // 2
+        label = np.zeros(mask.shape, np.uint8)
+        label[mask] = 1
+        label[:, middle:][mask[:, middle:]] = 2
+        band = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+        label[band] = 255
+        Image.fromarray(label).save(folder / mask_path.name.replace("_segmentation", ""))
+    return folder
+
+
+@pytest.mark.parametrize("loss", ["ce", "focal"])
+def test_multiclass_maps(data, class_maps, tmp_path, loss):
+    out = tmp_path / loss
+    assert _train("--data", str(data), "--out", str(out), "--labels", str(class_maps), "--num-classes", "3",
+                  "--loss", loss, "--epochs", "1", "--arch", "deeplabv3plus") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    m = metrics["metrics"]
+    assert m["n_images"] == 8 and {"jaccard_0", "jaccard_1", "jaccard_2", "mean_jaccard", "mean_dice"} <= set(m)
+    weights = metrics["config"]["class_weights"]
+    assert len(weights) == 3 and weights[0] < weights[1]          # background is the most frequent class
+
+
+def test_label_map_dataset_keeps_255_and_moves_the_guide_with_the_label(data, tmp_path):
+    from wsm.datasets import LabelMapDataset
+
+    label = np.zeros((64, 64), np.uint8)
+    label[10:40, 20:50] = 1
+    label[10:14, 20:50] = 255
+    guide = np.where(label == 1, 200, np.where(label == 255, 100, 0)).astype(np.uint8)
+    Image.fromarray(label).save(tmp_path / "label.png")
+    Image.fromarray(guide).save(tmp_path / "guide.png")
+    rows = [{"isic_id": "ISIC_0000000", "file": "images/ISIC_0000000.jpg", "label_file": str(tmp_path / "label.png"),
+             "label_kind": "labels", "guide_file": str(tmp_path / "guide.png")}]
+    ds = LabelMapDataset(data, rows, size=64, augment=True, seed=0, guides=True)
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        x, y = ds[0]
+        assert x.shape == (4, 64, 64) and y.shape == (1, 64, 64) and y.dtype == torch.float32
+        assert set(y.unique().tolist()) <= {0.0, 1.0, 255.0} and (y == 255).any()
+        g = x[3]
+        torch.testing.assert_close(g[y[0] == 1], torch.full_like(g[y[0] == 1], 200 / 255))
+        torch.testing.assert_close(g[y[0] == 255], torch.full_like(g[y[0] == 255], 100 / 255))
+    multi = LabelMapDataset(data, rows, size=32, num_classes=3)
+    x, y = multi[0]
+    assert x.shape == (3, 32, 32) and y.shape == (32, 32) and y.dtype == torch.int64
+    assert multi.class_pixel_counts().sum() == (y != 255).sum()
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "grey.png")   # not a label map
+    with pytest.raises(ValueError, match="label_kind 'mask'"):
+        LabelMapDataset(data, [dict(rows[0], label_file=str(tmp_path / "grey.png"))], size=32)[0]
+
+
+def test_distributed_batches_are_the_one_process_batches():
+    from torch.utils.data import DataLoader
+
+    from wsm.training import DistributedBatchSampler, _epoch_seed
+
+    for n, batch, seed, epoch in [(10, 4, 0, 0), (37, 8, 3, 5), (16, 16, 1, 2)]:
+        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        loader = DataLoader(list(range(n)), batch_size=batch, shuffle=True, generator=generator)
+        expected = [b.tolist() for b in loader]
+        one = DistributedBatchSampler(n, batch, seed, epoch)
+        assert list(one) == expected
+        ranks = [list(DistributedBatchSampler(n, batch, seed, epoch, world_size=2, rank=r)) for r in (0, 1)]
+        assert [sorted(a + b) for a, b in zip(*ranks)] == [sorted(b) for b in expected]
+    # a last batch smaller than the number of processes is dropped
+    assert len(DistributedBatchSampler(9, 4, 0, 0, world_size=2, rank=0)) == 2     # 4, 4, (1)
+    assert len(DistributedBatchSampler(10, 4, 0, 0, world_size=2, rank=0)) == 3    # 4, 4, 2
+    assert len(DistributedBatchSampler(10, 4, 0, 0, world_size=3, rank=0)) == 2    # 4, 4, (2)
+
+
+def test_accumulation_equals_one_big_batch_without_batchnorm(tmp_path):
+    """With no BatchNorm, 2 chunks of 4 give the gradients of one batch of 8 (up to float summation order)."""
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from wsm.training import TrainConfig, train
+
+    gen = torch.Generator().manual_seed(0)
+    dataset = TensorDataset(torch.randn(20, 3, 8, 8, generator=gen), torch.rand(20, 1, 8, 8, generator=gen))
+    states = []
+    for accumulate in (1, 2):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+        cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, accumulate=accumulate)
+        result = train(model, dataset, nn.MSELoss(), cfg, tmp_path / str(accumulate), progress=False)
+        states.append((model.state_dict(), result.epoch_losses))
+    for key, value in states[0][0].items():
+        torch.testing.assert_close(states[1][0][key], value, rtol=1e-5, atol=1e-6)
+    assert states[1][1] == pytest.approx(states[0][1], rel=1e-6)

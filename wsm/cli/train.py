@@ -1,0 +1,101 @@
+"""`wsm train`: train a segmentation network on official masks and/or weak maps, evaluate on official masks."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from wsm.data import SPLIT_CHOICES
+
+# Kept here as literals so that building the parser imports no torch; tests check them against the registries
+# (wsm.models.segmentation.ARCHITECTURES, wsm.losses.LOSSES).
+ARCH_CHOICES = ("unet", "linknet", "deeplabv3plus")
+LOSS_CHOICES = ("bce", "dice", "bce+dice", "focal", "ce", "hybrid")
+
+
+def register(commands) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train a segmentation network on official masks, ISIC_WSM weak maps or both; evaluate it",
+        description="Train a segmentation network and evaluate it on the official masks of a held-out split "
+        "(official ISIC metrics per image, then mean, in RUN/metrics.json). --labels official: the official "
+        "masks of --split-train; --labels WSM_DIR: the weak maps (255 = uncertain, ignored by the loss) of the "
+        "--split-train images and of every image without an official mask; --labels both --wsm WSM_DIR: official "
+        "masks where there are some, weak maps for the other images. --pipeline mbdcnn trains MB-DCNN (coarse "
+        "net, mask-guided classifier, CAM-enhanced net; settings in pipelines/mbdcnn.toml, changed with --set; "
+        "the flags --arch/--encoder/--epochs/--size/--batch-size/--lr, when given, apply to every stage). "
+        "Multi-process: torchrun --nproc_per_node N -m wsm train ... (gloo on CPU, nccl on CUDA; --batch-size "
+        "counts images over all processes). CPU defaults below; on a GPU e.g. --device cuda --encoder resnet50 "
+        "--size 384 --epochs 60 --batch-size 16.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", required=True, type=Path, metavar="DATA")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN")
+    p.add_argument("--labels", default="official", metavar="official|WSM_DIR|both",
+                   help="where the training labels come from")
+    p.add_argument("--wsm", type=Path, metavar="WSM_DIR", help="the weak maps for --labels both")
+    p.add_argument("--pipeline", metavar="mbdcnn|PATH", help="a multi-network recipe instead of one network: "
+                   "a pipelines/<name>.toml name or a path (method = \"mbdcnn\")")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a --pipeline value, e.g. --set classifier.epochs=3 (repeatable)")
+    p.add_argument("--arch", choices=ARCH_CHOICES, help="segmentation architecture (default unet)")
+    p.add_argument("--encoder", help="timm encoder name (default resnet18)")
+    p.add_argument("--num-classes", type=int, default=1,
+                   help="1: lesion maps; K > 1: class-index maps in --labels DIR (255 ignored)")
+    p.add_argument("--loss", choices=LOSS_CHOICES, help="default bce+dice (1 class), ce (K classes)")
+    p.add_argument("--split-train", default="train", choices=SPLIT_CHOICES)
+    p.add_argument("--eval-split", default="val", choices=(*SPLIT_CHOICES, "none"))
+    p.add_argument("--epochs", type=int, help="default 20")
+    p.add_argument("--size", type=int, help="square working size, a multiple of 32 (default 192)")
+    p.add_argument("--batch-size", type=int, help="images per step over all processes (default 16)")
+    p.add_argument("--lr", type=float, help="AdamW peak learning rate, cosine decay (default 0.001)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation chunks per batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no DeepHealth augmentation")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no float16 mixed precision on CUDA")
+    p.add_argument("--pretrained", action="store_true", help="ImageNet encoder weights (needs the HF hub)")
+    p.add_argument("--weights", dest="weights_file", default="", metavar="FILE",
+                   help="encoder weights from a local timm file")
+    p.add_argument("--threshold", type=float, default=0.5, help="lesion where the probability is above this")
+    p.add_argument("--save-predictions", action="store_true",
+                   help="write RUN/predictions/ISIC_x_segmentation.png (0/255) for the eval images")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN from its checkpoints")
+    p.set_defaults(run=run_train)
+
+
+def options(args):
+    """TrainOptions from parsed flags (flags left out keep the TrainOptions defaults)."""
+    from wsm.train import TrainOptions
+
+    given = {k: getattr(args, k) for k in ("arch", "encoder", "loss", "epochs", "size", "batch_size", "lr")
+             if getattr(args, k) is not None}
+    return TrainOptions(data=args.data, out=args.out, labels=str(args.labels), wsm=args.wsm,
+                        num_classes=args.num_classes, split_train=args.split_train, eval_split=args.eval_split,
+                        weight_decay=args.weight_decay, augment=args.augment, seed=args.seed, device=args.device,
+                        workers=args.workers, amp=args.amp, accumulate=args.accumulate,
+                        pretrained=args.pretrained, weights_file=args.weights_file, resume=args.resume,
+                        threshold=args.threshold, save_predictions=args.save_predictions,
+                        progress=not args.quiet, **given), given
+
+
+def run_train(args) -> int:
+    opts, given = options(args)
+    if args.pipeline:
+        from wsm.mbdcnn import train_mbdcnn
+
+        summary = train_mbdcnn(opts, pipeline=args.pipeline, overrides=tuple(args.overrides), given=given)
+    else:
+        if args.overrides:
+            print("wsm: error: --set needs --pipeline (the single-network flags cover `wsm train` without one)",
+                  file=sys.stderr)
+            return 2
+        from wsm.train import run
+
+        summary = run(opts)
+    if summary is not None:
+        for line in summary.lines():
+            print(line, file=sys.stderr)
+    return 0
