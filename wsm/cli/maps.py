@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from wsm.cli.common import add_set_flag
 from wsm.data import SPLIT_CHOICES
 
 
@@ -59,8 +60,7 @@ def register(commands) -> None:
 def _common(parser) -> None:
     parser.add_argument("--pipeline", default="default", help="a pipelines/*.toml name or a path (for fit)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a pipeline value, e.g. --set classifier.epochs=3 (repeatable)")
+    add_set_flag(parser)
 
 
 def _print(summary) -> None:

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from wsm.cli.common import add_set_flag
+
 from wsm.data import SPLIT_CHOICES
 
 # Kept here as literals so that building the parser imports no torch; tests check them against the registries
@@ -36,8 +38,7 @@ def register(commands) -> None:
     p.add_argument("--wsm", type=Path, metavar="WSM_DIR", help="the weak maps for --labels both")
     p.add_argument("--pipeline", metavar="mbdcnn|PATH", help="a multi-network recipe instead of one network: "
                    "a pipelines/<name>.toml name or a path (method = \"mbdcnn\")")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a --pipeline value, e.g. --set classifier.epochs=3 (repeatable)")
+    add_set_flag(p, "--pipeline")
     p.add_argument("--arch", choices=ARCH_CHOICES, help="segmentation architecture (default unet)")
     p.add_argument("--encoder", help="timm encoder name (default resnet18)")
     p.add_argument("--num-classes", type=int, default=1,
