@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from wsm.cli.common import add_set_flag
-
 from wsm.data import SPLIT_CHOICES
 
 # Kept here as literals so that building the parser imports no torch; tests check them against the registries
