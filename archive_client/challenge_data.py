@@ -34,6 +34,7 @@ from .atomic import atomic_path, fsync_dir, write_bytes_atomic, write_text_atomi
 from .challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS, ChallengeSplit
 from .errors import DownloadError, InvalidIdError
 from .ids import check_isic_id
+from .images import image_size
 from .layout import DataLayout, exclusive_lock
 from .isic_files import write_attribution, write_metadata_csv
 from .manifest import (DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row, merge_rows, read_table,
@@ -112,12 +113,6 @@ def find_image(layout: DataLayout, isic_id: str) -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, as stored (EXIF orientation is not applied, as for masks)."""
-    with Image.open(path) as im:
-        return im.size
 
 
 def place_file(src: Path, dest: Path) -> None:

@@ -25,6 +25,7 @@ from . import api
 from .atomic import write_text_atomic
 from .errors import ArchiveError, DiskFullError
 from .ids import check_http_url, check_isic_id, file_extension
+from .images import image_size
 from .isic_files import write_attribution, write_metadata_csv
 from .journal import Journal, ManifestBuilder, fold_journal
 from .layout import DataLayout, exclusive_lock
@@ -101,8 +102,7 @@ def plan_action(dest: Path, expected_size: int, known: Mapping | None, verify: b
 
 def _image_size(path: Path) -> tuple[int | None, int | None]:
     try:
-        with Image.open(path) as img:
-            return img.size
+        return image_size(path)
     except (OSError, ValueError, Image.DecompressionBombError):
         log.warning("%s: not a readable image header; kept as served, width/height left empty", path)
         return None, None

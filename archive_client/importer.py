@@ -33,6 +33,7 @@ from tqdm import tqdm
 from .atomic import atomic_path, fsync_dir, write_bytes_atomic
 from .challenge_data import check_mask, find_image
 from .ids import check_isic_id
+from .images import displayed_size, image_size
 from .isic_files import write_attribution, write_metadata_csv
 from .layout import DataLayout, exclusive_lock
 from .manifest import DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row, merge_rows, read_table, write_table_atomic
@@ -341,7 +342,7 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
         dest = layout.image_path(isic_id, ext)
         try:
             with Image.open(src) as im:
-                width, height = im.size
+                width, height = displayed_size(im)
                 kind = im.format
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             summary.images_rejected.append((name, f"does not decode as an image ({err.__class__.__name__}: {err})"))
@@ -382,8 +383,7 @@ def _import_masks(layout, found: _Found, challenge: str, split: str, link: bool,
             summary.masks_rejected.append((name, f"no image {isic_id} was imported or is in {layout.images}"))
             continue
         try:
-            with Image.open(image) as im:
-                size = im.size
+            size = image_size(image)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             summary.masks_rejected.append((name, f"its image {image} does not decode ({err})"))
             continue

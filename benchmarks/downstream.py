@@ -20,7 +20,9 @@ Steps (each resumes or is reused when the script is run again with the same --wo
    hidden masks is reported for information);
 4. ``wsm train --labels official``: the labelled masks alone; ``wsm train --labels both``: the labelled masks plus
    the weak maps (255 ignored by the loss); the same architecture, encoder, size and seed; evaluated on the eval
-   images' official masks (mean over images of Jaccard, threshold Jaccard, Dice, as isic-challenge-scoring).
+   images' official masks (mean over images of Jaccard, threshold Jaccard, Dice, as isic-challenge-scoring);
+5. a third run, ``wsm train --labels official --init RUN-official+weak``: the weak-map run fine-tuned on the
+   labelled masks alone (--epochs-finetune, default half the official-only epochs, at half the learning rate).
 
 Training budget: by default the official-only run gets as many optimiser steps as the run with weak maps
 (--epochs-official = epochs x (labelled + weak) / labelled), so that it is not merely undertrained;
@@ -154,6 +156,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs of the run with weak maps")
     parser.add_argument("--epochs-official", default=None,
                         help="epochs of the official-only run: a number, 'same', or (default) equal optimiser steps")
+    parser.add_argument("--epochs-finetune", type=int, default=None,
+                        help="epochs of the third run, which fine-tunes the weak-map run on the labelled masks "
+                             "(default: half of the official-only run's; 0: no third run)")
     parser.add_argument("--arch", default="unet")
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -230,6 +235,11 @@ def main() -> None:
                                      **common),
             "official+weak": TrainOptions(out=args.work / "run-official+weak", labels="both", wsm=wsm_dir,
                                           epochs=args.epochs, **common)}
+    epochs_finetune = epochs_official // 2 if args.epochs_finetune is None else args.epochs_finetune
+    if epochs_finetune:
+        runs["weak, then official"] = TrainOptions(
+            out=args.work / "run-finetune", labels="official", init=str(runs["official+weak"].out),
+            epochs=epochs_finetune, **{**common, "lr": args.lr / 2})
     results = {}
     for name, opts in runs.items():
         t0 = time.perf_counter()
@@ -251,9 +261,9 @@ def main() -> None:
 
     print(f"\ncommand: {bench_cmd}\nseed: {args.seed}; split by sha256(downstream:seed:isic_id): "
           f"{args.labelled} labelled, {args.weak} weak, {args.eval} eval (official masks, never trained on)")
-    print(f"{'training labels':16s} {'images':>6s} {'epochs':>6s} {'Jaccard':>8s} {'thr.Jacc':>8s} {'Dice':>8s}")
+    print(f"{'training labels':20s} {'images':>6s} {'epochs':>6s} {'Jaccard':>8s} {'thr.Jacc':>8s} {'Dice':>8s}")
     for name, r in results.items():
-        print(f"{name:16s} {r['n_train']:6d} {r['epochs']:6d} {r['jaccard']:8.4f} {r['threshold_jaccard']:8.4f} "
+        print(f"{name:20s} {r['n_train']:6d} {r['epochs']:6d} {r['jaccard']:8.4f} {r['threshold_jaccard']:8.4f} "
               f"{r['dice']:8.4f}")
     for name, r in results.items():
         print(f"  {name}: {r['command']}")

@@ -64,7 +64,7 @@ def stage_times(bundle: Path, files: list[Path]) -> dict[str, float]:
     from wsm.stages.refine import to_original_size
 
     b = load_bundle(bundle)
-    models = b.load_models("cpu")
+    models = b.load_models("cpu", skip_unweighted=False)
     times = dict.fromkeys(["decode+preprocess", "cam", "prior", "fuse+crf+morphology+decide", "resize+png"], 0.0)
     for path in files:
         t = time.perf_counter()
@@ -90,14 +90,14 @@ def stage_times(bundle: Path, files: list[Path]) -> dict[str, float]:
 def bare_classifier_seconds(bundle: Path, files: list[Path], batch: int = 16) -> float:
     """Forward+backward of the classifier on the images, already decoded and resized (the network alone)."""
     from wsm.bundle import load_bundle
-    from wsm.maps import _batch, prepare
+    from wsm.maps import prepare, to_batch
 
     b = load_bundle(bundle)
-    net = b.load_models("cpu").classifier
+    net = b.load_models("cpu", skip_unweighted=False).classifier
     images = [prepare(p, b.recipe.preprocess).image for p in files]
     start = time.perf_counter()
     for i in range(0, len(images), batch):
-        x = _batch(images[i:i + batch], b.recipe.classifier.size, "cpu")
+        x = to_batch(images[i:i + batch], b.recipe.classifier.size, "cpu")
         net.zero_grad()
         net(x).max(dim=1).values.sum().backward()
     return time.perf_counter() - start

@@ -163,3 +163,26 @@ def test_generate_killed_then_rerun_is_complete(sample_data, bundle, tmp_path):
         label_map = np.asarray(Image.open(out / row["path"]))    # every PNG decodes
         assert set(np.unique(label_map)) <= {0, 1, 255}
     assert not [p for p in out.iterdir() if p.name.startswith(".ISIC")], "temporary files left behind"
+
+
+def test_a_map_weighted_zero_is_not_computed(bundle, tmp_path):
+    import shutil
+
+    from wsm.bundle import load_bundle
+    from wsm.maps import label_image, prepare
+
+    zero_cam = tmp_path / "bundle"
+    shutil.copytree(bundle, zero_cam)
+    toml = (zero_cam / "pipeline.toml").read_text()
+    start = toml.index("[fusion.weights]")
+    end = toml.index("\n[", start + 1)
+    (zero_cam / "pipeline.toml").write_text(toml[:start] + "[fusion.weights]\ncam = 0.0\nprior = 1.0\n" + toml[end:])
+    loaded = load_bundle(zero_cam)
+    fast, full = loaded.load_models(), loaded.load_models(skip_unweighted=False)
+    assert fast.classifier is None and fast.prior is not None and full.classifier is not None
+    for path in sorted((SAMPLE / "images").glob("*.jpg"))[:3]:
+        pre = prepare(path, loaded.recipe.preprocess)
+        maps_fast, maps_full = fast.evidence([pre.image])[0], full.evidence([pre.image])[0]
+        assert set(maps_fast) == {"prior"} and set(maps_full) == {"cam", "prior"}
+        a, b = label_image(pre, maps_fast, loaded.recipe), label_image(pre, maps_full, loaded.recipe)
+        assert (a.label_map == b.label_map).all() and a.confidence == b.confidence

@@ -39,10 +39,13 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
             for p in folder.rglob("*") if p.is_file() and ".wsm" not in p.parts}
 
 
-def jpeg(path: Path, w: int, h: int, seed: int = 0) -> Path:
+def jpeg(path: Path, w: int, h: int, seed: int = 0, orientation: int = 1) -> Path:
+    """A w x h JPEG as stored; an EXIF ``orientation`` of 5-8 displays it h x w."""
     rgb = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path, format="JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(path, format="JPEG", exif=exif)
     return path
 
 
@@ -245,6 +248,22 @@ def test_changed_source_is_rewritten_and_rows_merge(tmp_path):
     assert manifest["ISIC_0000001"]["sha256"] == sha256(tmp_path / "b/ISIC_0000001.jpg")
     assert manifest["ISIC_0000001"]["source_url"].endswith("/b/ISIC_0000001.jpg")
     assert len((data / "metadata.csv").read_text().splitlines()) == 3
+
+
+def test_sizes_are_as_displayed_for_exif_rotated_images(tmp_path):
+    from wsm.imageio import image_size, read_image
+
+    jpeg(tmp_path / "img/ISIC_0000001.jpg", 12, 8, orientation=6)     # displayed 8 wide, 12 high
+    jpeg(tmp_path / "img/ISIC_0000002.jpg", 12, 8, orientation=6)
+    png_mask(tmp_path / "msk/ISIC_0000001_segmentation.png", 8, 12)    # drawn on the displayed image
+    png_mask(tmp_path / "msk/ISIC_0000002_segmentation.png", 12, 8)    # drawn on the stored pixels
+    summary = import_folders(tmp_path / "DATA", tmp_path / "img", tmp_path / "msk", progress=False)
+    row = rows(tmp_path / "DATA" / "manifest.parquet")["ISIC_0000001"]
+    image = tmp_path / "DATA" / row["file"]
+    assert (row["width"], row["height"]) == image_size(image) == (8, 12)
+    assert read_image(image).shape == (12, 8, 3)
+    assert summary.masks_written == 1
+    assert [name for name, _ in summary.masks_rejected] == ["ISIC_0000002_segmentation.png"]
 
 
 def test_masks_in_the_images_folder(tmp_path):

@@ -187,6 +187,31 @@ def test_eval_images_are_never_trained_on(data, tmp_path, capsys):
     assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["metrics"] == {}
 
 
+def test_init_fine_tunes_an_earlier_run_and_refuses_a_dishonest_one(half_labelled, data, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    root, wsm, _ = half_labelled
+    weak = tmp_path / "weak"
+    assert _train("--data", str(root), "--out", str(weak), "--labels", wsm.as_posix(), "--epochs", "1") == 0
+    # lr 0: every trained tensor stays as loaded (only BatchNorm's running statistics move)
+    tuned = tmp_path / "tuned"
+    assert _train("--data", str(root), "--out", str(tuned), "--init", str(weak), "--epochs", "1", "--lr", "0") == 0
+    before, after = load_file(weak / "model.safetensors"), load_file(tuned / "model.safetensors")
+    trained = [k for k in before if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert trained and all(torch.equal(before[k], after[k]) for k in trained)
+    assert "--init" in json.loads((tuned / "metrics.json").read_text())["command"]
+    # another network, a missing folder, and a run that trained on this run's evaluation images are refused
+    assert _train("--data", str(root), "--out", str(tmp_path / "a"), "--init", str(weak), "--arch", "linknet") == 2
+    assert "another network" in capsys.readouterr().err
+    assert _train("--data", str(root), "--out", str(tmp_path / "b"), "--init", str(tmp_path / "nothing")) == 2
+    assert "no weights there" in capsys.readouterr().err
+    seen_eval = tmp_path / "seen"
+    assert _train("--data", str(data), "--out", str(seen_eval), "--split-train", "labeled", "--eval-split", "none",
+                  "--epochs", "1") == 0
+    assert _train("--data", str(data), "--out", str(tmp_path / "c"), "--init", str(seen_eval)) == 2
+    assert "would not be honest" in capsys.readouterr().err
+
+
 def test_bad_options_are_one_line_errors(data, tmp_path, capsys):
     assert _train("--data", str(data), "--out", str(tmp_path / "a"), "--encoder", "no_such_net") == 2
     assert "not a timm model" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from pathlib import Path
 from archive_client.atomic import write_text_atomic
 from wsm import __version__
 from wsm.errors import WsmError
-from wsm.maps import MapModels
+from wsm.maps import MapModels, weighted_maps
 from wsm.pipeline import to_toml
 from wsm.recipe import Recipe, build_recipe
 
@@ -74,20 +74,27 @@ class Bundle:
         return {name: file_sha256(self.folder / name)[:16] for name in (CLASSIFIER, PRIOR)
                 if (self.folder / name).exists()}
 
-    def load_models(self, device: str = "cpu") -> MapModels:
-        """The bundle's networks in eval mode on ``device``."""
-        models = MapModels(self.recipe, device=device)
-        if self.recipe.uses_classifier:
-            from wsm.models.classifier import create_classifier
-            from wsm.training import load_weights
+    def load_models(self, device: str = "cpu", *, skip_unweighted: bool = True) -> MapModels:
+        """The bundle's networks in eval mode on ``device``.
 
-            classes = self.provenance["classes"]
-            net = create_classifier(self.recipe.classifier.arch, num_classes=len(classes))
+        A network whose map has fusion weight 0 (calibration can choose that) is not loaded, so its map is not
+        computed: it could not change a label. ``skip_unweighted=False`` loads every network (benchmarks).
+        """
+        from wsm.training import load_weights
+
+        available = [name for name, present in (
+            ("cam", self.recipe.uses_classifier),
+            ("prior", self.recipe.uses_prior and (self.folder / PRIOR).exists())) if present]
+        wanted = weighted_maps(self.recipe, available) if skip_unweighted else available
+        models = MapModels(self.recipe, device=device)
+        if "cam" in wanted:
+            from wsm.models.classifier import create_classifier
+
+            net = create_classifier(self.recipe.classifier.arch, num_classes=len(self.provenance["classes"]))
             load_weights(net, self._need(CLASSIFIER))
             models.classifier = net.to(device).eval()
-        if self.recipe.uses_prior and (self.folder / PRIOR).exists():
+        if "prior" in wanted:
             from wsm.models.segmentation import create_segmenter
-            from wsm.training import load_weights
 
             net = create_segmenter(self.recipe.prior.arch, self.recipe.prior.encoder)
             load_weights(net, self.folder / PRIOR)

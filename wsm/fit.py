@@ -107,7 +107,8 @@ def _train_prior(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, dev
     cfg = recipe.prior
     dataset = SegmentationDataset(data, rows, cfg.size, augment=True, seed=recipe.seed)
     torch.manual_seed(recipe.seed)
-    model = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained)
+    model = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
+                             weights_file=cfg.weights_file or None)
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             num_workers=recipe.fit.num_workers, seed=recipe.seed, device=device)
     folder = work_dir(work, "prior", cfg, recipe, {"size": recipe.preprocess.working_size})

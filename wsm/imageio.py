@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from archive_client.atomic import atomic_path
+from archive_client.images import displayed_size
 from wsm.errors import WsmError
 
 __all__ = [
@@ -39,9 +40,6 @@ DEFAULT_MAX_PIXELS = 120_000_000
 # zlib level for label maps: fixed, so that the same array always gives the same bytes.
 LABEL_PNG_COMPRESS_LEVEL = 6
 
-# EXIF orientations 5-8 rotate by 90 or 270 degrees: the displayed width and height are swapped.
-_EXIF_ORIENTATION_TAG = 0x0112
-_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
@@ -266,14 +264,7 @@ def image_size(path: Path | str) -> tuple[int, int]:
     """
     path = Path(path)
     with _open(path, None) as im:
-        width, height = im.size
-        try:
-            orientation = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-        except Exception:  # a corrupt EXIF block: read_image will report it; the stored size stands
-            orientation = 1
-    if orientation in _SWAPPING_ORIENTATIONS:
-        return height, width
-    return width, height
+        return displayed_size(im)
 
 
 def encode_label_png(label_map: np.ndarray) -> bytes:

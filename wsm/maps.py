@@ -34,6 +34,13 @@ def fusion_weights(recipe: Recipe, names) -> dict[str, float]:
     return {n: float(recipe.fusion.weights[n]) for n in names}
 
 
+def weighted_maps(recipe: Recipe, names) -> list[str]:
+    """The maps that count in the fusion: those of weight > 0 (all of them when none has, so that fusing fails
+    with its clear error rather than here)."""
+    weights = fusion_weights(recipe, names)
+    return [n for n in names if weights[n] > 0] or list(names)
+
+
 def cpu_evidence(pre: Preprocessed, recipe: Recipe) -> dict[str, np.ndarray]:
     """Evidence computed without a network (the classic colour threshold)."""
     if recipe.method == "classic":
@@ -68,7 +75,7 @@ class MapModels:
         if self.classifier is not None:
             from wsm.models.cam import cam_maps
 
-            batch = _batch(images, self.recipe.classifier.size, self.device)
+            batch = to_batch(images, self.recipe.classifier.size, self.device)
             cams = cam_maps(self.classifier, batch, method=self.recipe.cam.method, flip_tta=self.recipe.cam.flip_tta)
             for item, cam in zip(out, cams):
                 item["cam"] = _resize_prob(cam, size)
@@ -79,13 +86,14 @@ class MapModels:
 
             # float16 on CUDA: the prior is a plain forward pass (the CAM needs float32 gradients, so it stays)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
-                probs = predict_prob(self.prior, _batch(images, self.recipe.prior.size, self.device))
+                probs = predict_prob(self.prior, to_batch(images, self.recipe.prior.size, self.device))
             for item, prob in zip(out, probs):
                 item["prior"] = _resize_prob(prob, size)
         return out
 
 
-def _batch(images: list[np.ndarray], size: int, device: str):
+def to_batch(images: list[np.ndarray], size: int, device: str):
+    """(S, S, 3) uint8 images -> a normalised (N, 3, size, size) float tensor on ``device``."""
     import torch
 
     from wsm.augment import normalize

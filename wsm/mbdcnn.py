@@ -44,7 +44,7 @@ from torch import nn  # noqa: E402
 from archive_client.atomic import write_text_atomic  # noqa: E402
 from wsm.data import DataError  # noqa: E402
 from wsm.pipeline import PipelineError, load_pipeline, stage_config  # noqa: E402
-from wsm.recipe import CamConfig  # noqa: E402
+from wsm.recipe import CamConfig, ClassifierConfig, SegmenterConfig  # noqa: E402
 from wsm.train import (  # noqa: E402
     CONFIG,
     METRICS,
@@ -69,9 +69,7 @@ from wsm.train import (  # noqa: E402
 __all__ = [
     "ELayer",
     "EnhancedSegmenter",
-    "ClassifierStage",
     "MbdcnnRecipe",
-    "SegmenterStage",
     "create_enhanced_segmenter",
     "load_mbdcnn_recipe",
     "train_mbdcnn",
@@ -83,38 +81,15 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------- recipe
 
 @dataclass(frozen=True)
-class SegmenterStage:
-    arch: str = "unet"              # a key of wsm.models.segmentation.ARCHITECTURES
-    encoder: str = "resnet18"       # a timm model name
-    epochs: int = 20
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    pretrained: bool = False
-    weights_file: str = ""
-
-
-@dataclass(frozen=True)
-class ClassifierStage:
-    arch: str = "resnet18"          # a key of wsm.models.classifier.CLASSIFIERS
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    pretrained: bool = False
-    weights_file: str = ""
-
-
-@dataclass(frozen=True)
 class MbdcnnRecipe:
     name: str
     size: int                                    # working size of all three networks (multiple of 32)
     loss: str                                    # segmentation loss of both segmentation networks
     classes: dict                                # diagnosis -> class table (wsm.datasets.ClassMapping)
-    coarse: SegmenterStage = field(default_factory=SegmenterStage)
-    classifier: ClassifierStage = field(default_factory=ClassifierStage)
+    coarse: SegmenterConfig = field(default_factory=SegmenterConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     cam: CamConfig = field(default_factory=CamConfig)
-    enhanced: SegmenterStage = field(default_factory=SegmenterStage)
+    enhanced: SegmenterConfig = field(default_factory=SegmenterConfig)
 
 
 _TOP_KEYS = {"name", "method", "size", "loss", "classes", "coarse", "classifier", "cam", "enhanced",
@@ -136,24 +111,28 @@ def load_mbdcnn_recipe(pipeline: str | Path = "mbdcnn", device: str = "cpu", ove
     for key in ("size", "loss"):
         if key in given:
             resolved[key] = given[key]
+    size = resolved.setdefault("size", 192)
     for stage in ("coarse", "classifier", "enhanced"):
         table = resolved.setdefault(stage, {})
         for key in ("epochs", "batch_size", "lr"):
             if key in given:
                 table[key] = given[key]
+        if table.setdefault("size", size) != size:
+            raise PipelineError(f"[{stage}] size = {table['size']}: the three MB-DCNN networks share the top-level "
+                                "size; set that instead")
         if stage != "classifier":
             for key in ("arch", "encoder"):
                 if key in given:
                     table[key] = given[key]
     recipe = MbdcnnRecipe(
         name=str(resolved.get("name", "mbdcnn")),
-        size=int(resolved.get("size", 192)),
+        size=int(size),
         loss=str(resolved.get("loss", "hybrid")),
         classes=dict(resolved.get("classes") or {}),
-        coarse=stage_config(SegmenterStage, resolved.get("coarse"), "coarse"),
-        classifier=stage_config(ClassifierStage, resolved.get("classifier"), "classifier"),
+        coarse=stage_config(SegmenterConfig, resolved.get("coarse"), "coarse"),
+        classifier=stage_config(ClassifierConfig, resolved.get("classifier"), "classifier"),
         cam=stage_config(CamConfig, resolved.get("cam"), "cam"),
-        enhanced=stage_config(SegmenterStage, resolved.get("enhanced"), "enhanced"),
+        enhanced=stage_config(SegmenterConfig, resolved.get("enhanced"), "enhanced"),
     )
     if recipe.size % 32:
         raise PipelineError(f"size must be a multiple of 32, got {recipe.size}")

@@ -33,16 +33,21 @@ class CamConfig:
 
 
 @dataclass(frozen=True)
-class PriorConfig:
-    enabled: bool = True            # train a segmentation net on the official masks of the fitting split
-    arch: str = "unet"
-    encoder: str = "resnet18"
+class SegmenterConfig:
+    arch: str = "unet"              # a key of wsm.models.segmentation.ARCHITECTURES
+    encoder: str = "resnet18"       # a timm model name
     size: int = 128                 # square input side (a multiple of 32)
     epochs: int = 10
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    pretrained: bool = False
+    pretrained: bool = False        # ImageNet encoder weights from the Hugging Face hub
+    weights_file: str = ""          # or local timm encoder weights
+
+
+@dataclass(frozen=True)
+class PriorConfig(SegmenterConfig):
+    enabled: bool = True            # train a segmentation net on the official masks of the fitting split
 
 
 @dataclass(frozen=True)

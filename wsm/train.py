@@ -114,6 +114,7 @@ class TrainOptions:
     accumulate: int = 1                  # gradient accumulation chunks per batch
     pretrained: bool = False             # ImageNet encoder weights from the hub
     weights_file: str = ""               # or from a local timm weights file
+    init: str = ""                       # start from an earlier RUN's whole network (fine-tuning), see init_weights
     resume: bool = False                 # continue the checkpoint in RUN (otherwise a RUN with one is refused)
     threshold: float = 0.5               # lesion where the probability is above this
     save_predictions: bool = False       # write RUN/predictions/ISIC_x_segmentation.png (0/255)
@@ -140,6 +141,8 @@ class TrainOptions:
             args.append("--pretrained")
         if self.weights_file:
             args += ["--weights", self.weights_file]
+        if self.init:
+            args += ["--init", self.init]
         if self.threshold != 0.5:
             args += ["--threshold", str(self.threshold)]
         return shlex.join(args)
@@ -425,9 +428,14 @@ def check_run_folder(out: Path, resume: bool, identity: dict | None = None) -> N
     if identity is None or not (out / CONFIG).exists():
         return
     saved = json.loads((out / CONFIG).read_text(encoding="utf8")).get("identity")
-    if saved is not None and saved != identity:
-        diff = {k: (saved.get(k), identity.get(k)) for k in sorted(set(saved) | set(identity))
-                if saved.get(k) != identity.get(k)}
+    if saved is None:
+        return
+    # an option added to wsm after the run was started has its default there
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.default is not dataclasses.MISSING}
+    diff = {k: (saved.get(k, defaults.get(k)), identity.get(k, defaults.get(k)))
+            for k in sorted(set(saved) | set(identity))}
+    diff = {k: (a, b) for k, (a, b) in diff.items() if a != b}
+    if diff:
         raise WsmError(f"{out} was trained with other settings (run, now): {diff}; resume with the same settings, "
                        "or choose another --out")
 
@@ -443,6 +451,42 @@ def check_no_overlap(train: pd.DataFrame, evaluation: pd.DataFrame) -> None:
     if both:
         raise DataError(f"{len(both)} evaluation images are also training images (e.g. {both[:3]}); choose a "
                         "--split-train that excludes the --eval-split (or --eval-split none)")
+
+
+def init_weights(init: Path | str, opts: TrainOptions, evaluation: pd.DataFrame) -> Path:
+    """The weights file of ``init`` (a RUN folder or a .safetensors file) for fine-tuning, checked: a RUN must
+    have this run's network (arch, encoder, classes) and must not have trained on an evaluation image."""
+    from wsm.training import WEIGHTS_NAME
+
+    init = Path(init)
+    weights = init / WEIGHTS_NAME if init.is_dir() else init
+    if not weights.is_file():
+        raise TrainError(f"--init {init}: no weights there (give a finished `wsm train` RUN folder, which holds "
+                         f"{WEIGHTS_NAME}, or a .safetensors file)")
+    if init.is_dir() and (init / CONFIG).exists():
+        earlier = json.loads((init / CONFIG).read_text(encoding="utf8"))["options"]
+        differ = {k: (earlier.get(k), getattr(opts, k)) for k in ("arch", "encoder", "num_classes")
+                  if earlier.get(k) != getattr(opts, k)}
+        if differ:
+            raise TrainError(f"--init {init} holds another network (its value, this run's): {differ}")
+    ids_file = init / "train_ids.txt" if init.is_dir() else None
+    if ids_file is not None and ids_file.exists():
+        trained = {line.split("\t", 1)[0] for line in ids_file.read_text(encoding="utf8").splitlines()}
+        seen = sorted(trained & set(evaluation["isic_id"]))
+        if seen:
+            raise DataError(f"--init {init} was trained on {len(seen)} of this run's evaluation images (e.g. "
+                            f"{seen[:3]}); its numbers would not be honest: choose another --eval-split")
+    return weights
+
+
+def _load_init(model, weights: Path, opts: TrainOptions) -> None:
+    from wsm.training import load_weights
+
+    try:
+        load_weights(model, weights)
+    except RuntimeError as err:     # missing, unexpected or mis-shaped tensors
+        raise TrainError(f"--init {weights} does not fit a {opts.arch} / {opts.encoder} network with "
+                         f"{opts.num_classes} class(es): {str(err).splitlines()[0]}") from err
 
 
 def run(opts: TrainOptions) -> TrainSummary | None:
@@ -470,6 +514,7 @@ def run(opts: TrainOptions) -> TrainSummary | None:
     class_maps = Path(opts.labels) if opts.num_classes > 1 else None
     test_rows = eval_rows(opts.data, opts.eval_split, class_maps)
     check_no_overlap(train_rows, test_rows)
+    init = init_weights(opts.init, opts, test_rows) if opts.init else None
 
     with distributed(opts.device) as (device, rank, world):
         if rank == 0:
@@ -485,6 +530,8 @@ def run(opts: TrainOptions) -> TrainSummary | None:
             torch.manual_seed(opts.seed)
             model = create_segmenter(opts.arch, opts.encoder, num_classes=opts.num_classes,
                                      pretrained=opts.pretrained, weights_file=opts.weights_file or None)
+            if init is not None:
+                _load_init(model, init, opts)
         cfg = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, weight_decay=opts.weight_decay,
                           num_workers=opts.workers, seed=opts.seed, device=device, amp=opts.amp,
                           accumulate=opts.accumulate)

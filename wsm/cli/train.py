@@ -59,6 +59,9 @@ def register(commands) -> None:
     p.add_argument("--pretrained", action="store_true", help="ImageNet encoder weights (needs the HF hub)")
     p.add_argument("--weights", dest="weights_file", default="", metavar="FILE",
                    help="encoder weights from a local timm file")
+    p.add_argument("--init", default="", metavar="RUN",
+                   help="start from the whole network of an earlier run (a RUN folder or .safetensors file) to "
+                        "fine-tune it, e.g. on official masks after training on weak maps")
     p.add_argument("--threshold", type=float, default=0.5, help="lesion where the probability is above this")
     p.add_argument("--save-predictions", action="store_true",
                    help="write RUN/predictions/ISIC_x_segmentation.png (0/255) for the eval images")
@@ -76,13 +79,17 @@ def options(args):
                         num_classes=args.num_classes, split_train=args.split_train, eval_split=args.eval_split,
                         weight_decay=args.weight_decay, augment=args.augment, seed=args.seed, device=args.device,
                         workers=args.workers, amp=args.amp, accumulate=args.accumulate,
-                        pretrained=args.pretrained, weights_file=args.weights_file, resume=args.resume,
+                        pretrained=args.pretrained, weights_file=args.weights_file, init=args.init, resume=args.resume,
                         threshold=args.threshold, save_predictions=args.save_predictions,
                         progress=not args.quiet, **given), given
 
 
 def run_train(args) -> int:
     opts, given = options(args)
+    if args.pipeline and args.init:
+        print("wsm: error: --init applies to one network; a --pipeline sets its networks' weights with --set",
+              file=sys.stderr)
+        return 2
     if args.pipeline:
         from wsm.mbdcnn import train_mbdcnn
 
