@@ -2,9 +2,10 @@
 images' weak maps are added? Both networks are scored on the same held-out official masks.
 
     python benchmarks/downstream.py [--labelled 200] [--weak 800] [--eval 300] [--size 128] [--epochs 8]
-        [--epochs-official N|same] [--arch unet] [--encoder resnet18] [--batch-size 16] [--lr 0.001] [--seed 0]
-        [--device cpu] [--threads 0] [--source ../shared/data/isic2018-task1-512] [--data DATA]
-        [--work out/bench-downstream] [--set section.key=value ...] [--small]
+        [--epochs-official N|same] [--epochs-finetune N] [--confident-fraction F] [--arch unet]
+        [--encoder resnet18] [--batch-size 16] [--lr 0.001] [--seed 0] [--device cpu] [--threads 0]
+        [--source ../shared/data/isic2018-task1-512] [--data DATA] [--work out/bench-downstream]
+        [--set section.key=value ...] [--small]
 
 Steps (each resumes or is reused when the script is run again with the same --work):
 
@@ -21,18 +22,19 @@ Steps (each resumes or is reused when the script is run again with the same --wo
 4. ``wsm train --labels official``: the labelled masks alone; ``wsm train --labels both``: the labelled masks plus
    the weak maps (255 ignored by the loss); the same architecture, encoder, size and seed; evaluated on the eval
    images' official masks (mean over images of Jaccard, threshold Jaccard, Dice, as isic-challenge-scoring);
-5. a third run, ``wsm train --labels official --init RUN-official+weak``: the weak-map run fine-tuned on the
-   labelled masks alone (--epochs-finetune, default half the official-only epochs, at half the learning rate).
+5. with --epochs-finetune N, a third run, ``wsm train --labels official --init RUN-official+weak``: the weak-map
+   run fine-tuned on the labelled masks alone for N epochs at half the learning rate;
+6. with --confident-fraction F, a fourth run, ``wsm train --labels both --min-confidence C``: the labelled masks
+   plus only the most confident fraction F of the weak maps (C from the WSM manifest's confidences; no mask is
+   looked at to choose it), with as many optimiser steps as the run with all the weak maps.
 
 Training budget: by default the official-only run gets as many optimiser steps as the run with weak maps
 (--epochs-official = epochs x (labelled + weak) / labelled), so that it is not merely undertrained;
 ``--epochs-official same`` gives it the same number of epochs instead.
 
 What limits the CPU defaults (200 labelled, 800 weak, 300 eval, 128 px, resnet18 U-Net, 8 epochs): time on a
-shared 2-core machine. Measured pieces, one thread under load: a resnet18 U-Net step costs about 0.1 s per 128 px
-image, so each training run is ~13 min (8000 image-steps), fit ~10-15 min (classifier 6 epochs on 1000 images at
-128 px, prior, calibration), generate ~5 min: about 45-50 min in all on one busy core, less with two free ones
-(not measured end to end at these sizes yet: only --small was run).
+shared 2-core machine. Measured on it (docs/RESULTS.md): fit 28 min, generate 2 min, each training run of 8000
+image-steps 13 min: 55 minutes in all (the optional third and fourth runs add 8 and 13 minutes).
 At 128 px and a few epochs from scratch (no pretrained encoder offline) both networks are far from the numbers of
 the literature (Jaccard ~0.8 at 256+ px with ImageNet encoders); the comparison between the two is the point.
 The eval set of 300 gives a standard error of about 0.01 on the mean Jaccard.
@@ -156,9 +158,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs of the run with weak maps")
     parser.add_argument("--epochs-official", default=None,
                         help="epochs of the official-only run: a number, 'same', or (default) equal optimiser steps")
-    parser.add_argument("--epochs-finetune", type=int, default=None,
-                        help="epochs of the third run, which fine-tunes the weak-map run on the labelled masks "
-                             "(default: half of the official-only run's; 0: no third run)")
+    parser.add_argument("--epochs-finetune", type=int, default=0,
+                        help="a third run: the weak-map run fine-tuned on the labelled masks for this many epochs "
+                             "(0, the default: no third run)")
+    parser.add_argument("--confident-fraction", type=float, default=0.0,
+                        help="a fourth run: the labelled masks plus only this most confident fraction of the weak "
+                             "maps, by the WSM manifest's confidence (0, the default: no fourth run)")
     parser.add_argument("--arch", default="unet")
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -235,11 +240,20 @@ def main() -> None:
                                      **common),
             "official+weak": TrainOptions(out=args.work / "run-official+weak", labels="both", wsm=wsm_dir,
                                           epochs=args.epochs, **common)}
-    epochs_finetune = epochs_official // 2 if args.epochs_finetune is None else args.epochs_finetune
-    if epochs_finetune:
+    if args.epochs_finetune:
         runs["weak, then official"] = TrainOptions(
             out=args.work / "run-finetune", labels="official", init=str(runs["official+weak"].out),
-            epochs=epochs_finetune, **{**common, "lr": args.lr / 2})
+            epochs=args.epochs_finetune, **{**common, "lr": args.lr / 2})
+    if args.confident_fraction:
+        import pandas as pd
+
+        confidence = pd.read_parquet(wsm_dir / "manifest.parquet").set_index("isic_id")["confidence"]
+        threshold = round(float(confidence.reindex(parts["weak"]).quantile(1 - args.confident_fraction)), 4)
+        n_confident = int((confidence.reindex(parts["weak"]) >= threshold).sum())
+        steps = args.epochs * n_both
+        runs["official+confident weak"] = TrainOptions(
+            out=args.work / "run-official+confident", labels="both", wsm=wsm_dir, min_confidence=threshold,
+            epochs=max(1, round(steps / (args.labelled + n_confident))), **common)
     results = {}
     for name, opts in runs.items():
         t0 = time.perf_counter()
@@ -261,9 +275,9 @@ def main() -> None:
 
     print(f"\ncommand: {bench_cmd}\nseed: {args.seed}; split by sha256(downstream:seed:isic_id): "
           f"{args.labelled} labelled, {args.weak} weak, {args.eval} eval (official masks, never trained on)")
-    print(f"{'training labels':20s} {'images':>6s} {'epochs':>6s} {'Jaccard':>8s} {'thr.Jacc':>8s} {'Dice':>8s}")
+    print(f"{'training labels':24s} {'images':>6s} {'epochs':>6s} {'Jaccard':>8s} {'thr.Jacc':>8s} {'Dice':>8s}")
     for name, r in results.items():
-        print(f"{name:20s} {r['n_train']:6d} {r['epochs']:6d} {r['jaccard']:8.4f} {r['threshold_jaccard']:8.4f} "
+        print(f"{name:24s} {r['n_train']:6d} {r['epochs']:6d} {r['jaccard']:8.4f} {r['threshold_jaccard']:8.4f} "
               f"{r['dice']:8.4f}")
     for name, r in results.items():
         print(f"  {name}: {r['command']}")

@@ -186,3 +186,13 @@ def test_a_map_weighted_zero_is_not_computed(bundle, tmp_path):
         assert set(maps_fast) == {"prior"} and set(maps_full) == {"cam", "prior"}
         a, b = label_image(pre, maps_fast, loaded.recipe), label_image(pre, maps_full, loaded.recipe)
         assert (a.label_map == b.label_map).all() and a.confidence == b.confidence
+
+
+def test_cpu_split_gives_the_workers_the_cores_a_cam_does_not_need():
+    from wsm.generate import cpu_split
+
+    assert cpu_split(2, cam_on_cpu=True) == (1, 1)
+    assert cpu_split(16, cam_on_cpu=True) == (8, 8)
+    assert cpu_split(2, cam_on_cpu=False) == (2, 1)
+    assert cpu_split(16, cam_on_cpu=False) == (16, 4)
+    assert cpu_split(16, cam_on_cpu=True, workers=4) == (4, 12)

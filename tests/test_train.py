@@ -168,6 +168,27 @@ def test_training_rows_per_label_source(half_labelled):
         training_rows(root, str(root / "nope"), "train")
 
 
+def test_min_confidence_keeps_the_confident_weak_maps(half_labelled, tmp_path):
+    import shutil
+
+    from wsm.data import DataError
+
+    root, wsm, unlabelled = half_labelled
+    scored = tmp_path / "WSM"
+    shutil.copytree(wsm, scored)
+    manifest = pd.read_parquet(scored / "manifest.parquet").sort_values("isic_id").reset_index(drop=True)
+    manifest["confidence"] = np.linspace(0.0, 1.0, len(manifest))
+    manifest.to_parquet(scored / "manifest.parquet")
+    confident = set(manifest[manifest["confidence"] >= 0.5]["isic_id"])
+    both = training_rows(root, "both", "train", wsm=scored, min_confidence=0.5)
+    assert set(both[both["label_source"] == "weak"]["isic_id"]) == set(unlabelled) & confident
+    assert (both["label_source"] == "official").sum() == 16          # official masks are never filtered
+    with pytest.raises(DataError, match="no confidence column"):
+        training_rows(root, "both", "train", wsm=wsm, min_confidence=0.5)
+    with pytest.raises(DataError, match="confidence >= 2"):
+        training_rows(root, str(scored), "train", min_confidence=2)
+
+
 def test_both_trains_with_ignored_pixels(half_labelled, tmp_path):
     root, wsm, _ = half_labelled
     out = tmp_path / "both"

@@ -33,6 +33,7 @@ from archive_client.manifest import merge_tables, write_table_atomic
 from wsm import __version__
 from wsm.bundle import Bundle, load_bundle
 from wsm.data import DataError, read_manifest, read_truth, select_split, with_truth
+from wsm.maps import MapModels
 from wsm.outputs import WSM_MANIFEST, part_name
 from wsm.pipeline import pipeline_hash
 
@@ -52,7 +53,7 @@ class GenerateOptions:
     split: str = "all"
     shard: tuple[int, int] = (0, 1)     # (index, count)
     device: str = "cpu"
-    workers: int = 0                    # CPU worker processes (0: half the cores, at least 1)
+    workers: int = 0                    # CPU worker processes (0: chosen by cpu_split)
     batch_size: int = 16
     export_challenge: bool = False      # also write challenge/ISIC_x_segmentation.png (0/255)
     prefer_official: bool = False       # where an official mask exists, write it (source "official")
@@ -227,8 +228,18 @@ def _source_rows(opts: GenerateOptions) -> pd.DataFrame:
     return rows[["isic_id", "file", "mask_file"]]
 
 
-def _default_workers() -> int:
-    return max(1, (os.cpu_count() or 2) // 2)
+def cpu_split(cores: int, cam_on_cpu: bool, workers: int = 0) -> tuple[int, int]:
+    """(worker processes, torch threads of the main process) for ``cores`` CPU cores.
+
+    The workers run decode, CRF, morphology and PNG (~100 ms per image on one core); the main process runs the
+    networks. A CAM on the CPU (forward + backward on 4 flipped views) costs more than the workers' stages, so it
+    gets half the cores; a prior alone (~30 ms) or a GPU leaves most of the CPU to the workers (measured on 2
+    cores: 12.2 images/s with 2 workers against 7.0 with 1; docs/RESULTS.md).
+    """
+    if not workers:
+        workers = max(1, cores // 2) if cam_on_cpu else cores
+    threads = max(1, cores - workers) if cam_on_cpu else max(1, cores // 4)
+    return workers, threads
 
 
 def generate(opts: GenerateOptions) -> GenerateSummary:
@@ -239,8 +250,10 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(opts.bundle)
-    workers = opts.workers or _default_workers()
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - workers))
+    models = bundle.load_models(opts.device) if bundle.recipe.method != "classic" else None
+    cam_on_cpu = models is not None and models.classifier is not None and not opts.device.startswith("cuda")
+    workers, threads = cpu_split(os.cpu_count() or 2, cam_on_cpu, opts.workers)
+    torch.set_num_threads(threads)
     shard_tag = f"{opts.shard[0]}-of-{opts.shard[1]}"
     manifest_path = out / part_name(*opts.shard)
     summary = GenerateSummary(out, manifest=manifest_path)
@@ -261,7 +274,7 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         bar = tqdm(total=summary.total, initial=summary.skipped, unit="img", desc="generate",
                    disable=not opts.progress)
         try:
-            for row in _run(rows, bundle, opts, workers, out):
+            for row in _run(rows, bundle, models, opts, workers, out):
                 row = {**provenance, **row, "mask_used_in_fit": row["isic_id"] in provenance["_fit_ids"]}
                 row.pop("_fit_ids")
                 journal.append(row)
@@ -286,9 +299,9 @@ def _provenance(bundle: Bundle, shard: tuple[int, int]) -> dict:
             "wsm_version": __version__, "_fit_ids": frozenset(bundle.provenance.get("fit_mask_ids", []))}
 
 
-def _run(rows: pd.DataFrame, bundle: Bundle, opts: GenerateOptions, workers: int, out: Path) -> Iterator[dict]:
+def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: GenerateOptions, workers: int,
+         out: Path) -> Iterator[dict]:
     """Yield one manifest row per image, in no particular order, with bounded work in flight."""
-    models = bundle.load_models(opts.device) if bundle.recipe.method != "classic" else None
     context = multiprocessing.get_context("spawn")
     window = max(2, 2 * workers)     # batches prepared ahead of the networks
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,

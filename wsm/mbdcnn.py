@@ -291,7 +291,7 @@ def train_mbdcnn(opts: TrainOptions, pipeline: str | Path = "mbdcnn", overrides:
     out, data = Path(opts.out), Path(opts.data)
     identity = run_identity(opts, recipe=dataclasses.asdict(recipe))
     check_run_folder(out, opts.resume, identity)
-    train_rows = training_rows(data, opts.labels, opts.split_train, opts.wsm)
+    train_rows = training_rows(data, opts.labels, opts.split_train, opts.wsm, opts.min_confidence)
     test_rows = eval_rows(data, opts.eval_split)
     check_no_overlap(train_rows, test_rows)
     size = recipe.size

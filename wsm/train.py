@@ -95,6 +95,7 @@ class TrainOptions:
     out: Path                            # RUN folder
     labels: str = "official"             # official | both | a folder of label maps (WSM)
     wsm: Path | None = None              # the weak maps for labels = both
+    min_confidence: float | None = None  # train only on weak maps whose manifest confidence is at least this
     arch: str = "unet"                   # a key of wsm.models.segmentation.ARCHITECTURES
     encoder: str = "resnet18"            # a timm model name
     num_classes: int = 1                 # 1: lesion map (sigmoid); K > 1: class-index maps (softmax)
@@ -128,6 +129,8 @@ class TrainOptions:
         args = ["wsm", "train", "--data", str(self.data), "--out", str(self.out), "--labels", self.labels]
         if self.wsm is not None:
             args += ["--wsm", str(self.wsm)]
+        if self.min_confidence is not None:
+            args += ["--min-confidence", str(self.min_confidence)]
         args += ["--arch", self.arch, "--encoder", self.encoder, "--num-classes", str(self.num_classes),
                  "--loss", self.resolved_loss(), "--split-train", self.split_train, "--eval-split", self.eval_split,
                  "--epochs", str(self.epochs), "--size", str(self.size), "--batch-size", str(self.batch_size),
@@ -172,27 +175,37 @@ class TrainSummary:
 
 # --------------------------------------------------------------------------------------------------- rows
 
-def weak_maps(folder: Path | str) -> pd.DataFrame:
+def weak_maps(folder: Path | str, min_confidence: float | None = None) -> pd.DataFrame:
     """``isic_id`` and absolute ``label_file`` of every label map in a WSM folder (its manifest's ``ok`` rows, or
-    every ``*.png`` when it has no manifest)."""
+    every ``*.png`` when it has no manifest); with ``min_confidence``, only the maps whose manifest confidence is
+    at least that."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"label folder {folder} does not exist; give `official`, `both` (with --wsm) or the folder "
                         "`wsm generate` wrote")
     manifest = folder / "manifest.parquet"
     if manifest.exists():
-        table = pd.read_parquet(manifest, columns=["isic_id", "path", "status"])
+        table = pd.read_parquet(manifest)
         table = table[(table["status"] == "ok") & table["path"].notna()]
+        if min_confidence is not None:
+            if "confidence" not in table:
+                raise DataError(f"{manifest} has no confidence column (not written by `wsm generate`); "
+                                "leave out --min-confidence")
+            table = table[table["confidence"] >= min_confidence]
         files = [str((folder / p).resolve()) for p in table["path"]]
         out = pd.DataFrame({"isic_id": table["isic_id"].astype(str).tolist(), "label_file": files})
     else:
         if list(folder.glob("manifest-part-*.parquet")):
             raise DataError(f"{folder} holds shard manifests but no manifest.parquet; join them first with "
                             f"`wsm generate --out {folder} --merge`")
+        if min_confidence is not None:
+            raise DataError(f"--min-confidence needs the confidences of {folder}/manifest.parquet "
+                            "(written by `wsm generate`); this folder has none")
         paths = sorted(folder.glob("*.png"))
         out = pd.DataFrame({"isic_id": [p.stem for p in paths], "label_file": [str(p.resolve()) for p in paths]})
     if out.empty:
-        raise DataError(f"{folder} holds no label maps (ISIC_x.png)")
+        hint = f" with confidence >= {min_confidence}" if min_confidence is not None else ""
+        raise DataError(f"{folder} holds no label maps (ISIC_x.png){hint}")
     return out.drop_duplicates("isic_id").reset_index(drop=True)
 
 
@@ -202,8 +215,8 @@ def _check_split(name: str, what: str, allow_none: bool = False) -> None:
         raise DataError(f"unknown {what} {name!r}; choose one of {', '.join(choices)}")
 
 
-def training_rows(data: Path | str, labels: str, split_train: str = "train", wsm: Path | str | None = None
-                  ) -> pd.DataFrame:
+def training_rows(data: Path | str, labels: str, split_train: str = "train", wsm: Path | str | None = None,
+                  min_confidence: float | None = None) -> pd.DataFrame:
     """The training images with their labels: columns isic_id, file, label_file, label_kind (mask | labels),
     label_source (official | weak), sorted by isic_id. See the module doc for which images take part."""
     _check_split(split_train, "training split")
@@ -221,7 +234,7 @@ def training_rows(data: Path | str, labels: str, split_train: str = "train", wsm
             folder = Path(wsm)
         else:
             folder = Path(labels)
-        maps = weak_maps(folder)
+        maps = weak_maps(folder, min_confidence)
         candidates = pd.concat([in_split, select_split(rows, "unlabeled")]).drop_duplicates("isic_id")
         weak = candidates.merge(maps, on="isic_id", how="inner")
         weak = pd.DataFrame({"isic_id": weak["isic_id"], "file": weak["file"], "label_file": weak["label_file"],
@@ -510,7 +523,9 @@ def run(opts: TrainOptions) -> TrainSummary | None:
                         f"e.g. {max(32, round(opts.size / 32) * 32)}")
     identity = run_identity(opts)
     check_run_folder(out, opts.resume, identity)
-    train_rows = training_rows(opts.data, opts.labels, opts.split_train, opts.wsm)
+    if opts.min_confidence is not None and opts.labels == "official":
+        raise DataError("--min-confidence selects weak maps; it needs --labels both or --labels WSM_DIR")
+    train_rows = training_rows(opts.data, opts.labels, opts.split_train, opts.wsm, opts.min_confidence)
     class_maps = Path(opts.labels) if opts.num_classes > 1 else None
     test_rows = eval_rows(opts.data, opts.eval_split, class_maps)
     check_no_overlap(train_rows, test_rows)

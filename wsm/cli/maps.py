@@ -45,7 +45,9 @@ def register(commands) -> None:
     gen.add_argument("--out", type=Path, required=True, metavar="WSM")
     gen.add_argument("--shard", metavar="I/N", help="this machine's share (default: RANK/WORLD_SIZE, Slurm, or 0/1)")
     gen.add_argument("--merge", action="store_true", help="only join the shards' manifest parts in WSM")
-    gen.add_argument("--workers", type=int, default=0, help="CPU worker processes (0: half the cores)")
+    gen.add_argument("--workers", type=int, default=0,
+                     help="CPU worker processes for decode, CRF and PNG (0: every core, or half of them when a CAM "
+                          "runs on the CPU)")
     gen.add_argument("--batch-size", type=int, default=16)
     gen.add_argument("--limit", type=int, default=0, help="at most N images (0: all)")
     gen.add_argument("--only", type=Path, metavar="IDS", help="only these isic_ids (one per line, or a CSV)")

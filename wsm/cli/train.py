@@ -35,6 +35,8 @@ def register(commands) -> None:
     p.add_argument("--labels", default="official", metavar="official|WSM_DIR|both",
                    help="where the training labels come from")
     p.add_argument("--wsm", type=Path, metavar="WSM_DIR", help="the weak maps for --labels both")
+    p.add_argument("--min-confidence", type=float, metavar="C",
+                   help="train only on the weak maps whose confidence (WSM manifest) is at least C, in 0..1")
     p.add_argument("--pipeline", metavar="mbdcnn|PATH", help="a multi-network recipe instead of one network: "
                    "a pipelines/<name>.toml name or a path (method = \"mbdcnn\")")
     add_set_flag(p, "--pipeline")
@@ -76,7 +78,7 @@ def options(args):
     given = {k: getattr(args, k) for k in ("arch", "encoder", "loss", "epochs", "size", "batch_size", "lr")
              if getattr(args, k) is not None}
     return TrainOptions(data=args.data, out=args.out, labels=str(args.labels), wsm=args.wsm,
-                        num_classes=args.num_classes, split_train=args.split_train, eval_split=args.eval_split,
+                        min_confidence=args.min_confidence, num_classes=args.num_classes, split_train=args.split_train, eval_split=args.eval_split,
                         weight_decay=args.weight_decay, augment=args.augment, seed=args.seed, device=args.device,
                         workers=args.workers, amp=args.amp, accumulate=args.accumulate,
                         pretrained=args.pretrained, weights_file=args.weights_file, init=args.init, resume=args.resume,
