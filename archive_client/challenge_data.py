@@ -97,7 +97,8 @@ def check_mask(path: Path, image_size: tuple[int, int] | None = None) -> MaskChe
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return MaskCheck(f"does not decode as a PNG ({err.__class__.__name__}: {err})")
     if image_size is not None and (width, height) != tuple(image_size):
-        return MaskCheck(f"is {width}x{height} but its image is {image_size[0]}x{image_size[1]}", width, height)
+        return MaskCheck(f"is {width}x{height} but its image is {image_size[0]}x{image_size[1]} (as displayed, "
+                         "after any EXIF rotation)", width, height)
     png = None
     if converted is not None:
         buf = io.BytesIO()

@@ -241,14 +241,21 @@ def main() -> None:
             "official+weak": TrainOptions(out=args.work / "run-official+weak", labels="both", wsm=wsm_dir,
                                           epochs=args.epochs, **common)}
     if args.epochs_finetune:
-        runs["weak, then official"] = TrainOptions(
+        runs["weak, then official (+init)"] = TrainOptions(
             out=args.work / "run-finetune", labels="official", init=str(runs["official+weak"].out),
             epochs=args.epochs_finetune, **{**common, "lr": args.lr / 2})
     if args.confident_fraction:
+        import math
+
         import pandas as pd
 
+        if not 0 < args.confident_fraction <= 1:
+            raise SystemExit(f"--confident-fraction must be within (0, 1], got {args.confident_fraction}")
+
         confidence = pd.read_parquet(wsm_dir / "manifest.parquet").set_index("isic_id")["confidence"]
-        threshold = round(float(confidence.reindex(parts["weak"]).quantile(1 - args.confident_fraction)), 4)
+        # rounded down, so that the fraction kept is at least the one asked for
+        threshold = math.floor(float(confidence.reindex(parts["weak"]).quantile(1 - args.confident_fraction))
+                               * 1e4) / 1e4
         n_confident = int((confidence.reindex(parts["weak"]) >= threshold).sum())
         steps = args.epochs * n_both
         runs["official+confident weak"] = TrainOptions(
@@ -275,9 +282,9 @@ def main() -> None:
 
     print(f"\ncommand: {bench_cmd}\nseed: {args.seed}; split by sha256(downstream:seed:isic_id): "
           f"{args.labelled} labelled, {args.weak} weak, {args.eval} eval (official masks, never trained on)")
-    print(f"{'training labels':24s} {'images':>6s} {'epochs':>6s} {'Jaccard':>8s} {'thr.Jacc':>8s} {'Dice':>8s}")
+    print(f"{'training labels':29s} {'images':>6s} {'epochs':>6s} {'Jaccard':>8s} {'thr.Jacc':>8s} {'Dice':>8s}")
     for name, r in results.items():
-        print(f"{name:24s} {r['n_train']:6d} {r['epochs']:6d} {r['jaccard']:8.4f} {r['threshold_jaccard']:8.4f} "
+        print(f"{name:29s} {r['n_train']:6d} {r['epochs']:6d} {r['jaccard']:8.4f} {r['threshold_jaccard']:8.4f} "
               f"{r['dice']:8.4f}")
     for name, r in results.items():
         print(f"  {name}: {r['command']}")

@@ -3,7 +3,8 @@
     python benchmarks/speed.py --bundle BUNDLE [--n 200] [--memory-n 200,2000] [--source DIR] [--workers 1]
 
 1. per-stage times, one image at a time in this process: decode+preprocess, CAM (forward+backward, flip TTA),
-   prior, fusion+CRF+morphology+decision, resize back and PNG write;
+   prior, fusion+CRF+morphology+decision, resize back and PNG write (every network's, even one that generate
+   skips because calibration weighted its map 0);
 2. `wsm generate` end to end on N images (its default workers), in a subprocess: images/s;
 3. peak memory (the summed RSS of generate and its workers, sampled every 0.2 s) at each --memory-n;
 4. the bare classifier forward+backward on the same N images at the same size and batch: the unavoidable cost of
@@ -119,6 +120,15 @@ def main() -> None:
     import torch
 
     print(f"bundle {args.bundle}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    from wsm.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    used, every = bundle.load_models("cpu"), bundle.load_models("cpu", skip_unweighted=False)
+    skipped = [name for name, attr in (("cam", "classifier"), ("prior", "prior"))
+               if getattr(every, attr) is not None and getattr(used, attr) is None]
+    if skipped:
+        print(f"note: generate skips {', '.join(skipped)} with this bundle (fusion weight 0); its per-stage time "
+              "below is for information")
     stages = stage_times(args.bundle, files[: args.stage_n])
     for name, seconds in stages.items():
         print(f"stage {name:28s} {seconds * 1000:8.1f} ms/image")

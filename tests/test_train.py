@@ -177,7 +177,7 @@ def test_min_confidence_keeps_the_confident_weak_maps(half_labelled, tmp_path):
     scored = tmp_path / "WSM"
     shutil.copytree(wsm, scored)
     manifest = pd.read_parquet(scored / "manifest.parquet").sort_values("isic_id").reset_index(drop=True)
-    manifest["confidence"] = np.linspace(0.0, 1.0, len(manifest))
+    manifest["confidence"] = np.linspace(0.0, 0.9, len(manifest))
     manifest.to_parquet(scored / "manifest.parquet")
     confident = set(manifest[manifest["confidence"] >= 0.5]["isic_id"])
     both = training_rows(root, "both", "train", wsm=scored, min_confidence=0.5)
@@ -185,8 +185,12 @@ def test_min_confidence_keeps_the_confident_weak_maps(half_labelled, tmp_path):
     assert (both["label_source"] == "official").sum() == 16          # official masks are never filtered
     with pytest.raises(DataError, match="no confidence column"):
         training_rows(root, "both", "train", wsm=wsm, min_confidence=0.5)
-    with pytest.raises(DataError, match="confidence >= 2"):
-        training_rows(root, str(scored), "train", min_confidence=2)
+    with pytest.raises(DataError, match="confidence >= 0.95"):
+        training_rows(root, str(scored), "train", min_confidence=0.95)
+    with pytest.raises(DataError, match="within 0..1"):
+        training_rows(root, str(scored), "train", min_confidence=float("nan"))
+    with pytest.raises(DataError, match="needs --labels both"):
+        training_rows(root, "official", "train", min_confidence=0.5)
 
 
 def test_both_trains_with_ignored_pixels(half_labelled, tmp_path):
@@ -231,6 +235,15 @@ def test_init_fine_tunes_an_earlier_run_and_refuses_a_dishonest_one(half_labelle
                   "--epochs", "1") == 0
     assert _train("--data", str(data), "--out", str(tmp_path / "c"), "--init", str(seen_eval)) == 2
     assert "would not be honest" in capsys.readouterr().err
+    # ... also through a run in between, which carries the lineage in init_ids.txt
+    between = tmp_path / "between"
+    assert _train("--data", str(data), "--out", str(between), "--init", str(seen_eval), "--eval-split", "none",
+                  "--epochs", "1") == 0
+    assert (between / "init_ids.txt").exists()
+    assert _train("--data", str(data), "--out", str(tmp_path / "d"), "--init", str(between)) == 2
+    assert "would not be honest" in capsys.readouterr().err
+    assert _train("--data", str(root), "--out", str(tmp_path / "e"), "--init", str(weak), "--pretrained") == 2
+    assert "leave out --pretrained" in capsys.readouterr().err
 
 
 def test_bad_options_are_one_line_errors(data, tmp_path, capsys):

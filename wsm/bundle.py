@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import tomllib
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archive_client.atomic import write_text_atomic
+from archive_client.transfer import sha256_file
 from wsm import __version__
 from wsm.errors import WsmError
 from wsm.maps import MapModels, weighted_maps
@@ -30,14 +30,6 @@ PROVENANCE = "provenance.json"
 
 class BundleError(WsmError, ValueError):
     """A bundle folder that is missing or incomplete."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def versions() -> dict:
@@ -71,7 +63,7 @@ class Bundle:
     provenance: dict
 
     def model_hashes(self) -> dict[str, str]:
-        return {name: file_sha256(self.folder / name)[:16] for name in (CLASSIFIER, PRIOR)
+        return {name: sha256_file(self.folder / name)[:16] for name in (CLASSIFIER, PRIOR)
                 if (self.folder / name).exists()}
 
     def load_models(self, device: str = "cpu", *, skip_unweighted: bool = True) -> MapModels:

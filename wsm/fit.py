@@ -20,6 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from archive_client.layout import DataLayout
+from archive_client.transfer import sha256_file
 from wsm import bundle as B
 from wsm.data import DataError, read_manifest, read_truth, with_truth
 from wsm.pipeline import load_pipeline
@@ -158,7 +159,7 @@ def fit(opts: FitOptions) -> FitSummary:
     models = MapModels(recipe, device=opts.device)
     provenance = {"recipe": recipe.name, "method": recipe.method, "seed": recipe.seed, "device": opts.device,
                   "data": str(data.resolve()), "versions": B.versions(), "excluded_ids": len(opts.exclude_ids),
-                  "data_manifest_sha256": B.file_sha256(DataLayout(data).manifest)}
+                  "data_manifest_sha256": sha256_file(DataLayout(data).manifest)}
 
     if recipe.uses_classifier:
         started = time.perf_counter()

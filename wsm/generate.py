@@ -250,10 +250,6 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(opts.bundle)
-    models = bundle.load_models(opts.device) if bundle.recipe.method != "classic" else None
-    cam_on_cpu = models is not None and models.classifier is not None and not opts.device.startswith("cuda")
-    workers, threads = cpu_split(os.cpu_count() or 2, cam_on_cpu, opts.workers)
-    torch.set_num_threads(threads)
     shard_tag = f"{opts.shard[0]}-of-{opts.shard[1]}"
     manifest_path = out / part_name(*opts.shard)
     summary = GenerateSummary(out, manifest=manifest_path)
@@ -269,6 +265,11 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         done = _done_ids(manifest_path, out)
         summary.total, summary.skipped = len(rows), int(rows["isic_id"].isin(done).sum())
         rows = rows[~rows["isic_id"].isin(done)]
+        networks = bundle.recipe.method != "classic" and len(rows) > 0
+        models = bundle.load_models(opts.device) if networks else None
+        cam_on_cpu = models is not None and models.classifier is not None and not opts.device.startswith("cuda")
+        workers, threads = cpu_split(os.cpu_count() or 2, cam_on_cpu, opts.workers)
+        torch.set_num_threads(threads)
         provenance = _provenance(bundle, opts.shard)
         builder = ManifestBuilder(manifest_path, WSM_MANIFEST)
         bar = tqdm(total=summary.total, initial=summary.skipped, unit="img", desc="generate",

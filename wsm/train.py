@@ -20,7 +20,13 @@ Which images train, with which labels (``labels``):
 - ``both`` (with ``wsm``): official masks where ``split_train`` has them, weak maps for the other images.
 
 Images of other official splits are never trained on, whatever their maps, and a run whose training images
-include an evaluation image is refused: the evaluation numbers stay honest.
+include an evaluation image is refused: the evaluation numbers stay honest. ``min_confidence`` keeps only the
+weak maps whose confidence (the WSM manifest's) is at least that; official masks are always kept.
+
+Fine-tuning (``init``, ``--init RUN``): the network starts from an earlier run's weights (e.g. trained on weak
+maps, then fine-tuned on official masks). The earlier run must have the same network, and neither it nor any run
+it started from may have trained on an evaluation image (RUN/init_ids.txt carries that lineage); a bare weights
+file, whose training images are unknown, is accepted with a warning.
 
 Multi-class maps (e.g. the five ISIC 2018 Task 2 dermoscopic structures plus background): ``num_classes`` K > 1,
 ``labels`` a folder of class-index PNGs (0..K-1, 255 ignored), loss ``ce`` (weighted by inverse class pixel
@@ -48,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from archive_client.atomic import write_text_atomic
+from archive_client.transfer import sha256_file
 from wsm.data import SPLIT_CHOICES, DataError, read_manifest, read_truth, select_split, with_truth
 from wsm.errors import WsmError
 
@@ -69,6 +76,8 @@ log = logging.getLogger(__name__)
 
 LABEL_CHOICES = ("official", "both")   # or a folder of label maps
 CONFIG = "config.json"
+TRAIN_IDS = "train_ids.txt"
+INIT_IDS = "init_ids.txt"          # images the runs this one was initialised from trained on
 METRICS = "metrics.json"
 PER_IMAGE = "per_image.csv"
 NO_EVAL = "none"
@@ -220,6 +229,10 @@ def training_rows(data: Path | str, labels: str, split_train: str = "train", wsm
     """The training images with their labels: columns isic_id, file, label_file, label_kind (mask | labels),
     label_source (official | weak), sorted by isic_id. See the module doc for which images take part."""
     _check_split(split_train, "training split")
+    if min_confidence is not None and labels == "official":
+        raise DataError("--min-confidence selects weak maps; it needs --labels both or --labels WSM_DIR")
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise DataError(f"--min-confidence must be within 0..1 (the WSM manifest's confidence), got {min_confidence}")
     rows = with_truth(read_manifest(data), read_truth(data))
     in_split = select_split(rows, split_train)
     official = in_split[in_split["mask_file"].notna()]
@@ -453,8 +466,11 @@ def check_run_folder(out: Path, resume: bool, identity: dict | None = None) -> N
                        "or choose another --out")
 
 
-def write_ids(out: Path, train: pd.DataFrame, evaluation: pd.DataFrame) -> None:
-    write_text_atomic(out / "train_ids.txt", "".join(f"{i}\t{s}\n" for i, s in zip(train["isic_id"],
+def write_ids(out: Path, train: pd.DataFrame, evaluation: pd.DataFrame,
+              inherited: set[str] | None = None) -> None:
+    if inherited:
+        write_text_atomic(out / INIT_IDS, "".join(f"{i}\n" for i in sorted(inherited)))
+    write_text_atomic(out / TRAIN_IDS, "".join(f"{i}\t{s}\n" for i, s in zip(train["isic_id"],
                                                                                    train["label_source"])))
     write_text_atomic(out / "eval_ids.txt", "".join(f"{i}\n" for i in evaluation["isic_id"]))
 
@@ -466,9 +482,8 @@ def check_no_overlap(train: pd.DataFrame, evaluation: pd.DataFrame) -> None:
                         "--split-train that excludes the --eval-split (or --eval-split none)")
 
 
-def init_weights(init: Path | str, opts: TrainOptions, evaluation: pd.DataFrame) -> Path:
-    """The weights file of ``init`` (a RUN folder or a .safetensors file) for fine-tuning, checked: a RUN must
-    have this run's network (arch, encoder, classes) and must not have trained on an evaluation image."""
+def init_weights_file(init: Path | str) -> Path:
+    """The weights file of ``--init`` (a RUN folder or a .safetensors file)."""
     from wsm.training import WEIGHTS_NAME
 
     init = Path(init)
@@ -476,20 +491,45 @@ def init_weights(init: Path | str, opts: TrainOptions, evaluation: pd.DataFrame)
     if not weights.is_file():
         raise TrainError(f"--init {init}: no weights there (give a finished `wsm train` RUN folder, which holds "
                          f"{WEIGHTS_NAME}, or a .safetensors file)")
-    if init.is_dir() and (init / CONFIG).exists():
-        earlier = json.loads((init / CONFIG).read_text(encoding="utf8"))["options"]
+    return weights
+
+
+def trained_ids(run_dir: Path) -> set[str] | None:
+    """Every image the network of a RUN folder learnt from: its own training images and those of the runs it was
+    initialised from (``INIT_IDS``); None when the folder keeps no record."""
+    own = run_dir / TRAIN_IDS
+    if not own.exists():
+        return None
+    ids = set()
+    for name in (TRAIN_IDS, INIT_IDS):
+        if (run_dir / name).exists():
+            ids |= {line.split("\t", 1)[0] for line in (run_dir / name).read_text(encoding="utf8").splitlines()}
+    return ids
+
+
+def check_init(weights: Path, opts: TrainOptions, evaluation: pd.DataFrame) -> set[str] | None:
+    """Check the run ``weights`` comes from: the same network (arch, encoder, classes), and no evaluation image
+    among the images it (or any run before it) trained on. Returns those images, or None (with a warning) when
+    the weights' folder is not a `wsm train` RUN and no such check is possible."""
+    run_dir = weights.parent
+    if (run_dir / CONFIG).exists():
+        earlier = json.loads((run_dir / CONFIG).read_text(encoding="utf8")).get("options", {})
         differ = {k: (earlier.get(k), getattr(opts, k)) for k in ("arch", "encoder", "num_classes")
                   if earlier.get(k) != getattr(opts, k)}
         if differ:
-            raise TrainError(f"--init {init} holds another network (its value, this run's): {differ}")
-    ids_file = init / "train_ids.txt" if init.is_dir() else None
-    if ids_file is not None and ids_file.exists():
-        trained = {line.split("\t", 1)[0] for line in ids_file.read_text(encoding="utf8").splitlines()}
-        seen = sorted(trained & set(evaluation["isic_id"]))
-        if seen:
-            raise DataError(f"--init {init} was trained on {len(seen)} of this run's evaluation images (e.g. "
-                            f"{seen[:3]}); its numbers would not be honest: choose another --eval-split")
-    return weights
+            raise TrainError(f"--init {opts.init} holds another network (its value, this run's): {differ}")
+    seen_before = trained_ids(run_dir)
+    if seen_before is None:
+        log.warning("--init %s: %s has no %s, so nothing shows which images those weights learnt from; the "
+                    "evaluation is honest only if none of the %d evaluation images was among them",
+                    opts.init, run_dir, TRAIN_IDS, len(evaluation))
+        return None
+    seen = sorted(seen_before & set(evaluation["isic_id"]))
+    if seen:
+        raise DataError(f"--init {opts.init} (or a run it started from) was trained on {len(seen)} of this run's "
+                        f"evaluation images (e.g. {seen[:3]}); its numbers would not be honest: choose another "
+                        "--eval-split")
+    return seen_before
 
 
 def _load_init(model, weights: Path, opts: TrainOptions) -> None:
@@ -497,8 +537,8 @@ def _load_init(model, weights: Path, opts: TrainOptions) -> None:
 
     try:
         load_weights(model, weights)
-    except RuntimeError as err:     # missing, unexpected or mis-shaped tensors
-        raise TrainError(f"--init {weights} does not fit a {opts.arch} / {opts.encoder} network with "
+    except Exception as err:     # missing, unexpected or mis-shaped tensors; not a safetensors file
+        raise TrainError(f"--init {weights} could not be loaded into a {opts.arch} / {opts.encoder} network with "
                          f"{opts.num_classes} class(es): {str(err).splitlines()[0]}") from err
 
 
@@ -521,15 +561,17 @@ def run(opts: TrainOptions) -> TrainSummary | None:
     if opts.size % 32:
         raise DataError(f"--size must be a multiple of 32 (the encoders' output stride), got {opts.size}; "
                         f"e.g. {max(32, round(opts.size / 32) * 32)}")
-    identity = run_identity(opts)
+    if opts.init and (opts.pretrained or opts.weights_file):
+        raise TrainError("--init replaces every weight; leave out --pretrained / --weights")
+    init = init_weights_file(opts.init) if opts.init else None
+    # the starting weights by content, not by path: a resumed run must start from the same ones
+    identity = run_identity(opts, **({"init": sha256_file(init)} if init else {}))
     check_run_folder(out, opts.resume, identity)
-    if opts.min_confidence is not None and opts.labels == "official":
-        raise DataError("--min-confidence selects weak maps; it needs --labels both or --labels WSM_DIR")
     train_rows = training_rows(opts.data, opts.labels, opts.split_train, opts.wsm, opts.min_confidence)
     class_maps = Path(opts.labels) if opts.num_classes > 1 else None
     test_rows = eval_rows(opts.data, opts.eval_split, class_maps)
     check_no_overlap(train_rows, test_rows)
-    init = init_weights(opts.init, opts, test_rows) if opts.init else None
+    inherited = check_init(init, opts, test_rows) if init else None
 
     with distributed(opts.device) as (device, rank, world):
         if rank == 0:
@@ -559,7 +601,7 @@ def run(opts: TrainOptions) -> TrainSummary | None:
                   "argv": sys.argv, "seed": opts.seed, "world_size": world, "versions": _versions(), **counts}
         if rank == 0:
             _write_json(out / CONFIG, config)
-            write_ids(out, train_rows, test_rows)
+            write_ids(out, train_rows, test_rows, inherited)
         result = train(model, dataset, loss_fn, cfg, out, progress=opts.progress)
         if rank != 0:
             return None

@@ -36,7 +36,8 @@ def register(commands) -> None:
                    help="where the training labels come from")
     p.add_argument("--wsm", type=Path, metavar="WSM_DIR", help="the weak maps for --labels both")
     p.add_argument("--min-confidence", type=float, metavar="C",
-                   help="train only on the weak maps whose confidence (WSM manifest) is at least C, in 0..1")
+                   help="train only on the weak maps whose confidence (WSM manifest) is at least C (0..1); "
+                        "official masks are always kept")
     p.add_argument("--pipeline", metavar="mbdcnn|PATH", help="a multi-network recipe instead of one network: "
                    "a pipelines/<name>.toml name or a path (method = \"mbdcnn\")")
     add_set_flag(p, "--pipeline")
@@ -89,7 +90,7 @@ def options(args):
 def run_train(args) -> int:
     opts, given = options(args)
     if args.pipeline and args.init:
-        print("wsm: error: --init applies to one network; a --pipeline sets its networks' weights with --set",
+        print("wsm: error: --init is not supported with --pipeline (it starts one network from an earlier run)",
               file=sys.stderr)
         return 2
     if args.pipeline:
