@@ -85,6 +85,21 @@ def test_predict_prob(arch):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_flip_tta_is_the_mean_over_flips_and_flip_equivariant():
+    model = create_segmenter("unet", ENCODER)
+    x = torch.randn(2, 3, 64, 64)
+    tta = predict_prob(model, x, flip_tta=True)
+    views = [predict_prob(model, x.flip(d)) for d in ((3,), (2,), (2, 3))]
+    expected = (predict_prob(model, x) + views[0][:, :, ::-1] + views[1][:, ::-1] + views[2][:, ::-1, ::-1]) / 4
+    np.testing.assert_allclose(tta, expected, atol=1e-6)
+    # a mirrored image gets the mirrored map, exactly (up to float summation order)
+    np.testing.assert_allclose(predict_prob(model, x.flip(3), flip_tta=True), tta[:, :, ::-1], atol=1e-6)
+    assert not np.allclose(tta, predict_prob(model, x))
+    multi = predict_prob(create_segmenter("unet", ENCODER, num_classes=3), x, flip_tta=True)
+    assert multi.shape == (2, 3, 64, 64)
+    np.testing.assert_allclose(multi.sum(axis=1), 1.0, atol=1e-5)
+
+
 def test_pretrained_encoder_offline_fails_clearly(monkeypatch):
     from huggingface_hub import constants
 

@@ -66,10 +66,14 @@ def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+INFERENCE_ONLY = frozenset({"flip_tta"})   # stage settings that do not change what is trained
+
+
 def work_dir(work: Path, stage: str, cfg, recipe: Recipe, extra: dict | None = None) -> Path:
     """Checkpoints of one stage, keyed by everything that shapes its model: a changed setting starts afresh
     instead of resuming a checkpoint trained differently."""
-    key = json.dumps({"cfg": dataclasses.asdict(cfg), "seed": recipe.seed, **(extra or {})}, sort_keys=True)
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in INFERENCE_ONLY}
+    key = json.dumps({"cfg": settings, "seed": recipe.seed, **(extra or {})}, sort_keys=True)
     return work / f"{stage}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 

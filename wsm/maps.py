@@ -86,7 +86,8 @@ class MapModels:
 
             # float16 on CUDA: the prior is a plain forward pass (the CAM needs float32 gradients, so it stays)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
-                probs = predict_prob(self.prior, to_batch(images, self.recipe.prior.size, self.device))
+                probs = predict_prob(self.prior, to_batch(images, self.recipe.prior.size, self.device),
+                                     flip_tta=self.recipe.prior.flip_tta)
             for item, prob in zip(out, probs):
                 item["prior"] = _resize_prob(prob, size)
         return out

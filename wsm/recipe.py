@@ -48,6 +48,7 @@ class SegmenterConfig:
 @dataclass(frozen=True)
 class PriorConfig(SegmenterConfig):
     enabled: bool = True            # train a segmentation net on the official masks of the fitting split
+    flip_tta: bool = False          # average its maps over the four flips of the image (4x the prior's cost)
 
 
 @dataclass(frozen=True)

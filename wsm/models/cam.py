@@ -36,6 +36,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 from torch import nn  # noqa: E402
 
 from .classifier import target_layer as default_target_layer  # noqa: E402
+from .segmentation import FLIP_VIEWS  # noqa: E402
 
 __all__ = ["CAM_METHODS", "cam_maps", "create_cam"]
 
@@ -51,9 +52,6 @@ CAM_METHODS: dict[str, type[BaseCAM]] = {
     "eigengradcam": EigenGradCAM,
     "scorecam": ScoreCAM,
 }
-
-# (dims of a (B, C, H, W) tensor to flip) for each TTA view; the same dims minus one undo it on a (B, H, W) map.
-_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
 
 
 def create_cam(name: str, model: nn.Module, target_layer: nn.Module) -> BaseCAM:
@@ -118,7 +116,7 @@ def cam_maps(model: nn.Module, images: torch.Tensor, method: str = "gradcam++",
     layer = default_target_layer(model) if target_layer is None else target_layer
     device = next(model.parameters()).device
     batch, _, height, width = images.shape
-    views = _FLIPS if flip_tta else _FLIPS[:1]
+    views = FLIP_VIEWS if flip_tta else FLIP_VIEWS[:1]
     was_training = model.training
     requires_grad = [(p, p.requires_grad) for p in model.parameters()]
     layer_params = {id(p) for p in layer.parameters()}
@@ -151,5 +149,6 @@ def cam_maps(model: nn.Module, images: torch.Tensor, method: str = "gradcam++",
             model.zero_grad(set_to_none=True)
             model.train(was_training)
     maps = maps.reshape(len(views), batch, height, width)
+    # a view's dims minus one undo its flip on a (B, H, W) stack of maps
     unflipped = [np.flip(m, axis=tuple(d - 1 for d in dims)) if dims else m for m, dims in zip(maps, views)]
     return np.clip(np.mean(unflipped, axis=0), 0.0, 1.0).astype(np.float32)

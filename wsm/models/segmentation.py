@@ -323,8 +323,14 @@ def pad_to_multiple(images: torch.Tensor, multiple: int = 32, value: float = 0.0
     return F.pad(images, (0, pw, 0, ph), value=value), (h, w)
 
 
-def predict_prob(model: nn.Module, images: torch.Tensor) -> np.ndarray:
-    """Lesion probabilities of a batch, under ``torch.inference_mode()`` in eval mode (the mode is restored).
+# (dims of a (B, C, H, W) tensor to flip) for each flip test-time-augmentation view: identity, horizontal,
+# vertical, both. The four form a group, so averaging over them gives an exactly flip-equivariant map.
+FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
+
+def predict_prob(model: nn.Module, images: torch.Tensor, flip_tta: bool = False) -> np.ndarray:
+    """Lesion probabilities of a batch, under ``torch.inference_mode()`` in eval mode (the mode is restored);
+    with ``flip_tta`` the mean of the probabilities over the four flips of the images, each flipped back.
 
     Shape:
         images (B, C, H, W) -> (B, H, W) float32 sigmoid probabilities for a 1-class model,
@@ -333,10 +339,15 @@ def predict_prob(model: nn.Module, images: torch.Tensor) -> np.ndarray:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    views = FLIP_VIEWS if flip_tta else FLIP_VIEWS[:1]
     try:
         with torch.inference_mode():
-            logits = model(images.to(device=device, dtype=torch.float32))
-            probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-            return probs.float().cpu().numpy()
+            x = images.to(device=device, dtype=torch.float32)
+            total = None
+            for dims in views:
+                logits = model(x.flip(dims)).flip(dims) if dims else model(x)
+                probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+                total = probs.float() if total is None else total + probs.float()
+            return (total / len(views)).cpu().numpy()
     finally:
         model.train(was_training)
