@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from archive_client.atomic import write_text_atomic
 from archive_client.transfer import sha256_file
@@ -124,7 +125,7 @@ class TrainOptions:
     accumulate: int = 1                  # gradient accumulation chunks per batch
     pretrained: bool = False             # ImageNet encoder weights from the hub
     weights_file: str = ""               # or from a local timm weights file
-    init: str = ""                       # start from an earlier RUN's whole network (fine-tuning), see init_weights
+    init: str = ""                       # start from an earlier RUN's whole network (fine-tuning), see check_init
     resume: bool = False                 # continue the checkpoint in RUN (otherwise a RUN with one is refused)
     threshold: float = 0.5               # lesion where the probability is above this
     save_predictions: bool = False       # write RUN/predictions/ISIC_x_segmentation.png (0/255)
@@ -194,12 +195,15 @@ def weak_maps(folder: Path | str, min_confidence: float | None = None) -> pd.Dat
                         "`wsm generate` wrote")
     manifest = folder / "manifest.parquet"
     if manifest.exists():
-        table = pd.read_parquet(manifest)
-        table = table[(table["status"] == "ok") & table["path"].notna()]
+        columns = ["isic_id", "path", "status"]
         if min_confidence is not None:
-            if "confidence" not in table:
+            if "confidence" not in pq.read_schema(manifest).names:
                 raise DataError(f"{manifest} has no confidence column (not written by `wsm generate`); "
                                 "leave out --min-confidence")
+            columns.append("confidence")
+        table = pd.read_parquet(manifest, columns=columns)
+        table = table[(table["status"] == "ok") & table["path"].notna()]
+        if min_confidence is not None:
             table = table[table["confidence"] >= min_confidence]
         files = [str((folder / p).resolve()) for p in table["path"]]
         out = pd.DataFrame({"isic_id": table["isic_id"].astype(str).tolist(), "label_file": files})
