@@ -7,6 +7,7 @@ from pathlib import Path
 
 from archive_client.api import DEFAULT_API_URL
 from archive_client.challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS
+from wsm.cli.common import HelpFormatter
 
 
 def _splits(text: str) -> tuple[str, ...]:
@@ -25,7 +26,7 @@ def register(commands) -> None:
         "(images/, metadata.csv, attribution.txt, licenses/, manifest.parquet), concurrently, verified and "
         "resumable: rerun the same command after an interruption and only what is missing is fetched. "
         "With --challenge, download the official lesion masks of an ISIC challenge instead.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     download.add_argument("--out", required=True, type=Path, metavar="DATA", help="the DATA folder to fill")
     download.add_argument("--api-url", default=DEFAULT_API_URL, help="ISIC API v2 base URL")
@@ -36,7 +37,8 @@ def register(commands) -> None:
     download.add_argument("--workers", type=int, default=32, help="concurrent transfers")
     download.add_argument("--verify", action="store_true", help="re-hash files already listed in the manifest")
     download.add_argument("--challenge", choices=sorted(CATALOG), help="download this challenge's official masks")
-    download.add_argument("--splits", type=_splits, default=SPLITS, help="with --challenge: which splits")
+    download.add_argument("--splits", type=_splits, default=SPLITS,
+                          help=f"with --challenge: which splits, comma-separated (default {','.join(SPLITS)})")
     download.add_argument("--inputs", action="store_true", help="with --challenge: the input images too")
     download.add_argument("--challenge-url", default=DEFAULT_CHALLENGE_URL,
                           help="base URL of the challenge zips (env WSM_CHALLENGE_URL)")
@@ -48,16 +50,19 @@ def register(commands) -> None:
         description="Build the DATA layout from folders you already have (e.g. extracted challenge zips): "
         "images named ISIC_ddddddd.jpg, masks ISIC_ddddddd_segmentation.png, optional labels CSV "
         "(isic_id plus diagnosis_1..5, or the ISIC 2017 melanoma / seborrheic_keratosis columns).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    imp.add_argument("--images", required=True, type=Path, metavar="DIR")
-    imp.add_argument("--masks", type=Path, metavar="DIR")
-    imp.add_argument("--labels", type=Path, metavar="CSV")
+    imp.add_argument("--images", required=True, type=Path, metavar="DIR",
+                     help="a folder (searched recursively) of ISIC_xxxxxxx.jpg / .png images")
+    imp.add_argument("--masks", type=Path, metavar="DIR", help="a folder of ISIC_xxxxxxx_segmentation.png masks")
+    imp.add_argument("--labels", type=Path, metavar="CSV",
+                     help="diagnoses: a CSV with isic_id and the archive's diagnosis_1..5 columns (metadata.csv), or "
+                          "the ISIC 2017 Part 3 ground truth (melanoma, seborrheic_keratosis)")
     imp.add_argument("--challenge", default="local", help="name the masks are filed under in DATA/masks/")
     imp.add_argument("--split", default="auto", choices=["auto", *SPLITS],
                      help="split of the masks (auto: the checked-in manifests/challenge_splits.csv, else train)")
     imp.add_argument("--link", action="store_true", help="hard-link instead of copying where possible")
-    imp.add_argument("--out", required=True, type=Path, metavar="DATA")
+    imp.add_argument("--out", required=True, type=Path, metavar="DATA", help="the DATA folder to fill")
     imp.set_defaults(run=run_import)
 
 

@@ -1,9 +1,10 @@
 """`wsm demo`: everything, offline, on the embedded sample."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from wsm.cli.common import HelpFormatter
 
 
 def register(commands) -> None:
@@ -13,7 +14,7 @@ def register(commands) -> None:
         description="Serve the embedded sample (40 ISIC 2018 images, CC-0) with the local archive emulator, "
         "download it, fetch its official masks, and run the later stages on it. Offline, a few minutes on a "
         "laptop CPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="where everything is written")
     demo.set_defaults(run=run)

@@ -1,11 +1,10 @@
 """`wsm fit` and `wsm generate`: train a bundle, then write ISIC_WSM label maps."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from wsm.cli.common import add_set_flag
+from wsm.cli.common import HelpFormatter, add_set_flag
 from wsm.data import SPLIT_CHOICES
 
 
@@ -17,7 +16,7 @@ def register(commands) -> None:
         "diagnosis labels; where DATA has official masks in the fitting splits, a segmentation prior on most of "
         "them and a calibration of fusion weight, thresholds and decision margin on the rest. Resumes from its "
         "checkpoints if interrupted. CPU sizes by default, larger ones with --device cuda (see the pipeline file).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     fit.add_argument("--data", required=True, type=Path, metavar="DATA")
     fit.add_argument("--out", required=True, type=Path, metavar="BUNDLE")
@@ -36,19 +35,21 @@ def register(commands) -> None:
         "WSM/manifest.parquet for every image of a split of DATA, or of a folder of images. Resumable (rerun "
         "the same command), shardable (--shard i/n, or RANK/WORLD_SIZE, or a Slurm array), one bad image never "
         "stops the run. With --split all and no --bundle, fits one into WSM/bundle first.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     gen.add_argument("--data", type=Path, metavar="DATA")
     gen.add_argument("--images", type=Path, metavar="DIR", help="any folder of images instead of DATA")
     gen.add_argument("--bundle", type=Path, metavar="BUNDLE", help="from `wsm fit`")
-    gen.add_argument("--split", default="all", choices=SPLIT_CHOICES)
+    gen.add_argument("--split", default="all", choices=SPLIT_CHOICES,
+                     help="which DATA images: all, those with (labeled) or without (unlabeled) an official mask, or "
+                          "an official split")
     gen.add_argument("--out", type=Path, required=True, metavar="WSM")
     gen.add_argument("--shard", metavar="I/N", help="this machine's share (default: RANK/WORLD_SIZE, Slurm, or 0/1)")
     gen.add_argument("--merge", action="store_true", help="only join the shards' manifest parts in WSM")
     gen.add_argument("--workers", type=int, default=0,
                      help="CPU worker processes for decode, CRF and PNG (0: every core, or half of them when a CAM "
                           "runs on the CPU)")
-    gen.add_argument("--batch-size", type=int, default=16)
+    gen.add_argument("--batch-size", type=int, default=16, help="images per network batch")
     gen.add_argument("--limit", type=int, default=0, help="at most N images (0: all)")
     gen.add_argument("--only", type=Path, metavar="IDS", help="only these isic_ids (one per line, or a CSV)")
     gen.add_argument("--export-challenge", action="store_true",

@@ -1,9 +1,10 @@
 """`wsm report`: score ISIC_WSM maps against the official masks and write REPORT/ (html, json, csv)."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+
+from wsm.cli.common import HelpFormatter
 
 REPORT_SPLITS = ("all", "labeled", "train", "val", "test")
 
@@ -17,7 +18,7 @@ def register(commands) -> None:
         "left out; breakdowns by diagnosis, image type, lesion size and source; the confidence score's "
         "calibration; galleries of the best and worst maps. The headline leaves out images whose mask fit used "
         "and official masks copied as maps; images with a mask but no map are listed, never dropped.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     report.add_argument("--pred", required=True, type=Path, metavar="WSM", help="from `wsm generate`")
     report.add_argument("--data", required=True, type=Path, metavar="DATA", help="with the official masks")

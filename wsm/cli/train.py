@@ -1,11 +1,10 @@
 """`wsm train`: train a segmentation network on official masks and/or weak maps, evaluate on official masks."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from wsm.cli.common import add_set_flag
+from wsm.cli.common import HelpFormatter, add_set_flag
 from wsm.data import SPLIT_CHOICES
 
 # Kept here as literals so that building the parser imports no torch; tests check them against the registries
@@ -28,7 +27,7 @@ def register(commands) -> None:
         "Multi-process: torchrun --nproc_per_node N -m wsm train ... (gloo on CPU, nccl on CUDA; --batch-size "
         "counts images over all processes). CPU defaults below; on a GPU e.g. --device cuda --encoder resnet50 "
         "--size 384 --epochs 60 --batch-size 16.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, type=Path, metavar="DATA")
     p.add_argument("--out", required=True, type=Path, metavar="RUN")
@@ -46,15 +45,16 @@ def register(commands) -> None:
     p.add_argument("--num-classes", type=int, default=1,
                    help="1: lesion maps; K > 1: class-index maps in --labels DIR (255 ignored)")
     p.add_argument("--loss", choices=LOSS_CHOICES, help="default bce+dice (1 class), ce (K classes)")
-    p.add_argument("--split-train", default="train", choices=SPLIT_CHOICES)
-    p.add_argument("--eval-split", default="val", choices=(*SPLIT_CHOICES, "none"))
+    p.add_argument("--split-train", default="train", choices=SPLIT_CHOICES, help="the DATA split whose images train")
+    p.add_argument("--eval-split", default="val", choices=(*SPLIT_CHOICES, "none"),
+                   help="the DATA split whose official masks evaluate (never trained on)")
     p.add_argument("--epochs", type=int, help="default 20")
     p.add_argument("--size", type=int, help="square working size, a multiple of 32 (default 192)")
     p.add_argument("--batch-size", type=int, help="images per step over all processes (default 16)")
     p.add_argument("--lr", type=float, help="AdamW peak learning rate, cosine decay (default 0.001)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation chunks per batch")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds initialisation, augmentation and batch order")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no DeepHealth augmentation")
