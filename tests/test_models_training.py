@@ -75,6 +75,47 @@ def test_mask_stays_aligned_with_the_image(cfg, min_iou):
         assert _iou(drawn, out_mask > 0) > min_iou, seed
 
 
+def test_zoom_and_stretch_move_the_mask_with_the_image_and_are_off_by_default():
+    image, mask = _square(box=(20, 20, 44, 44))
+    zoom_out = dataclasses.replace(GEOMETRY_ONLY, rotate_deg=(0, 0), mirror_p=0, flip_p=0, scale=(0.5, 0.5))
+    out_image, out_mask = augment(np.random.default_rng(0), image, mask, cfg=zoom_out)
+    assert abs(out_mask.sum() / mask.sum() - 0.25) < 0.05            # half the side: a quarter of the area
+    assert _iou(out_image.mean(axis=2) > 128, out_mask > 0) > 0.9
+    wide = dataclasses.replace(zoom_out, scale=(1.0, 1.0), stretch=2.0)
+    ratios = []
+    for seed in range(10):
+        out_image, out_mask = augment(np.random.default_rng(seed), image, mask, cfg=wide)
+        rows, cols = np.nonzero(out_mask)
+        ratios.append((np.ptp(cols) + 1) / (np.ptp(rows) + 1))
+        assert _iou(out_image.mean(axis=2) > 128, out_mask > 0) > 0.9
+    assert all(1 / 2.2 < r < 2.2 for r in ratios) and max(ratios) > 1.3 and min(ratios) < 1 / 1.3
+    # off (the default), they draw nothing: the recipe's random stream, and so every earlier run, is unchanged
+    calls = {name: _draws(image, mask, cfg) for name, cfg in (
+        ("default", AugmentConfig()), ("zoom", AugmentConfig(scale=(0.5, 1.0))), ("stretch", AugmentConfig(stretch=2)))}
+    assert calls["zoom"] == calls["stretch"] == calls["default"] + 1
+
+
+class _CountingRng:
+    """A numpy Generator that counts the draws made from it."""
+
+    def __init__(self, seed: int):
+        self.rng, self.count = np.random.default_rng(seed), 0
+
+    def __getattr__(self, name):
+        method = getattr(self.rng, name)
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return method(*args, **kwargs)
+        return counted
+
+
+def _draws(image, mask, cfg) -> int:
+    rng = _CountingRng(3)
+    augment(rng, image, mask, cfg=cfg)
+    return rng.count
+
+
 def test_augment_without_mask_and_input_checks():
     image, _ = _square()
     out, mask = augment(np.random.default_rng(0), image)

@@ -6,6 +6,10 @@ applies, in the recipe's order::
     mirror (p 0.5)  flip (p 0.5)  rotate U(-180, 180)  additive Poisson noise, lambda U(0, 10)
     gamma U(0.5, 1.5)  Gaussian blur, sigma U(0, 0.8)  coarse dropout (image only)
 
+plus, off by default, a zoom and an anisotropic stretch in the same warp as the rotation (``scale``, ``stretch``):
+the dev set's square centre crops show lesions large and undistorted, while whole photographs squashed to the
+square working size show them smaller and stretched.
+
 and :func:`normalize` maps the result to float32 with the ISIC mean and std. Geometric steps move the mask with the
 image (nearest-neighbour for the mask, bilinear for the image, zero outside the rotated frame, which reads as the
 dark dermoscope vignette); photometric steps and dropout touch the image only.
@@ -52,6 +56,8 @@ class AugmentConfig:
     dropout_p: tuple[float, float] = (0.0, 0.03)       # range of the probability that a dropout cell is zeroed
     dropout_size: tuple[float, float] = (0.0, 0.05)    # range of the dropout cell side, fraction of the image side
     dropout_per_channel: float = 0.25                  # probability that dropout cells differ per channel
+    scale: tuple[float, float] = (1.0, 1.0)            # range of a zoom about the centre (< 1 shows more around)
+    stretch: float = 1.0                               # at most this much wider than high, or higher than wide
 
 
 CLASSIFIER_AUGMENT = AugmentConfig()
@@ -63,9 +69,14 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
 
 
-def _rotate(array: np.ndarray, angle: float, interpolation: int) -> np.ndarray:
+def _warp(array: np.ndarray, angle: float, scale_xy: tuple[float, float], interpolation: int) -> np.ndarray:
+    """Scale x and y by ``scale_xy``, then rotate by ``angle`` degrees, both about the centre; zero outside."""
     h, w = array.shape[:2]
-    matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
+    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    matrix = cv2.getRotationMatrix2D(tuple(centre), angle, 1.0)
+    if scale_xy != (1.0, 1.0):
+        linear = matrix[:, :2] @ np.diag(scale_xy)
+        matrix = np.hstack([linear, (centre - linear @ centre)[:, None]])
     return cv2.warpAffine(array, matrix, (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
@@ -103,10 +114,14 @@ def augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None
     img = np.ascontiguousarray(img)
     msk = None if msk is None else np.ascontiguousarray(msk)
     angle = _uniform(rng, cfg.rotate_deg)
-    if angle:
-        img = _rotate(img, angle, cv2.INTER_LINEAR)
+    zoom = _uniform(rng, cfg.scale)
+    # log-uniform, so that wider and higher are equally likely; no draw when off (earlier draws stay the same)
+    stretch = float(np.exp(rng.uniform(-np.log(cfg.stretch), np.log(cfg.stretch)))) if cfg.stretch > 1 else 1.0
+    if angle or zoom != 1.0 or stretch != 1.0:
+        scale_xy = (zoom * np.sqrt(stretch), zoom / np.sqrt(stretch))
+        img = _warp(img, angle, scale_xy, cv2.INTER_LINEAR)
         if msk is not None:
-            msk = _rotate(msk, angle, cv2.INTER_NEAREST)
+            msk = _warp(msk, angle, scale_xy, cv2.INTER_NEAREST)
 
     x = img.astype(np.float32)
     lam = _uniform(rng, cfg.poisson_lambda)

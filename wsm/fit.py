@@ -105,12 +105,14 @@ def _train_classifier(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path
 def _train_prior(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str, progress: bool):
     import torch
 
+    from wsm.augment import SEGMENTER_AUGMENT
     from wsm.datasets import SegmentationDataset
     from wsm.models.segmentation import create_segmenter
     from wsm.training import BCEDiceLoss, TrainConfig, train
 
     cfg = recipe.prior
-    dataset = SegmentationDataset(data, rows, cfg.size, augment=True, seed=recipe.seed)
+    augment_cfg = dataclasses.replace(SEGMENTER_AUGMENT, scale=tuple(cfg.augment_scale), stretch=cfg.augment_stretch)
+    dataset = SegmentationDataset(data, rows, cfg.size, augment=True, seed=recipe.seed, augment_cfg=augment_cfg)
     torch.manual_seed(recipe.seed)
     model = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
                              weights_file=cfg.weights_file or None)

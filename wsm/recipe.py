@@ -49,6 +49,8 @@ class SegmenterConfig:
 class PriorConfig(SegmenterConfig):
     enabled: bool = True            # train a segmentation net on the official masks of the fitting split
     flip_tta: bool = False          # average its maps over the four flips of the image (4x the prior's cost)
+    augment_scale: tuple[float, float] = (1.0, 1.0)   # training zoom range (wsm.augment.AugmentConfig.scale)
+    augment_stretch: float = 1.0                      # training stretch (wsm.augment.AugmentConfig.stretch)
 
 
 @dataclass(frozen=True)
