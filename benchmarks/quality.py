@@ -55,23 +55,31 @@ def score_fold(data: Path, wsm_dir: Path, ids: list[str]) -> dict:
     import pandas as pd
 
     from wsm.data import read_truth
-    from wsm.imageio import read_mask
-    from wsm.metrics import aggregate, score_label_map
 
     truth = read_truth(data).set_index("isic_id")
     manifest = pd.read_parquet(wsm_dir / "manifest.parquet").set_index("isic_id")
-    as_background, left_out, missing = [], [], []
+    pairs, missing = [], 0
     for isic_id in ids:
         row = manifest.loc[isic_id] if isic_id in manifest.index else None
         if row is None or row["status"] != "ok":
-            missing.append(isic_id)
+            missing += 1
             continue
-        mask = read_mask(data / truth.loc[isic_id, "mask_file"])
-        label_map = read_mask(wsm_dir / row["path"])
+        pairs.append((data / truth.loc[isic_id, "mask_file"], wsm_dir / row["path"]))
+    return {**score_pairs(pairs), "missing": missing}
+
+
+def score_pairs(pairs: list[tuple[Path, Path]]) -> dict:
+    """Official metrics over (official mask, ISIC_WSM map) files, with 255 as background and left out."""
+    from wsm.imageio import read_mask
+    from wsm.metrics import aggregate, score_label_map
+
+    as_background, left_out = [], []
+    for mask_path, map_path in pairs:
+        mask, label_map = read_mask(mask_path), read_mask(map_path)
         as_background.append(score_label_map(mask, label_map, uncertain="background"))
         left_out.append(score_label_map(mask, label_map, uncertain="ignore"))
     bg, ig = aggregate(as_background), aggregate(left_out)
-    return {"n": len(as_background), "missing": len(missing),
+    return {"n": len(as_background),
             "jaccard_255_as_background": bg["jaccard"], "threshold_jaccard_255_as_background": bg["threshold_jaccard"],
             "dice_255_as_background": bg["dice"], "jaccard_255_left_out": ig["jaccard"],
             "threshold_jaccard_255_left_out": ig["threshold_jaccard"], "dice_255_left_out": ig["dice"],

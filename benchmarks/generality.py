@@ -1,0 +1,96 @@
+"""How maps hold up away from the dev set's 512 px centre crops: whole photographs at full resolution, and the
+held-out crops placed in 3:2 canvases as whole archive photographs are.
+
+    python benchmarks/generality.py --bundle out/bench-quality/fold0/bundle-default [--bundle OTHER ...]
+                                    [--held-out out/bench-quality/fold0/held_out.txt] [--work out/bench-generality]
+
+- full-res: the 8 ISIC 2017 validation images of ../shared/data/isic2017-fullres-sample (2000x3008 to 2848x4288),
+  none of which is in the dev set; an image whose mask the bundle was fitted on would be left out and counted.
+- wide: each held-out 512x512 crop of ../shared/data/isic2018-task1-512 centred in a 768x512 canvas filled with
+  the mean colour of the crop's outer ring (mask padded with background). The networks see the whole canvas squashed
+  to their square, as they see every 3:2 archive photograph; the dev set's crops never show them that.
+Scores are the official ISIC metrics (benchmarks/quality.py's score_pairs), with 255 as background and left out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import DEFAULT_SOURCE, REPO, score_pairs  # noqa: E402
+
+FULLRES = REPO.parent / "shared" / "data" / "isic2017-fullres-sample"
+RING = 8  # pixels of the crop's border whose mean colour fills the canvas
+
+
+def mask_path(source: Path, isic_id: str) -> Path:
+    return source / "masks" / f"{isic_id}_segmentation.png"
+
+
+def widen(image: np.ndarray, mask: np.ndarray, aspect: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """The image centred in a canvas `aspect` times as wide, filled with its outer ring's mean colour."""
+    height, width = mask.shape
+    ring = np.concatenate([image[:RING].reshape(-1, 3), image[-RING:].reshape(-1, 3),
+                           image[:, :RING].reshape(-1, 3), image[:, -RING:].reshape(-1, 3)])
+    canvas_width = round(width * aspect)
+    canvas = np.empty((height, canvas_width, 3), np.uint8)
+    canvas[:] = ring.mean(axis=0).round().astype(np.uint8)
+    wide_mask = np.zeros((height, canvas_width), np.uint8)
+    left = (canvas_width - width) // 2
+    canvas[:, left:left + width], wide_mask[:, left:left + width] = image, mask
+    return canvas, wide_mask
+
+
+def make_wide_set(ids: list[str], source: Path, dest: Path) -> None:
+    from PIL import Image
+
+    from wsm.imageio import read_image, read_mask
+
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    (dest / "masks").mkdir(parents=True, exist_ok=True)
+    for isic_id in ids:
+        if mask_path(dest, isic_id).exists():
+            continue
+        image, mask = widen(read_image(source / "images" / f"{isic_id}.jpg"), read_mask(mask_path(source, isic_id)))
+        Image.fromarray(image).save(dest / "images" / f"{isic_id}.jpg", quality=95)
+        Image.fromarray(mask).save(mask_path(dest, isic_id))
+
+
+def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str]) -> dict:
+    """Generate maps for a folder of images with `bundle`, score those whose mask it was not fitted on."""
+    from wsm.bundle import load_bundle
+    from wsm.generate import GenerateOptions, generate
+
+    fit_ids = set(load_bundle(bundle).provenance.get("fit_mask_ids", []))
+    generate(GenerateOptions(out=out, bundle=bundle, images=images / "images", progress=False))
+    scored = [i for i in ids if i not in fit_ids]
+    return {**score_pairs([(mask_path(images, i), out / f"{i}.png") for i in scored]),
+            "left_out_fitted_on": len(ids) - len(scored)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, action="append", required=True, help="a fitted bundle (repeatable)")
+    parser.add_argument("--held-out", type=Path, default=REPO / "out" / "bench-quality" / "fold0" / "held_out.txt",
+                        help="ids of dev-set images the bundles were not fitted on (the quality benchmark's fold)")
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-generality")
+    args = parser.parse_args()
+
+    fullres_ids = sorted(p.stem for p in (FULLRES / "images").glob("*.jpg"))
+    held_out = args.held_out.read_text().split()
+    wide = args.work / "wide"
+    make_wide_set(held_out, args.source, wide)
+    for bundle in args.bundle:
+        name = f"{bundle.parent.name}-{bundle.name}"
+        for test, images, ids in (("full-res", FULLRES, fullres_ids), ("wide", wide, held_out)):
+            scores = score_images_folder(bundle, images, args.work / f"wsm-{test}-{name}", ids)
+            print(json.dumps({"bundle": str(bundle), "test": test, **scores}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
