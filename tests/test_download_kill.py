@@ -65,7 +65,10 @@ def test_ctrl_c_keeps_a_consistent_manifest(tmp_path):
     with EmulatorServer(served, config=EmulatorConfig(latency_ms=40, seed=2)) as server:
         cmd = [sys.executable, "-m", "wsm", "-q", "download", "--out", str(data), "--api-url", server.api_url,
                "--workers", "2"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # A shell's background job (`make test &`, some CI runners) starts with SIGINT ignored, and Python keeps it
+        # ignored: give the child the default disposition, as a terminal's Ctrl-C would find it.
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(list(data.glob("images/ISIC_*"))) < 20:
             time.sleep(0.05)
