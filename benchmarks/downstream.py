@@ -180,6 +180,8 @@ def main() -> None:
     parser.add_argument("--small", action="store_true",
                         help="smoke test: 24 labelled, 40 weak, 24 eval, 64 px, tiny models, 2 epochs")
     args = parser.parse_args()
+    if not 0 <= args.confident_fraction <= 1:
+        parser.error(f"--confident-fraction must be within (0, 1] (0: no fourth run), got {args.confident_fraction}")
     if args.small:
         args.labelled, args.weak, args.eval, args.size, args.epochs = 24, 40, 24, 64, 2
         args.encoder, args.batch_size, args.lr = "test_resnet", 8, 1e-2
@@ -243,14 +245,11 @@ def main() -> None:
     if args.epochs_finetune:
         runs["weak, then official (+init)"] = TrainOptions(
             out=args.work / "run-finetune", labels="official", init=str(runs["official+weak"].out),
-            epochs=args.epochs_finetune, **{**common, "lr": args.lr / 2})
+            epochs=args.epochs_finetune, **{**common, "lr": args.lr / 2, "pretrained": False})  # init: every weight
     if args.confident_fraction:
         import math
 
         import pandas as pd
-
-        if not 0 < args.confident_fraction <= 1:
-            raise SystemExit(f"--confident-fraction must be within (0, 1], got {args.confident_fraction}")
 
         confidence = pd.read_parquet(wsm_dir / "manifest.parquet").set_index("isic_id")["confidence"]
         # rounded down, so that the fraction kept is at least the one asked for

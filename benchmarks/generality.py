@@ -65,11 +65,28 @@ def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str]) -
     from wsm.bundle import load_bundle
     from wsm.generate import GenerateOptions, generate
 
+    import pandas as pd
+
     fit_ids = set(load_bundle(bundle).provenance.get("fit_mask_ids", []))
     generate(GenerateOptions(out=out, bundle=bundle, images=images / "images", progress=False))
-    scored = [i for i in ids if i not in fit_ids]
-    return {**score_pairs([(mask_path(images, i), out / f"{i}.png") for i in scored]),
-            "left_out_fitted_on": len(ids) - len(scored)}
+    manifest = pd.read_parquet(out / "manifest.parquet").set_index("isic_id")
+    made = set(manifest.index[manifest["status"] == "ok"])
+    scored = [i for i in ids if i not in fit_ids and i in made]
+    return {**score_pairs([(mask_path(images, i), out / manifest.loc[i, "path"]) for i in scored]),
+            "left_out_fitted_on": len([i for i in ids if i in fit_ids]),
+            "failed": len([i for i in ids if i not in fit_ids and i not in made])}
+
+
+def bundle_tag(bundle: Path) -> str:
+    """A short name for what makes a bundle's maps (its resolved pipeline and weights), for output folders."""
+    import hashlib
+
+    from wsm.bundle import load_bundle
+    from wsm.pipeline import pipeline_hash
+
+    loaded = load_bundle(bundle)
+    maker = pipeline_hash(loaded.resolved) + repr(sorted(loaded.model_hashes().items()))
+    return hashlib.sha256(maker.encode()).hexdigest()[:10]
 
 
 def main() -> None:
@@ -86,7 +103,7 @@ def main() -> None:
     wide = args.work / "wide"
     make_wide_set(held_out, args.source, wide)
     for bundle in args.bundle:
-        name = f"{bundle.parent.name}-{bundle.name}"
+        name = f"{bundle.name}-{bundle_tag(bundle)}"
         for test, images, ids in (("full-res", FULLRES, fullres_ids), ("wide", wide, held_out)):
             scores = score_images_folder(bundle, images, args.work / f"wsm-{test}-{name}", ids)
             print(json.dumps({"bundle": str(bundle), "test": test, **scores}), flush=True)

@@ -196,3 +196,28 @@ def test_cpu_split_gives_the_workers_the_cores_a_cam_does_not_need():
     assert cpu_split(2, cam_on_cpu=False) == (2, 1)
     assert cpu_split(16, cam_on_cpu=False) == (16, 4)
     assert cpu_split(16, cam_on_cpu=True, workers=4) == (4, 12)
+
+
+def test_one_wsm_folder_holds_the_maps_of_one_bundle(sample_data, bundle, tmp_path, capsys):
+    out, mixed = tmp_path / "wsm", tmp_path / "mixed"
+    source = ["--data", str(sample_data), "--bundle", str(bundle), "--limit", "4"]
+    assert _generate(*source, "--out", str(out)) == 0
+    before = _maps(out)
+    capsys.readouterr()
+    # the same bundle without the prior's flip TTA makes other maps: refused into the same folder ...
+    assert _generate(*source, "--out", str(out), "--set", "prior.flip_tta=false", "--limit", "8") == 2
+    assert "another bundle or other settings" in capsys.readouterr().err
+    assert _maps(out) == before
+    # ... accepted into a new one, where the manifest says which settings made the maps
+    assert _generate(*source, "--out", str(tmp_path / "no-tta"), "--set", "prior.flip_tta=false") == 0
+    hashes = {pq.read_table(folder / "manifest.parquet")["pipeline_sha256"][0].as_py() for folder in
+              (out, tmp_path / "no-tta")}
+    assert len(hashes) == 2
+    # settings that change what fit trained need a new fit
+    assert _generate(*source, "--out", str(tmp_path / "x"), "--set", "prior.epochs=3") == 2
+    assert "fit a new bundle" in capsys.readouterr().err
+    # shards made with different settings are not merged
+    assert _generate(*source, "--out", str(mixed), "--shard", "0/2") == 0
+    assert _generate(*source, "--out", str(mixed), "--shard", "1/2", "--set", "prior.flip_tta=false") == 0
+    assert main(["-q", "generate", "--out", str(mixed), "--merge"]) == 2
+    assert not (mixed / "manifest.parquet").exists()

@@ -52,3 +52,40 @@ def test_checkpoints_are_keyed_by_model_settings(tmp_path):
     resized = dataclasses.replace(recipe.classifier, size=recipe.classifier.size * 2)
     assert work_dir(tmp_path, "classifier", resized, recipe) != same
     assert Path(same).parent == tmp_path
+
+
+@pytest.mark.parametrize("override, message", [
+    ("classifier.epochs=2.5", "epochs = 2.5: expected a whole number"),
+    ("prior.flip_tta=1", "flip_tta = 1: expected true or false"),
+    ("prior.lr=nan", "lr = nan: expected a finite number"),
+    ("prior.encoder=18", "encoder = 18: expected a string"),
+    ("prior.augment_scale=0.8", r"augment_scale = 0.8: expected a list of 2 values"),
+    ("prior.augment_scale=[1.0, 0.6]", "0 < low <= high"),
+    ("prior.augment_stretch=0.5", "give 1 or more"),
+    ("fusion.weights.cam=-0.5", "finite weight >= 0"),
+])
+def test_values_of_the_wrong_type_or_range_are_refused_before_any_work(override, message):
+    with pytest.raises(PipelineError, match=message):
+        build_recipe(load_pipeline("default", overrides=[override]))
+
+
+def test_values_are_coerced_to_the_field_type():
+    recipe = build_recipe(load_pipeline("default", overrides=["prior.lr=1", "prior.augment_scale=[0.6, 1]"]))
+    assert recipe.prior.lr == 1.0 and isinstance(recipe.prior.lr, float)
+    assert recipe.prior.augment_scale == (0.6, 1.0)
+
+
+def test_a_missing_fusion_weight_is_a_pipeline_error():
+    from wsm.maps import fusion_weights
+
+    recipe = build_recipe(load_pipeline("default", overrides=["fusion.weights={prior = 1.0}"]))
+    with pytest.raises(PipelineError, match="no weight for \\['cam'\\]"):
+        fusion_weights(recipe, ["cam", "prior"])
+
+
+def test_checkpoint_keys_ignore_inference_only_settings(tmp_path):
+    recipe = build_recipe(load_pipeline("default"))
+    key = work_dir(tmp_path, "prior", recipe.prior, recipe)
+    assert work_dir(tmp_path, "prior", dataclasses.replace(recipe.prior, flip_tta=not recipe.prior.flip_tta),
+                    recipe) == key
+    assert work_dir(tmp_path, "prior", dataclasses.replace(recipe.prior, augment_stretch=1.5), recipe) != key

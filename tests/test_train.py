@@ -355,3 +355,30 @@ def test_accumulation_equals_one_big_batch_without_batchnorm(tmp_path):
     for key, value in states[0][0].items():
         torch.testing.assert_close(states[1][0][key], value, rtol=1e-5, atol=1e-6)
     assert states[1][1] == pytest.approx(states[0][1], rel=1e-6)
+
+
+def test_unknown_lineage_is_carried_down_a_chain_of_runs(half_labelled, tmp_path, caplog):
+    import shutil
+
+    root, wsm, _ = half_labelled
+    first = tmp_path / "first"
+    assert _train("--data", str(root), "--out", str(first), "--labels", wsm.as_posix(), "--epochs", "1") == 0
+    bare = tmp_path / "elsewhere" / "weights.safetensors"
+    bare.parent.mkdir()
+    shutil.copy(first / "model.safetensors", bare)
+    from_bare, next_run = tmp_path / "from-bare", tmp_path / "next"
+    with caplog.at_level("WARNING"):
+        assert _train("--data", str(root), "--out", str(from_bare), "--init", str(bare), "--epochs", "1") == 0
+    assert "honest only if" in caplog.text and (from_bare / "init_unknown.txt").exists()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert _train("--data", str(root), "--out", str(next_run), "--init", str(from_bare), "--epochs", "1") == 0
+    assert "honest only if" in caplog.text and (next_run / "init_unknown.txt").exists()
+
+
+def test_a_fit_bundle_records_the_masks_its_prior_learnt_from(tmp_path):
+    from wsm.train import trained_ids
+
+    (tmp_path / "provenance.json").write_text(json.dumps({"fit_mask_ids": ["ISIC_0000001", "ISIC_0000002"]}))
+    assert trained_ids(tmp_path) == {"ISIC_0000001", "ISIC_0000002"}
+    assert trained_ids(tmp_path / "elsewhere") is None

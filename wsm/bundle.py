@@ -7,9 +7,12 @@
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import platform
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +21,8 @@ from archive_client.transfer import sha256_file
 from wsm import __version__
 from wsm.errors import WsmError
 from wsm.maps import MapModels, weighted_maps
-from wsm.pipeline import to_toml
-from wsm.recipe import Recipe, build_recipe
+from wsm.pipeline import apply_override, to_toml
+from wsm.recipe import INFERENCE_ONLY, Recipe, build_recipe
 
 PIPELINE = "pipeline.toml"
 CLASSIFIER = "classifier.safetensors"
@@ -92,6 +95,20 @@ class Bundle:
             load_weights(net, self.folder / PRIOR)
             models.prior = net.to(device).eval()
         return models
+
+    def with_inference_overrides(self, overrides: Sequence[str]) -> Bundle:
+        """This bundle with settings that change no training replaced (``prior.flip_tta=false``); any other
+        setting would need a new fit, and is refused."""
+        if not overrides:
+            return self
+        resolved = copy.deepcopy(self.resolved)
+        allowed = ", ".join(f"<stage>.{key}" for key in sorted(INFERENCE_ONLY))
+        for text in overrides:
+            keys = apply_override(resolved, text)
+            if len(keys) != 2 or keys[1] not in INFERENCE_ONLY:
+                raise BundleError(f"--set {text}: with a fitted bundle only {allowed} can change at generate; "
+                                  "other settings change what fit trained or calibrated: fit a new bundle with them")
+        return dataclasses.replace(self, resolved=resolved, recipe=build_recipe(resolved))
 
     def _need(self, name: str) -> Path:
         path = self.folder / name

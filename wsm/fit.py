@@ -24,7 +24,7 @@ from archive_client.transfer import sha256_file
 from wsm import bundle as B
 from wsm.data import DataError, read_manifest, read_truth, with_truth
 from wsm.pipeline import load_pipeline
-from wsm.recipe import Recipe, build_recipe
+from wsm.recipe import INFERENCE_ONLY, Recipe, build_recipe
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,6 @@ def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
     """Deterministic, order-free choice of the calibration images."""
     digest = hashlib.sha256(f"{seed}:{isic_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-INFERENCE_ONLY = frozenset({"flip_tta"})   # stage settings that do not change what is trained
 
 
 def work_dir(work: Path, stage: str, cfg, recipe: Recipe, extra: dict | None = None) -> Path:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -59,6 +61,7 @@ class GenerateOptions:
     prefer_official: bool = False       # where an official mask exists, write it (source "official")
     limit: int = 0                      # at most this many images of the shard (0: all)
     only_ids: frozenset[str] = frozenset()   # restrict to these ids (e.g. a held-out fold); empty: no restriction
+    overrides: tuple[str, ...] = ()     # settings that change no training, e.g. "prior.flip_tta=false"
     progress: bool = True
 
 
@@ -216,6 +219,20 @@ def _done_ids(manifest: Path, out: Path) -> set[str]:
     return {r["isic_id"] for r in table if r["status"] == "ok" and r["path"] and (out / r["path"]).exists()}
 
 
+def check_same_maker(tables: list[pa.Table], provenance: dict, out: Path) -> None:
+    """Refuse to add maps to a WSM folder whose maps came from another bundle or other settings: one folder, one
+    maker, so that a resumed or sharded run never mixes two kinds of map."""
+    makers = set()
+    for table in tables:
+        ok = table.filter(pc.equal(table["status"], "ok"))
+        makers |= set(zip(ok["pipeline_sha256"].to_pylist(), ok["model_sha256"].to_pylist()))
+    ours = (provenance["pipeline_sha256"], provenance["model_sha256"])
+    others = sorted(makers - {ours}, key=str)
+    if others:
+        raise DataError(f"{out} holds maps made by another bundle or other settings (pipeline, models: "
+                        f"{others[0]}; this run: {ours}): write to a new --out, or delete {out} to start again")
+
+
 def _source_rows(opts: GenerateOptions) -> pd.DataFrame:
     if opts.images is not None:
         return folder_rows(Path(opts.images))
@@ -228,13 +245,21 @@ def _source_rows(opts: GenerateOptions) -> pd.DataFrame:
     return rows[["isic_id", "file", "mask_file"]]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a Slurm job's or a container's share, not the whole node's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 2
+
+
 def cpu_split(cores: int, cam_on_cpu: bool, workers: int = 0) -> tuple[int, int]:
     """(worker processes, torch threads of the main process) for ``cores`` CPU cores.
 
     The workers run decode, CRF, morphology and PNG (~100 ms per image on one core); the main process runs the
     networks. A CAM on the CPU (forward + backward on 4 flipped views) costs more than the workers' stages, so it
-    gets half the cores; a prior alone (~30 ms) or a GPU leaves most of the CPU to the workers (measured on 2
-    cores: 12.2 images/s with 2 workers against 7.0 with 1; docs/RESULTS.md).
+    gets half the cores; a prior alone (~30 ms, ~110 ms with flip TTA) or a GPU leaves most of the CPU to the
+    workers (measured on 2 cores: 12.2 images/s with 2 workers against 7.0 with 1; docs/RESULTS.md).
     """
     if not workers:
         workers = max(1, cores // 2) if cam_on_cpu else cores
@@ -249,7 +274,7 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
     started = time.perf_counter()
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    bundle = load_bundle(opts.bundle)
+    bundle = load_bundle(opts.bundle).with_inference_overrides(opts.overrides)
     shard_tag = f"{opts.shard[0]}-of-{opts.shard[1]}"
     manifest_path = out / part_name(*opts.shard)
     summary = GenerateSummary(out, manifest=manifest_path)
@@ -262,15 +287,18 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         rows = plan_rows(rows, opts.shard, opts.batch_size)
         if opts.limit:
             rows = rows.head(opts.limit)
+        provenance = _provenance(bundle, opts.shard)
+        if manifest_path.exists():
+            check_same_maker([pq.read_table(manifest_path, columns=["status", "pipeline_sha256", "model_sha256"])],
+                             provenance, out)
         done = _done_ids(manifest_path, out)
         summary.total, summary.skipped = len(rows), int(rows["isic_id"].isin(done).sum())
         rows = rows[~rows["isic_id"].isin(done)]
         networks = bundle.recipe.method != "classic" and len(rows) > 0
         models = bundle.load_models(opts.device) if networks else None
         cam_on_cpu = models is not None and models.classifier is not None and not opts.device.startswith("cuda")
-        workers, threads = cpu_split(os.cpu_count() or 2, cam_on_cpu, opts.workers)
+        workers, threads = cpu_split(usable_cores(), cam_on_cpu, opts.workers)
         torch.set_num_threads(threads)
-        provenance = _provenance(bundle, opts.shard)
         builder = ManifestBuilder(manifest_path, WSM_MANIFEST)
         bar = tqdm(total=summary.total, initial=summary.skipped, unit="img", desc="generate",
                    disable=not opts.progress)
@@ -365,7 +393,12 @@ def merge_parts(out: Path) -> Path:
     if not parts:
         raise DataError(f"{out} has no manifest-part-*.parquet files to merge")
     merged = WSM_MANIFEST.empty_table()
-    for part in parts:
-        merged = merge_tables(merged, pq.read_table(part), ("isic_id",))
+    tables = [pq.read_table(part) for part in parts]
+    if tables[0].num_rows:
+        first = tables[0].filter(pc.equal(tables[0]["status"], "ok")).slice(0, 1).to_pylist()
+        if first:
+            check_same_maker(tables, first[0], out)
+    for table in tables:
+        merged = merge_tables(merged, table, ("isic_id",))
     write_table_atomic(merged, out / "manifest.parquet")
     return out / "manifest.parquet"

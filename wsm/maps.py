@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from wsm.pipeline import PipelineError
 from wsm.recipe import Recipe
 from wsm.stages.classic import lesion_prob_classic
 from wsm.stages.preprocess import Preprocessed
@@ -30,7 +31,8 @@ def fusion_weights(recipe: Recipe, names) -> dict[str, float]:
         return {names[0]: 1.0}
     missing = [n for n in names if n not in recipe.fusion.weights]
     if missing:
-        raise ValueError(f"[fusion.weights] has no weight for {missing}; it has {dict(recipe.fusion.weights)}")
+        raise PipelineError(f"[fusion.weights] has no weight for {missing}; it has {dict(recipe.fusion.weights)}: "
+                            "set one in the pipeline file and fit again")
     return {n: float(recipe.fusion.weights[n]) for n in names}
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import math
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +51,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return dotted.strip().split("."), value
 
 
+def apply_override(resolved: dict, text: str) -> list[str]:
+    """Set one ``section.key=value`` in a resolved pipeline, in place; the keys set."""
+    keys, value = parse_override(text)
+    _set(resolved, keys, value)
+    return keys
+
+
 def _set(table: dict, keys: list[str], value: Any) -> None:
     for key in keys[:-1]:
         table = table.setdefault(key, {})
@@ -73,7 +83,7 @@ def load_pipeline(name_or_path: str | Path, device: str = "cpu", overrides: list
     per_device = raw.pop("device", {})
     resolved = _merge(raw, per_device.get(device, {}))
     for text in overrides:
-        _set(resolved, *parse_override(text))
+        apply_override(resolved, text)
     resolved["device_profile"] = device
     return resolved
 
@@ -85,10 +95,50 @@ def stage_config(cls: type[T], table: dict | None, section: str) -> T:
     unknown = sorted(set(table) - set(fields))
     if unknown:
         raise PipelineError(f"[{section}] has unknown key(s) {unknown}; valid keys: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
     for name, value in table.items():
-        if isinstance(value, list):
-            table[name] = tuple(value)
+        try:
+            table[name] = _typed(value, hints[name])
+        except TypeError as err:
+            raise PipelineError(f"[{section}] {name} = {value!r}: expected {err}") from None
     return cls(**table)
+
+
+def _typed(value: Any, hint: Any) -> Any:
+    """value checked against a field's type (bool, int, float, str, tuples of those, X | None); raises
+    TypeError naming what was expected. Other types pass as given."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _typed(value, inner[0]) if len(inner) == 1 else value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(_describe(hint))
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed(v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise TypeError(_describe(hint))
+        return tuple(_typed(v, a) for v, a in zip(value, args))
+    if hint is bool and not isinstance(value, bool):
+        raise TypeError("true or false")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError("a whole number")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise TypeError("a finite number")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise TypeError('a string (in quotes: --set section.key="text")')
+    return value
+
+
+def _describe(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return f"a list of {args[0].__name__}"
+    return f"a list of {len(args)} values ({', '.join(a.__name__ for a in args)}), e.g. [0.5, 1.0]"
 
 
 def to_toml(table: dict, prefix: str = "") -> str:

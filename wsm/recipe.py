@@ -4,6 +4,7 @@ The stages' own configs live with their stages (wsm.stages.*); the learning part
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from wsm.pipeline import PipelineError, stage_config
@@ -51,6 +52,18 @@ class PriorConfig(SegmenterConfig):
     flip_tta: bool = False          # average its maps over the four flips of the image (4x the prior's cost)
     augment_scale: tuple[float, float] = (1.0, 1.0)   # training zoom range (wsm.augment.AugmentConfig.scale)
     augment_stretch: float = 1.0                      # training stretch (wsm.augment.AugmentConfig.stretch)
+
+    def __post_init__(self):
+        low, high = self.augment_scale
+        if not 0 < low <= high:
+            raise PipelineError(f"[prior] augment_scale = {list(self.augment_scale)}: give [low, high] with "
+                                "0 < low <= high, e.g. [0.6, 1.0] ([1.0, 1.0]: no zoom)")
+        if self.augment_stretch < 1:
+            raise PipelineError(f"[prior] augment_stretch = {self.augment_stretch}: give 1 or more "
+                                "(1: no stretch; 1.5: up to 1.5x wider than high, or higher than wide)")
+
+
+INFERENCE_ONLY = frozenset({"flip_tta"})   # stage settings that change no training: `generate --set` may change them
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,10 @@ def build_recipe(resolved: dict) -> Recipe:
     if method not in METHODS:
         raise PipelineError(f"method = {method!r}; choose one of {', '.join(METHODS)}")
     fusion = resolved.get("fusion", {})
+    for name, weight in fusion.get("weights", {}).items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+            raise PipelineError(f"[fusion.weights] {name} = {weight!r}: give a finite weight >= 0 (0 leaves the "
+                                "map out)")
     return Recipe(
         name=str(resolved.get("name", "unnamed")),
         method=method,

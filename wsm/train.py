@@ -79,6 +79,7 @@ LABEL_CHOICES = ("official", "both")   # or a folder of label maps
 CONFIG = "config.json"
 TRAIN_IDS = "train_ids.txt"
 INIT_IDS = "init_ids.txt"          # images the runs this one was initialised from trained on
+INIT_UNKNOWN = "init_unknown.txt"  # this run started from weights whose training images nobody recorded
 METRICS = "metrics.json"
 PER_IMAGE = "per_image.csv"
 NO_EVAL = "none"
@@ -471,8 +472,13 @@ def check_run_folder(out: Path, resume: bool, identity: dict | None = None) -> N
 
 
 def write_ids(out: Path, train: pd.DataFrame, evaluation: pd.DataFrame,
-              inherited: set[str] | None = None) -> None:
-    if inherited:
+              inherited: set[str] | None = frozenset()) -> None:
+    """The images this run trained and evaluated on, and those its starting weights learnt from (``inherited``;
+    None: unknown, which every run started from this one will inherit)."""
+    if inherited is None:
+        write_text_atomic(out / INIT_UNKNOWN, "this run started from weights with no record of their training "
+                                              "images (--init with a bare file)\n")
+    elif inherited:
         write_text_atomic(out / INIT_IDS, "".join(f"{i}\n" for i in sorted(inherited)))
     write_text_atomic(out / TRAIN_IDS, "".join(f"{i}\t{s}\n" for i, s in zip(train["isic_id"],
                                                                                    train["label_source"])))
@@ -500,9 +506,13 @@ def init_weights_file(init: Path | str) -> Path:
 
 def trained_ids(run_dir: Path) -> set[str] | None:
     """Every image the network of a RUN folder learnt from: its own training images and those of the runs it was
-    initialised from (``INIT_IDS``); None when the folder keeps no record."""
-    own = run_dir / TRAIN_IDS
-    if not own.exists():
+    initialised from (``INIT_IDS``); for a `wsm fit` bundle, the images whose masks fit used; None when the folder
+    keeps no record, or its run started from weights that kept none (``INIT_UNKNOWN``)."""
+    provenance = run_dir / "provenance.json"
+    if not (run_dir / TRAIN_IDS).exists() and provenance.exists():
+        fitted = json.loads(provenance.read_text(encoding="utf8")).get("fit_mask_ids")
+        return set(fitted) if fitted is not None else None
+    if not (run_dir / TRAIN_IDS).exists() or (run_dir / INIT_UNKNOWN).exists():
         return None
     ids = set()
     for name in (TRAIN_IDS, INIT_IDS):
@@ -524,9 +534,9 @@ def check_init(weights: Path, opts: TrainOptions, evaluation: pd.DataFrame) -> s
             raise TrainError(f"--init {opts.init} holds another network (its value, this run's): {differ}")
     seen_before = trained_ids(run_dir)
     if seen_before is None:
-        log.warning("--init %s: %s has no %s, so nothing shows which images those weights learnt from; the "
-                    "evaluation is honest only if none of the %d evaluation images was among them",
-                    opts.init, run_dir, TRAIN_IDS, len(evaluation))
+        log.warning("--init %s: nothing in %s shows which images those weights (or the weights they started "
+                    "from) learnt from; the evaluation is honest only if none of the %d evaluation images was "
+                    "among them", opts.init, run_dir, len(evaluation))
         return None
     seen = sorted(seen_before & set(evaluation["isic_id"]))
     if seen:
@@ -575,7 +585,7 @@ def run(opts: TrainOptions) -> TrainSummary | None:
     class_maps = Path(opts.labels) if opts.num_classes > 1 else None
     test_rows = eval_rows(opts.data, opts.eval_split, class_maps)
     check_no_overlap(train_rows, test_rows)
-    inherited = check_init(init, opts, test_rows) if init else None
+    inherited = check_init(init, opts, test_rows) if init else frozenset()
 
     with distributed(opts.device) as (device, rank, world):
         if rank == 0:

@@ -16,7 +16,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def add_set_flag(parser, what: str = "pipeline") -> None:
+def add_set_flag(parser, what: str = "pipeline", note: str = "") -> None:
     """--set SECTION.KEY=VALUE (repeatable): override one value of the recipe."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help=f"override a {what} value, e.g. --set classifier.epochs=3 (repeatable)")
+                        help=f"override a {what} value, e.g. --set classifier.epochs=3 (repeatable){note}")

@@ -22,9 +22,11 @@ def register(commands) -> None:
     )
     report.add_argument("--pred", required=True, type=Path, metavar="WSM", help="from `wsm generate`")
     report.add_argument("--data", required=True, type=Path, metavar="DATA", help="with the official masks")
-    report.add_argument("--split", default="all", choices=REPORT_SPLITS)
+    report.add_argument("--split", default="all", choices=REPORT_SPLITS,
+                        help="which official masks to score against (the held-out test split for honest numbers)")
     report.add_argument("--only", type=Path, metavar="IDS", help="only these isic_ids (one per line, or a CSV)")
-    report.add_argument("--out", required=True, type=Path, metavar="REPORT")
+    report.add_argument("--out", required=True, type=Path, metavar="REPORT",
+                        help="folder for report.html, metrics.json and per_image.csv")
     report.set_defaults(run=run_report)
 
 

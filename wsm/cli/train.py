@@ -29,14 +29,16 @@ def register(commands) -> None:
         "--size 384 --epochs 60 --batch-size 16.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--data", required=True, type=Path, metavar="DATA")
-    p.add_argument("--out", required=True, type=Path, metavar="RUN")
+    p.add_argument("--data", required=True, type=Path, metavar="DATA",
+                   help="from `wsm download` or `wsm import` (images and official masks)")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN",
+                   help="run folder: checkpoints, model.safetensors, metrics.json")
     p.add_argument("--labels", default="official", metavar="official|WSM_DIR|both",
                    help="where the training labels come from")
     p.add_argument("--wsm", type=Path, metavar="WSM_DIR", help="the weak maps for --labels both")
     p.add_argument("--min-confidence", type=float, metavar="C",
                    help="train only on the weak maps whose confidence (WSM manifest) is at least C (0..1); "
-                        "official masks are always kept")
+                        "with --labels both the official masks are always kept")
     p.add_argument("--pipeline", metavar="mbdcnn|PATH", help="a multi-network recipe instead of one network: "
                    "a pipelines/<name>.toml name or a path (method = \"mbdcnn\")")
     add_set_flag(p, "--pipeline")
