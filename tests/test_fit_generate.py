@@ -144,6 +144,19 @@ def test_unknown_pipeline_key_is_a_clear_error(sample_data, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
 def test_generate_killed_then_rerun_is_complete(sample_data, bundle, tmp_path):
     out = tmp_path / "wsm"
     cmd = [sys.executable, "-m", "wsm", "-q", "generate", "--data", str(sample_data), "--bundle", str(bundle),
@@ -153,9 +166,15 @@ def test_generate_killed_then_rerun_is_complete(sample_data, bundle, tmp_path):
     while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("ISIC_*.png"))) < 8:
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read()
+    workers = _children(proc.pid)
+    assert workers, "generate should have started a worker process"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 8 <= len(list(out.glob("ISIC_*.png"))) < 40
+    deadline = time.monotonic() + 20      # orphaned workers notice their parent is gone and exit
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "worker processes outlived generate"
     assert _generate("--data", str(sample_data), "--bundle", str(bundle), "--out", str(out)) == 0
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     assert sorted(r["isic_id"] for r in rows) == sorted(p.stem for p in (SAMPLE / "images").glob("*.jpg"))

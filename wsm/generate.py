@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -145,6 +147,15 @@ def _init_worker(recipe, out: Path, export_challenge: bool) -> None:
 
     cv2.setNumThreads(1)
     _WORKER.update(recipe=recipe, out=Path(out), export_challenge=export_challenge)
+    threading.Thread(target=_exit_with_parent, daemon=True, name="wsm-parent-watch").start()
+
+
+def _exit_with_parent() -> None:
+    """A worker whose parent was killed (SIGKILL, the OOM killer) exits too, instead of idling forever."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
 
 
 def _prepare(path: str):
