@@ -207,14 +207,14 @@ def test_a_map_weighted_zero_is_not_computed(bundle, tmp_path):
         assert (a.label_map == b.label_map).all() and a.confidence == b.confidence
 
 
-def test_cpu_split_gives_the_workers_the_cores_a_cam_does_not_need():
+def test_cpu_split_gives_the_workers_the_cores_the_networks_do_not_need():
     from wsm.generate import cpu_split
 
-    assert cpu_split(2, cam_on_cpu=True) == (1, 1)
-    assert cpu_split(16, cam_on_cpu=True) == (8, 8)
-    assert cpu_split(2, cam_on_cpu=False) == (2, 1)
-    assert cpu_split(16, cam_on_cpu=False) == (16, 4)
-    assert cpu_split(16, cam_on_cpu=True, workers=4) == (4, 12)
+    assert cpu_split(2, heavy_net_on_cpu=True) == (1, 1)
+    assert cpu_split(16, heavy_net_on_cpu=True) == (8, 8)
+    assert cpu_split(2, heavy_net_on_cpu=False) == (2, 1)
+    assert cpu_split(16, heavy_net_on_cpu=False) == (16, 4)
+    assert cpu_split(16, heavy_net_on_cpu=True, workers=4) == (4, 12)
 
 
 def test_one_wsm_folder_holds_the_maps_of_one_bundle(sample_data, bundle, tmp_path, capsys):
@@ -240,3 +240,22 @@ def test_one_wsm_folder_holds_the_maps_of_one_bundle(sample_data, bundle, tmp_pa
     assert _generate(*source, "--out", str(mixed), "--shard", "1/2", "--set", "prior.flip_tta=false") == 0
     assert main(["-q", "generate", "--out", str(mixed), "--merge"]) == 2
     assert not (mixed / "manifest.parquet").exists()
+
+
+def test_a_cam_or_a_flip_tta_prior_on_the_cpu_is_heavy(bundle):
+    import dataclasses
+
+    from wsm.bundle import load_bundle
+    from wsm.generate import heavy_net_on_cpu
+    from wsm.maps import MapModels
+
+    recipe = load_bundle(bundle).recipe
+    prior_only = MapModels(recipe)
+    prior_only.prior = object()
+    no_tta = dataclasses.replace(recipe, prior=dataclasses.replace(recipe.prior, flip_tta=False))
+    with_tta = dataclasses.replace(recipe, prior=dataclasses.replace(recipe.prior, flip_tta=True))
+    assert heavy_net_on_cpu(prior_only, with_tta, "cpu") and not heavy_net_on_cpu(prior_only, no_tta, "cpu")
+    assert not heavy_net_on_cpu(prior_only, with_tta, "cuda") and not heavy_net_on_cpu(None, with_tta, "cpu")
+    with_cam = MapModels(no_tta)
+    with_cam.classifier = object()
+    assert heavy_net_on_cpu(with_cam, no_tta, "cpu")

@@ -264,18 +264,27 @@ def usable_cores() -> int:
         return os.cpu_count() or 2
 
 
-def cpu_split(cores: int, cam_on_cpu: bool, workers: int = 0) -> tuple[int, int]:
+def cpu_split(cores: int, heavy_net_on_cpu: bool, workers: int = 0) -> tuple[int, int]:
     """(worker processes, torch threads of the main process) for ``cores`` CPU cores.
 
     The workers run decode, CRF, morphology and PNG (~100 ms per image on one core); the main process runs the
-    networks. A CAM on the CPU (forward + backward on 4 flipped views) costs more than the workers' stages, so it
-    gets half the cores; a prior alone (~30 ms, ~110 ms with flip TTA) or a GPU leaves most of the CPU to the
-    workers (measured on 2 cores: 12.2 images/s with 2 workers against 7.0 with 1; docs/RESULTS.md).
+    networks. A heavy network on the CPU (the CAM: forward + backward on 4 flipped views; the prior with flip
+    TTA: 4 forwards, ~110 ms) costs as much as the workers' stages, so the networks get half the cores; a plain
+    prior (~30 ms) or a GPU leaves most of the CPU to the workers (measured on 2 cores: plain prior 12.2 images/s
+    with 2 workers against 7.0 with 1; TTA prior 300 images in 52.7 s with 1 worker against 56.0 s with 2;
+    docs/RESULTS.md).
     """
     if not workers:
-        workers = max(1, cores // 2) if cam_on_cpu else cores
-    threads = max(1, cores - workers) if cam_on_cpu else max(1, cores // 4)
+        workers = max(1, cores // 2) if heavy_net_on_cpu else cores
+    threads = max(1, cores - workers) if heavy_net_on_cpu else max(1, cores // 4)
     return workers, threads
+
+
+def heavy_net_on_cpu(models: MapModels | None, recipe, device: str) -> bool:
+    """Whether the networks this run computes cost the CPU as much as the workers' stages (see cpu_split)."""
+    if models is None or device.startswith("cuda"):
+        return False
+    return models.classifier is not None or (models.prior is not None and recipe.prior.flip_tta)
 
 
 def generate(opts: GenerateOptions) -> GenerateSummary:
@@ -307,8 +316,8 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         rows = rows[~rows["isic_id"].isin(done)]
         networks = bundle.recipe.method != "classic" and len(rows) > 0
         models = bundle.load_models(opts.device) if networks else None
-        cam_on_cpu = models is not None and models.classifier is not None and not opts.device.startswith("cuda")
-        workers, threads = cpu_split(usable_cores(), cam_on_cpu, opts.workers)
+        heavy = heavy_net_on_cpu(models, bundle.recipe, opts.device)
+        workers, threads = cpu_split(usable_cores(), heavy, opts.workers)
         torch.set_num_threads(threads)
         builder = ManifestBuilder(manifest_path, WSM_MANIFEST)
         bar = tqdm(total=summary.total, initial=summary.skipped, unit="img", desc="generate",

@@ -51,7 +51,7 @@ def register(commands) -> None:
     gen.add_argument("--merge", action="store_true", help="only join the shards' manifest parts in WSM")
     gen.add_argument("--workers", type=int, default=0,
                      help="CPU worker processes for decode, CRF and PNG (0: every core, or half of them when a CAM "
-                          "runs on the CPU)")
+                          "or a flip-TTA prior runs on the CPU)")
     gen.add_argument("--batch-size", type=int, default=16, help="images per network batch")
     gen.add_argument("--limit", type=int, default=0, help="at most N images (0: all)")
     gen.add_argument("--only", type=Path, metavar="IDS", help="only these isic_ids (one per line, or a CSV)")
