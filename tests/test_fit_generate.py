@@ -259,3 +259,24 @@ def test_a_cam_or_a_flip_tta_prior_on_the_cpu_is_heavy(bundle):
     with_cam = MapModels(no_tta)
     with_cam.classifier = object()
     assert heavy_net_on_cpu(with_cam, no_tta, "cpu")
+
+
+def test_images_without_an_official_mask_get_weak_maps_beside_those_with_one(bundle, tmp_path):
+    from archive_client.importer import import_folders
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    chosen = sorted((SAMPLE / "images").glob("*.jpg"))[:6]
+    for path in chosen:
+        (images / path.name).write_bytes(path.read_bytes())
+    for path in chosen[:2]:
+        mask = SAMPLE / "masks" / f"{path.stem}_segmentation.png"
+        (masks / mask.name).write_bytes(mask.read_bytes())
+    data, out = tmp_path / "data", tmp_path / "wsm"
+    import_folders(data, images=images, masks=masks, challenge="isic2018", split="train", progress=False)
+    assert _generate("--data", str(data), "--bundle", str(bundle), "--out", str(out)) == 0
+    rows = {r["isic_id"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    assert len(rows) == 6 and {r["status"] for r in rows.values()} == {"ok"}
+    with_mask = {p.stem for p in chosen[:2]}
+    assert all((rows[i]["agreement"] is not None) == (i in with_mask) for i in rows)

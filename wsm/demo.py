@@ -105,7 +105,7 @@ def train_on_maps(ctx: DemoContext) -> str:
     from wsm.train import TrainOptions, run
 
     summary = run(TrainOptions(data=ctx.data, out=ctx.out / "train", labels=str(ctx.out / "wsm"), split_train="train",
-                               eval_split="test", epochs=6, size=128, batch_size=8, progress=False))
+                               eval_split="test", epochs=6, size=128, batch_size=8, progress=False, resume=True))
     return "; ".join(summary.lines())
 
 

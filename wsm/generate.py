@@ -176,12 +176,19 @@ def _write_maps(isic_id: str, label_map: np.ndarray) -> str:
 
 
 def _agreement(label_map: np.ndarray, mask_path: str | None) -> float | None:
-    if not mask_path:
+    """Jaccard of the map against the image's official mask; None without one (pandas may hand a missing path
+    over as NaN) or when the mask cannot be read: the map itself is fine either way."""
+    if not isinstance(mask_path, str) or not mask_path:
         return None
+    from wsm.errors import WsmError
     from wsm.imageio import read_mask
     from wsm.metrics import confusion_counts, image_metrics
 
-    truth = read_mask(mask_path)
+    try:
+        truth = read_mask(mask_path)
+    except (OSError, ValueError, WsmError) as err:
+        log.warning("%s: official mask unreadable (%s); agreement left empty", mask_path, err)
+        return None
     if truth.shape != label_map.shape:
         log.warning("%s: official mask %s differs from the image size %s", mask_path, truth.shape, label_map.shape)
         return None
@@ -201,9 +208,10 @@ def _finish(isic_id: str, pre, maps: dict, mask_path: str | None) -> dict:
 
     labelled = label_image(pre, maps, _WORKER["recipe"])
     label_map = to_original_size(labelled.label_map, pre.original_size)
+    agreement = _agreement(label_map, mask_path)
     path = _write_maps(isic_id, label_map)
     return {"isic_id": isic_id, "path": path, **_stats(label_map), "confidence": labelled.confidence,
-            "source": "weak", "agreement": _agreement(label_map, mask_path), "status": "ok"}
+            "source": "weak", "agreement": agreement, "status": "ok"}
 
 
 def _official(isic_id: str, mask_path: str) -> dict:

@@ -13,6 +13,7 @@ from wsm.errors import WsmError
 from wsm import __version__
 
 from . import data, demo, maps, report, train
+from .common import check_device
 
 COMMAND_GROUPS = [data, maps, report, train, demo]
 
@@ -24,12 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
         "masks, fit a classifier, generate ISIC_WSM label maps, report and train.",
     )
     parser.add_argument("--version", action="version", version=f"wsm {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    _add_output_flags(parser, default_verbose=0, default_quiet=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in COMMAND_GROUPS:
         group.register(commands)
+    for command in commands.choices.values():   # -q/-v after the command too: `wsm generate -q ...`
+        _add_output_flags(command, default_verbose=argparse.SUPPRESS, default_quiet=argparse.SUPPRESS)
     return parser
+
+
+def _add_output_flags(parser: argparse.ArgumentParser, default_verbose, default_quiet) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=default_verbose,
+                        help="more log output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default_quiet,
+                        help="no progress bars, warnings only")
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
@@ -42,10 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
     try:
+        check_device(getattr(args, "device", "cpu"))
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("wsm: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except FileExistsError as err:     # a folder asked for where a file is
+        print(f"wsm: error: {err.filename} is a file; give a folder path (new or existing) instead", file=sys.stderr)
+        return 2
     except (ArchiveError, WsmError, FileNotFoundError, NotADirectoryError) as err:
         print(f"wsm: error: {err}", file=sys.stderr)
         return 2

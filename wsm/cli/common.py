@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from wsm.errors import WsmError
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default, except for on/off flags and options with no default worth showing (None, an
@@ -20,3 +22,20 @@ def add_set_flag(parser, what: str = "pipeline", note: str = "") -> None:
     """--set SECTION.KEY=VALUE (repeatable): override one value of the recipe."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help=f"override a {what} value, e.g. --set classifier.epochs=3 (repeatable){note}")
+
+
+def check_device(device: str) -> None:
+    """Refuse, before any work, a --device this machine's torch cannot use."""
+    if device == "cpu":
+        return
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise WsmError(f"--device {device}: give cpu, cuda or cuda:N")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise WsmError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu, "
+                       "or install a CUDA build of torch (docs/INSTALL.md)")
+    if index and int(index) >= torch.cuda.device_count():
+        raise WsmError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                       f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")

@@ -1,0 +1,48 @@
+"""The command line's shared behaviour: where flags go, and one-line errors for input a user can fix."""
+from __future__ import annotations
+
+import pytest
+
+from wsm.cli import build_parser, main
+
+
+def test_output_flags_work_before_and_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["-q", "report", "--pred", "p", "--data", "d", "--out", "o"]).quiet
+    after = parser.parse_args(["report", "--pred", "p", "--data", "d", "--out", "o", "-q", "-v"])
+    assert after.quiet and after.verbose == 1
+    plain = parser.parse_args(["report", "--pred", "p", "--data", "d", "--out", "o"])
+    assert not plain.quiet and plain.verbose == 0
+
+
+@pytest.mark.parametrize("device, message", [("gpu", "give cpu, cuda or cuda:N"), ("cuda:x", "give cpu, cuda"),
+                                             ("cuda:99", "cuda")])
+def test_an_unusable_device_is_refused_before_any_work(device, message, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert main(["-q", "fit", "--data", str(tmp_path), "--out", str(out), "--device", device]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_a_file_where_a_folder_belongs_is_a_one_line_error(tmp_path, capsys):
+    from wsm.demo import SAMPLE
+
+    occupied = tmp_path / "taken"
+    occupied.write_text("keep me")
+    assert main(["-q", "import", "--images", str(SAMPLE / "images"), "--out", str(occupied)]) == 2
+    assert "is a file; give a folder path" in capsys.readouterr().err
+    assert occupied.read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_demo_runs_and_a_rerun_finishes_without_redoing_work(tmp_path, capsys):
+    """`wsm demo` end to end on the embedded sample (what `make demo` runs), then again on the same folder."""
+    import json
+
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--out", str(out)]) == 0
+    first = capsys.readouterr().out + capsys.readouterr().err
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert (out / "report" / "report.html").exists() and metrics
+    assert main(["-q", "demo", "--out", str(out)]) == 0
+    again = capsys.readouterr()
+    assert "0 maps written" in again.out + again.err, first[-2000:]
