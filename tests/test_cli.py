@@ -46,3 +46,31 @@ def test_demo_runs_and_a_rerun_finishes_without_redoing_work(tmp_path, capsys):
     assert main(["-q", "demo", "--out", str(out)]) == 0
     again = capsys.readouterr()
     assert "0 maps written" in again.out + again.err, first[-2000:]
+
+
+def test_an_ids_file_with_junk_is_refused_with_its_line(tmp_path, capsys):
+    from wsm.data import read_id_list
+
+    good = tmp_path / "good.txt"
+    good.write_text("# held-out fold\nISIC_0000001\n\n  ISIC_0000002  \n")
+    assert read_id_list(good) == {"ISIC_0000001", "ISIC_0000002"}
+    csv = tmp_path / "ids.csv"
+    csv.write_text("isic_id,fold\nISIC_0000003,1\n")
+    assert read_id_list(csv) == {"ISIC_0000003"}
+    junk = tmp_path / "junk.txt"
+    junk.write_text("ISIC_0000001\nISIC_0000004,extra\n")
+    assert main(["-q", "fit", "--data", str(tmp_path), "--out", str(tmp_path / "b"), "--exclude", str(junk)]) == 2
+    err = capsys.readouterr().err
+    assert "entry 2 'ISIC_0000004,extra' is not an image id" in err and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["download", "--splits", "train"], "--splits: only used with --challenge"),
+    (["download", "--inputs"], "--inputs: only used with --challenge"),
+    (["download", "--challenge", "isic2018", "--limit", "2", "--search", "x"], "--search, --limit: archive image"),
+    (["generate", "--data", "d", "--images", "i", "--bundle", "b"], "not both"),
+])
+def test_flags_the_chosen_mode_would_ignore_are_refused(args, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["-q", *args, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()

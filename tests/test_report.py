@@ -221,6 +221,7 @@ def test_counts_missing_and_errors(report):
     assert "no row" in missing[NO_ROW] and "truncated" in missing[FAILED] and "absent" in missing[GONE]
     assert [e["isic_id"] for e in metrics["errors"]] == [WRONG_SIZE]
     assert "256x256" in metrics["errors"][0]["error"] and "256x200" in metrics["errors"][0]["error"]
+    assert not summary.ok and any(line.startswith(f"error {WRONG_SIZE}: ") for line in summary.lines())
     status = dict(zip(per_image["isic_id"], per_image["status"]))
     assert status == {**{i: "scored" for i in SCORED}, WRONG_SIZE: "error", NO_ROW: "missing", FAILED: "missing",
                       GONE: "missing"}
@@ -367,13 +368,11 @@ def test_cli_report_and_split(case, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["counts"]["scored"] == 13 and metrics["counts"]["missing_map"] == 0
     assert f"--only {ids}" in metrics["command"]
-    # --split test: no image of the sample is in the test split
+    # --split test: no image of the sample is in the test split, which is an error that names the splits there are
     empty = tmp_path / "empty"
     assert main(["-q", "report", "--pred", str(pred), "--data", str(data), "--split", "test",
-                 "--out", str(empty)]) == 0
-    metrics = json.loads((empty / "metrics.json").read_text())
-    assert metrics["counts"]["scored"] == 0 and metrics["headline"] is None
-    assert "id=\"headline\"" in (empty / "report.html").read_text()
+                 "--out", str(empty)]) == 2
+    assert "no official mask to score in --split test" in capsys.readouterr().err and not empty.exists()
 
 
 def test_clear_errors_for_a_bad_wsm_folder(case, tmp_path):

@@ -1,13 +1,16 @@
 """Reading a DATA folder (see archive_client.layout) for fit, generate and report: rows and splits."""
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import pandas as pd
 
+from archive_client.layout import DataLayout
 from wsm.errors import WsmError
 
-from archive_client.layout import DataLayout
+log = logging.getLogger(__name__)
 
 SPLIT_CHOICES = ("all", "labeled", "unlabeled", "train", "val", "test")
 
@@ -50,6 +53,9 @@ def select_split(rows: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows[keep].reset_index(drop=True)
 
 
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")   # isic_ids, and image names of --images folders
+
+
 def read_id_list(path: Path | str | None) -> frozenset[str]:
     """isic_ids from a text file (one per line) or a CSV with an isic_id column."""
     if path is None:
@@ -57,5 +63,19 @@ def read_id_list(path: Path | str | None) -> frozenset[str]:
     path = Path(path)
     text = path.read_text(encoding="utf8")
     if text.startswith("isic_id"):
-        return frozenset(pd.read_csv(path)["isic_id"].astype(str))
-    return frozenset(line.strip() for line in text.splitlines() if line.strip())
+        ids = [str(i).strip() for i in pd.read_csv(path)["isic_id"]]
+    else:
+        ids = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    for number, value in enumerate(ids, 1):
+        if not ID_PATTERN.fullmatch(value):
+            raise DataError(f"{path}: entry {number} {value[:60]!r} is not an image id; give one id per line "
+                            "(e.g. ISIC_0000000), or a CSV whose first column header is isic_id")
+    return frozenset(ids)
+
+
+def warn_unknown_ids(flag: str, wanted: frozenset[str], present, where: Path | str) -> None:
+    """Log the ids of an ids file that are not among ``present`` (a typo, or another DATA)."""
+    unknown = sorted(set(wanted) - set(present))
+    if unknown:
+        log.warning("%s: %d of its %d ids are not in %s (e.g. %s); check the file", flag, len(unknown), len(wanted),
+                    where, ", ".join(unknown[:3]))

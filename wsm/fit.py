@@ -22,7 +22,7 @@ from tqdm import tqdm
 from archive_client.layout import DataLayout
 from archive_client.transfer import sha256_file
 from wsm import bundle as B
-from wsm.data import DataError, read_manifest, read_truth, with_truth
+from wsm.data import DataError, read_manifest, read_truth, warn_unknown_ids, with_truth
 from wsm.pipeline import load_pipeline
 from wsm.recipe import INFERENCE_ONLY, Recipe, build_recipe
 
@@ -153,6 +153,7 @@ def fit(opts: FitOptions) -> FitSummary:
     work = out / "work"
     summary = FitSummary(out)
     rows = with_truth(read_manifest(data), read_truth(data))
+    warn_unknown_ids("--exclude", opts.exclude_ids, rows["isic_id"], data)
     rows = rows[~rows["isic_id"].isin(opts.exclude_ids)].reset_index(drop=True)
     masked = rows[rows["mask_file"].notna() & rows["split"].isin(recipe.fit.splits)]
     holdout = masked["isic_id"].map(lambda i: in_holdout(i, recipe.calibration.holdout_fraction, recipe.seed))

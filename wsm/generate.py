@@ -36,7 +36,8 @@ from archive_client.layout import exclusive_lock
 from archive_client.manifest import merge_tables, write_table_atomic
 from wsm import __version__
 from wsm.bundle import Bundle, load_bundle
-from wsm.data import DataError, read_manifest, read_truth, select_split, with_truth
+from wsm.data import (ID_PATTERN, DataError, read_manifest, read_truth, select_split, warn_unknown_ids,
+                      with_truth)
 from wsm.maps import MapModels
 from wsm.outputs import WSM_MANIFEST, part_name
 from wsm.pipeline import pipeline_hash
@@ -44,7 +45,6 @@ from wsm.pipeline import pipeline_hash
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _ISIC = re.compile(r"ISIC_([0-9]{7})")
 
 
@@ -118,10 +118,10 @@ def folder_rows(folder: Path) -> pd.DataFrame:
     if not folder.is_dir():
         raise DataError(f"--images {folder} is not a folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    bad = [p.name for p in files if not _SAFE_NAME.fullmatch(p.stem)]
+    bad = [p.name for p in files if not ID_PATTERN.fullmatch(p.stem)]
     if bad:
         log.warning("skipping %d files whose names are not safe ids (letters, digits, _ . -): %s", len(bad), bad[:5])
-    files = [p for p in files if _SAFE_NAME.fullmatch(p.stem)]
+    files = [p for p in files if ID_PATTERN.fullmatch(p.stem)]
     return pd.DataFrame({"isic_id": [p.stem for p in files], "file": [str(p.resolve()) for p in files],
                          "mask_file": [None] * len(files)})
 
@@ -252,6 +252,11 @@ def check_same_maker(tables: list[pa.Table], provenance: dict, out: Path) -> Non
                         f"{others[0]}; this run: {ours}): write to a new --out, or delete {out} to start again")
 
 
+def _selection(opts: GenerateOptions) -> str:
+    where = f"--images {opts.images}" if opts.images is not None else f"--split {opts.split} of {opts.data}"
+    return where + (f", --only with {len(opts.only_ids)} ids" if opts.only_ids else "")
+
+
 def _source_rows(opts: GenerateOptions) -> pd.DataFrame:
     if opts.images is not None:
         return folder_rows(Path(opts.images))
@@ -311,7 +316,10 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         fold_journal(journal, manifest_path, WSM_MANIFEST)
         rows = _source_rows(opts)
         if opts.only_ids:
+            warn_unknown_ids("--only", opts.only_ids, rows["isic_id"], opts.images or f"split {opts.split!r}")
             rows = rows[rows["isic_id"].isin(opts.only_ids)]
+        if rows.empty:
+            log.warning("nothing to do: no image selected (%s)", _selection(opts))
         rows = plan_rows(rows, opts.shard, opts.batch_size)
         if opts.limit:
             rows = rows.head(opts.limit)

@@ -249,6 +249,11 @@ class ReportSummary:
     out: Path
     counts: dict = field(default_factory=dict)
     headline: dict | None = None
+    errors: list = field(default_factory=list)     # {"isic_id", "error"} of maps that could not be scored
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
 
     @property
     def html(self) -> Path:
@@ -268,6 +273,9 @@ class ReportSummary:
             out.append("no headline: every scored map is an official mask or was fitted to its own mask")
         out.append(f"{c['missing_map']} images with a mask but no map, {c['errors']} errors, "
                    f"{c['map_without_mask']} maps without an official mask")
+        out += [f"error {e['isic_id']}: {e['error']}" for e in self.errors[:5]]
+        if len(self.errors) > 5:
+            out.append(f"... {len(self.errors) - 5} more errors in {self.out / 'per_image.csv'}")
         out.append(f"report: {self.html}")
         return out
 
@@ -329,9 +337,15 @@ def _score_row(data: Path, pred: Path, row) -> dict:
 def collect_rows(pred: Path, data: Path, split: str = "all",
                  only_ids: Collection[str] | None = None) -> tuple[pd.DataFrame, dict]:
     """The per-image table of a report (scored, error and missing rows) and the counts."""
-    images = select_split(with_truth(read_manifest(data), read_truth(data)), split)
+    everything = with_truth(read_manifest(data), read_truth(data))
+    images = select_split(everything, split)
     if only_ids:
         images = images[images["isic_id"].isin(set(only_ids))].reset_index(drop=True)
+    if images["mask_file"].isna().all():
+        masked = everything[everything["mask_file"].notna()]
+        by_split = masked["split"].fillna("none").value_counts().sort_index().to_dict()
+        raise ReportError(f"no official mask to score in --split {split}{' with --only' if only_ids else ''} of "
+                          f"{data} (masks by split: {by_split or 'none'}); choose another --split")
     maps = read_wsm_manifest(pred)
     merged = images.merge(maps[["isic_id", "path", "status", "source", "confidence", "mask_used_in_fit", "error"]]
                           .rename(columns={"status": "map_status", "error": "map_error"}),
@@ -471,4 +485,4 @@ def build_report(pred: Path | str, data: Path | str, out: Path | str, split: str
     thumbnails = {isic_id: _thumbnail(table, isic_id, thumbnail_uri) for isic_id in dict.fromkeys(best + worst)}
     write_text_atomic(out / "report.html", render_report(report, csv, thumbnails))
     log.info("report written to %s", out)
-    return ReportSummary(out=out, counts=report["counts"], headline=report["headline"])
+    return ReportSummary(out=out, counts=report["counts"], headline=report["headline"], errors=report["errors"])

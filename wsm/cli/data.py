@@ -37,7 +37,7 @@ def register(commands) -> None:
     download.add_argument("--workers", type=int, default=32, help="concurrent transfers")
     download.add_argument("--verify", action="store_true", help="re-hash files already listed in the manifest")
     download.add_argument("--challenge", choices=sorted(CATALOG), help="download this challenge's official masks")
-    download.add_argument("--splits", type=_splits, default=SPLITS,
+    download.add_argument("--splits", type=_splits,
                           help=f"with --challenge: which splits, comma-separated (default {','.join(SPLITS)})")
     download.add_argument("--inputs", action="store_true", help="with --challenge: the input images too")
     download.add_argument("--challenge-url", default=DEFAULT_CHALLENGE_URL,
@@ -66,11 +66,25 @@ def register(commands) -> None:
     imp.set_defaults(run=run_import)
 
 
+def _flags_of_the_other_mode(args) -> str | None:
+    """An error naming the flags given that the chosen mode (archive images, or --challenge masks) ignores."""
+    if args.challenge:
+        unused = [flag for flag, given in (("--search", args.search), ("--collections", args.collections),
+                                           ("--limit", args.limit), ("--verify", args.verify)) if given]
+        return f"{', '.join(unused)}: archive image options, not used with --challenge" if unused else None
+    unused = [flag for flag, given in (("--splits", args.splits is not None), ("--inputs", args.inputs)) if given]
+    return f"{', '.join(unused)}: only used with --challenge NAME" if unused else None
+
+
 def run_download(args) -> int:
+    conflict = _flags_of_the_other_mode(args)
+    if conflict:
+        print(f"wsm: error: {conflict}", file=sys.stderr)
+        return 2
     if args.challenge:
         from archive_client.challenge_data import download_challenge
 
-        summary = download_challenge(args.out, args.challenge, splits=args.splits, inputs=args.inputs,
+        summary = download_challenge(args.out, args.challenge, splits=args.splits or SPLITS, inputs=args.inputs,
                                      base_url=args.challenge_url, progress=not args.quiet)
     else:
         from archive_client.download import DownloadOptions, download_images

@@ -101,6 +101,9 @@ def run_generate(args) -> int:
     if args.merge:
         print(f"merged into {merge_parts(args.out)}", file=sys.stderr)
         return 0
+    if args.data is not None and args.images is not None:
+        print("wsm: error: give --data DATA (with --split) or --images DIR, not both", file=sys.stderr)
+        return 2
     bundle = args.bundle
     if bundle is None:
         if args.split != "all" or args.data is None:

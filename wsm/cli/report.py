@@ -40,4 +40,4 @@ def run_report(args) -> int:
     for line in summary.lines():
         print(line, file=sys.stderr)
     print(summary.html)
-    return 0
+    return 0 if summary.ok else 1
