@@ -6,45 +6,90 @@ the first page and ``next`` is followed verbatim. A bad query gets HTTP 400 ``{"
 """
 from __future__ import annotations
 
-import json
 import logging
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urljoin
 
 import requests
 
-from .errors import ArchiveResponseError, QueryError
+from .errors import ArchiveResponseError, ArchiveUnreachableError, QueryError
 from .ids import check_http_url, check_isic_id
+from .transfer import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.isic-archive.com/api/v2/"
 PAGE_LIMIT = 100           # the server's maximum page size
-_MALFORMED_TRIES = 4       # a truncated or malformed JSON answer is retried this many times
 
 
-def _get_json(session: requests.Session, url: str, params: dict | None = None) -> object:
-    """GET and decode JSON; 400 becomes QueryError, a malformed answer is retried, then ArchiveResponseError."""
+class _Retryable(Exception):
+    """A failed try that another try may fix; ``unreachable``: no connection could be made."""
+
+    def __init__(self, problem: str, unreachable: bool = False):
+        super().__init__(problem)
+        self.problem, self.unreachable = problem, unreachable
+
+
+def _get_once(session: requests.Session, url: str, params: dict | None, timeout: tuple[float, float],
+              parse: Callable[[requests.Response], object]) -> object:
+    """One GET: parse(response), QueryError for HTTP 400, _Retryable for what may go better on another try."""
+    try:
+        response = session.get(url, params=params, timeout=timeout)
+    except requests.ConnectionError as err:
+        raise _Retryable(_no_connection(err), unreachable=True) from err
+    except requests.RequestException as err:
+        raise _Retryable(f"no answer ({err.__class__.__name__}: {err})") from err
+    if response.status_code == 400:
+        raise QueryError(f"the archive refused the request: {_message(response)}")
+    if not response.ok:
+        raise _Retryable(f"HTTP {response.status_code}: {_message(response)}")
+    try:
+        return parse(response)
+    except ValueError as err:
+        raise _Retryable(f"malformed answer ({err}); first bytes {response.content[:80]!r}") from err
+
+
+def _get(session: requests.Session, url: str, params: dict | None, policy: RetryPolicy,
+         parse: Callable[[requests.Response], object]) -> object:
+    """GET ``url`` and return ``parse(response)``; 400 becomes QueryError.
+
+    No connection, an error status or an answer ``parse`` rejects (ValueError) is retried with backoff, for at
+    most ``policy.attempts`` tries and ``policy.api_budget_s`` seconds; then ArchiveUnreachableError (no
+    connection on the last try) or ArchiveResponseError.
+    """
     check_http_url(url)
-    for attempt in range(_MALFORMED_TRIES):
+    started = time.monotonic()
+    for attempt in range(1, max(1, policy.attempts) + 1):
+        left = policy.api_budget_s - (time.monotonic() - started)
+        timeout = (max(0.1, min(policy.connect_timeout_s, left)), policy.read_timeout_s)
         try:
-            response = session.get(url, params=params, timeout=(10, 60))
-        except requests.RequestException as err:
-            problem = f"no answer ({err.__class__.__name__}: {err})"
-        else:
-            if response.status_code == 400:
-                raise QueryError(f"the archive refused the request: {_message(response)}")
-            if response.ok:
-                try:
-                    return response.json()
-                except (ValueError, json.JSONDecodeError) as err:
-                    problem = f"malformed JSON ({err}); first bytes {response.content[:80]!r}"
-            else:
-                problem = f"HTTP {response.status_code}: {_message(response)}"
-        log.debug("GET %s: %s (try %d)", url, problem, attempt + 1)
-        time.sleep(0.2 * 2**attempt)
-    raise ArchiveResponseError(f"GET {url} failed after {_MALFORMED_TRIES} tries: {problem}")
+            return _get_once(session, url, params, timeout, parse)
+        except _Retryable as err:
+            failure = err
+        wait = min(policy.backoff_s * 2 ** (attempt - 1), policy.backoff_max_s)
+        if time.monotonic() - started + wait >= policy.api_budget_s:
+            break
+        log.debug("GET %s: %s (try %d); retrying in %.2f s", url, failure.problem, attempt, wait)
+        time.sleep(wait)
+    spent = f"{attempt} tries in {time.monotonic() - started:.0f} s"
+    if failure.unreachable:
+        raise ArchiveUnreachableError(f"cannot reach the archive at {url}: {failure.problem} ({spent}); "
+                                      "check --api-url and the network, then rerun")
+    raise ArchiveResponseError(f"GET {url} failed after {spent}: {failure.problem}")
+
+
+def _no_connection(err: requests.ConnectionError) -> str:
+    """Why no connection was made, without urllib3's wrappers: 'Failed to establish a new connection: [Errno
+    111] Connection refused' rather than 'HTTPConnectionPool(...): Max retries exceeded ... (Caused by ...)'."""
+    cause = getattr(err.args[0], "reason", err.args[0]) if err.args else err
+    return re.sub(r"^(<[^>]*>|\w+\([^)]*\)): ", "", str(cause))
+
+
+def _get_json(session: requests.Session, url: str, params: dict | None = None,
+              policy: RetryPolicy = RetryPolicy()) -> object:
+    return _get(session, url, params, policy, lambda response: response.json())
 
 
 def _message(response: requests.Response) -> str:
@@ -66,13 +111,14 @@ def _check_page(page: object, url: str) -> dict:
     return page
 
 
-def iter_pages(session: requests.Session, url: str, params: dict | None = None) -> Iterator[dict]:
+def iter_pages(session: requests.Session, url: str, params: dict | None = None,
+               policy: RetryPolicy = RetryPolicy()) -> Iterator[dict]:
     """Yield each page of a cursor-paged route, following ``next`` verbatim."""
-    page = _check_page(_get_json(session, url, params), url)
+    page = _check_page(_get_json(session, url, params, policy), url)
     yield page
     while page["next"]:
         next_url = urljoin(url, page["next"])
-        page = _check_page(_get_json(session, next_url), next_url)
+        page = _check_page(_get_json(session, next_url, policy=policy), next_url)
         yield page
 
 
@@ -80,14 +126,16 @@ def search_params(query: str = "", collections: str = "", limit: int = PAGE_LIMI
     return {"query": query, "collections": collections, "limit": limit}
 
 
-def search_images(session, api_url: str, query: str = "", collections: str = "") -> Iterator[dict]:
+def search_images(session, api_url: str, query: str = "", collections: str = "",
+                  policy: RetryPolicy = RetryPolicy()) -> Iterator[dict]:
     """Every image record matching the query, in the archive's order."""
-    for page in iter_pages(session, urljoin(api_url, "images/search/"), search_params(query, collections)):
+    for page in iter_pages(session, urljoin(api_url, "images/search/"), search_params(query, collections), policy):
         yield from page["results"]
 
 
-def count_images(session, api_url: str, query: str = "", collections: str = "") -> int:
-    page = _get_json(session, urljoin(api_url, "images/search/"), search_params(query, collections, 1))
+def count_images(session, api_url: str, query: str = "", collections: str = "",
+                 policy: RetryPolicy = RetryPolicy()) -> int:
+    page = _get_json(session, urljoin(api_url, "images/search/"), search_params(query, collections, 1), policy)
     count = page.get("count") if isinstance(page, dict) else None
     if not isinstance(count, int):
         raise ArchiveResponseError(f"the first search page has no integer 'count' (got {count!r})")
@@ -110,11 +158,8 @@ def iter_collections(session, api_url: str) -> Iterator[dict]:
         yield from page["results"]
 
 
-def get_license_text(session, api_url: str, license_name: str) -> str:
+def get_license_text(session, api_url: str, license_name: str, policy: RetryPolicy = RetryPolicy()) -> str:
     if license_name not in ("CC-0", "CC-BY", "CC-BY-NC"):
         raise ArchiveResponseError(f"unknown license {license_name!r} in an image record")
     url = urljoin(api_url, f"zip-download/license-file/{license_name}/")
-    response = session.get(url, timeout=(10, 60))
-    if not response.ok:
-        raise ArchiveResponseError(f"GET {url} answered HTTP {response.status_code}")
-    return response.text
+    return _get(session, url, None, policy, lambda response: response.text)

@@ -9,9 +9,19 @@ from pathlib import Path
 
 
 def _umask() -> int:
+    """The process umask; read from /proc where possible, since setting it (the portable way) briefly gives
+    files that other threads create at that moment mode 0666."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return int(next(line for line in fh if line.startswith("Umask:")).split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from open(): 0666 less the umask (mkstemp gives 0600)."""
+    return 0o666 & ~_umask()
 
 
 def fsync_dir(folder: Path) -> None:
@@ -28,17 +38,19 @@ def fsync_dir(folder: Path) -> None:
 def atomic_path(dest: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success it is fsynced and renamed onto ``dest``.
 
-    On any exception the temporary file is removed and ``dest`` is left as it was.
+    ``dest`` gets the mode of a newly created file (:func:`file_mode`), also when the writer replaced the
+    temporary file with one of its own (safetensors does, with mode 0600). On any exception the temporary
+    file is removed and ``dest`` is left as it was.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs must be readable like any other file
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
+            os.fchmod(fh.fileno(), file_mode())
             os.fsync(fh.fileno())
         os.replace(tmp_path, dest)
         fsync_dir(dest.parent)

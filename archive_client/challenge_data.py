@@ -32,7 +32,7 @@ from PIL import Image
 
 from .atomic import atomic_path, fsync_dir, write_bytes_atomic, write_text_atomic
 from .challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS, ChallengeSplit
-from .errors import DownloadError, InvalidIdError
+from .errors import DownloadError, InvalidIdError, InvalidInputError
 from .ids import check_isic_id
 from .images import image_size
 from .layout import DataLayout, exclusive_lock
@@ -153,6 +153,12 @@ class ChallengeSummary:
     images_skipped: int = 0                                    # already in DATA/images (kept as they are)
     images_rejected: list[tuple[str, str]] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)        # zip entries that are neither data nor benign
+
+    @property
+    def ok(self) -> bool:
+        """False when a mask or image of the zips could not be brought in (a zip that cannot be fetched raises
+        DownloadError instead; a split the challenge does not have is only reported)."""
+        return not (self.masks_rejected or self.images_rejected)
 
     def lines(self) -> list[str]:
         """A human summary, one line per fact, for the CLI."""
@@ -375,14 +381,15 @@ def download_challenge(
     """Fetch, verify and extract the official masks (and images with ``inputs``) of ``challenge`` into DATA.
 
     Splits the challenge does not have (2016 has no val) are listed in ``summary.missing_splits``. Raises
-    ValueError for an unknown challenge or split name, DownloadError when a zip cannot be fetched or verified,
-    UnsafeArchiveError / ArchiveError for a hostile or corrupt zip, LockedError if another wsm writes DATA.
+    InvalidInputError (a ValueError) for an unknown challenge or split name, DownloadError when a zip cannot be
+    fetched or verified, UnsafeArchiveError / ArchiveError for a hostile or corrupt zip, LockedError if another
+    wsm writes DATA.
     """
     if challenge not in CATALOG:
-        raise ValueError(f"unknown challenge {challenge!r}; choose one of {', '.join(CATALOG)}")
+        raise InvalidInputError(f"unknown challenge {challenge!r}; choose one of {', '.join(CATALOG)}")
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
-        raise ValueError(f"unknown split(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SPLITS)}")
+        raise InvalidInputError(f"unknown split(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SPLITS)}")
     layout = DataLayout(Path(data_root))
     summary = ChallengeSummary(challenge)
     wanted = []

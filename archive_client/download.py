@@ -51,10 +51,13 @@ class DownloadOptions:
 
 @dataclass
 class DownloadSummary:
-    matched: int = 0
+    matched: int = 0                      # images the archive reports for the query
+    taken: int = 0                        # records processed: matched, or fewer with a limit
+    limit: int = 0
     downloaded: int = 0
-    skipped: int = 0
-    adopted: int = 0                      # on disk from a killed run, verified and added
+    skipped: int = 0                      # listed in the manifest and complete (not re-hashed)
+    verified: int = 0                     # listed, re-hashed with --verify and intact
+    adopted: int = 0                      # on disk from a killed run but not listed: hashed and added
     failed: dict[str, str] = field(default_factory=dict)
     bytes_downloaded: int = 0
     seconds: float = 0.0
@@ -65,9 +68,12 @@ class DownloadSummary:
 
     def lines(self) -> list[str]:
         rate = self.bytes_downloaded / 1e6 / self.seconds if self.seconds else 0.0
+        taken = "" if self.taken == self.matched else f", {self.taken} taken" + (
+            f" (--limit {self.limit})" if self.limit else "")
         out = [
-            f"matched {self.matched} images: downloaded {self.downloaded}, skipped {self.skipped} already "
-            f"complete, recovered {self.adopted}, failed {len(self.failed)}",
+            f"matched {self.matched} images{taken}: downloaded {self.downloaded}, skipped {self.skipped} already "
+            f"complete, verified {self.verified} intact, recovered {self.adopted} from an earlier run, "
+            f"failed {len(self.failed)}",
             f"{self.bytes_downloaded / 1e6:.1f} MB in {self.seconds:.1f} s ({rate:.1f} MB/s)",
         ]
         out += [f"  failed {isic_id}: {reason}" for isic_id, reason in sorted(self.failed.items())[:50]]
@@ -76,28 +82,43 @@ class DownloadSummary:
         return out
 
 
-_DONE = {"skip": "skipped", "adopt": "adopted", "downloaded": "downloaded"}
+_DONE = {"skip": "skipped", "adopt": "adopted", "verify": "verified", "downloaded": "downloaded"}
 
 
 @dataclass(frozen=True)
 class _Outcome:
     isic_id: str
-    action: str                  # downloaded | skipped | adopted | failed
+    action: str                  # downloaded | skipped | verified | adopted | failed
     row: dict | None = None
     reason: str = ""
     nbytes: int = 0
 
 
 def plan_action(dest: Path, expected_size: int, known: Mapping | None, verify: bool) -> str:
-    """skip (listed and complete), adopt (complete on disk but unlisted: hash it) or fetch."""
+    """skip (listed and complete), verify (listed and complete, --verify: re-hash it), adopt (complete on disk
+    but unlisted: hash it) or fetch."""
     if not dest.exists():
         return "fetch"
     size = dest.stat().st_size
     if size != expected_size:
         return "fetch"
-    if known is not None and known.get("bytes") == size and known.get("sha256") and not verify:
-        return "skip"
+    if known is not None and known.get("bytes") == size and known.get("sha256"):
+        return "verify" if verify else "skip"
     return "adopt"
+
+
+def _sha256_on_disk(action: str, dest: Path, known: Mapping | None) -> str | None:
+    """The sha256 of the complete file at dest for skip, adopt and verify; None when it must be fetched."""
+    if action == "skip":
+        return known["sha256"]
+    if action == "adopt":
+        return sha256_file(dest)
+    if action == "verify":
+        digest = sha256_file(dest)
+        if digest == known["sha256"]:
+            return digest
+        log.warning("%s: sha256 %s differs from the manifest's %s; fetching it again", dest, digest, known["sha256"])
+    return None
 
 
 def _image_size(path: Path) -> tuple[int | None, int | None]:
@@ -116,12 +137,8 @@ def _process(record: Mapping, layout: DataLayout, known: Mapping[str, dict], ses
         url, expected = check_http_url(full["url"]), int(full["size"])
         dest = layout.image_path(isic_id, file_extension(url))
         action = plan_action(dest, expected, known.get(isic_id), opts.verify)
-        nbytes = 0
-        if action == "skip":
-            sha256 = known[isic_id]["sha256"]
-        elif action == "adopt":
-            sha256 = sha256_file(dest)
-        else:
+        sha256, nbytes = _sha256_on_disk(action, dest, known.get(isic_id)), 0
+        if sha256 is None:
             result = fetch_file(session, url, dest, expected_size=expected,
                                 partial=layout.partial_path(dest), policy=opts.policy)
             sha256, nbytes, action = result.sha256, result.bytes, "downloaded"
@@ -167,7 +184,7 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
     """Download every image matching opts into data_root; see the module doc for the guarantees."""
     layout = DataLayout(Path(data_root))
     layout.images.mkdir(parents=True, exist_ok=True)
-    summary = DownloadSummary()
+    summary = DownloadSummary(limit=opts.limit)
     started = time.monotonic()
     with exclusive_lock(layout.root):
         session = make_session(opts.workers, opts.policy)
@@ -176,9 +193,9 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
         builder = ManifestBuilder(layout.manifest, DATA_MANIFEST_CORE)
         known = _known_rows(read_table(layout.manifest, DATA_MANIFEST_CORE))
 
-        total = api.count_images(session, opts.api_url, opts.query, opts.collections)
-        total = min(total, opts.limit) if opts.limit else total
-        records = api.search_images(session, opts.api_url, opts.query, opts.collections)
+        summary.matched = api.count_images(session, opts.api_url, opts.query, opts.collections, opts.policy)
+        total = min(summary.matched, opts.limit) if opts.limit else summary.matched
+        records = api.search_images(session, opts.api_url, opts.query, opts.collections, opts.policy)
         records = _unique(islice(records, opts.limit) if opts.limit else records)
         images_bar = tqdm(total=total, unit="img", desc="images", disable=not opts.progress, position=0)
         bytes_bar = tqdm(unit="B", unit_scale=True, desc="bytes ", disable=not opts.progress, position=1)
@@ -187,7 +204,7 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
                 work = lambda record: _process(record, layout, known, session, opts)  # noqa: E731
                 for future in _bounded_map(pool, work, records, opts.workers * 4):
                     outcome = future.result()
-                    summary.matched += 1
+                    summary.taken += 1
                     if outcome.action == "failed":
                         summary.failed[outcome.isic_id] = outcome.reason
                         log.warning("%s failed: %s", outcome.isic_id, outcome.reason)
@@ -204,16 +221,16 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
             manifest = builder.write()
             journal.clear()
             summary.seconds = time.monotonic() - started
-        _write_isic_files(layout, manifest, session, opts.api_url)
+        _write_isic_files(layout, manifest, session, opts)
     return summary
 
 
-def _write_isic_files(layout: DataLayout, manifest: pa.Table, session, api_url: str) -> None:
+def _write_isic_files(layout: DataLayout, manifest: pa.Table, session, opts: DownloadOptions) -> None:
     """metadata.csv, attribution.txt and licenses/ for every image in the manifest, as isic-cli writes them."""
     if not manifest.num_rows:
         return
     write_metadata_csv(layout.metadata_csv, manifest)
     write_attribution(layout.attribution, manifest)
     for license_name in sorted(set(manifest["copyright_license"].drop_null().to_pylist())):
-        text = api.get_license_text(session, api_url, license_name)
+        text = api.get_license_text(session, opts.api_url, license_name, opts.policy)
         write_text_atomic(layout.licenses / f"{license_name}.txt", text)

@@ -13,6 +13,14 @@ class InvalidUrlError(ArchiveError, ValueError):
     """A URL that is not http(s)."""
 
 
+class InvalidInputError(ArchiveError, ValueError):
+    """A bad argument or input file given by the user (a missing folder, a CSV without an id column)."""
+
+
+class ArchiveUnreachableError(ArchiveError):
+    """No connection to the archive could be made within the retry budget."""
+
+
 class QueryError(ArchiveError):
     """The archive refused a search query (HTTP 400)."""
 

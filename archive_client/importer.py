@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path, fsync_dir, write_bytes_atomic
 from .challenge_data import check_mask, find_image
+from .errors import InvalidInputError
 from .ids import check_isic_id
 from .images import displayed_size, image_size
 from .isic_files import write_attribution, write_metadata_csv
@@ -80,11 +81,17 @@ class ImportSummary:
     masks_written: int = 0
     masks_skipped: int = 0
     masks_rejected: list[tuple[str, str]] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)      # files whose names are neither images nor masks
+    unexpected: list[str] = field(default_factory=list)      # skipped: not image or mask names, or a mask
+                                                             # name in the images folder (and vice versa)
     splits: dict[str, int] = field(default_factory=dict)     # split -> masks imported
     labels_rejected: list[tuple[str, str]] = field(default_factory=list)   # (row, reason)
     labels_unmatched: int = 0               # label rows whose image was not imported
     labels_ignored_columns: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """False when an image, mask or label row that was given could not be imported."""
+        return not (self.images_rejected or self.masks_rejected or self.labels_rejected)
 
     def lines(self) -> list[str]:
         """A human summary for the CLI; file names are quoted so a hostile one cannot garble the terminal."""
@@ -94,14 +101,41 @@ class ImportSummary:
                f"{len(self.masks_rejected)} rejected; splits {dict(sorted(self.splits.items()))}"]
         out += [f"rejected {name!r}: {why}" for name, why in self.images_rejected + self.masks_rejected]
         out += [f"label row {row}: {why}" for row, why in self.labels_rejected]
-        if self.unexpected:
-            out.append(f"{len(self.unexpected)} files skipped (not ISIC_ddddddd images or masks): "
-                       + ", ".join(repr(n) for n in self.unexpected[:5]) + (" ..." if len(self.unexpected) > 5 else ""))
+        skipped: dict[str | None, list[str]] = {}
+        for name in self.unexpected:
+            skipped.setdefault(_misplaced_hint(name), []).append(name)
+        for hint in _MISPLACED_HINTS:
+            if hint in skipped:
+                out.append(f"{len(skipped[hint])} files skipped ({_examples(skipped[hint])}): {hint}")
+        if None in skipped:
+            out.append(f"{len(skipped[None])} files skipped (not ISIC_ddddddd images or masks): "
+                       f"{_examples(skipped[None])}")
         if self.labels_unmatched:
             out.append(f"{self.labels_unmatched} label rows have no imported image")
         if self.labels_ignored_columns:
             out.append(f"label columns not imported: {', '.join(self.labels_ignored_columns)}")
         return out
+
+
+_MASKS_HINT = "these look like masks: pass their folder with --masks DIR (it may be the same as --images)"
+_IMAGES_HINT = "these look like images: pass their folder with --images DIR (it may be the same as --masks)"
+_MISPLACED_HINTS = (_MASKS_HINT, _IMAGES_HINT)
+
+
+def _misplaced_hint(name: str) -> str | None:
+    """For a skipped file named like a mask (or an image), where such files go; None for other names."""
+    base = name.rsplit("/", 1)[-1]
+    if MASK_NAME.fullmatch(base):
+        return _MASKS_HINT
+    image = IMAGE_NAME.fullmatch(base)
+    if image and image.group(2).lower() in IMAGE_EXTENSIONS:
+        return _IMAGES_HINT
+    return None
+
+
+def _examples(names: list[str], shown: int = 5) -> str:
+    """A few names, quoted so a hostile one cannot garble the terminal."""
+    return ", ".join(repr(n) for n in names[:shown]) + (" ..." if len(names) > shown else "")
 
 
 # --------------------------------------------------------------------------------------------- labels
@@ -141,14 +175,25 @@ class Labels:
 
 
 def read_labels(path: Path) -> Labels:
-    """Per-image metadata from a labels CSV (see the module doc); bad rows are listed, not fatal."""
+    """Per-image metadata from a labels CSV (see the module doc); bad rows are listed, not fatal; a file that is
+    not a UTF-8 CSV with an id column raises InvalidInputError."""
+    if not path.is_file():
+        raise InvalidInputError(f"the labels file {path} does not exist or is not a file; pass a CSV to --labels")
+    try:
+        return _parse_labels(path)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InvalidInputError(f"the labels file {path} is not a UTF-8 CSV ({err}); save it as CSV, UTF-8") from err
+
+
+def _parse_labels(path: Path) -> Labels:
     labels = Labels()
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         columns = [c for c in (reader.fieldnames or [])]
         id_column = next((c for c in _ID_COLUMNS if c in columns), None)
         if id_column is None:
-            raise ValueError(f"{path}: no isic_id (or image_id) column; its columns are {columns}")
+            raise InvalidInputError(f"{path}: no isic_id (or image_id) column; its columns are {columns}; "
+                                    "name the image id column isic_id")
         archive_style = any(_DIAGNOSIS_COLUMN.fullmatch(c) for c in columns)
         part3 = not archive_style and all(c in columns for c in _PART3_COLUMNS)
         others = [c for c in columns if c not in _ID_COLUMNS and c is not None]
@@ -308,18 +353,20 @@ def import_folders(
     ``challenge`` names the mask folder DATA/masks/<challenge> and the gt manifest rows; ``split`` is train,
     val, test or auto (the reference file manifests/challenge_splits.csv, else train). ``link`` hard-links
     files instead of copying them where the file system allows (DATA then shares the files with the source:
-    editing one edits the other). Raises ValueError for bad arguments, LockedError if another wsm writes ``out``.
+    editing one edits the other). Raises InvalidInputError (a ValueError) for bad arguments, LockedError if
+    another wsm writes ``out``.
     """
     if not CHALLENGE_NAME.fullmatch(challenge or ""):
-        raise ValueError(f"challenge name {challenge!r} becomes a folder name: use letters, digits, '.', '_' or '-' "
-                         "(at most 64, starting with a letter or digit), e.g. isic2018 or local")
+        raise InvalidInputError(f"challenge name {challenge!r} becomes a folder name: use letters, digits, '.', '_' "
+                                "or '-' (at most 64, starting with a letter or digit), e.g. isic2018 or local")
     if split not in SPLIT_CHOICES:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
+        raise InvalidInputError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
     images = Path(images)
     masks = Path(masks) if masks is not None else None
     for folder, what in ((images, "images"), (masks, "masks")):
         if folder is not None and not folder.is_dir():
-            raise ValueError(f"the {what} folder {folder} does not exist or is not a folder")
+            raise InvalidInputError(f"the {what} folder {folder} does not exist or is not a folder; "
+                                    f"pass an existing folder to --{what}")
     label_table = read_labels(Path(labels)) if labels is not None else Labels()
     layout = DataLayout(Path(out))
     summary = ImportSummary(labels_rejected=list(label_table.rejected),

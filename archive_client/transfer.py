@@ -26,6 +26,19 @@ from .ids import check_http_url
 
 log = logging.getLogger(__name__)
 
+
+class _RetriesAtDebug(logging.Filter):
+    """urllib3 warns on each retry it makes (even with -q); they are expected, so they go to wsm's debug log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Retrying"):
+            log.debug("urllib3: %s", record.getMessage())
+            return False
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_RetriesAtDebug())
+
 RETRY_STATUS = (429, 500, 502, 503, 504)
 _STREAM_ERRORS = (
     requests.ConnectionError,
@@ -37,11 +50,12 @@ _STREAM_ERRORS = (
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 8                 # tries per file (and per status code, through urllib3)
+    attempts: int = 8                 # tries per file or API request (and per status code, through urllib3)
     backoff_s: float = 0.25           # first wait; doubles each try
     backoff_max_s: float = 20.0       # longest wait between tries (Retry-After is honoured above it)
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0      # silence on an open connection before it counts as dropped
+    api_budget_s: float = 120.0       # an API request without a good answer after this long is given up
     chunk_bytes: int = 1 << 16        # small enough that a truncated body keeps most of what arrived
 
 
@@ -60,11 +74,12 @@ def user_agent() -> str:
 
 
 def make_session(workers: int = 16, policy: RetryPolicy = RetryPolicy()) -> requests.Session:
-    """A session with a connection pool sized for ``workers`` threads and urllib3 retries on
-    429 / 5xx (honouring Retry-After) and on connection errors before a response arrives."""
+    """A session with a connection pool sized for ``workers`` threads and urllib3 retries on 429 / 5xx
+    (honouring Retry-After) and on connections dropped before a response arrives. A connection that cannot be
+    made is not retried here: api and fetch_file retry it themselves (two layers would multiply the waits)."""
     retry = Retry(
         total=policy.attempts,
-        connect=policy.attempts,
+        connect=0,
         read=policy.attempts,
         status=policy.attempts,
         backoff_factor=policy.backoff_s,

@@ -365,3 +365,19 @@ def test_flaky_server_is_survived(served_data, tmp_path):
         stats = server.stats
     assert summary.masks_rejected == [] and summary.masks_written == summary.images_written > 0
     assert stats.faults > 0, "the emulator injected no fault; the test proves nothing"
+
+
+# ----------------------------------------------------------------------------------------- the CLI
+
+def test_cli_exit_code_says_whether_every_mask_came_in(emulator, tmp_path, server, capsys):
+    from wsm.cli import main
+
+    def download(url: str, data: Path) -> int:
+        return main(["-q", "download", "--challenge", "isic2018", "--splits", "train", "--inputs",
+                     "--challenge-url", url, "--out", str(data)])
+
+    assert download(emulator.challenge_url, tmp_path / "DATA") == 0
+    assert "0 rejected" in capsys.readouterr().err
+    serve_2018_train(server)                               # two of its four masks are refused
+    assert download(server.url, tmp_path / "DATA2") == 1
+    assert "rejected ISIC_0000004" in capsys.readouterr().err

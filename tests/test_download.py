@@ -69,8 +69,28 @@ def test_search_limit_and_collections_pass_through(tmp_path, emulator):
                            collections="1", progress=False, policy=FAST)
     summary = download_images(tmp_path, opts)
     rows = pq.read_table(tmp_path / "manifest.parquet").to_pylist()
-    assert summary.matched == len(rows) == 5
+    assert summary.taken == len(rows) == 5
     assert {r["image_type"] for r in rows} == {"dermoscopic"}
+
+
+def test_summary_tells_matched_from_taken_and_verified_from_recovered(tmp_path, emulator):
+    opts = DownloadOptions(api_url=emulator.api_url, limit=10, progress=False, policy=FAST)
+    first = download_images(tmp_path, opts)
+    assert (first.matched, first.taken, first.downloaded) == (30, 10, 10)
+    assert first.lines()[0].startswith("matched 30 images, 10 taken (--limit 10): downloaded 10,")
+
+    verified = download_images(tmp_path, DownloadOptions(api_url=emulator.api_url, limit=10, verify=True,
+                                                         progress=False, policy=FAST))
+    assert (verified.verified, verified.adopted, verified.downloaded, verified.skipped) == (10, 0, 0, 0)
+    assert "verified 10 intact, recovered 0" in verified.lines()[0]
+
+    damaged = tmp_path / pq.read_table(tmp_path / "manifest.parquet").to_pylist()[0]["file"]
+    good = damaged.read_bytes()
+    damaged.write_bytes(bytes([good[0] ^ 1]) + good[1:])             # same size, other bytes
+    again = download_images(tmp_path, DownloadOptions(api_url=emulator.api_url, limit=10, verify=True,
+                                                      progress=False, policy=FAST))
+    assert (again.verified, again.downloaded, again.adopted) == (9, 1, 0)
+    assert damaged.read_bytes() == good
 
 
 def test_bad_query_is_a_clear_error(tmp_path, emulator, capsys):
@@ -108,7 +128,7 @@ def test_plan_action(tmp_path):
     assert plan_action(f, 10, None, False) == "adopt"          # complete but unlisted: hash it
     known = {"bytes": 10, "sha256": "ab"}
     assert plan_action(f, 10, known, False) == "skip"
-    assert plan_action(f, 10, known, True) == "adopt"          # --verify re-hashes
+    assert plan_action(f, 10, known, True) == "verify"         # --verify re-hashes
 
 
 # --- a hand-written archive that lies, for what the emulator does not do -----------------------------
@@ -209,3 +229,19 @@ def test_disk_full_is_a_clear_error_and_nothing_is_half_written(tmp_path, emulat
     with pytest.raises(DiskFullError, match="free space and rerun"):
         fetch_file(make_session(1), record["files"]["full"]["url"], dest, partial=Path("/dev/full"), policy=FAST)
     assert not dest.exists()
+
+
+def test_unreachable_archive_fails_fast_with_one_clear_error(tmp_path, caplog):
+    """Connection refused is retried by wsm only (not by urllib3 too), within the policy's time budget."""
+    import time
+
+    from archive_client.errors import ArchiveUnreachableError
+
+    policy = RetryPolicy(backoff_s=0.2, api_budget_s=1.5)
+    started = time.monotonic()
+    with caplog.at_level("WARNING"), pytest.raises(ArchiveUnreachableError, match="cannot reach the archive at "
+                                                   r"http://127\.0\.0\.1:1/.*Connection refused.*check --api-url"):
+        download_images(tmp_path, DownloadOptions(api_url="http://127.0.0.1:1/api/v2/", limit=2, progress=False,
+                                                  policy=policy))
+    assert time.monotonic() - started < 3
+    assert not [r for r in caplog.records if r.name.startswith("urllib3")], "urllib3 retried (and warned) too"

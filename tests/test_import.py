@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -364,3 +365,94 @@ def test_bad_arguments_and_lock(tmp_path):
     assert not (tmp_path / "DATA").exists()
     with exclusive_lock(tmp_path / "DATA"), pytest.raises(LockedError):
         import_folders(tmp_path / "DATA", tmp_path / "img", progress=False)
+
+
+# ----------------------------------------------------------------------------------------- the CLI
+
+def test_cli_exit_code_says_whether_everything_was_imported(tmp_path, capsys):
+    from wsm.cli import main
+
+    jpeg(tmp_path / "img/ISIC_0000001.jpg", 12, 10)
+    png_mask(tmp_path / "msk/ISIC_0000001_segmentation.png", 12, 10)
+    args = ["-q", "import", "--images", str(tmp_path / "img"), "--masks", str(tmp_path / "msk")]
+    assert main(args + ["--out", str(tmp_path / "DATA")]) == 0
+    assert "masks 1 written" in capsys.readouterr().err
+
+    png_mask(tmp_path / "msk/ISIC_0000002_segmentation.png", 12, 10)       # a mask without an image
+    assert main(args + ["--out", str(tmp_path / "DATA2")]) == 1
+    assert "rejected 'ISIC_0000002_segmentation.png': no image" in capsys.readouterr().err
+    labels = tmp_path / "labels.csv"
+    labels.write_text("isic_id,diagnosis_1\nISIC_0000001,Benign\nnot-an-id,Benign\n", encoding="utf8")
+    (tmp_path / "msk/ISIC_0000002_segmentation.png").unlink()
+    assert main(args + ["--labels", str(labels), "--out", str(tmp_path / "DATA3")]) == 1
+    assert "label row labels.csv:3" in capsys.readouterr().err
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
+    from archive_client.errors import ArchiveError
+    from wsm.cli import main
+
+    jpeg(tmp_path / "img/ISIC_0000001.jpg", 8, 8)
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("isic_id,diagnosis_1\nISIC_0000001,Nävus\n".encode("latin-1"))
+    cases = [(["--images", str(tmp_path / "nope")], "the images folder .*nope does not exist"),
+             (["--images", str(tmp_path / "img"), "--masks", str(tmp_path / "img/ISIC_0000001.jpg")],
+              "the masks folder .* is not a folder; pass an existing folder to --masks"),
+             (["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "none.csv")],
+              "labels file .*none.csv does not exist"),
+             (["--images", str(tmp_path / "img"), "--labels", str(latin1)], "labels file .* is not a UTF-8 CSV"),
+             (["--images", str(tmp_path / "img"), "--challenge", "../x"], "becomes a folder name")]
+    for extra, message in cases:
+        assert main(["-q", "import", "--out", str(tmp_path / "DATA"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("wsm: error: ") and err.count("\n") == 1, err
+        assert re.search(message, err), err
+    with pytest.raises(ArchiveError, match="does not exist"):         # what the CLI catches, also from Python
+        import_folders(tmp_path / "DATA", tmp_path / "nope", progress=False)
+
+
+def test_masks_given_as_images_are_pointed_to_masks(tmp_path):
+    for i in (1, 2):
+        png_mask(tmp_path / f"msk/ISIC_000000{i}_segmentation.png", 8, 8)
+    jpeg(tmp_path / "msk/ISIC_0000003.jpg", 8, 8)
+    (tmp_path / "msk/readme.pdf").write_bytes(b"%PDF")
+    alone = import_folders(tmp_path / "DATA", tmp_path / "msk", progress=False)
+    assert alone.images_written == 1 and alone.masks_written == 0
+    text = "\n".join(alone.lines())
+    assert "2 files skipped ('msk/ISIC_0000001_segmentation.png', 'msk/ISIC_0000002_segmentation.png'): these " \
+           "look like masks: pass their folder with --masks DIR" in text
+    assert "1 files skipped (not ISIC_ddddddd images or masks): 'msk/readme.pdf'" in text
+    # and the other way round: an image in the masks folder
+    jpeg(tmp_path / "img/ISIC_0000001.jpg", 8, 8)
+    swapped = import_folders(tmp_path / "DATA2", tmp_path / "img", tmp_path / "msk", progress=False)
+    assert "1 files skipped ('msk/ISIC_0000003.jpg'): these look like images: pass their folder with --images" \
+        in "\n".join(swapped.lines())
+
+
+# ----------------------------------------------------------------------------------------- file modes
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_atomic_writes_get_the_mode_of_a_new_file(tmp_path, umask):
+    """Not mkstemp's 0600, also when the writer swaps in a file of its own (safetensors does)."""
+    import tempfile
+
+    from archive_client.atomic import atomic_path, write_text_atomic
+
+    def replace_with_private_file(tmp: Path) -> None:
+        fd, other = tempfile.mkstemp(dir=tmp.parent)
+        os.write(fd, b"weights")
+        os.close(fd)
+        os.replace(other, tmp)
+
+    old = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "a.json", "{}")
+        with atomic_path(tmp_path / "model.safetensors") as tmp:
+            replace_with_private_file(tmp)
+        jpeg(tmp_path / "img/ISIC_0000001.jpg", 8, 8)
+        import_folders(tmp_path / "DATA", tmp_path / "img", progress=False)
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "a.json", tmp_path / "model.safetensors", tmp_path / "DATA/images/ISIC_0000001.jpg",
+                 tmp_path / "DATA/manifest.parquet"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path

@@ -41,7 +41,7 @@ def test_errors_name_what_is_wrong(tmp_path):
     bad.write_text("method = [")
     with pytest.raises(PipelineError, match="not valid TOML"):
         load_pipeline(bad)
-    with pytest.raises(PipelineError, match="choose one of"):
+    with pytest.raises(PipelineError, match="method is one of"):
         build_recipe(load_pipeline("default", overrides=["method=magic"]))
 
 

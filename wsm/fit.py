@@ -53,10 +53,19 @@ class FitSummary:
                f"classifier images {self.classifier_images}, prior masks {self.prior_images}"]
         if self.calibration is not None:
             c = self.calibration
-            out.append(f"calibrated on {c.n_images} held-out fitting-split masks: prior weight {c.prior_weight}, "
+            weight = "no prior" if c.prior_weight is None else f"prior weight {c.prior_weight}"
+            out.append(f"calibrated on {c.n_images} held-out fitting-split masks: {weight}, "
                        f"threshold {c.mask_threshold}, Jaccard {c.jaccard:.3f}, certain pixels "
                        f"{c.certain_fraction:.1%} at accuracy {c.certain_accuracy:.3f}")
+            if c.n_images < 10:
+                out.append(f"warning: calibration saw only {c.n_images} masks; its choice is a guess (import or "
+                           "download more official masks, or set [fusion.weights] yourself)")
         out.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
+        work = self.bundle / "work"
+        if work.is_dir():
+            megabytes = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) / 1e6
+            out.append(f"{work} ({megabytes:.0f} MB) keeps the training checkpoints, to resume or refit with other "
+                       "settings; the bundle does not need it")
         return out
 
 

@@ -54,8 +54,8 @@ class ImageDecodeError(WsmError):
         self.path = Path(path)
         self.reason = reason
         self.fix = fix or (
-            "Re-download the file (wsm download verifies sizes and resumes), or remove it from the manifest "
-            "if the archive copy is broken too."
+            "Replace the file with a good copy (for DATA images: rerun `wsm download`, which verifies sizes and "
+            "resumes), or leave it out."
         )
         super().__init__(f"cannot decode {self.path}: {reason}. {self.fix}")
 

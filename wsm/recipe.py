@@ -123,7 +123,9 @@ def build_recipe(resolved: dict) -> Recipe:
     """Typed configs from a resolved pipeline (wsm.pipeline.load_pipeline); errors name the bad key."""
     method = resolved.get("method", "weak")
     if method not in METHODS:
-        raise PipelineError(f"method = {method!r}; choose one of {', '.join(METHODS)}")
+        hint = "; MB-DCNN is a training recipe: `wsm train --pipeline mbdcnn`" if method == "mbdcnn" else ""
+        raise PipelineError(f"method = {method!r}; `wsm fit` takes a pipeline whose method is one of "
+                            f"{', '.join(METHODS)}{hint}")
     fusion = resolved.get("fusion", {})
     for name, weight in fusion.get("weights", {}).items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:

@@ -59,13 +59,15 @@ def register(commands) -> None:
                      help="also write WSM/challenge/ISIC_x_segmentation.png (0/255) for isic-challenge-scoring")
     gen.add_argument("--prefer-official", action="store_true",
                      help="where an official mask exists, write it instead of a weak map (source=official)")
-    _common(gen, note="; with --bundle only the inference settings prior.flip_tta and cam.flip_tta, e.g. "
+    _common(gen, generating=True, note="; with --bundle only the inference settings prior.flip_tta and cam.flip_tta, e.g. "
             "--set prior.flip_tta=false for ~2x faster CPU generation; without, the settings of the fit it runs")
     gen.set_defaults(run=run_generate)
 
 
-def _common(parser, note: str = "") -> None:
-    parser.add_argument("--pipeline", default="default", help="a pipelines/*.toml name or a path (for fit)")
+def _common(parser, note: str = "", generating: bool = False) -> None:
+    parser.add_argument("--pipeline", default="default",
+                        help="a pipelines/*.toml name (default, cam-only, classic) or a path" + (
+                            "; with no --bundle, the recipe of the fit it runs" if generating else ""))
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     add_set_flag(parser, note=note)
 
