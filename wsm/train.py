@@ -281,6 +281,9 @@ def eval_rows(data: Path | str, eval_split: str, class_maps: Path | str | None =
         rows = rows.drop(columns=["mask_file"]).merge(
             weak_maps(class_maps).rename(columns={"label_file": "mask_file"}), on="isic_id", how="inner")
     rows = rows[rows["mask_file"].notna()]
+    if rows.empty:
+        log.warning("--eval-split %s has no official mask in %s: this run will not be evaluated (choose a split "
+                    "with masks, or --eval-split none to say so)", eval_split, data)
     return rows[["isic_id", "file", "mask_file"]].sort_values("isic_id").reset_index(drop=True)
 
 
