@@ -280,3 +280,17 @@ def test_images_without_an_official_mask_get_weak_maps_beside_those_with_one(bun
     assert len(rows) == 6 and {r["status"] for r in rows.values()} == {"ok"}
     with_mask = {p.stem for p in chosen[:2]}
     assert all((rows[i]["agreement"] is not None) == (i in with_mask) for i in rows)
+
+
+def test_merge_refuses_while_a_shard_is_missing(tmp_path, capsys):
+    import shutil
+
+    from wsm.outputs import WSM_MANIFEST, part_name
+
+    out = tmp_path / "wsm"
+    out.mkdir()
+    pq.write_table(WSM_MANIFEST.empty_table(), out / part_name(0, 3))
+    shutil.copy(out / part_name(0, 3), out / part_name(2, 3))
+    assert main(["-q", "generate", "--out", str(out), "--merge"]) == 2
+    assert "shard(s) 1/3 have not written their part" in capsys.readouterr().err
+    assert not (out / "manifest.parquet").exists()

@@ -422,12 +422,26 @@ def _collect(futures) -> Iterator[dict]:
             yield _failed(future.isic_id, err)
 
 
+def check_all_shards(out: Path, parts: list[Path]) -> None:
+    """Refuse to merge unless every shard of one count wrote its part (a missing one would lose its images)."""
+    found = [re.fullmatch(r"manifest-part-(\d+)-of-(\d+)\.parquet", p.name) for p in parts]
+    counts = {int(m.group(2)) for m in found if m}
+    if len(counts) != 1:
+        raise DataError(f"{out} holds parts of runs with different shard counts {sorted(counts)}: keep one run's")
+    count = counts.pop()
+    missing = sorted(set(range(count)) - {int(m.group(1)) for m in found if m})
+    if missing:
+        raise DataError(f"{out}: shard(s) {', '.join(f'{i}/{count}' for i in missing)} have not written their part; "
+                        f"run `wsm generate ... --shard {missing[0]}/{count}` (same command as the others) first")
+
+
 def merge_parts(out: Path) -> Path:
     """Join the shards' manifest parts into WSM/manifest.parquet (one row per image)."""
     out = Path(out)
     parts = sorted(out.glob("manifest-part-*-of-*.parquet"))
     if not parts:
         raise DataError(f"{out} has no manifest-part-*.parquet files to merge")
+    check_all_shards(out, parts)
     merged = WSM_MANIFEST.empty_table()
     tables = [pq.read_table(part) for part in parts]
     if tables[0].num_rows:
