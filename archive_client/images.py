@@ -29,3 +29,12 @@ def image_size(path: Path | str) -> tuple[int, int]:
     """``(width, height)`` as displayed, from the file's header (Pillow's errors propagate)."""
     with Image.open(path) as im:
         return displayed_size(im)
+
+
+def check_decodes(im: Image.Image) -> None:
+    """Decode an opened image all through, so that a truncated or corrupt file fails here (Pillow's OSError)
+    rather than later; a JPEG is decoded at 1/8 scale, which still reads every byte of its scan (~2 ms for a
+    512 px image, ~40 ms for 12 megapixels)."""
+    if im.format == "JPEG":
+        im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+    im.load()

@@ -34,7 +34,7 @@ from .atomic import atomic_path, fsync_dir, write_bytes_atomic
 from .challenge_data import check_mask, find_image
 from .errors import InvalidInputError
 from .ids import check_isic_id
-from .images import displayed_size, image_size
+from .images import check_decodes, displayed_size, image_size
 from .isic_files import write_attribution, write_metadata_csv
 from .layout import DataLayout, exclusive_lock
 from .manifest import DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row, merge_rows, read_table, write_table_atomic
@@ -391,6 +391,7 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
             with Image.open(src) as im:
                 width, height = displayed_size(im)
                 kind = im.format
+                check_decodes(im)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             summary.images_rejected.append((name, f"does not decode as an image ({err.__class__.__name__}: {err})"))
             continue

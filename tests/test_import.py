@@ -456,3 +456,15 @@ def test_atomic_writes_get_the_mode_of_a_new_file(tmp_path, umask):
     for path in (tmp_path / "a.json", tmp_path / "model.safetensors", tmp_path / "DATA/images/ISIC_0000001.jpg",
                  tmp_path / "DATA/manifest.parquet"):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_a_truncated_jpeg_is_rejected_at_import(tmp_path):
+    img = tmp_path / "images"
+    jpeg(img / "ISIC_0000001.jpg", 64, 48, 1)
+    jpeg(img / "ISIC_0000002.jpg", 64, 48, 2)
+    whole = (img / "ISIC_0000002.jpg").read_bytes()
+    (img / "ISIC_0000002.jpg").write_bytes(whole[: len(whole) * 2 // 3])    # the header still gives a size
+    summary = import_folders(tmp_path / "DATA", img, progress=False)
+    rejected = dict(summary.images_rejected)
+    assert list(rejected) == ["ISIC_0000002.jpg"] and "truncated" in rejected["ISIC_0000002.jpg"]
+    assert sorted(rows(tmp_path / "DATA" / "manifest.parquet")) == ["ISIC_0000001"] and not summary.ok
