@@ -294,3 +294,27 @@ def test_merge_refuses_while_a_shard_is_missing(tmp_path, capsys):
     assert main(["-q", "generate", "--out", str(out), "--merge"]) == 2
     assert "shard(s) 1/3 have not written their part" in capsys.readouterr().err
     assert not (out / "manifest.parquet").exists()
+
+
+def test_refitting_a_bundle_takes_it_out_of_use_until_done_and_says_when_settings_changed(
+        sample_data, bundle, tmp_path, monkeypatch, caplog):
+    import shutil
+
+    import wsm.fit
+    from wsm.bundle import BundleError, load_bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)      # with its work/ checkpoints: the refit only recalibrates
+    other = [s for s in TINY if not s.startswith("calibration.")] + ["calibration.max_images=5"]
+    with caplog.at_level("WARNING"):
+        assert main(["-q", "fit", "--data", str(sample_data), "--out", str(copy), *_sets(other)]) == 0
+    assert "fitted with other settings" in caplog.text
+    assert load_bundle(copy).recipe.calibration.max_images == 5
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wsm.fit, "_calibrate", killed)
+    assert main(["-q", "fit", "--data", str(sample_data), "--out", str(copy), *_sets(TINY)]) == 130
+    with pytest.raises(BundleError, match="not a complete wsm bundle"):
+        load_bundle(copy)

@@ -23,7 +23,7 @@ from archive_client.layout import DataLayout
 from archive_client.transfer import sha256_file
 from wsm import bundle as B
 from wsm.data import DataError, read_manifest, read_truth, warn_unknown_ids, with_truth
-from wsm.pipeline import load_pipeline
+from wsm.pipeline import load_pipeline, pipeline_hash
 from wsm.recipe import INFERENCE_ONLY, Recipe, build_recipe
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,19 @@ def _calibrate(recipe: Recipe, data: Path, rows: pd.DataFrame, models, progress:
     return result
 
 
+def _start_replacing(out: Path, requested: str) -> None:
+    """Take the bundle in ``out`` out of use until this fit writes its provenance last: a fit killed half-way
+    leaves a bundle that `generate` refuses, never new weights beside an old calibration."""
+    old = out / B.PROVENANCE
+    if not old.exists():
+        return
+    before = json.loads(old.read_text(encoding="utf8")).get("requested_pipeline_sha256")
+    if before not in (None, requested):
+        log.warning("%s holds a bundle fitted with other settings; this fit replaces it (checkpoints under "
+                    "work/ are kept)", out)
+    old.unlink()
+
+
 def fit(opts: FitOptions) -> FitSummary:
     """Train, calibrate and write the bundle; see the module doc."""
     import torch
@@ -159,6 +172,8 @@ def fit(opts: FitOptions) -> FitSummary:
         torch.set_num_threads(recipe.fit.threads)
     out, data = Path(opts.out), Path(opts.data)
     out.mkdir(parents=True, exist_ok=True)
+    requested = pipeline_hash(resolved)
+    _start_replacing(out, requested)
     work = out / "work"
     summary = FitSummary(out)
     rows = with_truth(read_manifest(data), read_truth(data))
@@ -171,6 +186,7 @@ def fit(opts: FitOptions) -> FitSummary:
         prior_rows = masked if recipe.uses_prior else masked.iloc[:0]
     models = MapModels(recipe, device=opts.device)
     provenance = {"recipe": recipe.name, "method": recipe.method, "seed": recipe.seed, "device": opts.device,
+                  "requested_pipeline_sha256": requested,
                   "data": str(data.resolve()), "versions": B.versions(), "excluded_ids": len(opts.exclude_ids),
                   "data_manifest_sha256": sha256_file(DataLayout(data).manifest)}
 
