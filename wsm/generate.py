@@ -230,26 +230,31 @@ def _failed(isic_id: str, err: BaseException) -> dict:
             "error": f"{err.__class__.__name__}: {err}"[:500]}
 
 
-def _done_ids(manifest: Path, out: Path) -> set[str]:
+def _done_ids(previous: pa.Table, out: Path) -> set[str]:
     """Ids whose map is listed as ok and is on disk (a rerun skips them)."""
-    if not manifest.exists():
-        return set()
-    table = pq.read_table(manifest, columns=["isic_id", "path", "status"]).to_pylist()
-    return {r["isic_id"] for r in table if r["status"] == "ok" and r["path"] and (out / r["path"]).exists()}
+    return {r["isic_id"] for r in previous.select(["isic_id", "path", "status"]).to_pylist()
+            if r["status"] == "ok" and r["path"] and (out / r["path"]).exists()}
 
 
-def check_same_maker(tables: list[pa.Table], provenance: dict, out: Path) -> None:
-    """Refuse to add maps to a WSM folder whose maps came from another bundle or other settings: one folder, one
-    maker, so that a resumed or sharded run never mixes two kinds of map."""
+_MAKER = ("pipeline_sha256", "model_sha256")   # what made a map: the resolved pipeline and the weights
+
+
+def map_makers(tables: list[pa.Table]) -> set[tuple]:
+    """The (pipeline, models) pairs that made the ok maps of these manifest tables."""
     makers = set()
     for table in tables:
         ok = table.filter(pc.equal(table["status"], "ok"))
-        makers |= set(zip(ok["pipeline_sha256"].to_pylist(), ok["model_sha256"].to_pylist()))
-    ours = (provenance["pipeline_sha256"], provenance["model_sha256"])
-    others = sorted(makers - {ours}, key=str)
-    if others:
+        makers |= set(zip(*(ok[column].to_pylist() for column in _MAKER)))
+    return makers
+
+
+def check_one_maker(makers: set[tuple], out: Path) -> None:
+    """Refuse a WSM folder whose maps would come from more than one bundle or set of settings (``makers``, with
+    this run's when it adds maps): a resumed or sharded run never mixes two kinds of map."""
+    if len(makers) > 1:
         raise DataError(f"{out} holds maps made by another bundle or other settings (pipeline, models: "
-                        f"{others[0]}; this run: {ours}): write to a new --out, or delete {out} to start again")
+                        f"{', '.join(map(str, sorted(makers, key=str)))}): write to a new --out, or delete {out} to "
+                        "start again")
 
 
 def _selection(opts: GenerateOptions) -> str:
@@ -324,10 +329,10 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         if opts.limit:
             rows = rows.head(opts.limit)
         provenance = _provenance(bundle, opts.shard)
-        if manifest_path.exists():
-            check_same_maker([pq.read_table(manifest_path, columns=["status", "pipeline_sha256", "model_sha256"])],
-                             provenance, out)
-        done = _done_ids(manifest_path, out)
+        previous = (pq.read_table(manifest_path, columns=["isic_id", "path", "status", *_MAKER])
+                    if manifest_path.exists() else WSM_MANIFEST.empty_table())
+        check_one_maker(map_makers([previous]) | {tuple(provenance[column] for column in _MAKER)}, out)
+        done = _done_ids(previous, out)
         summary.total, summary.skipped = len(rows), int(rows["isic_id"].isin(done).sum())
         rows = rows[~rows["isic_id"].isin(done)]
         networks = bundle.recipe.method != "classic" and len(rows) > 0
@@ -444,10 +449,7 @@ def merge_parts(out: Path) -> Path:
     check_all_shards(out, parts)
     merged = WSM_MANIFEST.empty_table()
     tables = [pq.read_table(part) for part in parts]
-    if tables[0].num_rows:
-        first = tables[0].filter(pc.equal(tables[0]["status"], "ok")).slice(0, 1).to_pylist()
-        if first:
-            check_same_maker(tables, first[0], out)
+    check_one_maker(map_makers(tables), out)
     for table in tables:
         merged = merge_tables(merged, table, ("isic_id",))
     write_table_atomic(merged, out / "manifest.parquet")
