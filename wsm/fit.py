@@ -117,7 +117,7 @@ def _train_prior(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, dev
     from wsm.training import BCEDiceLoss, TrainConfig, train
 
     cfg = recipe.prior
-    augment_cfg = dataclasses.replace(SEGMENTER_AUGMENT, scale=tuple(cfg.augment_scale), stretch=cfg.augment_stretch)
+    augment_cfg = dataclasses.replace(SEGMENTER_AUGMENT, scale=cfg.augment_scale, stretch=cfg.augment_stretch)
     dataset = SegmentationDataset(data, rows, cfg.size, augment=True, seed=recipe.seed, augment_cfg=augment_cfg)
     torch.manual_seed(recipe.seed)
     model = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,

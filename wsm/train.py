@@ -511,11 +511,14 @@ def trained_ids(run_dir: Path) -> set[str] | None:
     """Every image the network of a RUN folder learnt from: its own training images and those of the runs it was
     initialised from (``INIT_IDS``); for a `wsm fit` bundle, the images whose masks fit used; None when the folder
     keeps no record, or its run started from weights that kept none (``INIT_UNKNOWN``)."""
-    provenance = run_dir / "provenance.json"
-    if not (run_dir / TRAIN_IDS).exists() and provenance.exists():
-        fitted = json.loads(provenance.read_text(encoding="utf8")).get("fit_mask_ids")
+    from wsm.bundle import PROVENANCE
+
+    if not (run_dir / TRAIN_IDS).exists():
+        if not (run_dir / PROVENANCE).exists():
+            return None
+        fitted = json.loads((run_dir / PROVENANCE).read_text(encoding="utf8")).get("fit_mask_ids")
         return set(fitted) if fitted is not None else None
-    if not (run_dir / TRAIN_IDS).exists() or (run_dir / INIT_UNKNOWN).exists():
+    if (run_dir / INIT_UNKNOWN).exists():
         return None
     ids = set()
     for name in (TRAIN_IDS, INIT_IDS):

@@ -81,10 +81,12 @@ def options(args):
     given = {k: getattr(args, k) for k in ("arch", "encoder", "loss", "epochs", "size", "batch_size", "lr")
              if getattr(args, k) is not None}
     return TrainOptions(data=args.data, out=args.out, labels=str(args.labels), wsm=args.wsm,
-                        min_confidence=args.min_confidence, num_classes=args.num_classes, split_train=args.split_train, eval_split=args.eval_split,
+                        min_confidence=args.min_confidence, num_classes=args.num_classes,
+                        split_train=args.split_train, eval_split=args.eval_split,
                         weight_decay=args.weight_decay, augment=args.augment, seed=args.seed, device=args.device,
                         workers=args.workers, amp=args.amp, accumulate=args.accumulate,
-                        pretrained=args.pretrained, weights_file=args.weights_file, init=args.init, resume=args.resume,
+                        pretrained=args.pretrained, weights_file=args.weights_file, init=args.init,
+                        resume=args.resume,
                         threshold=args.threshold, save_predictions=args.save_predictions,
                         progress=not args.quiet, **given), given
 
