@@ -10,6 +10,7 @@ How it stays consistent whatever kills it:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -199,9 +200,20 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
         records = _unique(islice(records, opts.limit) if opts.limit else records)
         images_bar = tqdm(total=total, unit="img", desc="images", disable=not opts.progress, position=0)
         bytes_bar = tqdm(unit="B", unit_scale=True, desc="bytes ", disable=not opts.progress, position=1)
+        recording = threading.Lock()
+
+        def work(record: Mapping) -> _Outcome:
+            # the thread that finished a file records it: after Ctrl-C the pool still completes the transfers
+            # in flight, and each of them reaches the manifest even though this loop no longer runs
+            outcome = _process(record, layout, known, session, opts)
+            if outcome.action != "failed":
+                with recording:
+                    journal.append(outcome.row)
+                    builder.add(outcome.row)
+            return outcome
+
         try:
             with ThreadPoolExecutor(opts.workers, thread_name_prefix="wsm-download") as pool:
-                work = lambda record: _process(record, layout, known, session, opts)  # noqa: E731
                 for future in _bounded_map(pool, work, records, opts.workers * 4):
                     outcome = future.result()
                     summary.taken += 1
@@ -209,8 +221,6 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
                         summary.failed[outcome.isic_id] = outcome.reason
                         log.warning("%s failed: %s", outcome.isic_id, outcome.reason)
                     else:
-                        journal.append(outcome.row)
-                        builder.add(outcome.row)
                         setattr(summary, outcome.action, getattr(summary, outcome.action) + 1)
                         summary.bytes_downloaded += outcome.nbytes
                         bytes_bar.update(outcome.nbytes)
@@ -218,8 +228,9 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
         finally:
             images_bar.close()
             bytes_bar.close()
-            manifest = builder.write()
-            journal.clear()
+            with recording:     # a second Ctrl-C can leave transfers running
+                manifest = builder.write()
+                journal.clear()
             summary.seconds = time.monotonic() - started
         _write_isic_files(layout, manifest, session, opts)
     return summary
