@@ -111,13 +111,26 @@ def _check_page(page: object, url: str) -> dict:
     return page
 
 
+def normalise_api_url(api_url: str) -> str:
+    """The base URL with its trailing slash: relative routes are joined onto it, and without the slash
+    ``.../api/v2`` would lose its ``v2``."""
+    check_http_url(api_url)
+    return api_url if api_url.endswith("/") else api_url + "/"
+
+
 def iter_pages(session: requests.Session, url: str, params: dict | None = None,
                policy: RetryPolicy = RetryPolicy()) -> Iterator[dict]:
-    """Yield each page of a cursor-paged route, following ``next`` verbatim."""
+    """Yield each page of a cursor-paged route, following ``next`` verbatim; a ``next`` that points back to a
+    page already read is an ArchiveResponseError (it would loop forever)."""
     page = _check_page(_get_json(session, url, params, policy), url)
     yield page
+    seen = set()
     while page["next"]:
         next_url = urljoin(url, page["next"])
+        if next_url in seen:
+            raise ArchiveResponseError(f"the archive's 'next' link {next_url!r} points back to a page already read; "
+                                       "stopping rather than looping (its paging is broken: rerun later)")
+        seen.add(next_url)
         page = _check_page(_get_json(session, next_url, policy=policy), next_url)
         yield page
 
@@ -128,9 +141,25 @@ def search_params(query: str = "", collections: str = "", limit: int = PAGE_LIMI
 
 def search_images(session, api_url: str, query: str = "", collections: str = "",
                   policy: RetryPolicy = RetryPolicy()) -> Iterator[dict]:
-    """Every image record matching the query, in the archive's order."""
+    """Every image record matching the query, in the archive's order, each isic_id once. A page that brings
+    no new isic_id but links to a next one is an ArchiveResponseError (the paging would never end)."""
+    seen: set = set()
     for page in iter_pages(session, urljoin(api_url, "images/search/"), search_params(query, collections), policy):
-        yield from page["results"]
+        before = len(seen)
+        for record in page["results"]:
+            key = _record_key(record)
+            if key not in seen:
+                seen.add(key)
+                yield record
+        if len(seen) == before and page["next"]:
+            raise ArchiveResponseError(f"a search page brought no new image but links to another ({page['next']!r}); "
+                                       "stopping rather than looping (the archive's paging is broken: rerun later)")
+
+
+def _record_key(record: object) -> str:
+    """What identifies a record when deduplicating: its isic_id, or its text when it has none usable."""
+    isic_id = record.get("isic_id") if isinstance(record, dict) else None
+    return isic_id if isinstance(isic_id, str) else repr(record)
 
 
 def count_images(session, api_url: str, query: str = "", collections: str = "",

@@ -2,9 +2,10 @@
 
 For each split of archive_client.challenges.CATALOG the ground-truth zip (and, with ``inputs=True``, the
 inputs zip) is fetched with a resumable, verified download into ``DATA/.wsm/challenges/<year>/``; its sha256
-and size go to ``DATA/.wsm/challenges/checksums.json`` so that a rerun verifies the zip instead of fetching it
-again. Entries are extracted safely (archive_client.safezip) into a staging folder beside the zip, checked,
-and only then moved to their final names:
+and size go to ``DATA/.wsm/challenges/checksums.json`` (only once it reads as a whole zip) so that a rerun
+verifies the zip instead of fetching it again; a zip found corrupt when extracting is removed with its checksum,
+so that the next run fetches it afresh. Entries are extracted safely (archive_client.safezip) into a staging
+folder beside the zip, checked, and only then moved to their final names:
 
     DATA/masks/<challenge>/ISIC_x_segmentation.png   always the lower-case name (2016 ships _Segmentation)
     DATA/images/ISIC_x.jpg                            an image already there is kept as it is
@@ -16,23 +17,25 @@ merged into DATA/gt_manifest.parquet (key isic_id, challenge) and, for images, D
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import logging
 import os
 import shutil
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import requests
 from PIL import Image
 
 from .atomic import atomic_path, fsync_dir, write_bytes_atomic, write_text_atomic
 from .challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS, ChallengeSplit
-from .errors import DownloadError, InvalidIdError, InvalidInputError
+from .errors import CorruptArchiveError, DownloadError, InvalidIdError, InvalidInputError
 from .ids import check_isic_id
 from .images import image_size
 from .layout import DataLayout, exclusive_lock
@@ -193,14 +196,25 @@ def _read_checksums(path: Path) -> dict:
 
 
 def _record_checksum(path: Path, key: str, url: str, nbytes: int, sha256: str) -> None:
+    _update_checksums(path, key, {"bytes": nbytes, "sha256": sha256, "url": url})
+
+
+def _update_checksums(path: Path, key: str, entry: dict | None) -> None:
+    """Set (or with None, remove) one entry of checksums.json."""
     sums = _read_checksums(path)
-    sums[key] = {"bytes": nbytes, "sha256": sha256, "url": url}
+    if entry is None:
+        sums.pop(key, None)
+    else:
+        sums[key] = entry
     write_text_atomic(path, json.dumps(sums, indent=2, sort_keys=True) + "\n")
 
 
 def ensure_zip(layout: DataLayout, session: requests.Session, url: str, year: str, name: str,
                policy: RetryPolicy = RetryPolicy()) -> tuple[Path, str]:
-    """The zip at DATA/.wsm/challenges/<year>/<name>, verified against checksums.json or fetched; (path, how)."""
+    """The zip at DATA/.wsm/challenges/<year>/<name>, verified against checksums.json or fetched; (path, how).
+
+    Only a file that reads as a whole zip (its central directory is there) has its checksum recorded, so a
+    download cut short can never pin a size that every later download would be refused against."""
     state = _challenge_state(layout)
     sums_path = state / "checksums.json"
     key = f"{year}/{name}"
@@ -209,18 +223,30 @@ def ensure_zip(layout: DataLayout, session: requests.Session, url: str, year: st
     if dest.is_file():
         size = dest.stat().st_size
         digest = sha256_file(dest)
-        if record is None:
-            # fetch_file renames onto the final name only after a complete, size-checked download
+        if record is None and zipfile.is_zipfile(dest):
             _record_checksum(sums_path, key, url, size, digest)
             return dest, "verified"
-        if size == record.get("bytes") and digest == record.get("sha256"):
+        if record is not None and size == record.get("bytes") and digest == record.get("sha256"):
             return dest, "verified"
-        log.warning("%s does not match checksums.json (size %d, sha256 %s; recorded %s, %s); fetching it again",
-                    dest, size, digest, record.get("bytes"), record.get("sha256"))
+        log.warning("%s is not a whole zip or does not match checksums.json (size %d, sha256 %s; recorded %s, %s); "
+                    "fetching it again", dest, size, digest, record and record.get("bytes"),
+                    record and record.get("sha256"))
         dest.unlink()
     log.info("fetching %s", url)
-    result = fetch_file(session, url, dest, expected_size=record.get("bytes") if record else None,
-                        partial=layout.partial_path(dest), policy=policy)
+    try:
+        result = fetch_file(session, url, dest, expected_size=record.get("bytes") if record else None,
+                            partial=layout.partial_path(dest), policy=policy)
+    except DownloadError as err:
+        if record is None:
+            raise
+        raise DownloadError(
+            f"{err}. {sums_path} has held {key!r} at {record.get('bytes')} bytes since it was first fetched; if the "
+            f"challenge data were updated upstream, or that first download was cut short, delete the {key!r} entry "
+            "of that file and rerun") from err
+    if not zipfile.is_zipfile(dest):
+        dest.unlink()
+        raise DownloadError(f"{url}: the {result.bytes} bytes served are not a whole zip (cut short?); nothing was "
+                            "kept or recorded, rerun to fetch it again")
     if record is not None and result.sha256 != record.get("sha256"):
         dest.unlink(missing_ok=True)
         raise DownloadError(
@@ -230,6 +256,19 @@ def ensure_zip(layout: DataLayout, session: requests.Session, url: str, year: st
     if record is None:
         _record_checksum(sums_path, key, url, result.bytes, result.sha256)
     return dest, ("resumed" if result.resumed else "fetched")
+
+
+@contextlib.contextmanager
+def _dropped_if_corrupt(layout: DataLayout, zip_path: Path, key: str) -> Iterator[None]:
+    """Remove a zip found corrupt while extracting, with its recorded checksum, so that a rerun fetches it
+    afresh rather than verify the same damaged bytes again."""
+    try:
+        yield
+    except CorruptArchiveError as err:
+        zip_path.unlink(missing_ok=True)
+        _update_checksums(_challenge_state(layout) / "checksums.json", key, None)
+        raise CorruptArchiveError(err.problem, "wsm removed it and its recorded checksum: rerun to download it "
+                                  "again") from err
 
 
 # --------------------------------------------------------------------------------------------- one split
@@ -264,8 +303,7 @@ def _extract_images(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, url:
     refused = {name for name, _ in bad}
     summary.unexpected += [n for n in report.unexpected if n not in kept and n not in refused]
     summary.images_rejected += bad
-    have_row = set(pq.read_table(layout.manifest, columns=["isic_id"])["isic_id"].to_pylist()) \
-        if layout.manifest.exists() else set()
+    have_row = set(read_table(layout.manifest, DATA_MANIFEST_CORE, ["isic_id"])["isic_id"].to_pylist())
     rows = []
 
     def row(isic_id: str, path: Path, nbytes: int, sha256: str, size: tuple[int, int]) -> dict:
@@ -390,7 +428,7 @@ def download_challenge(
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise InvalidInputError(f"unknown split(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SPLITS)}")
-    layout = DataLayout(Path(data_root))
+    layout = DataLayout(Path(data_root).absolute())   # zip entries are routed to paths under this root
     summary = ChallengeSummary(challenge)
     wanted = []
     for split in dict.fromkeys(splits):
@@ -405,19 +443,21 @@ def download_challenge(
             if inputs:
                 url = cs.url(base_url, "inputs")
                 zip_path, how = ensure_zip(layout, session, url, cs.year, cs.inputs_zip, policy)
-                summary.zips[f"{cs.year}/{cs.inputs_zip}"] = how
-                rows = _extract_images(layout, cs, zip_path, url, summary, limits, progress)
+                summary.zips[key := f"{cs.year}/{cs.inputs_zip}"] = how
+                with _dropped_if_corrupt(layout, zip_path, key):
+                    rows = _extract_images(layout, cs, zip_path, url, summary, limits, progress)
                 _merge_into(layout.manifest, rows, DATA_MANIFEST_CORE, ("isic_id",))
             url = cs.url(base_url, "truth")
             zip_path, how = ensure_zip(layout, session, url, cs.year, cs.truth_zip, policy)
-            summary.zips[f"{cs.year}/{cs.truth_zip}"] = how
-            rows = _extract_masks(layout, cs, zip_path, summary, limits, progress)
+            summary.zips[key := f"{cs.year}/{cs.truth_zip}"] = how
+            with _dropped_if_corrupt(layout, zip_path, key):
+                rows = _extract_masks(layout, cs, zip_path, summary, limits, progress)
             _merge_into(layout.gt_manifest, rows, GT_MANIFEST, ("isic_id", "challenge"))
             summary.splits.append(cs.split)
             log.info("%s %s: %d masks written, %d already there, %d rejected", challenge, cs.split,
                      summary.masks_written, summary.masks_skipped, len(summary.masks_rejected))
         if inputs and layout.manifest.exists():   # the images are now part of DATA: describe them like isic-cli
-            manifest = pq.read_table(layout.manifest)
+            manifest = read_table(layout.manifest, DATA_MANIFEST_CORE)
             write_metadata_csv(layout.metadata_csv, manifest)
             write_attribution(layout.attribution, manifest)
     return summary

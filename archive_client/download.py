@@ -1,15 +1,21 @@
 """`wsm download`: every image matching a search, with its metadata, complete and verified on disk.
 
 How it stays consistent whatever kills it:
-- each image goes through transfer.fetch_file (partial file, Range resume, size check, atomic rename);
+- each image goes through transfer.fetch_file (partial file, Range resume, size check, atomic rename), then
+  is decoded all through: the archive gives no checksum, so a file that does not decode is never recorded
+  (one resumed from an earlier partial file is first fetched again whole);
+- a record's file must come from the archive's own host (or one given with allow_hosts) and declare a size
+  from 1 byte to max_image_bytes; a bad record fails alone, with its reason;
 - after the rename, its manifest row is appended to DATA/.wsm/download-journal.jsonl;
 - at the end (also after Ctrl-C or an error) the journal is merged into DATA/manifest.parquet, written
   atomically, then the journal is emptied. A rerun replays any journal left by a killed run, and adopts
-  (after hashing) a file that is on disk but in neither, so it only fetches what is missing.
+  (after hashing and decoding) a file that is on disk but in neither, so it only fetches what is missing;
+- an unreadable manifest.parquet is renamed aside and rebuilt the same way from the files on disk.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,18 +30,21 @@ from tqdm import tqdm
 
 from . import api
 from .atomic import write_text_atomic
-from .errors import ArchiveError, DiskFullError
-from .ids import check_http_url, check_isic_id, file_extension
-from .images import image_size
+from .errors import ArchiveError, DiskFullError, DownloadError, InvalidInputError, ManifestUnreadableError
+from .ids import check_file_host, check_file_size, check_http_url, check_isic_id, file_extension, parse_host
+from .images import decoded_size, image_size
 from .isic_files import write_attribution, write_metadata_csv
 from .journal import Journal, ManifestBuilder, fold_journal
 from .layout import DataLayout, exclusive_lock
 from .manifest import DATA_MANIFEST_CORE, manifest_row, read_table
-from .transfer import RetryPolicy, fetch_file, make_session, sha256_file
+from .transfer import FetchResult, RetryPolicy, fetch_file, make_session, sha256_file
 
 log = logging.getLogger(__name__)
 
 JOURNAL = "download-journal.jsonl"
+MAX_IMAGE_BYTES = 256 << 20   # the archive's largest images are a few tens of MB
+# what Pillow raises for a file that is not a complete, readable image
+_UNDECODABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,21 @@ class DownloadOptions:
     verify: bool = False          # re-hash files the manifest already lists instead of trusting it
     progress: bool = True
     policy: RetryPolicy = RetryPolicy()
+    allow_hosts: tuple[str, ...] = ()   # file hosts (HOST or HOST:PORT) trusted besides the archive's own
+    max_image_bytes: int = MAX_IMAGE_BYTES   # a record declaring a larger file is refused
+
+    def __post_init__(self) -> None:
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise InvalidInputError(f"--workers {self.workers}: give at least 1 concurrent transfer")
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 0:
+            raise InvalidInputError(f"--limit {self.limit}: give a number of images, or 0 for every match")
+        object.__setattr__(self, "api_url", api.normalise_api_url(self.api_url))
+        for host in self.allow_hosts:
+            parse_host(host)
+
+    def file_hosts(self) -> list[tuple[str, int | None]]:
+        """The hosts the user allows image files to come from, as (host, port or None)."""
+        return [parse_host(host) for host in self.allow_hosts]
 
 
 @dataclass
@@ -108,42 +132,59 @@ def plan_action(dest: Path, expected_size: int, known: Mapping | None, verify: b
     return "adopt"
 
 
-def _sha256_on_disk(action: str, dest: Path, known: Mapping | None) -> str | None:
-    """The sha256 of the complete file at dest for skip, adopt and verify; None when it must be fetched."""
-    if action == "skip":
-        return known["sha256"]
-    if action == "adopt":
-        return sha256_file(dest)
-    if action == "verify":
-        digest = sha256_file(dest)
-        if digest == known["sha256"]:
-            return digest
-        log.warning("%s: sha256 %s differs from the manifest's %s; fetching it again", dest, digest, known["sha256"])
-    return None
-
-
-def _image_size(path: Path) -> tuple[int | None, int | None]:
+def _check_on_disk(action: str, dest: Path, known: Mapping | None) -> tuple[str, tuple[int, int]] | None:
+    """(sha256, displayed size) of the complete file at dest for skip, adopt and verify; None when it must be
+    fetched. skip trusts the manifest's hash; adopt and verify hash the file and decode it all through."""
+    if action == "fetch":
+        return None
     try:
-        return image_size(path)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        log.warning("%s: not a readable image header; kept as served, width/height left empty", path)
-        return None, None
+        size = image_size(dest) if action == "skip" else decoded_size(dest)
+    except _UNDECODABLE as err:
+        log.warning("%s does not decode as an image (%s: %s); fetching it again", dest, err.__class__.__name__, err)
+        return None
+    if action == "skip":
+        return known["sha256"], size
+    digest = sha256_file(dest)
+    if action == "verify" and digest != known["sha256"]:
+        log.warning("%s: sha256 %s differs from the manifest's %s; fetching it again", dest, digest, known["sha256"])
+        return None
+    return digest, size
 
 
-def _process(record: Mapping, layout: DataLayout, known: Mapping[str, dict], session, opts) -> _Outcome:
+def _fetch_image(session, url: str, dest: Path, expected: int, partial: Path, policy: RetryPolicy, *,
+                 last_try: bool = False) -> tuple[FetchResult, tuple[int, int]]:
+    """fetch_file, then decode the file all through (the archive gives no checksum to check it against).
+    A file that does not decode is removed; if part of it came from an earlier partial file, it is fetched
+    whole once more before it is given up."""
+    result = fetch_file(session, url, dest, expected_size=expected, partial=partial, policy=policy)
+    try:
+        return result, decoded_size(dest)
+    except _UNDECODABLE as err:
+        dest.unlink()
+        why = f"{err.__class__.__name__}: {err}"
+        if last_try or not result.resumed:
+            raise DownloadError(f"{url}: the {result.bytes} bytes served do not decode as an image ({why}); "
+                                "nothing was kept, rerun later to retry") from err
+    log.warning("%s: resumed from an earlier partial file but does not decode (%s); fetching it whole again",
+                dest, why)
+    return _fetch_image(session, url, dest, expected, partial, policy, last_try=True)
+
+
+def _process(record: Mapping, layout: DataLayout, known: Mapping[str, dict], session,
+             opts: DownloadOptions) -> _Outcome:
     isic_id = str(record.get("isic_id"))
     try:
         check_isic_id(record.get("isic_id"))
         full = record["files"]["full"]
-        url, expected = check_http_url(full["url"]), int(full["size"])
+        url = check_file_host(check_http_url(full["url"]), opts.api_url, opts.file_hosts())
+        expected = check_file_size(full["size"], opts.max_image_bytes)
         dest = layout.image_path(isic_id, file_extension(url))
         action = plan_action(dest, expected, known.get(isic_id), opts.verify)
-        sha256, nbytes = _sha256_on_disk(action, dest, known.get(isic_id)), 0
-        if sha256 is None:
-            result = fetch_file(session, url, dest, expected_size=expected,
-                                partial=layout.partial_path(dest), policy=opts.policy)
-            sha256, nbytes, action = result.sha256, result.bytes, "downloaded"
-        width, height = _image_size(dest)
+        found, nbytes = _check_on_disk(action, dest, known.get(isic_id)), 0
+        if found is None:
+            result, size = _fetch_image(session, url, dest, expected, layout.partial_path(dest), opts.policy)
+            found, nbytes, action = (result.sha256, size), result.bytes, "downloaded"
+        sha256, (width, height) = found
         row = manifest_row(record, file=dest.relative_to(layout.root).as_posix(), nbytes=expected,
                            sha256=sha256, width=width, height=height, source_url=url)
         return _Outcome(isic_id, _DONE[action], row, nbytes=nbytes)
@@ -172,13 +213,22 @@ def _bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable, max_pending: int
         yield from done
 
 
-def _unique(records: Iterable[Mapping]) -> Iterator[Mapping]:
-    seen: set = set()
-    for record in records:
-        key = record.get("isic_id") if isinstance(record, Mapping) else None
-        if key not in seen:
-            seen.add(key)
-            yield record if isinstance(record, Mapping) else {"isic_id": repr(record)[:40]}
+def _as_record(record: object) -> Mapping:
+    """A search result as a mapping; anything else becomes a record that fails with its text as its id."""
+    return record if isinstance(record, Mapping) else {"isic_id": repr(record)[:40]}
+
+
+def _read_or_set_aside(manifest: Path) -> pa.Table:
+    """The DATA manifest; an unreadable one is renamed aside (kept, not deleted) and an empty table returned,
+    so that this run lists again the files on disk, each re-hashed and decoded before it is adopted."""
+    try:
+        return read_table(manifest, DATA_MANIFEST_CORE)
+    except ManifestUnreadableError as err:
+        aside = manifest.with_name(f"{manifest.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(manifest, aside)
+        log.warning("%s is unreadable (%s); kept it as %s and rebuilding it from the verified files on disk",
+                    manifest, err.__cause__ or err, aside.name)
+        return DATA_MANIFEST_CORE.empty_table()
 
 
 def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptions()) -> DownloadSummary:
@@ -190,14 +240,16 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
     with exclusive_lock(layout.root):
         session = make_session(opts.workers, opts.policy)
         journal = Journal(layout.state / JOURNAL)
-        fold_journal(journal, layout.manifest, DATA_MANIFEST_CORE)   # rows a killed run verified but never merged
+        table = _read_or_set_aside(layout.manifest)
+        if fold_journal(journal, layout.manifest, DATA_MANIFEST_CORE):   # rows a killed run verified, never merged
+            table = read_table(layout.manifest, DATA_MANIFEST_CORE)
         builder = ManifestBuilder(layout.manifest, DATA_MANIFEST_CORE)
-        known = _known_rows(read_table(layout.manifest, DATA_MANIFEST_CORE))
+        known = _known_rows(table)
 
         summary.matched = api.count_images(session, opts.api_url, opts.query, opts.collections, opts.policy)
         total = min(summary.matched, opts.limit) if opts.limit else summary.matched
         records = api.search_images(session, opts.api_url, opts.query, opts.collections, opts.policy)
-        records = _unique(islice(records, opts.limit) if opts.limit else records)
+        records = map(_as_record, islice(records, opts.limit) if opts.limit else records)
         images_bar = tqdm(total=total, unit="img", desc="images", disable=not opts.progress, position=0)
         bytes_bar = tqdm(unit="B", unit_scale=True, desc="bytes ", disable=not opts.progress, position=1)
         recording = threading.Lock()

@@ -1,4 +1,17 @@
 """Specific errors: each says what was received, what was expected and how to fix it."""
+from __future__ import annotations
+
+import re
+
+# C0 and C1 controls (ESC starts terminal escape sequences) and the bidirectional overrides that reorder text;
+# newline and tab stay, they lay out wsm's own messages
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """str(text) with control characters escaped (``\\x1b``), so that text from a server or a file name
+    cannot drive the terminal it is printed on."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 class ArchiveError(Exception):
@@ -29,12 +42,24 @@ class ArchiveResponseError(ArchiveError):
     """A malformed, truncated or unexpected answer from the archive."""
 
 
+class ManifestUnreadableError(ArchiveError):
+    """A manifest file that exists but is not readable Parquet (truncated, overwritten, not a manifest)."""
+
+
 class DownloadError(ArchiveError):
     """A file could not be fetched or verified after all retries."""
 
 
 class UnsafeArchiveError(ArchiveError):
     """A zip entry that would escape the destination, is a link, is unexpected or too large."""
+
+
+class CorruptArchiveError(ArchiveError):
+    """A zip that is cut short or damaged; ``problem`` says what is wrong, the message adds what to do."""
+
+    def __init__(self, problem: str, advice: str = "delete it and download it again"):
+        super().__init__(f"{problem}; {advice}")
+        self.problem = problem
 
 
 class LockedError(ArchiveError):

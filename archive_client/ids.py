@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from urllib.parse import urlparse
 
-from .errors import InvalidIdError, InvalidUrlError
+from .errors import ArchiveResponseError, InvalidIdError, InvalidInputError, InvalidUrlError
 
 ISIC_ID = re.compile(r"ISIC_[0-9]{7}")  # ASCII digits only: \d also matches other scripts' digits
 
@@ -24,6 +25,60 @@ def check_http_url(url: object) -> str:
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise InvalidUrlError(f"refusing URL {url!r}: only absolute http:// or https:// URLs are fetched")
     return url
+
+
+def check_file_size(size: object, limit: int) -> int:
+    """Return a record's declared file size if it is a whole number of bytes from 1 to limit, else raise
+    ArchiveResponseError (nothing is fetched for a size that cannot be checked against)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ArchiveResponseError(f"the record declares a file size of {size!r}; expected a positive number of bytes")
+    if size > limit:
+        raise ArchiveResponseError(f"the record declares a file of {size} bytes, more than the {limit} an image "
+                                   "may have; not fetched (raise the limit only if such images are genuine)")
+    return size
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parsed = urlparse(url)
+    return (parsed.hostname or "").lower(), parsed.port or _DEFAULT_PORTS.get(parsed.scheme, 0)
+
+
+def parse_host(text: str) -> tuple[str, int | None]:
+    """``HOST`` or ``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port or None); InvalidInputError if not."""
+    try:
+        parsed = urlparse(f"//{text.strip()}")
+        host, port = (parsed.hostname or "").lower(), parsed.port
+    except ValueError:
+        host, port = "", None
+    if not host or parsed.path or parsed.username:
+        raise InvalidInputError(f"--allow-host {text!r}: give a host name or address, with an optional :PORT "
+                                "(e.g. content.example.org or 127.0.0.1:8000)")
+    return host, port
+
+
+def _same_site(host: str, port: int, api_url: str) -> bool:
+    """The API's own host and port, or a sibling under the API's parent domain on a default port (files of
+    api.isic-archive.com are served by content.isic-archive.com)."""
+    api_host, api_port = _host_port(api_url)
+    if (host, port) == (api_host, api_port):
+        return True
+    labels = api_host.split(".")
+    is_name = len(labels) >= 3 and not labels[-1].isdigit()
+    parent = ".".join(labels[1:])
+    return is_name and host.endswith("." + parent) and port in _DEFAULT_PORTS.values()
+
+
+def check_file_host(url: str, api_url: str, allowed: Iterable[tuple[str, int | None]] = ()) -> str:
+    """Return url if its host is the archive's own (see _same_site) or one of ``allowed`` (host, port or None
+    for any port), else raise InvalidUrlError naming the refused host."""
+    host, port = _host_port(url)
+    if _same_site(host, port, api_url) or any(host == h and p in (None, port) for h, p in allowed):
+        return url
+    raise InvalidUrlError(f"refusing URL {url!r}: its host {host}:{port} is not the archive's "
+                          f"({_host_port(api_url)[0]}); pass --allow-host {host}:{port} if you trust it")
 
 
 def file_extension(url: str, default: str = "jpg") -> str:

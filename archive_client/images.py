@@ -38,3 +38,12 @@ def check_decodes(im: Image.Image) -> None:
     if im.format == "JPEG":
         im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
     im.load()
+
+
+def decoded_size(path: Path | str) -> tuple[int, int]:
+    """``(width, height)`` as displayed, after decoding the whole file (check_decodes; Pillow's errors
+    propagate), so that a size is only given for an image that is intact."""
+    with Image.open(path) as im:
+        size = displayed_size(im)      # before check_decodes: a JPEG draft shrinks im.size
+        check_decodes(im)
+        return size

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .atomic import atomic_path
+from .errors import ManifestUnreadableError
 
 # DATA/manifest.parquet: one row per image. Every other acquisition / clinical metadata field of the
 # archive record follows these as a nullable string column named as in isic-cli's metadata.csv.
@@ -99,12 +100,18 @@ def write_table_atomic(table: pa.Table, dest: Path | str) -> None:
         pq.write_table(table, tmp)
 
 
-def read_table(path: Path | str, core: pa.Schema) -> pa.Table:
-    """Read a manifest, or an empty one with the core schema if the file does not exist yet."""
+def read_table(path: Path | str, core: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """Read a manifest, or an empty one with the core schema if the file does not exist yet;
+    ManifestUnreadableError if it exists but is not readable Parquet."""
     path = Path(path)
     if not path.exists():
-        return core.empty_table()
-    return pq.read_table(path)
+        return core.empty_table().select(columns or core.names)
+    try:
+        return pq.read_table(path, columns=columns)
+    except pa.ArrowException as err:
+        raise ManifestUnreadableError(
+            f"{path} is damaged ({err.__class__.__name__}: {err}); move it aside and rerun the command that "
+            "wrote it (`wsm download` rebuilds it from the files on disk, verifying each)") from err
 
 
 def merge_tables(old: pa.Table, new: pa.Table, key: tuple[str, ...]) -> pa.Table:

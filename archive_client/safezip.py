@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from .atomic import atomic_path
-from .errors import ArchiveError, UnsafeArchiveError
+from .errors import ArchiveError, CorruptArchiveError, UnsafeArchiveError
 
 __all__ = ["ZipLimits", "ExtractedMember", "ExtractReport", "extract_members", "check_entry_name", "is_benign"]
 
@@ -185,8 +185,8 @@ def _stream_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, limits
             out.write(block)
             digest.update(block)
         if nbytes != info.file_size:
-            raise ArchiveError(f"entry {info.filename!r} of {zf.filename} holds {nbytes} bytes, its header says "
-                               f"{info.file_size}; the zip is corrupt: delete it and download it again")
+            raise CorruptArchiveError(f"entry {info.filename!r} of {zf.filename} holds {nbytes} bytes, its header "
+                                      f"says {info.file_size}; the zip is corrupt")
     return nbytes, digest.hexdigest()
 
 
@@ -214,7 +214,7 @@ def extract_members(
     of the entry's size is kept (and its CRC compared first with ``verify_existing_crc``).
 
     Raises UnsafeArchiveError before anything is written if any entry is unsafe or over the caps, and
-    ArchiveError if the zip is corrupt (bad central directory, CRC mismatch, truncated data); a file being
+    CorruptArchiveError if the zip is corrupt (bad central directory, CRC mismatch, truncated data); a file being
     written when the corruption shows is removed, files completed before it stay.
     """
     zip_path = Path(zip_path)
@@ -254,10 +254,9 @@ def extract_members(
                 report.bytes_written += nbytes
                 report.members.append(ExtractedMember(info.filename, dest, nbytes, written=True, sha256=sha256))
     except zipfile.BadZipFile as err:
-        raise ArchiveError(f"{zip_path} is corrupt or not a zip file ({err}); delete it and download it again") from err
+        raise CorruptArchiveError(f"{zip_path} is corrupt or not a zip file ({err})") from err
     except (zlib.error, EOFError) as err:
-        raise ArchiveError(f"{zip_path} is corrupt ({err.__class__.__name__}: {err}); delete it and download it "
-                           "again") from err
+        raise CorruptArchiveError(f"{zip_path} is corrupt ({err.__class__.__name__}: {err})") from err
     except NotImplementedError as err:
         raise ArchiveError(f"{zip_path} uses a compression method Python's zipfile cannot read ({err})") from err
     return report

@@ -3,7 +3,8 @@
 A file is streamed to a hidden partial file in the destination folder (`.NAME.part`), resumed with an
 HTTP Range request after a dropped connection or a truncated body (also across runs), checked against
 the expected size, hashed, fsynced and only then renamed onto its final name. So no partial file is
-ever visible under the final name, whatever kills the process.
+ever visible under the final name, whatever kills the process. Nothing is read past the expected size: a
+server that sends more is refused and the partial file removed.
 """
 from __future__ import annotations
 
@@ -162,9 +163,7 @@ def _stream_once(session, url, part: _HashedPartial, expected_size, policy) -> N
             part.restart()
         try:
             with open(partial, "ab" if resuming else "wb") as fh:
-                for block in response.iter_content(policy.chunk_bytes):
-                    fh.write(block)
-                    part.add(block)
+                overflow = _write_body(response, fh, part, expected_size, policy)
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as err:
@@ -173,6 +172,22 @@ def _stream_once(session, url, part: _HashedPartial, expected_size, policy) -> N
                     errno.ENOSPC, f"disk full while writing {partial}; free space and rerun (complete files are kept)"
                 ) from err
             raise
+        if overflow:
+            partial.unlink(missing_ok=True)
+            part.restart()
+            raise DownloadError(f"{url}: the server sent more than the {expected_size} bytes the record declares; "
+                                "stopped reading there and kept nothing (the record or the server is wrong)")
+
+
+def _write_body(response: requests.Response, fh, part: _HashedPartial, expected_size: int | None,
+                policy: RetryPolicy) -> bool:
+    """Append the body to fh, never past expected_size; True if the server had more to send than that."""
+    for block in response.iter_content(policy.chunk_bytes):
+        if expected_size is not None and part.size + len(block) > expected_size:
+            return True
+        fh.write(block)
+        part.add(block)
+    return False
 
 
 def fetch_file(
@@ -186,6 +201,8 @@ def fetch_file(
 ) -> FetchResult:
     """Download ``url`` to ``dest`` atomically; resume, retry and verify as described in the module doc."""
     check_http_url(url)
+    if expected_size is not None and expected_size < 1:
+        raise DownloadError(f"{url}: expected size {expected_size}; a file to fetch has at least one byte")
     dest = Path(dest)
     partial = partial or dest.parent / f".{dest.name}.part"
     dest.parent.mkdir(parents=True, exist_ok=True)

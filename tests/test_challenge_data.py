@@ -381,3 +381,60 @@ def test_cli_exit_code_says_whether_every_mask_came_in(emulator, tmp_path, serve
     serve_2018_train(server)                               # two of its four masks are refused
     assert download(server.url, tmp_path / "DATA2") == 1
     assert "rejected ISIC_0000004" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------- relative paths, cut zips
+
+TRUTH_2018 = "/challenges/2018/ISIC2018_Task1_Training_GroundTruth.zip"
+TRUTH_KEY = "2018/ISIC2018_Task1_Training_GroundTruth.zip"
+
+
+@pytest.mark.parametrize("out", ["../up/DATA", "DATA"])
+def test_a_relative_out_folder_takes_genuine_zips_and_leaves_no_nested_tree(tmp_path, server, monkeypatch, out):
+    from wsm.cli import main
+
+    serve_2018_train(server)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    code = main(["-q", "download", "--challenge", "isic2018", "--splits", "train", "--inputs",
+                 "--challenge-url", server.url, "--out", out])
+    assert code == 1                      # two of the four masks are refused, by design of the served zip
+    data = (tmp_path / "cwd" / out).resolve()
+    assert len(list((data / "masks/isic2018").iterdir())) == 2 and len(list((data / "images").iterdir())) == 4
+    assert not [p for p in tmp_path.rglob("*") if p.is_dir() and p.name == p.parent.name]   # no DATA/DATA, up/up
+
+
+def test_a_cut_short_zip_is_never_pinned_and_a_rerun_recovers(tmp_path, server):
+    serve_2018_train(server)
+    whole = server.files[TRUTH_2018]
+    server.files[TRUTH_2018] = whole[: len(whole) // 2]      # served complete, with its own Content-Length
+    data = tmp_path / "DATA"
+    sums = data / ".wsm/challenges/checksums.json"
+    with pytest.raises(DownloadError, match="not a whole zip"):
+        download_challenge(data, "isic2018", splits=("train",), base_url=server.url, progress=False)
+    assert TRUTH_KEY not in (json.loads(sums.read_text()) if sums.exists() else {})
+    server.files[TRUTH_2018] = whole
+    assert download_challenge(data, "isic2018", splits=("train",), base_url=server.url, progress=False).masks_written
+
+
+def test_a_cut_short_zip_pinned_by_an_earlier_version_recovers(tmp_path, server):
+    from archive_client.errors import CorruptArchiveError
+
+    serve_2018_train(server)
+    whole = server.files[TRUTH_2018]
+    data = tmp_path / "DATA"
+    cut = data / ".wsm/challenges" / TRUTH_KEY
+    cut.parent.mkdir(parents=True)
+    cut.write_bytes(whole[: len(whole) // 2])
+    sums = data / ".wsm/challenges/checksums.json"
+    sums.write_text(json.dumps({TRUTH_KEY: {"bytes": cut.stat().st_size, "sha256": sha256_file(cut), "url": "x"}}))
+    with pytest.raises(CorruptArchiveError, match="removed it and its recorded checksum: rerun"):
+        download_challenge(data, "isic2018", splits=("train",), base_url=server.url, progress=False)
+    assert not cut.exists() and TRUTH_KEY not in json.loads(sums.read_text())
+    assert download_challenge(data, "isic2018", splits=("train",), base_url=server.url, progress=False).masks_written
+
+    # pinned at a size the server no longer serves, and no zip on disk: the error says how to get out
+    sums.write_text(json.dumps({TRUTH_KEY: {"bytes": 123, "sha256": "0" * 64, "url": "x"}}))
+    cut.unlink()
+    with pytest.raises(DownloadError, match=f"delete the '{TRUTH_KEY}' entry of that file and rerun"):
+        download_challenge(data, "isic2018", splits=("train",), base_url=server.url, progress=False)

@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from archive_client.errors import ArchiveError
+from archive_client.errors import ArchiveError, printable
 from wsm.errors import WsmError
 from wsm import __version__
 
@@ -41,9 +41,18 @@ def _add_output_flags(parser: argparse.ArgumentParser, default_verbose, default_
                         help="no progress bars, warnings only")
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with control characters escaped: messages quote ids and answers from servers."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's naming
+        return printable(super().formatMessage(record))
+
+
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet or not verbose else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,10 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         print("wsm: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except FileExistsError as err:     # a folder asked for where a file is
-        print(f"wsm: error: {err.filename} is a file; give a folder path (new or existing) instead", file=sys.stderr)
+        print(f"wsm: error: {printable(err.filename)} is a file; give a folder path (new or existing) instead",
+              file=sys.stderr)
+        return 2
+    except PermissionError as err:
+        print(f"wsm: error: permission denied on {printable(err.filename)}; make it readable and writable by you, "
+              "or give another folder", file=sys.stderr)
         return 2
     except (ArchiveError, WsmError, FileNotFoundError, NotADirectoryError) as err:
-        print(f"wsm: error: {err}", file=sys.stderr)
+        print(f"wsm: error: {printable(err)}", file=sys.stderr)
         return 2
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from archive_client.api import DEFAULT_API_URL
 from archive_client.challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS
+from archive_client.errors import printable
 from wsm.cli.common import HelpFormatter
 
 
@@ -35,7 +36,11 @@ def register(commands) -> None:
     download.add_argument("--collections", default="", help="comma-separated collection ids, e.g. 1,2")
     download.add_argument("--limit", type=int, default=0, help="at most N images (0: every match)")
     download.add_argument("--workers", type=int, default=32, help="concurrent transfers")
-    download.add_argument("--verify", action="store_true", help="re-hash files already listed in the manifest")
+    download.add_argument("--verify", action="store_true",
+                          help="re-hash and decode files already listed in the manifest")
+    download.add_argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="HOST[:PORT]",
+                          help="also fetch image files from this host (repeatable); by default only the archive's "
+                               "own host (and its sibling hosts, e.g. content.isic-archive.com) is trusted")
     download.add_argument("--challenge", choices=sorted(CATALOG), help="download this challenge's official masks")
     download.add_argument("--splits", type=_splits,
                           help=f"with --challenge: which splits, comma-separated (default {','.join(SPLITS)})")
@@ -70,7 +75,8 @@ def _flags_of_the_other_mode(args) -> str | None:
     """An error naming the flags given that the chosen mode (archive images, or --challenge masks) ignores."""
     if args.challenge:
         unused = [flag for flag, given in (("--search", args.search), ("--collections", args.collections),
-                                           ("--limit", args.limit), ("--verify", args.verify)) if given]
+                                           ("--limit", args.limit), ("--verify", args.verify),
+                                           ("--allow-host", args.allow_hosts)) if given]
         return f"{', '.join(unused)}: archive image options, not used with --challenge" if unused else None
     unused = [flag for flag, given in (("--splits", args.splits is not None), ("--inputs", args.inputs)) if given]
     return f"{', '.join(unused)}: only used with --challenge NAME" if unused else None
@@ -90,10 +96,16 @@ def run_download(args) -> int:
         from archive_client.download import DownloadOptions, download_images
 
         opts = DownloadOptions(api_url=args.api_url, query=args.search, collections=args.collections,
-                               limit=args.limit, workers=args.workers, verify=args.verify, progress=not args.quiet)
+                               limit=args.limit, workers=args.workers, verify=args.verify, progress=not args.quiet,
+                               allow_hosts=tuple(args.allow_hosts))
         summary = download_images(args.out, opts)
+    return _report(summary)
+
+
+def _report(summary) -> int:
+    """Print a summary's lines (ids and reasons from servers or files escaped) and return the exit code."""
     for line in summary.lines():
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
     return 0 if summary.ok else 1
 
 
@@ -102,6 +114,4 @@ def run_import(args) -> int:
 
     summary = import_folders(args.out, images=args.images, masks=args.masks, labels=args.labels,
                              challenge=args.challenge, split=args.split, link=args.link, progress=not args.quiet)
-    for line in summary.lines():
-        print(line, file=sys.stderr)
-    return 0 if summary.ok else 1
+    return _report(summary)
