@@ -6,10 +6,11 @@
              or the ISIC 2017 Part 3 columns melanoma, seborrheic_keratosis (0/1, empty = unknown)
 
 Files are found by name only (other names are skipped and reported; licence files and the like silently),
-checked (an image must decode; a mask must be an 8-bit single-channel PNG of its image's size) and written
-atomically; nothing that fails a check is written. DATA/manifest.parquet, DATA/gt_manifest.parquet,
-DATA/metadata.csv and DATA/attribution.txt are merged with what is there. A rerun skips files already
-present with the same sha256 and leaves the manifests untouched when nothing changed.
+checked (an image must decode; a mask must be an 8-bit single-channel PNG of its image's size holding 0/255,
+or 0/1 which is written as 0/255) and written atomically; nothing that fails a check is written.
+DATA/manifest.parquet, DATA/gt_manifest.parquet, DATA/metadata.csv and DATA/attribution.txt are merged with
+what is there. A rerun skips files already present with the same sha256 and leaves the manifests untouched when
+nothing changed.
 """
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from wsm.imageio import ImageDecodeError, encode_label_png, official_mask, read_mask
 
 from .atomic import atomic_path, fsync_dir, write_bytes_atomic
 from .challenge_data import check_mask, find_image
@@ -439,12 +443,17 @@ def _import_masks(layout, found: _Found, challenge: str, split: str, link: bool,
         if not check.ok:
             summary.masks_rejected.append((name, f"mask {check.reason}"))
             continue
+        try:
+            png = _official_png(src, check.png_bytes)
+        except ImageDecodeError as err:
+            summary.masks_rejected.append((name, f"{err.reason}. {err.fix}"))
+            continue
         dest = layout.mask_path(isic_id, challenge)
-        if check.png_bytes is not None:
-            if dest.is_file() and dest.read_bytes() == check.png_bytes:
+        if png is not None:
+            if dest.is_file() and dest.read_bytes() == png:
                 summary.masks_skipped += 1
             else:
-                write_bytes_atomic(dest, check.png_bytes)
+                write_bytes_atomic(dest, png)
                 summary.masks_written += 1
         elif dest.is_file() and (_same_file(src, dest) or _sha256(dest) == _sha256(src)):
             summary.masks_skipped += 1
@@ -457,6 +466,14 @@ def _import_masks(layout, found: _Found, challenge: str, split: str, link: bool,
                      "mask_file": dest.relative_to(layout.root).as_posix(),
                      "width": check.width, "height": check.height})
     return rows
+
+
+def _official_png(src: Path, converted: bytes | None) -> bytes | None:
+    """The PNG to write for a checked mask (``converted``: check_mask's re-encoding, None to copy ``src``); a 0/1
+    mask is re-encoded as 0/255. Raises ImageDecodeError when the values are not an official mask's."""
+    stored = read_mask(src)
+    pixels = official_mask(stored, src)
+    return converted if np.array_equal(pixels, stored) else encode_label_png(pixels)
 
 
 def _write_manifests(layout: DataLayout, rows: list[dict], gt_rows: list[dict]) -> None:

@@ -18,15 +18,20 @@ from .manifest import merge_tables, read_table, rows_to_table, write_table_atomi
 
 log = logging.getLogger(__name__)
 
-_FLUSH_S = 0.5        # a row lost to a kill costs only a re-check of its file on the next run
+_FLUSH_S = 0.5        # default: a row lost to a kill costs only a re-check of its file on the next run
 _BATCH_ROWS = 5000    # rows kept as Python dicts before they are packed into an Arrow batch
 
 
 class Journal:
-    """Append-only JSON lines of rows whose files are complete."""
+    """Append-only JSON lines of rows whose files are complete.
 
-    def __init__(self, path: Path):
+    Rows reach the file at most ``flush_s`` seconds after they are appended (0: at once, where a lost row costs
+    redoing its file rather than re-checking it).
+    """
+
+    def __init__(self, path: Path, flush_s: float = _FLUSH_S):
         self.path = Path(path)
+        self.flush_s = flush_s
         self._fh = None
         self._flushed = 0.0
 
@@ -46,8 +51,8 @@ class Journal:
             self._fh = open(self.path, "a", encoding="utf8")
             self._flushed = time.monotonic()
         self._fh.write(json.dumps(row, default=str) + "\n")
-        # flushing every row stalls a coordinating thread under GIL contention
-        if time.monotonic() - self._flushed > _FLUSH_S:
+        # flushing every row stalls a coordinating thread under GIL contention: a download keeps the default
+        if time.monotonic() - self._flushed >= self.flush_s:
             self._fh.flush()
             self._flushed = time.monotonic()
 

@@ -236,6 +236,30 @@ def test_messy_folders(messy, tmp_path):
     assert snapshot(data) == before
 
 
+def test_masks_are_0_255_or_0_1_and_nothing_else(tmp_path):
+    """A 0/1 mask is lesion where 1 (written as 0/255); 0/100 or 0/1/255 is refused with the values found."""
+    img, msk, data = tmp_path / "in/images", tmp_path / "in/masks", tmp_path / "DATA"
+    lesion = np.zeros((16, 16), bool)
+    lesion[4:12, 4:12] = True
+    values = {1: (0, 1), 2: (0, 100), 3: (0, 255), 4: (0, 1, 255)}
+    msk.mkdir(parents=True)
+    for n, levels in values.items():
+        jpeg(img / f"ISIC_000000{n}.jpg", 16, 16, n)
+        mask = np.where(lesion, levels[1], levels[0]).astype(np.uint8)
+        mask[0, 0] = levels[-1] if len(levels) == 3 else levels[0]
+        Image.fromarray(mask).save(msk / f"ISIC_000000{n}_segmentation.png")
+    summary = import_folders(data, img, msk, challenge="mine", split="train", progress=False)
+    assert sorted(p.name for p in (data / "masks/mine").iterdir()) == [
+        "ISIC_0000001_segmentation.png", "ISIC_0000003_segmentation.png"]
+    written = np.asarray(Image.open(data / "masks/mine/ISIC_0000001_segmentation.png"))
+    assert set(np.unique(written)) == {0, 255} and ((written == 255) == lesion).all()
+    rejected = dict(summary.masks_rejected)
+    assert set(rejected) == {"ISIC_0000002_segmentation.png", "ISIC_0000004_segmentation.png"}
+    assert "holds 0, 100" in rejected["ISIC_0000002_segmentation.png"]
+    assert "holds 0, 1, 255" in rejected["ISIC_0000004_segmentation.png"]
+    assert sorted(rows(data / "gt_manifest.parquet")) == ["ISIC_0000001", "ISIC_0000003"]
+
+
 def test_changed_source_is_rewritten_and_rows_merge(tmp_path):
     data = tmp_path / "DATA"
     jpeg(tmp_path / "a/ISIC_0000001.jpg", 8, 8, 1)

@@ -11,6 +11,7 @@ import pytest
 
 from wsm.imageio import read_mask, write_label_png
 from wsm.metrics import (
+    METRIC_NAMES,
     THRESHOLD_JACCARD,
     Counts,
     aggregate,
@@ -80,11 +81,31 @@ def test_score_label_map_background_and_ignore():
     # as background: tp 1 (px0), fn 2 (px1, px2), tn 2 (px3, px4), fp 1 (px5)
     assert bg["jaccard"] == pytest.approx(1 / 4) and bg["uncertain_fraction"] == pytest.approx(2 / 6)
     ignore = score_label_map(truth, label_map, uncertain="ignore")
-    # left out: px1 and px3 -> tp 1, fn 1, tn 1, fp 1
-    assert ignore["jaccard"] == pytest.approx(1 / 3) and ignore["accuracy"] == 0.5
-    assert ignore["uncertain_fraction"] == pytest.approx(2 / 6)
-    all_uncertain = score_label_map(truth, np.full_like(label_map, 255), uncertain="ignore")
-    assert all_uncertain["uncertain_fraction"] == 1.0 and math.isnan(all_uncertain["accuracy"])
+    # left out: px1 and px3 -> tp 1, fn 1, tn 1, fp 1 on a coverage of 4/6
+    assert ignore["jaccard"] == pytest.approx(1 / 3 * 4 / 6) and ignore["accuracy"] == pytest.approx(0.5 * 4 / 6)
+    assert ignore["uncertain_fraction"] == pytest.approx(2 / 6) and ignore["coverage"] == pytest.approx(4 / 6)
+
+
+def test_leaving_pixels_out_cannot_earn_a_score():
+    truth = np.zeros((10, 10), np.uint8)
+    truth[2:8, 2:8] = 255
+    for scored in (truth, np.zeros_like(truth)):     # with a lesion, and the official 0/0 freebie case
+        abstain = score_label_map(scored, np.full_like(scored, 255), uncertain="ignore")
+        assert all(abstain[m] == 0.0 for m in METRIC_NAMES) and abstain["coverage"] == 0.0
+    nearly = np.full_like(truth, 255)
+    nearly[4, 4] = 1                                 # one right lesion pixel, the rest uncertain
+    scores = score_label_map(truth, nearly, uncertain="ignore")
+    assert scores["jaccard"] == pytest.approx(0.01) and scores["threshold_jaccard"] == 0.0
+    perfect = (truth > 128).astype(np.uint8)
+    band = perfect.copy()
+    band[2, 2:8] = 255                               # a band where the map abstains: coverage 0.94
+    assert score_label_map(truth, band, uncertain="ignore")["jaccard"] == pytest.approx(0.94)
+    assert score_label_map(truth, perfect, uncertain="ignore")["jaccard"] == 1.0
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        label_map = rng.choice(np.array([0, 1, 255], np.uint8), size=(8, 8), p=rng.dirichlet([1, 1, 1]))
+        scores = score_label_map(truth[:8, :8], label_map, uncertain="ignore")
+        assert all(0.0 <= scores[m] <= scores["coverage"] + 1e-12 for m in METRIC_NAMES)
 
 
 def test_score_label_map_refuses_masks_and_bad_modes():
@@ -212,7 +233,7 @@ def test_label_map_with_uncertain_as_background_equals_official_on_export(tmp_pa
         assert 0.05 < row["uncertain_fraction"] < 0.15
         ours.append(row)
         ignored = score_label_map(truth, label_map, uncertain="ignore")
-        assert ignored["jaccard"] > row["jaccard"]  # leaving out the uncertain lesion pixels cannot hurt here
+        assert ignored["jaccard"] <= ignored["coverage"] == pytest.approx(1 - row["uncertain_fraction"])
     official = segmentation.SegmentationScore.from_dir(truth_dir, pred_dir).macro_average
     mine = aggregate(ours)
     for key in KEYS:

@@ -148,9 +148,11 @@ def test_score_image_both_treatments():
     label_map[2:4, 2:6] = 255                # 8 of the lesion pixels uncertain
     scores = score_image(truth, label_map)
     assert scores["jaccard_bg"] == 0.5 and scores["sensitivity_bg"] == 0.5 and scores["specificity_bg"] == 1.0
-    assert scores["jaccard_ignore"] == 1.0 and scores["accuracy_ignore"] == 1.0
+    # left out, weighted by coverage: perfect on the 92 labelled pixels, times 0.92
+    assert scores["jaccard_ignore"] == pytest.approx(0.92) and scores["accuracy_ignore"] == pytest.approx(0.92)
     assert scores["uncertain_fraction"] == 0.08 and scores["truth_lesion_fraction"] == 0.16
-    assert scores["threshold_jaccard_bg"] == 0.0 and scores["threshold_jaccard_ignore"] == 1.0
+    assert scores["coverage"] == pytest.approx(0.92)
+    assert scores["threshold_jaccard_bg"] == 0.0 and scores["threshold_jaccard_ignore"] == pytest.approx(0.92)
     with pytest.raises(ValueError, match="dimensions"):
         score_image(truth, np.zeros((10, 9), np.uint8))
 
@@ -240,10 +242,12 @@ def test_known_per_image_values(report, case):
     all_lesion = rows.loc[IDS[6]]
     assert all_lesion["sensitivity_bg"] == 1.0 and all_lesion["jaccard_bg"] == all_lesion["truth_lesion_fraction"]
     uncertain = rows.loc[IDS[7]]
-    assert uncertain["jaccard_bg"] == 0.0 and uncertain["jaccard_ignore"] == 1.0  # 0/0 freebie when all left out
-    assert math.isnan(uncertain["accuracy_ignore"]) and uncertain["uncertain_fraction"] == 1.0
+    assert uncertain["jaccard_bg"] == 0.0 and uncertain["jaccard_ignore"] == 0.0  # abstaining scores nothing
+    assert uncertain["accuracy_ignore"] == 0.0 and uncertain["uncertain_fraction"] == 1.0
+    assert uncertain["coverage"] == 0.0
     banded = rows.loc[IDS[4]]
-    assert banded["jaccard_ignore"] == 1.0 and banded["jaccard_bg"] < 1.0 and banded["uncertain_fraction"] > 0
+    assert banded["jaccard_ignore"] == pytest.approx(banded["coverage"]) and banded["jaccard_bg"] < 1.0
+    assert 0 < banded["uncertain_fraction"] == pytest.approx(1 - banded["coverage"])
     for isic_id, label_map in maps.items():
         truth = read_mask(SAMPLE / "masks" / f"{isic_id}_segmentation.png")
         for mode, suffix in (("background", "bg"), ("ignore", "ignore")):
@@ -314,6 +318,7 @@ def test_json_and_csv_agree(report, case):
             numbers = metrics[block][treatment]
             assert numbers["n_images"] == len(rows)
             assert numbers["uncertain_fraction"] == pytest.approx(rows["uncertain_fraction"].mean(), abs=1e-12)
+            assert numbers["coverage"] == pytest.approx(rows["coverage"].mean(), abs=1e-12)
             for m in METRIC_NAMES:
                 assert numbers[m] == pytest.approx(rows[f"{m}_{suffix}"].mean(), abs=1e-12), (block, m)
     assert summary.headline == metrics["headline"]
@@ -322,6 +327,8 @@ def test_json_and_csv_agree(report, case):
     assert set(per_image.loc[per_image["status"] == "scored", "size_bin"]) == {"small", "medium", "large"}
     text = "\n".join(summary.lines())
     assert "headline on 10" in text and "2 whose mask fit used or may have used" in text and str(out / "report.html") in text
+    assert "255 left out, weighted by coverage" in text
+    assert "wholly uncertain map scores 0" in metrics["uncertain_ignored_definition"]
     assert metrics["galleries"]["from"] == "headline"
     best, worst = metrics["galleries"]["best"], metrics["galleries"]["worst"]
     assert len(best) == len(worst) == 5 and not set(best) & set(worst)  # 10 headline images: halves, not 8 + 8
@@ -399,6 +406,42 @@ def test_page_is_self_contained(report):
         _decode_png(src)
     gallery = {m for m in re.findall(r'<img alt="(ISIC_\d{7})"', page)}
     assert gallery == set(metrics["galleries"]["best"]) | set(metrics["galleries"]["worst"])
+    assert 'id="left-out"' in page and "wholly uncertain map scores 0" in page
+
+
+def test_every_png_the_conventions_allow_is_read_and_others_are_refused(case, tmp_path):
+    """A perfect map stored as 1-bit, 16-bit or palette PNG scores 1; a 0/1 official mask is lesion where 1;
+    values neither convention allows are an error row that names them."""
+    data, _, _ = case
+    copy, pred = tmp_path / "data", tmp_path / "wsm"
+    shutil.copytree(data, copy)
+    pred.mkdir()
+    truths = {isic_id: read_mask(SAMPLE / "masks" / f"{isic_id}_segmentation.png") for isic_id in IDS[:7]}
+    lesion = {isic_id: truth > 128 for isic_id, truth in truths.items()}
+    stored = {
+        IDS[0]: Image.fromarray(lesion[IDS[0]]),                                    # mode 1
+        IDS[1]: Image.fromarray(lesion[IDS[1]].astype(np.uint16)),                  # I;16
+        IDS[2]: Image.fromarray(lesion[IDS[2]].astype(np.uint8)).convert("P"),      # palette
+        IDS[3]: Image.fromarray(lesion[IDS[3]].astype(np.uint8)),                   # L, against a 0/1 mask
+        IDS[4]: Image.fromarray(lesion[IDS[4]].astype(np.uint8) * 128),             # 0/128: not a label map
+        IDS[5]: Image.fromarray(lesion[IDS[5]].astype(np.uint8)),                   # against a 0/100 mask
+        IDS[6]: Image.fromarray(np.stack([lesion[IDS[6]].astype(np.uint8)] * 3, axis=2)),   # RGB
+    }
+    for isic_id, picture in stored.items():
+        picture.save(pred / f"{isic_id}.png")
+    for isic_id, lesion_value in ((IDS[3], 1), (IDS[5], 100)):
+        Image.fromarray(lesion[isic_id].astype(np.uint8) * lesion_value).save(
+            copy / "masks" / "isic2018" / f"{isic_id}_segmentation.png")
+    rows = [_row(isic_id) for isic_id in stored]
+    pq.write_table(pa.Table.from_pylist(rows, schema=WSM_MANIFEST), pred / "manifest.parquet")
+    build_report(pred, copy, tmp_path / "out", only_ids=set(stored))
+    per_image = pd.read_csv(tmp_path / "out" / "per_image.csv").set_index("isic_id")
+    assert (per_image.loc[list(IDS[:4]), "jaccard_bg"] == 1.0).all(), per_image["jaccard_bg"]
+    errors = per_image.loc[list(IDS[4:7]), "error"]
+    assert (per_image.loc[list(IDS[4:7]), "status"] == "error").all()
+    assert "label map holds 0 (background), 1 (lesion) and 255 (uncertain) but this one holds 0, 128" in errors[IDS[4]]
+    assert "official mask holds 0/255 (or 0/1) but this one holds 0, 100" in errors[IDS[5]]
+    assert "mode 'RGB'" in errors[IDS[6]]
 
 
 def test_overlay_draws_contours_and_band():

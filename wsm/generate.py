@@ -6,11 +6,16 @@
   the same batch, hence byte-identical maps, whether sharded or not.
 - The networks run in this process (GPU with --device cuda); decoding, pre-processing, fusion, dense CRF,
   morphology and decision run in a pool of worker processes, each with one thread.
-- Every map is written atomically, its row journalled after; a rerun skips what is complete and finishes the rest.
+- Every map is written atomically, its row journalled (and flushed) as soon as it is written, so a kill loses at
+  most the maps in flight; a rerun skips what is complete and finishes the rest.
+- A WSM folder holds the maps of one bundle and one set of settings: the first run records its maker in
+  `.wsm/maker.json`, and a run, resume, shard or merge that would mix in maps made otherwise is refused before
+  any map is written.
 - A bad image (corrupt, truncated, a decompression bomb, ...) gets a `failed` row with its reason; the run goes on.
 """
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -31,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from archive_client.atomic import fsync_dir
 from archive_client.journal import Journal, ManifestBuilder, fold_journal
 from archive_client.layout import exclusive_lock
 from archive_client.manifest import merge_tables, write_table_atomic
@@ -237,6 +243,7 @@ def _done_ids(previous: pa.Table, out: Path) -> set[str]:
 
 
 _MAKER = ("pipeline_sha256", "model_sha256")   # what made a map: the resolved pipeline and the weights
+MAKER_FILE = "maker.json"                      # in WSM/.wsm: the maker of the folder's maps, recorded by the first run
 
 
 def map_makers(tables: list[pa.Table]) -> set[tuple]:
@@ -248,6 +255,19 @@ def map_makers(tables: list[pa.Table]) -> set[tuple]:
     return makers
 
 
+def known_makers(out: Path) -> set[tuple]:
+    """Every maker ``out`` knows of: the recorded one, and those of the ok maps that manifest.parquet, every shard's
+    part and every killed run's journal list (folders written before makers were recorded have only these)."""
+    manifests = [out / "manifest.parquet", *sorted(out.glob("manifest-part-*-of-*.parquet"))]
+    makers = map_makers([pq.read_table(p, columns=["status", *_MAKER]) for p in manifests if p.exists()])
+    for journal in sorted((out / ".wsm").glob("generate-*.jsonl")):
+        makers |= {tuple(r.get(c) for c in _MAKER) for r in Journal(journal).replay() if r.get("status") == "ok"}
+    recorded = out / ".wsm" / MAKER_FILE
+    if recorded.exists():
+        makers.add(tuple(json.loads(recorded.read_text(encoding="utf8"))))
+    return makers
+
+
 def check_one_maker(makers: set[tuple], out: Path) -> None:
     """Refuse a WSM folder whose maps would come from more than one bundle or set of settings (``makers``, with
     this run's when it adds maps): a resumed or sharded run never mixes two kinds of map."""
@@ -255,6 +275,60 @@ def check_one_maker(makers: set[tuple], out: Path) -> None:
         raise DataError(f"{out} holds maps made by another bundle or other settings (pipeline, models: "
                         f"{', '.join(map(str, sorted(makers, key=str)))}): write to a new --out, or delete {out} to "
                         "start again")
+
+
+def claim_folder(out: Path, maker: tuple) -> None:
+    """Record ``maker`` as the maker of ``out``'s maps, unless another run recorded one first, and refuse to go on
+    when they differ. The record is linked into place, so of two shards started together only one can win."""
+    check_one_maker(known_makers(out) | {maker}, out)
+    recorded = out / ".wsm" / MAKER_FILE
+    tmp = recorded.with_name(f".{MAKER_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(list(maker)), encoding="utf8")
+    try:
+        os.link(tmp, recorded)
+        fsync_dir(recorded.parent)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    check_one_maker({maker, tuple(json.loads(recorded.read_text(encoding="utf8")))}, out)
+
+
+class _Recorder:
+    """Journals a map's manifest row (flushed) and adds it to the manifest as soon as the map is written.
+
+    Maps are recorded from the worker pool's callback thread (:meth:`when_written`), failed images from the main
+    thread; a lock keeps the two apart, and an error in the callback thread is raised again in the main one.
+    """
+
+    def __init__(self, journal: Journal, builder: ManifestBuilder, provenance: dict, fit_ids: frozenset[str]):
+        self.journal, self.builder, self.provenance, self.fit_ids = journal, builder, provenance, fit_ids
+        self.lock = threading.Lock()
+        self.error: BaseException | None = None
+
+    def __call__(self, row: dict) -> None:
+        row = {**self.provenance, **row, "mask_used_in_fit": row["isic_id"] in self.fit_ids}
+        with self.lock:
+            self.journal.append(row)
+            self.builder.add(row)
+
+    def when_written(self, future: Future) -> None:
+        """A done-callback for a future that writes a map; a failed one is recorded by the main thread."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        try:
+            self(future.result())
+        except BaseException as err:  # noqa: BLE001 - the pool would only log it; the main thread raises it
+            self.error = err
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def write(self) -> None:
+        with self.lock:
+            self.builder.write()
+            self.journal.clear()
 
 
 def _selection(opts: GenerateOptions) -> str:
@@ -317,7 +391,7 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
     manifest_path = out / part_name(*opts.shard)
     summary = GenerateSummary(out, manifest=manifest_path)
     with exclusive_lock(out, f"generate-{shard_tag}.lock"):
-        journal = Journal(out / ".wsm" / f"generate-{shard_tag}.jsonl")
+        journal = Journal(out / ".wsm" / f"generate-{shard_tag}.jsonl", flush_s=0.0)
         fold_journal(journal, manifest_path, WSM_MANIFEST)
         rows = _source_rows(opts)
         if opts.only_ids:
@@ -328,10 +402,10 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         rows = plan_rows(rows, opts.shard, opts.batch_size)
         if opts.limit:
             rows = rows.head(opts.limit)
-        provenance = _provenance(bundle, opts.shard)
-        previous = (pq.read_table(manifest_path, columns=["isic_id", "path", "status", *_MAKER])
+        provenance, fit_ids = _provenance(bundle)
+        claim_folder(out, tuple(provenance[column] for column in _MAKER))
+        previous = (pq.read_table(manifest_path, columns=["isic_id", "path", "status"])
                     if manifest_path.exists() else WSM_MANIFEST.empty_table())
-        check_one_maker(map_makers([previous]) | {tuple(provenance[column] for column in _MAKER)}, out)
         done = _done_ids(previous, out)
         summary.total, summary.skipped = len(rows), int(rows["isic_id"].isin(done).sum())
         rows = rows[~rows["isic_id"].isin(done)]
@@ -340,38 +414,38 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         heavy = heavy_net_on_cpu(models, bundle.recipe, opts.device)
         workers, threads = cpu_split(usable_cores(), heavy, opts.workers)
         torch.set_num_threads(threads)
-        builder = ManifestBuilder(manifest_path, WSM_MANIFEST)
+        record = _Recorder(journal, ManifestBuilder(manifest_path, WSM_MANIFEST), provenance, fit_ids)
         bar = tqdm(total=summary.total, initial=summary.skipped, unit="img", desc="generate",
                    disable=not opts.progress)
         try:
-            for row in _run(rows, bundle, models, opts, workers, out):
-                row = {**provenance, **row, "mask_used_in_fit": row["isic_id"] in provenance["_fit_ids"]}
-                row.pop("_fit_ids")
-                journal.append(row)
-                builder.add(row)
-                if row["status"] == "ok":
+            for row in _run(rows, bundle, models, opts, workers, out, record):
+                record.check()
+                if row["status"] == "ok":     # recorded when its map was written
                     summary.done += 1
                 else:
+                    record(row)
                     summary.failed[row["isic_id"]] = row["error"]
                 bar.update(1)
+            record.check()
         finally:
             bar.close()
-            builder.write()
-            journal.clear()
+            record.write()
             summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _provenance(bundle: Bundle, shard: tuple[int, int]) -> dict:
+def _provenance(bundle: Bundle) -> tuple[dict, frozenset[str]]:
+    """The provenance columns of every row of this run, and the ids whose official mask fit used."""
     hashes = bundle.model_hashes()
-    return {"pipeline_sha256": pipeline_hash(bundle.resolved),
-            "model_sha256": ";".join(f"{k.split('.')[0]}={v}" for k, v in sorted(hashes.items())) or None,
-            "wsm_version": __version__, "_fit_ids": frozenset(bundle.provenance.get("fit_mask_ids", []))}
+    return ({"pipeline_sha256": pipeline_hash(bundle.resolved),
+             "model_sha256": ";".join(f"{k.split('.')[0]}={v}" for k, v in sorted(hashes.items())) or None,
+             "wsm_version": __version__}, frozenset(bundle.provenance.get("fit_mask_ids", [])))
 
 
 def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: GenerateOptions, workers: int,
-         out: Path) -> Iterator[dict]:
-    """Yield one manifest row per image, in no particular order, with bounded work in flight."""
+         out: Path, record: _Recorder) -> Iterator[dict]:
+    """Yield one manifest row per image, in no particular order, with bounded work in flight; ``record`` gets the
+    row of each map as soon as the map is written."""
     context = multiprocessing.get_context("spawn")
     window = max(2, 2 * workers)     # batches prepared ahead of the networks
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
@@ -382,7 +456,8 @@ def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: Gen
 
         def refill() -> None:
             while len(prepared) < window and (group := next(pending, None)) is not None:
-                prepared.append([(r.isic_id, r.mask_file, _submit_one(pool, r, opts)) for r in group.itertuples()])
+                prepared.append([(r.isic_id, r.mask_file, _submit_one(pool, r, opts, record))
+                                 for r in group.itertuples()])
 
         refill()
         while prepared:
@@ -404,6 +479,7 @@ def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: Gen
                 for (isic_id, mask_file, pre), evidence in zip(weak, maps):
                     future = pool.submit(_finish, isic_id, pre, evidence, mask_file)
                     future.isic_id = isic_id
+                    future.add_done_callback(record.when_written)
                     finishing.add(future)
             while len(finishing) > window * opts.batch_size or (not prepared and finishing):
                 done, finishing = wait(finishing, return_when=FIRST_COMPLETED)
@@ -413,9 +489,11 @@ def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: Gen
             yield from _collect(done)
 
 
-def _submit_one(pool, row, opts: GenerateOptions) -> Future:
+def _submit_one(pool, row, opts: GenerateOptions, record: _Recorder) -> Future:
     if opts.prefer_official and isinstance(row.mask_file, str):
-        return pool.submit(_official, row.isic_id, row.mask_file)
+        future = pool.submit(_official, row.isic_id, row.mask_file)
+        future.add_done_callback(record.when_written)
+        return future
     return pool.submit(_prepare, row.file)
 
 
@@ -447,9 +525,9 @@ def merge_parts(out: Path) -> Path:
     if not parts:
         raise DataError(f"{out} has no manifest-part-*.parquet files to merge")
     check_all_shards(out, parts)
+    check_one_maker(known_makers(out), out)
     merged = WSM_MANIFEST.empty_table()
     tables = [pq.read_table(part) for part in parts]
-    check_one_maker(map_makers(tables), out)
     for table in tables:
         merged = merge_tables(merged, table, ("isic_id",))
     write_table_atomic(merged, out / "manifest.parquet")

@@ -4,6 +4,8 @@ Every stage works on arrays; this module turns files into them and back:
 
 - :func:`read_image`: any image Pillow can open -> ``uint8`` ``(H, W, 3)`` RGB in display orientation.
 - :func:`read_mask`: a lesion mask -> ``uint8`` ``(H, W)`` (not binarised; scorers binarise at > 128).
+- :func:`read_official_mask`: an official mask, 0/255 or 0/1 as stored -> ``uint8`` 0/255; other values refused.
+- :func:`read_label_map`: an ISIC_WSM label map -> ``uint8`` 0/1/255 as stored; other values refused.
 - :func:`image_size`: ``(width, height)`` in display orientation, from the header only.
 - :func:`encode_label_png` / :func:`write_label_png`: an ISIC_WSM label map as a deterministic 8-bit PNG.
 
@@ -29,8 +31,11 @@ __all__ = [
     "ImageDecodeError",
     "encode_label_png",
     "image_size",
+    "official_mask",
     "read_image",
+    "read_label_map",
     "read_mask",
+    "read_official_mask",
     "write_label_png",
 ]
 
@@ -42,6 +47,7 @@ LABEL_PNG_COMPRESS_LEVEL = 6
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_LABEL_VALUES = (0, 1, 255)  # ISIC_WSM: background, lesion, uncertain
 
 
 class ImageDecodeError(WsmError):
@@ -255,6 +261,75 @@ def read_mask(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
                 ) from exc
             arr = rgb.max(axis=2)
     return np.array(arr, dtype=np.uint8)  # a writable, C-contiguous copy
+
+
+def _stored_values(path: Path, max_pixels: int | None) -> np.ndarray:
+    """The values a single-channel PNG stores, unscaled: mode ``1`` as 0/1, ``L`` and 16-bit as they are, ``P``
+    as the palette's grey levels when every colour used is grey (else as the palette indices)."""
+    with _open(path, max_pixels) as im:
+        loaded = _load(im, path)
+        mode = loaded.mode
+        if mode == "P":
+            return _palette_values(loaded)
+        if mode in {"1", "L", "I"} | _SIXTEEN_BIT_MODES:
+            values = np.array(loaded)
+            return values.astype(np.uint8) if values.dtype == bool else values
+    raise ImageDecodeError(path, f"mode {mode!r} is not a single-channel mask or label map",
+                           "Save it as a single-channel PNG (mode 1, L, P or 16-bit greyscale).")
+
+
+def _palette_values(im: Image.Image) -> np.ndarray:
+    indices = np.array(im)
+    palette = np.array(im.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+    used = np.unique(indices)
+    if used.max() < len(palette) and (palette[used] == palette[used, :1]).all():
+        return palette[indices, 0]
+    return indices
+
+
+def _found(values: np.ndarray) -> str:
+    found = np.unique(values)
+    return ", ".join(str(v) for v in found[:10]) + (" ..." if found.size > 10 else "")
+
+
+def official_mask(values: np.ndarray, path: Path | str) -> np.ndarray:
+    """An official mask's stored values as ``uint8`` 0/255: 0/255 as they are, 0/1 with lesion where 1.
+
+    Raises:
+        ImageDecodeError: any other values (e.g. 0/100, or 0/1/255), with the values found.
+    """
+    values = np.asarray(values)
+    if np.isin(values, (0, 255)).all():
+        return values.astype(np.uint8)
+    if np.isin(values, (0, 1)).all():
+        return (values * 255).astype(np.uint8)
+    raise ImageDecodeError(
+        path, f"an official mask holds 0/255 (or 0/1) but this one holds {_found(values)}",
+        "Save it with 0 for background and 255 (or 1) for lesion.",
+    )
+
+
+def read_official_mask(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an official (challenge) mask into ``uint8`` ``(H, W)`` 0/255, by :func:`official_mask`'s rules.
+
+    Unlike :func:`read_mask` nothing is rescaled: a 16-bit 0/1 mask is lesion where 1, not all background.
+    """
+    return official_mask(_stored_values(Path(path), max_pixels), path)
+
+
+def read_label_map(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an ISIC_WSM label map into ``uint8`` ``(H, W)``: 0 background, 1 lesion, 255 uncertain.
+
+    Values are read as stored (see :func:`_stored_values`), so a 1-bit map is background/lesion and a 16-bit one
+    keeps 1 as lesion. Raises :class:`ImageDecodeError` for other modes or values, with the values found.
+    """
+    values = _stored_values(Path(path), max_pixels)
+    if not np.isin(values, _LABEL_VALUES).all():
+        raise ImageDecodeError(
+            path, f"an ISIC_WSM label map holds 0 (background), 1 (lesion) and 255 (uncertain) but this one holds "
+            f"{_found(values)}", "Write label maps with `wsm generate` or wsm.imageio.write_label_png.",
+        )
+    return values.astype(np.uint8)
 
 
 def image_size(path: Path | str) -> tuple[int, int]:

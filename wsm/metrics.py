@@ -13,7 +13,8 @@ The reference (``isic_challenge_scoring/segmentation.py``, ``confusion.py``, ``m
 
 Two steps, like segmentation_models.pytorch: :func:`confusion_counts`, then :func:`image_metrics`.
 :func:`score_label_map` scores an ISIC_WSM label map (0 / 1 / 255) with the uncertain pixels either counted as
-background (what the official scorer sees after export) or left out.
+background (what the official scorer sees after export) or left out and paid for with coverage
+(:data:`LEFT_OUT_DEFINITION`): abstaining never earns a score.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 __all__ = [
+    "LEFT_OUT_DEFINITION",
     "METRIC_NAMES",
     "THRESHOLD_JACCARD",
     "Counts",
@@ -33,11 +35,18 @@ __all__ = [
     "image_metrics",
     "score_label_map",
     "score_mask",
+    "weighted_by_coverage",
 ]
 
 THRESHOLD_JACCARD = 0.65  # ISIC 2018 Task 1: an image's Jaccard below this counts as 0
 BINARY_THRESHOLD = 128  # the official scorer's binarisation: value > 128 is lesion
 METRIC_NAMES = ("accuracy", "sensitivity", "specificity", "jaccard", "dice", "threshold_jaccard")
+LEFT_OUT_DEFINITION = (
+    "255 left out, weighted by coverage: each metric is computed on the pixels the map labels (0 or 1) with the "
+    "official rules, then multiplied by the map's coverage (the share of its pixels that are not 255); the "
+    "threshold Jaccard thresholds that weighted Jaccard. A map can never score more than its coverage, and a "
+    "wholly uncertain map scores 0 on every metric: leaving pixels out pays only where the map would be wrong."
+)
 
 
 class Counts(NamedTuple):
@@ -105,12 +114,13 @@ def score_label_map(
         truth_mask: ``uint8`` ``(H, W)``, binarised at > 128.
         label_map: ``uint8`` ``(H, W)``, values 0 (background), 1 (lesion), 255 (uncertain) only.
         uncertain: ``"background"``: 255 counts as background, which is what the official scorer sees in the
-            0/255 export; ``"ignore"``: 255 pixels are left out of every count. With ``"ignore"`` and every pixel
-            uncertain, all counts are 0 and the official 0/0 rules give Jaccard 1 (accuracy NaN): read the
-            metrics together with ``uncertain_fraction``.
+            0/255 export; ``"ignore"``: 255 pixels are left out of the counts and every metric is weighted by
+            coverage (:data:`LEFT_OUT_DEFINITION`), so a wholly uncertain map scores 0, not the official 0/0
+            freebie of 1.
 
     Returns:
-        the six metrics plus ``uncertain_fraction`` (the share of 255 pixels, in both modes).
+        the six metrics plus ``uncertain_fraction`` (the share of 255 pixels) and ``coverage`` (1 minus it), in
+        both modes.
     """
     truth = binarise(truth_mask)
     label_map = np.asarray(label_map)
@@ -127,14 +137,24 @@ def score_label_map(
     uncertain_px = label_map == 255
     pred = label_map == 1
     if uncertain == "background":
-        counts = confusion_counts(truth, pred)
+        out = image_metrics(confusion_counts(truth, pred))
     elif uncertain == "ignore":
         keep = ~uncertain_px
-        counts = confusion_counts(truth[keep], pred[keep])
+        out = weighted_by_coverage(image_metrics(confusion_counts(truth[keep], pred[keep])),
+                                   float(np.count_nonzero(keep)) / label_map.size)
     else:
         raise ValueError(f"uncertain must be 'background' or 'ignore', got {uncertain!r}")
-    out = image_metrics(counts)
     out["uncertain_fraction"] = float(np.count_nonzero(uncertain_px)) / label_map.size
+    out["coverage"] = 1.0 - out["uncertain_fraction"]
+    return out
+
+
+def weighted_by_coverage(metrics: Mapping[str, float], coverage: float) -> dict[str, float]:
+    """The metrics of the labelled pixels times ``coverage`` (see :data:`LEFT_OUT_DEFINITION`); all 0 at 0."""
+    if coverage <= 0:
+        return {m: 0.0 for m in METRIC_NAMES}
+    out = {m: metrics[m] * coverage for m in METRIC_NAMES}
+    out["threshold_jaccard"] = out["jaccard"] if out["jaccard"] >= THRESHOLD_JACCARD else 0.0
     return out
 
 

@@ -8,7 +8,10 @@
 Rules (DESIGN.md, "Metrics" and "Evaluation protocol"):
 
 - Every number is the official one (``wsm.metrics``, equal to isic-challenge-scoring 5.6.0), with the uncertain
-  (255) pixels scored both as background (what the official scorer sees in the 0/255 export) and left out.
+  (255) pixels scored both as background (what the official scorer sees in the 0/255 export) and left out, then
+  weighted by coverage (``wsm.metrics.LEFT_OUT_DEFINITION``: a wholly uncertain map scores 0, never 1).
+- Masks and maps are read by their conventions (``wsm.imageio.read_official_mask``, ``read_label_map``): a file
+  whose values mean something else is an ``error`` row with the values found, never a silent score.
 - The headline covers only images whose map is a weak map (``source == "weak"``) and whose mask fit did not use
   (``mask_used_in_fit`` false; null counts as used): a map fitted to its own mask, or an official mask copied as
   the map (``--prefer-official``), measures nothing. The report says how many images each rule excluded
@@ -38,8 +41,8 @@ from archive_client.layout import DataLayout
 from wsm import __version__
 from wsm.data import read_manifest, read_truth, select_split, with_truth
 from wsm.errors import WsmError
-from wsm.imageio import ImageDecodeError, read_mask
-from wsm.metrics import METRIC_NAMES, score_label_map
+from wsm.imageio import ImageDecodeError, read_label_map, read_official_mask
+from wsm.metrics import LEFT_OUT_DEFINITION, METRIC_NAMES, score_label_map
 
 __all__ = [
     "BREAKDOWNS",
@@ -91,8 +94,8 @@ def score_image(truth_mask: np.ndarray, label_map: np.ndarray) -> dict[str, floa
         label_map: ``uint8`` ``(H, W)`` ISIC_WSM map: 0 background, 1 lesion, 255 uncertain.
 
     Returns:
-        ``accuracy_bg`` ... ``threshold_jaccard_bg`` (255 as background), ``accuracy_ignore`` ... (255 left out),
-        ``uncertain_fraction`` and ``truth_lesion_fraction``.
+        ``accuracy_bg`` ... ``threshold_jaccard_bg`` (255 as background), ``accuracy_ignore`` ... (255 left out,
+        weighted by coverage), ``uncertain_fraction``, ``coverage`` and ``truth_lesion_fraction``.
 
     Raises:
         ValueError: the shapes differ, or the label map has values other than 0, 1, 255.
@@ -101,7 +104,7 @@ def score_image(truth_mask: np.ndarray, label_map: np.ndarray) -> dict[str, floa
     for suffix, mode in _MODE.items():
         scores = score_label_map(truth_mask, label_map, uncertain=mode)
         out.update({f"{m}_{suffix}": scores[m] for m in METRIC_NAMES})
-        out["uncertain_fraction"] = scores["uncertain_fraction"]
+        out["uncertain_fraction"], out["coverage"] = scores["uncertain_fraction"], scores["coverage"]
     out["truth_lesion_fraction"] = float(np.count_nonzero(np.asarray(truth_mask) > 128)) / np.asarray(truth_mask).size
     return out
 
@@ -206,6 +209,7 @@ def _aggregate(rows: pd.DataFrame) -> dict | None:
     for name, suffix in TREATMENTS.items():
         means = {m: _mean(rows[f"{m}_{suffix}"]) for m in METRIC_NAMES}
         means["uncertain_fraction"] = _mean(rows["uncertain_fraction"])
+        means["coverage"] = _mean(rows["coverage"])
         means["n_images"] = int(len(rows))
         out[name] = means
     return out
@@ -267,7 +271,7 @@ class ReportSummary:
         if self.headline:
             bg, ign = self.headline["uncertain_as_background"], self.headline["uncertain_ignored"]
             out.append(f"headline Jaccard {bg['jaccard']:.4f} (255 as background), {ign['jaccard']:.4f} "
-                       f"(255 left out, {ign['uncertain_fraction']:.1%} of pixels), threshold Jaccard "
+                       f"(255 left out, weighted by coverage {ign['coverage']:.1%}), threshold Jaccard "
                        f"{bg['threshold_jaccard']:.4f}, Dice {bg['dice']:.4f}")
         else:
             out.append("no headline: every scored map is an official mask or was fitted to its own mask")
@@ -315,16 +319,16 @@ def report_command(pred: Path, data: Path, out: Path, split: str, only: str | No
 
 
 _ROW_COLUMNS = ["isic_id", "status", *metric_columns("bg"), *metric_columns("ignore"), "uncertain_fraction",
-                "truth_lesion_fraction", "confidence", "source", "mask_used_in_fit", "headline", "diagnosis",
-                "image_type", "size_bin", "error"]
+                "coverage", "truth_lesion_fraction", "confidence", "source", "mask_used_in_fit", "headline",
+                "diagnosis", "image_type", "size_bin", "error"]
 _PATH_COLUMNS = ["_image", "_mask", "_map"]   # where the files are, for the galleries (not written to the CSV)
 
 
 def _score_row(data: Path, pred: Path, row) -> dict:
     """One image with a mask and a map: its metrics, or an error row that says what was wrong."""
     try:
-        truth = read_mask(data / row.mask_file)
-        label_map = read_mask(pred / row.path)
+        truth = read_official_mask(data / row.mask_file)
+        label_map = read_label_map(pred / row.path)
         if truth.shape != label_map.shape:
             raise ValueError(f"official mask is {truth.shape[1]}x{truth.shape[0]} but the map is "
                              f"{label_map.shape[1]}x{label_map.shape[0]} (width x height); regenerate the map "
@@ -408,7 +412,7 @@ def _thumbnail(table: pd.DataFrame, isic_id: str, draw) -> str | None:
     row = table.loc[table["isic_id"] == isic_id].iloc[0]
     try:
         image = read_image(row["_image"], min_side=GALLERY_PIXELS)
-        return draw(image, read_mask(row["_mask"]), read_mask(row["_map"]), GALLERY_PIXELS)
+        return draw(image, read_official_mask(row["_mask"]), read_label_map(row["_map"]), GALLERY_PIXELS)
     except (ValueError, OSError, ImageDecodeError) as err:
         log.warning("%s: no gallery picture (%s)", isic_id, err)
         return None
@@ -468,6 +472,7 @@ def build_report(pred: Path | str, data: Path | str, out: Path | str, split: str
         "gt_manifest_sha256": _sha256(layout.gt_manifest),
         "maps_provenance": {c: _unique(maps, c) for c in ("pipeline_sha256", "model_sha256", "wsm_version")},
         "counts": {k: v for k, v in counts.items() if k != "lesion_size_edges"},
+        "uncertain_ignored_definition": LEFT_OUT_DEFINITION,
         "headline_rule": "source == weak and mask_used_in_fit == false (a map fitted to, or copied from, its own "
                          "mask measures nothing; a null mask_used_in_fit counts as used)",
         **summary,

@@ -138,7 +138,8 @@ figure{margin:0;width:260px;font-size:11px}figure img{width:256px;border:1px sol
 .legend span{display:inline-block;width:14px;height:4px;margin:0 4px 3px 10px;vertical-align:middle}
 """
 
-_TREATMENT_TITLES = {"uncertain_as_background": "255 as background (official)", "uncertain_ignored": "255 left out"}
+_TREATMENT_TITLES = {"uncertain_as_background": "255 as background (official)",
+                     "uncertain_ignored": "255 left out, &times; coverage"}
 
 
 def _e(value) -> str:
@@ -176,6 +177,7 @@ def _headline_table(report: Mapping) -> str:
 
     rows = [[m] + [cell(w, t, m) for w, t in columns] for m in METRIC_NAMES]
     rows.append(["uncertain fraction"] + [cell(w, t, "uncertain_fraction") for w, t in columns])
+    rows.append(["coverage"] + [cell(w, t, "coverage") for w, t in columns])
     rows.append(["images"] + [cell(w, t, "n_images") for w, t in columns])
     return _table(headers, rows, table_id="headline")
 
@@ -192,8 +194,9 @@ def _breakdown_section(report: Mapping) -> str:
         rows = [[_e(g["group"]), _num(g["n_headline"]), _num(g["jaccard_bg_headline"]),
                  _num(g["jaccard_ignore_headline"]), _num(g["n"]), _num(g["jaccard_bg"]), _num(g["jaccard_ignore"])]
                 for g in groups]
-        table = _table(["group", "n headline", "Jaccard headline", "Jaccard headline, 255 left out",
-                        "n scored", "Jaccard scored", "Jaccard scored, 255 left out"], rows)
+        left_out = "255 left out &times; coverage"
+        table = _table(["group", "n headline", "Jaccard headline", f"Jaccard headline, {left_out}",
+                        "n scored", "Jaccard scored", f"Jaccard scored, {left_out}"], rows)
         edges = report.get("lesion_size_edges") or []
         if key == "lesion_size" and len(edges) == 2:
             table += (f"<p>Cut points (lesion fraction of the official mask): small &le; {_num(edges[0])} &lt; "
@@ -219,7 +222,7 @@ def _calibration_section(report: Mapping) -> str:
     return (f"<p>Spearman correlation between confidence and Jaccard (255 as background) over {cal['n']} headline "
             f"images: <b>{_num(cal['spearman'], 3)}</b>.{verdict}</p>"
             + _table(["bin", "n", "confidence range", "mean confidence", "mean Jaccard",
-                      "mean Jaccard, 255 left out"], rows, table_id="calibration", left=0))
+                      "mean Jaccard, 255 left out &times; coverage"], rows, table_id="calibration", left=0))
 
 
 def _gallery(ids: Sequence[str], per_image: pd.DataFrame, thumbnails: Mapping[str, str | None]) -> str:
@@ -231,7 +234,7 @@ def _gallery(ids: Sequence[str], per_image: pd.DataFrame, thumbnails: Mapping[st
         picture = f'<img alt="{_e(isic_id)}" src="{uri}">' if uri else "<p>(image unreadable)</p>"
         figures.append(
             f"<figure>{picture}<figcaption><b>{_e(isic_id)}</b> Jaccard {_num(row['jaccard_bg'], 3)} "
-            f"(255 left out {_num(row['jaccard_ignore'], 3)}), uncertain {_num(row['uncertain_fraction'], 3)}, "
+            f"(255 left out &times; coverage {_num(row['jaccard_ignore'], 3)}), coverage {_num(row['coverage'], 3)}, "
             f"confidence {_num(row['confidence'], 3)}, {_e(row['diagnosis'])}</figcaption></figure>")
     return f'<div class="grid">{"".join(figures)}</div>'
 
@@ -278,6 +281,7 @@ def render_report(report: Mapping, per_image: pd.DataFrame, thumbnails: Mapping[
         f"<p>Split <b>{_e(report['split'])}</b>: {counts['scored']} maps scored against their official masks "
         f"with the official ISIC metrics (isic-challenge-scoring 5.6.0), the uncertain pixels (255) both as "
         "background and left out.</p>",
+        f'<p class="note" id="left-out">{_e(report["uncertain_ignored_definition"])}</p>',
         excluded,
         "<h2>Headline</h2>", _headline_table(report),
         "<h2>Counts</h2>", _table(["", "images"], count_rows),
