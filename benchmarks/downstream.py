@@ -3,7 +3,8 @@ images' weak maps are added? Both networks are scored on the same held-out offic
 
     python benchmarks/downstream.py [--labelled 200] [--weak 800] [--eval 300] [--size 128] [--epochs 8]
         [--epochs-official N|same] [--epochs-finetune N] [--confident-fraction F] [--arch unet]
-        [--encoder resnet18] [--batch-size 16] [--lr 0.001] [--seed 0] [--device cpu] [--threads 0]
+        [--encoder tf_efficientnet_lite0] [--no-train-pretrained] [--batch-size 16] [--lr 0.001] [--seed 0]
+        [--device cpu] [--threads 0]
         [--source ../shared/data/isic2018-task1-512] [--data DATA] [--work out/bench-downstream]
         [--set section.key=value ...] [--small]
 
@@ -32,21 +33,19 @@ Training budget: by default the official-only run gets as many optimiser steps a
 (--epochs-official = epochs x (labelled + weak) / labelled), so that it is not merely undertrained;
 ``--epochs-official same`` gives it the same number of epochs instead.
 
-What limits the CPU defaults (200 labelled, 800 weak, 300 eval, 128 px, resnet18 U-Net, 8 epochs): time on a
-shared 2-core machine. Measured on it (docs/RESULTS.md): fit 28 min, generate 2 min, each training run of 8000
-image-steps 13 min: 55 minutes in all (the optional third and fourth runs add 8 and 13 minutes).
-At 128 px and a few epochs from scratch (no pretrained encoder offline) both networks are far from the numbers of
-the literature (Jaccard ~0.8 at 256+ px with ImageNet encoders); the comparison between the two is the point.
+What limits the CPU defaults (200 labelled, 800 weak, 300 eval, 128 px, EfficientNet-Lite0 U-Net from ImageNet
+weights, 8 epochs): time on a 2-core machine. Every network (the fit's classifier and prior, both trained
+students) starts from the packaged ImageNet weights (docs/INSTALL.md); --no-train-pretrained starts the students
+from random weights.
 The eval set of 300 gives a standard error of about 0.01 on the mean Jaccard.
 
 GPU-sized settings (the ISIC_WSM paper's question at a useful scale; about 1 h on one recent GPU)::
 
     python benchmarks/downstream.py --device cuda --labelled 200 --weak 2094 --eval 300 --size 384 \\
-        --encoder resnet50 --epochs 40 --batch-size 16 --lr 0.0005
+        --encoder tf_efficientnet_lite2 --epochs 40 --batch-size 16 --lr 0.0005
 
-(fit and generate then use the default pipeline's [device.cuda] sizes. Where the Hugging Face hub is reachable,
-ImageNet encoders help every network: add --train-pretrained --set prior.pretrained=true
---set classifier.pretrained=true.) ``--small`` is a smoke test that runs everything with tiny models in minutes.
+(fit and generate then use the default pipeline's [device.cuda] sizes.) ``--small`` is a smoke test that runs
+everything with tiny models from random weights in minutes.
 A WORK folder belongs to one set of settings: the script refuses to reuse it with others.
 """
 from __future__ import annotations
@@ -66,7 +65,8 @@ QUALITY_DATA = REPO / "out" / "bench-quality" / "data"
 
 SMALL_FIT = ["classifier.arch=test_resnet", "classifier.size=64", "classifier.epochs=1", "classifier.batch_size=8",
              "prior.encoder=test_resnet", "prior.size=64", "prior.epochs=1", "prior.batch_size=8",
-             "preprocess.working_size=96", "calibration.max_images=6", "crf.bilateral_sxy=4.0"]
+             "preprocess.working_size=96", "calibration.max_images=6", "crf.bilateral_sxy=4.0",
+             "classifier.pretrained=false", "prior.pretrained=false"]
 
 
 def rank_key(isic_id: str, seed: int) -> bytes:
@@ -165,14 +165,15 @@ def main() -> None:
                         help="a fourth run: the labelled masks plus only this most confident fraction of the weak "
                              "maps, by the WSM manifest's confidence (0, the default: no fourth run)")
     parser.add_argument("--arch", default="unet")
-    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--encoder", default="tf_efficientnet_lite0")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers while training")
-    parser.add_argument("--train-pretrained", action="store_true", help="ImageNet encoder for `wsm train`")
+    parser.add_argument("--train-pretrained", action=argparse.BooleanOptionalAction, default=True,
+                        help="ImageNet encoder for the `wsm train` runs")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--data", type=Path, help="an imported DATA of the whole source (default: reuse or import)")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-downstream")
@@ -184,7 +185,7 @@ def main() -> None:
         parser.error(f"--confident-fraction must be within (0, 1] (0: no fourth run), got {args.confident_fraction}")
     if args.small:
         args.labelled, args.weak, args.eval, args.size, args.epochs = 24, 40, 24, 64, 2
-        args.encoder, args.batch_size, args.lr = "test_resnet", 8, 1e-2
+        args.encoder, args.batch_size, args.lr, args.train_pretrained = "test_resnet", 8, 1e-2, False
         args.overrides = SMALL_FIT + args.overrides
         if args.work == parser.get_default("work"):
             args.work = REPO / "out" / "bench-downstream-small"

@@ -7,7 +7,9 @@
 The folds are drawn by isic_id (a hash with the seed), so no image of the scored fold, nor its mask, is used by
 `fit`; scores use the official ISIC metrics (wsm.metrics, equal to isic-challenge-scoring) with 255 counted as
 background and left out, plus the certain-pixel coverage. `--folds 1` (the quick mode) runs the first fold only.
-The equivalent commands are printed with the numbers.
+The equivalent commands are printed with the numbers. After the default pipeline, a "bare prior" row scores its
+bundle's prior alone as a user would run it without wsm (benchmarks/speed.py's bare loop: one forward at the
+prior's size, threshold 0.5, no TTA, calibration or refinement) on the same held-out images.
 """
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ import argparse
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # benchmarks/speed.py, for the bare loop
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "isic2018-task1-512"
@@ -68,6 +73,21 @@ def score_fold(data: Path, wsm_dir: Path, ids: list[str]) -> dict:
     return {**score_pairs(pairs), "missing": missing}
 
 
+def score_bare_prior(data: Path, bundle: Path, ids: list[str], out: Path) -> dict:
+    """What a user gets from the bundle's prior alone, as benchmarks/speed.py's bare loop runs it (decode, resize,
+    one forward, threshold 0.5, resize back): the baseline that TTA, calibration and refinement must beat."""
+    from speed import bare_loop_seconds
+
+    from wsm.data import read_manifest, read_truth
+
+    files = read_manifest(data).set_index("isic_id").loc[ids, "file"]
+    started = time.perf_counter()
+    bare_loop_seconds(bundle, [data / f for f in files], out)
+    truth = read_truth(data).set_index("isic_id")
+    pairs = [(data / truth.loc[i, "mask_file"], out / f"{Path(files[i]).stem}.png") for i in ids]
+    return {"generate_s": round(time.perf_counter() - started), **score_pairs(pairs), "missing": 0}
+
+
 def score_pairs(pairs: list[tuple[Path, Path]]) -> dict:
     """Official metrics over (official mask, ISIC_WSM map) files, with 255 as background and left out."""
     from wsm.imageio import read_mask
@@ -96,6 +116,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-quality")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--limit", type=int, default=0, help="score at most N held-out images per fold")
+    parser.add_argument("--no-bare", dest="bare", action="store_false",
+                        help="skip the bare-prior row (the default bundle's prior alone: one forward, threshold 0.5)")
     args = parser.parse_args()
 
     from wsm.data import read_manifest
@@ -134,6 +156,12 @@ def main() -> None:
             print(f"  reproduce: wsm fit --data DATA --out {bundle} --pipeline {name} --exclude "
                   f"{fold_dir / 'held_out.txt'} && wsm generate --data DATA --bundle {bundle} --out {out} "
                   f"--only {fold_dir / 'held_out.txt'}", flush=True)
+            if name == "default" and args.bare:
+                row = {"pipeline": "bare prior", "fold": fold, "k": args.k, "seed": args.seed, "fit_s": 0,
+                       **score_bare_prior(data, bundle, held_out, fold_dir / "bare-prior")}
+                results.append(row)
+                (args.work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+                print(json.dumps(row, default=str), flush=True)
     print(f"\n{'pipeline':10s} {'fold':>4s} {'n':>5s} {'J(255=bg)':>10s} {'J(255 out)':>10s} {'TJ(255=bg)':>10s} "
           f"{'coverage':>9s} {'fit s':>7s} {'gen s':>6s}")
     for r in results:

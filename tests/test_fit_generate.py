@@ -17,7 +17,8 @@ from wsm.demo import SAMPLE
 
 TINY = ["classifier.arch=test_resnet", "classifier.size=64", "classifier.epochs=1", "classifier.batch_size=8",
         "prior.encoder=test_resnet", "prior.size=64", "prior.epochs=1", "prior.batch_size=8",
-        "preprocess.working_size=96", "calibration.max_images=6", "crf.bilateral_sxy=4.0"]
+        "preprocess.working_size=96", "calibration.max_images=6", "crf.bilateral_sxy=4.0",
+        "classifier.pretrained=false", "prior.pretrained=false", "classifier.enabled=true"]
 
 
 def _sets(values):
@@ -237,7 +238,7 @@ def test_one_wsm_folder_holds_the_maps_of_one_bundle(sample_data, bundle, tmp_pa
     assert "fit a new bundle" in capsys.readouterr().err
     # shards made with different settings are not merged
     assert _generate(*source, "--out", str(mixed), "--shard", "0/2") == 0
-    assert _generate(*source, "--out", str(mixed), "--shard", "1/2", "--set", "prior.flip_tta=false") == 0
+    assert _generate(*source, "--out", str(mixed), "--shard", "1/2", "--set", "prior.flip_tta=false") == 2
     assert main(["-q", "generate", "--out", str(mixed), "--merge"]) == 2
     assert not (mixed / "manifest.parquet").exists()
 
@@ -318,3 +319,48 @@ def test_refitting_a_bundle_takes_it_out_of_use_until_done_and_says_when_setting
     assert main(["-q", "fit", "--data", str(sample_data), "--out", str(copy), *_sets(TINY)]) == 130
     with pytest.raises(BundleError, match="not a complete wsm bundle"):
         load_bundle(copy)
+
+
+def test_no_entry_point_mixes_maps_made_otherwise(sample_data, bundle, tmp_path, capsys):
+    import shutil
+
+    out, other = tmp_path / "wsm", tmp_path / "other"
+    source = ["--data", str(sample_data), "--bundle", str(bundle), "--limit", "4"]
+    assert _generate(*source, "--out", str(out)) == 0
+    before = _maps(out)
+    # shards (and resumes) with other settings are refused before they write a map ...
+    for shard in ("0/2", "1/2"):
+        assert _generate(*source, "--out", str(out), "--shard", shard, "--set", "prior.flip_tta=false") == 2
+        assert "another bundle or other settings" in capsys.readouterr().err
+    assert _maps(out) == before and not list(out.glob("manifest-part-*"))
+    # ... and so are shards whose folder the first shard claimed with other settings
+    assert _generate(*source, "--out", str(other), "--shard", "0/2", "--set", "prior.flip_tta=false") == 0
+    assert _generate(*source, "--out", str(other), "--shard", "1/2") == 2
+    assert _generate(*source, "--out", str(other), "--shard", "1/2", "--set", "prior.flip_tta=false") == 0
+    # merge refuses parts made otherwise than the folder's maps, even when the parts agree among themselves
+    for part in other.glob("manifest-part-*"):
+        shutil.copy(part, out / part.name)
+    manifest = (out / "manifest.parquet").read_bytes()
+    assert main(["-q", "generate", "--out", str(out), "--merge"]) == 2
+    assert "another bundle or other settings" in capsys.readouterr().err
+    assert (out / "manifest.parquet").read_bytes() == manifest
+
+
+def test_a_killed_generate_loses_at_most_the_maps_in_flight(sample_data, bundle, tmp_path):
+    import multiprocessing
+
+    from wsm.generate import GenerateOptions, generate
+
+    out = tmp_path / "wsm"
+    options = GenerateOptions(out=out, bundle=bundle, data=sample_data, workers=1, batch_size=4, progress=False)
+    run = multiprocessing.get_context("spawn").Process(target=generate, args=(options,))
+    run.start()
+    deadline = time.monotonic() + 120
+    while run.is_alive() and time.monotonic() < deadline and len(list(out.glob("ISIC_*.png"))) < 6:
+        time.sleep(0.02)
+    assert run.is_alive(), "generate ended before it could be killed"
+    run.kill()                                       # SIGKILL: no cleanup runs
+    run.join()
+    written = len(list(out.glob("ISIC_*.png")))
+    summary = generate(options)
+    assert summary.ok and summary.skipped >= written - 1, (written, summary.skipped)   # one worker: one in flight

@@ -62,10 +62,12 @@ def test_recipe_file_device_overrides_and_flags():
     assert recipe.loss == "hybrid" and recipe.size == 192 and recipe.coarse.arch == "unet"
     assert set(recipe.classes) == {"melanoma", "nevus", "seborrheic_keratosis", "other"}
     cuda, _ = load_mbdcnn_recipe("mbdcnn", device="cuda")
-    assert cuda.size == 384 and cuda.enhanced.arch == "deeplabv3plus" and cuda.classifier.arch == "efficientnet_b0"
+    assert cuda.size == 384 and cuda.enhanced.arch == "deeplabv3plus"
+    assert cuda.classifier.arch == "tf_efficientnet_lite2" and recipe.classifier.pretrained
     tiny, _ = load_mbdcnn_recipe("mbdcnn", overrides=("classifier.arch=test_resnet", "cam.flip_tta=false"),
-                                 given={"epochs": 1, "encoder": "test_resnet", "size": 64})
+                                 given={"epochs": 1, "encoder": "test_resnet", "size": 64, "pretrained": False})
     assert tiny.classifier.arch == "test_resnet" and not tiny.cam.flip_tta and tiny.size == 64
+    assert not (tiny.coarse.pretrained or tiny.classifier.pretrained or tiny.enhanced.pretrained)
     assert tiny.coarse.epochs == tiny.classifier.epochs == tiny.enhanced.epochs == 1
     assert tiny.coarse.encoder == tiny.enhanced.encoder == "test_resnet"
     with pytest.raises(PipelineError, match="mbdcnn"):
@@ -82,8 +84,8 @@ def data(tmp_path_factory):
 
 
 def _mbdcnn(*args) -> int:
-    return main(["-q", "train", "--pipeline", "mbdcnn", "--encoder", "test_resnet", "--size", "64", "--epochs", "1",
-                 "--batch-size", "8", "--set", "classifier.arch=test_resnet", *args])
+    return main(["-q", "train", "--pipeline", "mbdcnn", "--encoder", "test_resnet", "--no-pretrained", "--size", "64",
+                 "--epochs", "1", "--batch-size", "8", "--set", "classifier.arch=test_resnet", *args])
 
 
 def test_one_epoch_run_end_to_end(data, tmp_path):

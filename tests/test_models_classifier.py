@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from wsm.models import classifier as clf  # noqa: E402
+from wsm.models import weights  # noqa: E402
 from wsm.models.classifier import (  # noqa: E402
     CLASSIFIERS,
     DEFAULT_CPU_CLASSIFIER,
@@ -103,7 +103,7 @@ def test_pretrained_with_unreachable_hub_goes_offline_for_the_call(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(clf, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(weights, "_hub_reachable", lambda timeout=3.0: False)
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     start = time.perf_counter()

@@ -276,3 +276,34 @@ def test_real_image_chain_with_mask_derived_prob():
     label_map = decide(prob, refined.mask, pre.valid_mask)
     assert set(np.unique(label_map).tolist()) <= {0, 1, 255}
     assert jaccard(refined.mask, truth) > 0.8
+
+
+def test_decide_band_outside_keeps_the_whole_mask_as_lesion():
+    rgb, disc, frame = synthetic_dermoscopy(128, 128)
+    prob = np.where(disc, 0.95, 0.05).astype(np.float32)
+    label_map = decide(prob, disc, ~frame, DecisionConfig(band_px=3, band_side="outside"))
+    assert (label_map[disc] == 1).all()                       # 255 counted as background gives the mask itself
+    edge_col = int(np.nonzero(disc[64])[0][0])
+    assert (label_map[64, edge_col - 3 : edge_col] == 255).all() and label_map[64, edge_col - 5] == 0
+    with pytest.raises(ValueError, match="band_side"):
+        DecisionConfig(band_side="inside")
+
+
+def test_calibration_keeps_the_crf_only_where_it_helps():
+    from wsm.calibrate import Sample, calibrate
+    from wsm.pipeline import load_pipeline
+    from wsm.recipe import build_recipe
+    from wsm.stages.preprocess import Preprocessed
+
+    recipe = build_recipe(load_pipeline("default", "cpu", ["preprocess.working_size=128"]))
+    assert recipe.calibration.crf_choices == (True, False)
+    samples = []
+    for seed in range(3):
+        rgb, disc, frame = synthetic_dermoscopy(128, 128, seed=seed)
+        pre = Preprocessed(image=rgb, valid_mask=np.ones(disc.shape, bool), original_size=(128, 128))
+        exact = np.where(disc, 0.9, 0.1).astype(np.float32)     # the prior is already right: the CRF cannot help
+        samples.append(Sample(pre, {"prior": exact}, disc))
+    result = calibrate(samples, recipe)
+    assert result.crf is False and result.prior_weight == 1.0
+    assert {g[1] for g in result.grid} == {True, False}
+    assert result.apply({"crf": {"iterations": 5}})["crf"] == {"iterations": 5, "enabled": False}

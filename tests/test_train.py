@@ -21,7 +21,7 @@ from wsm.train import TrainOptions, load_model, run, training_rows  # noqa: E402
 
 torch.set_num_threads(1)
 
-TINY = ["--encoder", "test_resnet", "--size", "64", "--batch-size", "8", "--lr", "0.01"]
+TINY = ["--encoder", "test_resnet", "--no-pretrained", "--size", "64", "--batch-size", "8", "--lr", "0.01"]
 
 
 def _train(*args) -> int:
@@ -113,8 +113,8 @@ def test_official_masks_run_writes_everything(data, tmp_path, capsys):
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(data, tmp_path, monkeypatch):
     import wsm.losses
 
-    opts = TrainOptions(data=data, out=tmp_path / "full", encoder="test_resnet", size=64, epochs=2, batch_size=8,
-                        lr=0.01, progress=False)
+    opts = TrainOptions(data=data, out=tmp_path / "full", encoder="test_resnet", pretrained=False, size=64, epochs=2,
+                        batch_size=8, lr=0.01, progress=False)
     full = run(opts)
     expected = {k: v.clone() for k, v in load_model(opts.out)[0].state_dict().items()}
 
@@ -242,8 +242,9 @@ def test_init_fine_tunes_an_earlier_run_and_refuses_a_dishonest_one(half_labelle
     assert (between / "init_ids.txt").exists()
     assert _train("--data", str(data), "--out", str(tmp_path / "d"), "--init", str(between)) == 2
     assert "would not be honest" in capsys.readouterr().err
-    assert _train("--data", str(root), "--out", str(tmp_path / "e"), "--init", str(weak), "--pretrained") == 2
-    assert "leave out --pretrained" in capsys.readouterr().err
+    assert _train("--data", str(root), "--out", str(tmp_path / "e"), "--init", str(weak), "--weights",
+                  str(weak / "model.safetensors")) == 2
+    assert "leave out --weights" in capsys.readouterr().err
 
 
 def test_bad_options_are_one_line_errors(data, tmp_path, capsys):

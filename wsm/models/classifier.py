@@ -6,19 +6,23 @@ linear head, which is what CAM methods need.
 
 Registered backbones (parameter counts with a 4-class head; input size the one they are trained at here; CPU numbers
 are images/s on one thread of a shared 2-core machine at 224 px, batch 8: train step / inference / cam_maps with
-gradcam++ and flip TTA):
+gradcam++ and flip TTA). ImageNet weights: "package" ones install with wsm (wsm.models.weights), "hub" ones need
+the Hugging Face hub or a local file.
 
-=================  ======  ========  ==================  ==================================================
-name               params  input px  CPU img/s           use
-=================  ======  ========  ==================  ==================================================
-test_resnet        0.37 M  64        (~15 ms per 4x64px  tests only
-                                     forward+backward)
-resnet10t          4.9 M   224       10.6 / 32 / 4.2     quick CPU runs
-resnet18           11.2 M  224       7.4 / 24 / 3.2      **CPU default** (DEFAULT_CPU_CLASSIFIER)
-efficientnet_b0    4.0 M   224       7.3 / 39 / 4.8      **GPU default** (DEFAULT_GPU_CLASSIFIER)
-resnet50           23.5 M  224                           larger GPU model
-convnext_tiny      27.8 M  224                           larger GPU model (no BatchNorm; small batches are fine)
-=================  ======  ========  ==================  ==================================================
+=====================  ======  ========  ==================  =======  ==========================================
+name                   params  input px  CPU img/s           weights  use
+=====================  ======  ========  ==================  =======  ==========================================
+test_resnet            0.37 M  64        (~15 ms per 4x64px           tests only
+                                         forward+backward)
+tf_efficientnet_lite0  3.4 M   224                           package  **default** (DEFAULT_CPU_CLASSIFIER)
+tf_efficientnet_lite1  4.2 M   240                           package
+tf_efficientnet_lite2  4.9 M   260                           package  **GPU default** (DEFAULT_GPU_CLASSIFIER)
+resnet10t              4.9 M   224       10.6 / 32 / 4.2     hub      quick CPU runs
+resnet18               11.2 M  224       7.4 / 24 / 3.2      hub
+efficientnet_b0        4.0 M   224       7.3 / 39 / 4.8      hub
+resnet50               23.5 M  224                           hub      larger GPU model
+convnext_tiny          27.8 M  224                           hub      larger GPU model (no BatchNorm)
+=====================  ======  ========  ==================  =======  ==========================================
 
 Mask-guided classification (MB-DCNN): ``in_chans=4`` builds the 3-channel network (so RGB pretrained weights load
 unchanged), then widens its first convolution with :func:`expand_first_conv_to_4ch`, whose 4th input channel (the
@@ -27,14 +31,8 @@ coarse lesion mask) starts from the mean of the RGB filters.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import socket
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 from wsm._compat import ensure_torchvision
 
@@ -43,7 +41,7 @@ ensure_torchvision()
 import timm  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from wsm.errors import WsmError  # noqa: E402
+from wsm.models.weights import PretrainedUnavailableError, create_pretrained  # noqa: E402
 
 __all__ = [
     "CLASSIFIERS",
@@ -58,9 +56,6 @@ __all__ = [
     "target_layer",
 ]
 
-log = logging.getLogger(__name__)
-
-
 @dataclass(frozen=True)
 class ClassifierSpec:
     timm_name: str      # the name timm.create_model knows
@@ -71,22 +66,17 @@ class ClassifierSpec:
 
 CLASSIFIERS: dict[str, ClassifierSpec] = {
     "test_resnet": ClassifierSpec("test_resnet", 64, "layer4", "tiny, for tests"),
+    **{f"tf_efficientnet_lite{i}": ClassifierSpec(f"tf_efficientnet_lite{i}", size, "bn2", "packaged ImageNet weights")
+       for i, size in ((0, 224), (1, 240), (2, 260))},
     "resnet10t": ClassifierSpec("resnet10t", 224, "layer4", "quick CPU runs"),
-    "resnet18": ClassifierSpec("resnet18", 224, "layer4", "CPU default"),
-    "efficientnet_b0": ClassifierSpec("efficientnet_b0", 224, "bn2", "GPU default"),
+    "resnet18": ClassifierSpec("resnet18", 224, "layer4", "small ResNet"),
+    "efficientnet_b0": ClassifierSpec("efficientnet_b0", 224, "bn2", "hub weights"),
     "resnet50": ClassifierSpec("resnet50", 224, "layer4", "larger GPU model"),
     "convnext_tiny": ClassifierSpec("convnext_tiny", 224, "stages.3", "larger GPU model, no BatchNorm"),
 }
 
-DEFAULT_CPU_CLASSIFIER = "resnet18"
-DEFAULT_GPU_CLASSIFIER = "efficientnet_b0"
-
-_OFFLINE_HINT = "use --weights FILE or run where the Hugging Face hub is reachable"
-
-
-class PretrainedUnavailableError(WsmError, RuntimeError):
-    """Pretrained weights were asked for but cannot be had (no hub, nothing in the local cache)."""
-
+DEFAULT_CPU_CLASSIFIER = "tf_efficientnet_lite0"
+DEFAULT_GPU_CLASSIFIER = "tf_efficientnet_lite2"
 
 def _spec(name: str) -> ClassifierSpec:
     try:
@@ -97,49 +87,6 @@ def _spec(name: str) -> ClassifierSpec:
         ) from None
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hugging Face endpoint opens within ``timeout`` seconds.
-
-    Runs in a daemon thread so that a hanging DNS lookup cannot hold the caller past the timeout.
-    """
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
-    ok: list[bool] = []
-
-    def probe() -> None:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
-            ok.append(True)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(ok)
-
-
-@contextlib.contextmanager
-def _hub_offline_unless_reachable() -> Iterator[None]:
-    """Put huggingface_hub in offline mode for the block when the hub cannot be reached.
-
-    Offline, huggingface_hub still serves weights from its local cache and fails at once when they are not there,
-    instead of retrying for about 45 s. When HF_HUB_OFFLINE is already set, nothing is probed.
-    """
-    from huggingface_hub import constants
-
-    proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
-    if constants.HF_HUB_OFFLINE or proxied or _hub_reachable():  # behind a proxy a direct probe proves nothing
-        yield
-        return
-    log.info("Hugging Face hub %s not reachable: looking for pretrained weights in the local cache only",
-             constants.ENDPOINT)
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = False
-
-
 def create_classifier(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False,
                       weights_file: str | os.PathLike | None = None) -> nn.Module:
     """Build a registered classifier backbone with a ``num_classes`` head.
@@ -148,7 +95,7 @@ def create_classifier(name: str, num_classes: int, in_chans: int = 3, pretrained
         name: a key of :data:`CLASSIFIERS`.
         num_classes: size of the linear head.
         in_chans: 3 (RGB) or 4 (RGB + coarse lesion mask, mask-guided as in MB-DCNN).
-        pretrained: load ImageNet weights from the Hugging Face hub (or its local cache).
+        pretrained: load ImageNet weights (wsm.models.weights: packaged EfficientNet-Lite, else the hub).
         weights_file: load ImageNet-style timm weights from this local file instead (implies pretrained).
             This is for backbone weights; weights wsm trained itself load with ``wsm.training.load_weights``.
 
@@ -162,6 +109,8 @@ def create_classifier(name: str, num_classes: int, in_chans: int = 3, pretrained
         raise ValueError(f"in_chans must be 3 (RGB) or 4 (RGB + mask), got {in_chans}")
     model = create_timm_model(spec.timm_name, pretrained=pretrained, weights_file=weights_file,
                               num_classes=num_classes, in_chans=3)
+    if pretrained or weights_file:
+        _small_head(model)
     if in_chans == 4:
         expand_first_conv_to_4ch(model)
     return model
@@ -169,27 +118,29 @@ def create_classifier(name: str, num_classes: int, in_chans: int = 3, pretrained
 
 def create_timm_model(timm_name: str, pretrained: bool = False, weights_file: str | os.PathLike | None = None,
                       **kwargs) -> nn.Module:
-    """``timm.create_model`` with wsm's handling of pretrained weights (shared with the segmentation encoders).
+    """``timm.create_model`` with wsm's pretrained weights (shared with the segmentation encoders).
 
-    ``weights_file`` loads local timm-format weights (``pretrained_cfg_overlay=dict(file=...)``); ``pretrained``
-    loads from the hub or its local cache, and fails within seconds, with :class:`PretrainedUnavailableError`, when
-    neither has them.
+    ``pretrained`` (or a ``weights_file``) loads ImageNet weights from the first source that has them
+    (:func:`wsm.models.weights.create_pretrained`: the file, the packaged EfficientNet-Lite weights, the hub);
+    the source is kept as ``model.wsm_weight_source``.
     """
-    if weights_file is not None:
-        path = Path(weights_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist")
-        return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
-    if not pretrained:
+    if not (pretrained or weights_file):
         return timm.create_model(timm_name, pretrained=False, **kwargs)
-    try:
-        with _hub_offline_unless_reachable():
-            return timm.create_model(timm_name, pretrained=True, **kwargs)
-    except OSError as err:  # huggingface_hub's LocalEntryNotFoundError is an OSError
-        raise PretrainedUnavailableError(
-            f"cannot get pretrained weights for timm model {timm_name!r} from the Hugging Face hub or its local "
-            f"cache; {_OFFLINE_HINT} ({type(err).__name__}: {err})"
-        ) from err
+    model, _ = create_pretrained(timm_name, weights_file=weights_file, **kwargs)
+    return model
+
+
+def _small_head(model: nn.Module) -> None:
+    """Start a new classification head on a pretrained backbone near zero (normal, std 0.01; bias 0).
+
+    timm's EfficientNet initialises a linear head uniformly in +-1/sqrt(num_classes): +-0.5 for 4 classes, which
+    on 1280 pretrained features gives logits of about +-20 and a first loss near 8, whose gradients wreck the
+    pretrained features in the first steps. A near-zero head starts at the uniform prediction.
+    """
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:

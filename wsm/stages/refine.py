@@ -240,7 +240,12 @@ def refine(rgb: np.ndarray, prob: np.ndarray, valid_mask: np.ndarray, cfg: Refin
 class DecisionConfig:
     lesion_threshold: float = 0.6  # inside the refined mask, prob >= this is certain lesion (1)
     background_threshold: float = 0.4  # outside it, prob <= this is certain background (0)
-    band_px: int = 3  # half-width in pixels of the uncertain band along the refined boundary (0: none)
+    band_px: int = 3  # width in pixels of the uncertain band along the refined boundary (0: none)
+    band_side: str = "both"  # "outside": the band lies outside the refined mask; "both": band_px on each side
+
+    def __post_init__(self) -> None:
+        if self.band_side not in ("both", "outside"):
+            raise ValueError(f"band_side must be 'both' or 'outside', got {self.band_side!r}")
 
 
 def decide(
@@ -252,7 +257,9 @@ def decide(
     - 1 where the refined mask says lesion and ``prob >= lesion_threshold``;
     - 0 where the refined mask says background and ``prob <= background_threshold``;
     - 255 otherwise: the two disagree, or prob lies between the thresholds; and within ``band_px`` of the
-      refined boundary, where the evidence is least certain (the image border is not a boundary).
+      refined boundary, where the evidence is least certain (the image border is not a boundary): on both sides,
+      or with ``band_side = "outside"`` only outside the mask, so that the lesion pixels (1) are the whole refined
+      mask and a reader who counts 255 as background gets that mask.
 
     Invalid pixels (the dermoscope frame) show no skin, so no lesion can be seen there and the official masks call
     them background: they are 0 when ``prob <= background_threshold``, and 255 when the evidence says otherwise
@@ -275,7 +282,8 @@ def decide(
         m = refined_mask.astype(np.uint8)
         disc = _disc(cfg.band_px)
         # default borders: erosion does not erode from the image border, dilation does not grow from it
-        band = cv2.dilate(m, disc).astype(bool) & ~cv2.erode(m, disc).astype(bool)
+        inner = refined_mask if cfg.band_side == "outside" else cv2.erode(m, disc).astype(bool)
+        band = cv2.dilate(m, disc).astype(bool) & ~inner
         label_map[band] = LABEL_UNCERTAIN
     invalid = ~valid_mask
     label_map[invalid] = np.where(prob[invalid] <= cfg.background_threshold, LABEL_BACKGROUND, LABEL_UNCERTAIN)
