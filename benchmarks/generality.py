@@ -9,7 +9,8 @@ held-out crops placed in 3:2 canvases as whole archive photographs are.
 - wide: each held-out 512x512 crop of ../shared/data/isic2018-task1-512 centred in a 768x512 canvas filled with
   the mean colour of the crop's outer ring (mask padded with background). The networks see the whole canvas squashed
   to their square, as they see every 3:2 archive photograph; the dev set's crops never show them that.
-Scores are the official ISIC metrics (benchmarks/quality.py's score_pairs), with 255 as background and left out.
+Scores are the official ISIC metrics (benchmarks/quality.py's score_pairs), with 255 as background and left out
+(weighted by coverage: wsm.metrics.LEFT_OUT_DEFINITION).
 """
 from __future__ import annotations
 

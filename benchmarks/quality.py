@@ -2,11 +2,12 @@
 
     python benchmarks/quality.py [--folds 1] [--k 5] [--seed 0] [--pipelines classic,cam-only,default]
                                  [--source ../shared/data/isic2018-task1-512] [--work out/bench-quality]
-                                 [--set section.key=value ...]
+                                 [--set section.key=value ...] [--no-bare]
 
 The folds are drawn by isic_id (a hash with the seed), so no image of the scored fold, nor its mask, is used by
 `fit`; scores use the official ISIC metrics (wsm.metrics, equal to isic-challenge-scoring) with 255 counted as
-background and left out, plus the certain-pixel coverage. `--folds 1` (the quick mode) runs the first fold only.
+background and left out (left out: weighted by coverage, wsm.metrics.LEFT_OUT_DEFINITION, so abstaining never
+pays), plus the certain-pixel coverage. `--folds 1` (the quick mode) runs the first fold only.
 The equivalent commands are printed with the numbers. After the default pipeline, a "bare prior" row scores its
 bundle's prior alone as a user would run it without wsm (benchmarks/speed.py's bare loop: one forward at the
 prior's size, threshold 0.5, no TTA, calibration or refinement) on the same held-out images.
