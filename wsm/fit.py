@@ -49,8 +49,9 @@ class FitSummary:
     calibration: object = None
 
     def lines(self) -> list[str]:
-        out = [f"bundle written to {self.bundle}",
-               f"classifier images {self.classifier_images}, prior masks {self.prior_images}"]
+        counts = [f"classifier images {self.classifier_images}"] if self.classifier_images else []
+        counts.append(f"prior masks {self.prior_images}")
+        out = [f"bundle written to {self.bundle}", ", ".join(counts)]
         if self.calibration is not None:
             c = self.calibration
             weight = "no prior" if c.prior_weight is None else f"prior weight {c.prior_weight}"
