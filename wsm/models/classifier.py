@@ -78,6 +78,7 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
 DEFAULT_CPU_CLASSIFIER = "tf_efficientnet_lite0"
 DEFAULT_GPU_CLASSIFIER = "tf_efficientnet_lite2"
 
+
 def _spec(name: str) -> ClassifierSpec:
     try:
         return CLASSIFIERS[name]

@@ -16,7 +16,6 @@ bundle's provenance and ``wsm train`` into the run folder.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import logging
 import os
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from archive_client.transfer import sha256_file
 from wsm.errors import WsmError
 
 __all__ = [
@@ -83,14 +83,6 @@ def cache_dir() -> Path:
     """Converted weights: ``$WSM_CACHE`` or ``$XDG_CACHE_HOME/wsm`` (default ``~/.cache/wsm``), ``/weights``."""
     root = os.environ.get("WSM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wsm"
     return Path(root) / "weights"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------- the name rule
@@ -184,7 +176,7 @@ def packaged_weights(timm_name: str) -> tuple[Path, WeightSource]:
 
     timm = _timm()
     original = _package_file(timm_name)
-    digest = _sha256(original)
+    digest = sha256_file(original)
     cached = cache_dir() / f"{timm_name}-{digest[:16]}.safetensors"
     if not cached.is_file():
         source = torch.load(original, map_location="cpu", weights_only=True)
@@ -256,7 +248,7 @@ def create_pretrained(timm_name: str, weights_file: str | os.PathLike | None = N
         path = Path(weights_file)
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} does not exist")
-        return _load(timm_name, path, WeightSource("file", str(path.resolve()), _sha256(path)), kwargs)
+        return _load(timm_name, path, WeightSource("file", str(path.resolve()), sha256_file(path)), kwargs)
     if timm_name in PACKAGED:
         try:
             return _load(timm_name, *packaged_weights(timm_name), kwargs)
@@ -275,8 +267,9 @@ def create_pretrained(timm_name: str, weights_file: str | os.PathLike | None = N
             + ". Use a packaged encoder (" + ", ".join(PACKAGED) + "), give a local timm weights file "
             "(--weights FILE, or weights_file in the recipe), run where the hub is reachable, or train from "
             "scratch (pretrained=false)") from err
-    model.wsm_weight_source = WeightSource("hub", f"timm/{timm_name}").as_dict()
-    return model, WeightSource("hub", f"timm/{timm_name}")
+    source = WeightSource("hub", f"timm/{timm_name}")
+    model.wsm_weight_source = source.as_dict()
+    return model, source
 
 
 def _load(timm_name: str, path: Path, source: WeightSource, kwargs: dict):
