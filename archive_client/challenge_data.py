@@ -33,17 +33,20 @@ import numpy as np
 import requests
 from PIL import Image
 
-from .atomic import atomic_path, fsync_dir, write_bytes_atomic, write_text_atomic
+from wsm.io.atomic import atomic_path, fsync_dir, write_bytes_atomic, write_json
+from wsm.io.hashing import sha256_file
+from wsm.io.images import UNDECODABLE, decode_problem, image_size
+from wsm.io.lock import exclusive_lock
+from wsm.io.tables import merge_rows, read_table, write_table_atomic
+
 from .challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS, ChallengeSplit
 from .errors import CorruptArchiveError, DownloadError, InvalidIdError, InvalidInputError
 from .ids import check_isic_id
-from .images import image_size
-from .layout import DataLayout, exclusive_lock
 from .isic_files import write_attribution, write_metadata_csv
-from .manifest import (DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row, merge_rows, read_table,
-                       write_table_atomic)
+from .layout import DataLayout
+from .manifest import DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row
 from .safezip import ZipLimits, extract_members
-from .transfer import RetryPolicy, fetch_file, make_session, sha256_file
+from .transfer import RetryPolicy, fetch_file, make_session
 
 __all__ = ["ChallengeSummary", "MaskCheck", "check_mask", "download_challenge", "find_image", "image_size"]
 
@@ -60,6 +63,7 @@ class MaskCheck:
     width: int = 0
     height: int = 0
     png_bytes: bytes | None = None   # an 'L' re-encoding when the file was another lossless mode, else None
+    pixels: np.ndarray | None = field(default=None, repr=False, compare=False)   # the accepted mask's values
 
     @property
     def ok(self) -> bool:
@@ -87,7 +91,8 @@ def _as_l(im: Image.Image) -> Image.Image | None:
 
 
 def check_mask(path: Path, image_size: tuple[int, int] | None = None) -> MaskCheck:
-    """Decode a mask completely and check it is an 8-bit single-channel PNG of ``image_size`` (w, h) if given."""
+    """Decode a mask completely and check it is an 8-bit single-channel PNG of ``image_size`` (w, h) if given;
+    an accepted mask comes with its pixels, so that nothing decodes it twice."""
     try:
         with Image.open(path) as im:
             if im.format != "PNG":
@@ -95,10 +100,11 @@ def check_mask(path: Path, image_size: tuple[int, int] | None = None) -> MaskChe
             im.load()
             converted = _as_l(im)
             width, height = im.size
+            pixels = np.asarray(converted if converted is not None else im, dtype=np.uint8)
     except _Refused as why:
         return MaskCheck(f"has {why}")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        return MaskCheck(f"does not decode as a PNG ({err.__class__.__name__}: {err})")
+    except UNDECODABLE as err:
+        return MaskCheck(f"does not decode as a PNG ({decode_problem(err)})")
     if image_size is not None and (width, height) != tuple(image_size):
         return MaskCheck(f"is {width}x{height} but its image is {image_size[0]}x{image_size[1]} (as displayed, "
                          "after any EXIF rotation)", width, height)
@@ -107,7 +113,7 @@ def check_mask(path: Path, image_size: tuple[int, int] | None = None) -> MaskChe
         buf = io.BytesIO()
         converted.save(buf, format="PNG")
         png = buf.getvalue()
-    return MaskCheck(None, width, height, png)
+    return MaskCheck(None, width, height, png, pixels)
 
 
 def find_image(layout: DataLayout, isic_id: str) -> Path | None:
@@ -206,7 +212,7 @@ def _update_checksums(path: Path, key: str, entry: dict | None) -> None:
         sums.pop(key, None)
     else:
         sums[key] = entry
-    write_text_atomic(path, json.dumps(sums, indent=2, sort_keys=True) + "\n")
+    write_json(path, sums)
 
 
 def ensure_zip(layout: DataLayout, session: requests.Session, url: str, year: str, name: str,
@@ -317,8 +323,8 @@ def _extract_images(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, url:
         isic_id, ext = member.path.name.split(".")
         try:
             size = image_size(member.path)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            summary.images_rejected.append((isic_id, f"does not decode as an image ({err})"))
+        except UNDECODABLE as err:
+            summary.images_rejected.append((isic_id, f"does not decode as an image ({decode_problem(err)})"))
             member.path.unlink()
             continue
         final = layout.image_path(isic_id, ext)
@@ -334,8 +340,9 @@ def _extract_images(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, url:
         # on disk, but from a run that stopped before writing its manifest (or put there by hand)
         try:
             size = image_size(existing)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            summary.images_rejected.append((isic_id, f"{existing} is already there but does not decode ({err})"))
+        except UNDECODABLE as err:
+            summary.images_rejected.append((isic_id, f"{existing} is already there but does not decode "
+                                                      f"({decode_problem(err)})"))
             continue
         rows.append(row(isic_id, existing, existing.stat().st_size, sha256_file(existing), size))
     shutil.rmtree(staging, ignore_errors=True)
@@ -368,8 +375,8 @@ def _extract_masks(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, summa
         image = find_image(layout, isic_id)
         try:
             check = check_mask(member.path, image_size(image) if image is not None else None)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            check = MaskCheck(f"cannot be checked: its image {image} does not decode ({err})")
+        except UNDECODABLE as err:
+            check = MaskCheck(f"cannot be checked: its image {image} does not decode ({decode_problem(err)})")
         if not check.ok:
             summary.masks_rejected.append((isic_id, f"{member.name}: mask {check.reason}"))
             member.path.unlink()

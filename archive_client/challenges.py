@@ -42,40 +42,29 @@ class ChallengeSplit:
         return f"{base_url.rstrip('/')}/{self.year}/{name}"
 
 
-def _splits_2016() -> list[ChallengeSplit]:
-    names = {"train": "Training", "test": "Test"}
-    counts = {"train": 900, "test": 379}
-    return [
-        ChallengeSplit("isic2016", split, "2016", f"ISBI2016_ISIC_Part1_{name}_Data.zip",
-                       f"ISBI2016_ISIC_Part1_{name}_GroundTruth.zip", counts[split], "_Segmentation")
-        for split, name in names.items()
-    ]
+# As published, one split a line: challenge, split, inputs zip, ground-truth zip, images, mask name suffix.
+_PUBLISHED = """
+isic2016 train ISBI2016_ISIC_Part1_Training_Data.zip    ISBI2016_ISIC_Part1_Training_GroundTruth.zip   900 _Segmentation
+isic2016 test  ISBI2016_ISIC_Part1_Test_Data.zip        ISBI2016_ISIC_Part1_Test_GroundTruth.zip       379 _Segmentation
+isic2017 train ISIC-2017_Training_Data.zip              ISIC-2017_Training_Part1_GroundTruth.zip      2000 _segmentation
+isic2017 val   ISIC-2017_Validation_Data.zip            ISIC-2017_Validation_Part1_GroundTruth.zip     150 _segmentation
+isic2017 test  ISIC-2017_Test_v2_Data.zip               ISIC-2017_Test_v2_Part1_GroundTruth.zip        600 _segmentation
+isic2018 train ISIC2018_Task1-2_Training_Input.zip      ISIC2018_Task1_Training_GroundTruth.zip       2594 _segmentation
+isic2018 val   ISIC2018_Task1-2_Validation_Input.zip    ISIC2018_Task1_Validation_GroundTruth.zip      100 _segmentation
+isic2018 test  ISIC2018_Task1-2_Test_Input.zip          ISIC2018_Task1_Test_GroundTruth.zip           1000 _segmentation
+"""
 
 
-def _splits_2017() -> list[ChallengeSplit]:
-    names = {"train": "Training", "val": "Validation", "test": "Test_v2"}
-    counts = {"train": 2000, "val": 150, "test": 600}
-    return [
-        ChallengeSplit("isic2017", split, "2017", f"ISIC-2017_{name}_Data.zip",
-                       f"ISIC-2017_{name}_Part1_GroundTruth.zip", counts[split], "_segmentation")
-        for split, name in names.items()
-    ]
+def _catalog(table: str) -> dict[str, dict[str, ChallengeSplit]]:
+    catalog: dict[str, dict[str, ChallengeSplit]] = {}
+    for line in table.strip().splitlines():
+        challenge, split, inputs, truth, n_images, suffix = line.split()
+        catalog.setdefault(challenge, {})[split] = ChallengeSplit(
+            challenge, split, challenge.removeprefix("isic"), inputs, truth, int(n_images), suffix)
+    return catalog
 
 
-def _splits_2018() -> list[ChallengeSplit]:
-    names = {"train": "Training", "val": "Validation", "test": "Test"}
-    counts = {"train": 2594, "val": 100, "test": 1000}
-    return [
-        ChallengeSplit("isic2018", split, "2018", f"ISIC2018_Task1-2_{name}_Input.zip",
-                       f"ISIC2018_Task1_{name}_GroundTruth.zip", counts[split], "_segmentation")
-        for split, name in names.items()
-    ]
-
-
-CATALOG: dict[str, dict[str, ChallengeSplit]] = {
-    c: {s.split: s for s in splits}
-    for c, splits in (("isic2016", _splits_2016()), ("isic2017", _splits_2017()), ("isic2018", _splits_2018()))
-}
+CATALOG = _catalog(_PUBLISHED)
 
 
 def get_split(challenge: str, split: str) -> ChallengeSplit:

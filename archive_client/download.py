@@ -25,26 +25,29 @@ from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
-from PIL import Image
 from tqdm import tqdm
 
+from wsm.errors import ManifestUnreadableError
+from wsm.io.atomic import write_text_atomic
+from wsm.io.hashing import sha256_file
+from wsm.io.images import UNDECODABLE, decode_problem, decoded_size, image_size
+from wsm.io.journal import Journal, ManifestBuilder, fold_journal
+from wsm.io.lock import exclusive_lock
+from wsm.io.tables import read_table
+
 from . import api
-from .atomic import write_text_atomic
-from .errors import ArchiveError, DiskFullError, DownloadError, InvalidInputError, ManifestUnreadableError
+from .errors import ArchiveError, DiskFullError, DownloadError, InvalidInputError
 from .ids import check_file_host, check_file_size, check_http_url, check_isic_id, file_extension, parse_host
-from .images import decoded_size, image_size
 from .isic_files import write_attribution, write_metadata_csv
-from .journal import Journal, ManifestBuilder, fold_journal
-from .layout import DataLayout, exclusive_lock
-from .manifest import DATA_MANIFEST_CORE, manifest_row, read_table
-from .transfer import FetchResult, RetryPolicy, fetch_file, make_session, sha256_file
+from .layout import DataLayout
+from .manifest import DATA_MANIFEST_CORE, manifest_row
+from .transfer import FetchResult, RetryPolicy, fetch_file, make_session
 
 log = logging.getLogger(__name__)
 
 JOURNAL = "download-journal.jsonl"
 MAX_IMAGE_BYTES = 256 << 20   # the archive's largest images are a few tens of MB
 # what Pillow raises for a file that is not a complete, readable image
-_UNDECODABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,8 @@ def _check_on_disk(action: str, dest: Path, known: Mapping | None) -> tuple[str,
         return None
     try:
         size = image_size(dest) if action == "skip" else decoded_size(dest)
-    except _UNDECODABLE as err:
-        log.warning("%s does not decode as an image (%s: %s); fetching it again", dest, err.__class__.__name__, err)
+    except UNDECODABLE as err:
+        log.warning("%s does not decode as an image (%s); fetching it again", dest, decode_problem(err))
         return None
     if action == "skip":
         return known["sha256"], size
@@ -159,9 +162,9 @@ def _fetch_image(session, url: str, dest: Path, expected: int, partial: Path, po
     result = fetch_file(session, url, dest, expected_size=expected, partial=partial, policy=policy)
     try:
         return result, decoded_size(dest)
-    except _UNDECODABLE as err:
+    except UNDECODABLE as err:
         dest.unlink()
-        why = f"{err.__class__.__name__}: {err}"
+        why = decode_problem(err)
         if last_try or not result.resumed:
             raise DownloadError(f"{url}: the {result.bytes} bytes served do not decode as an image ({why}); "
                                 "nothing was kept, rerun later to retry") from err

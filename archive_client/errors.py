@@ -42,10 +42,6 @@ class ArchiveResponseError(ArchiveError):
     """A malformed, truncated or unexpected answer from the archive."""
 
 
-class ManifestUnreadableError(ArchiveError):
-    """A manifest file that exists but is not readable Parquet (truncated, overwritten, not a manifest)."""
-
-
 class DownloadError(ArchiveError):
     """A file could not be fetched or verified after all retries."""
 
@@ -60,10 +56,6 @@ class CorruptArchiveError(ArchiveError):
     def __init__(self, problem: str, advice: str = "delete it and download it again"):
         super().__init__(f"{problem}; {advice}")
         self.problem = problem
-
-
-class LockedError(ArchiveError):
-    """Another wsm process is writing the same folder."""
 
 
 class DiskFullError(ArchiveError, OSError):

@@ -1,8 +1,9 @@
 """Validation of everything that comes from outside before it becomes a path or a request."""
 from __future__ import annotations
 
+import argparse
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import urlparse
 
 from .errors import ArchiveResponseError, InvalidIdError, InvalidInputError, InvalidUrlError
@@ -87,3 +88,16 @@ def file_extension(url: str, default: str = "jpg") -> str:
     name = path.rsplit("/", 1)[-1]
     ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     return ext if re.fullmatch(r"[a-z0-9]{1,5}", ext) else default
+
+
+def comma_choices(choices: Sequence[str], what: str) -> Callable[[str], tuple[str, ...]]:
+    """An argparse ``type`` for a comma-separated list of ``choices`` (``train,val``); an unknown item is an error
+    that lists the valid ones."""
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(item.strip() for item in text.split(",") if item.strip())
+        unknown = [item for item in items if item not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(choices)}")
+        return items
+
+    return parse

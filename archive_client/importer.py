@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import logging
 import os
 import re
@@ -32,16 +31,19 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from wsm.imageio import ImageDecodeError, encode_label_png, official_mask, read_mask
+from wsm.io.atomic import atomic_path, fsync_dir, write_bytes_atomic
+from wsm.io.hashing import sha256_file
+from wsm.io.images import (UNDECODABLE, ImageDecodeError, check_decodes, decode_problem, displayed_size,
+                           encode_label_png, image_size, official_mask)
+from wsm.io.lock import exclusive_lock
+from wsm.io.tables import merge_rows, read_table, write_table_atomic
 
-from .atomic import atomic_path, fsync_dir, write_bytes_atomic
-from .challenge_data import check_mask, find_image
+from .challenge_data import MaskCheck, check_mask, find_image
 from .errors import InvalidInputError
 from .ids import check_isic_id
-from .images import check_decodes, displayed_size, image_size
 from .isic_files import write_attribution, write_metadata_csv
-from .layout import DataLayout, exclusive_lock
-from .manifest import DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row, merge_rows, read_table, write_table_atomic
+from .layout import DataLayout
+from .manifest import DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row
 from .safezip import is_benign
 
 __all__ = ["ImportSummary", "PART3_DIAGNOSIS", "SPLITS_REFERENCE", "import_folders", "part3_diagnosis",
@@ -263,14 +265,6 @@ def _walk(folder: Path) -> Iterator[tuple[str, Path]]:
             yield path.relative_to(folder).as_posix(), path
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES}
 
 
@@ -396,8 +390,8 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
                 width, height = displayed_size(im)
                 kind = im.format
                 check_decodes(im)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            summary.images_rejected.append((name, f"does not decode as an image ({err.__class__.__name__}: {err})"))
+        except UNDECODABLE as err:
+            summary.images_rejected.append((name, f"does not decode as an image ({decode_problem(err)})"))
             continue
         if kind not in ("JPEG", "PNG"):
             summary.images_rejected.append((name, f"is a {kind} file, expected JPEG or PNG"))
@@ -407,8 +401,8 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
             summary.images_rejected.append((name, f"DATA already has {other.name} for {isic_id}; remove it to "
                                                   "import this file instead"))
             continue
-        sha256 = _sha256(src)
-        if dest.is_file() and (_same_file(src, dest) or _sha256(dest) == sha256):
+        sha256 = sha256_file(src)
+        if dest.is_file() and (_same_file(src, dest) or sha256_file(dest) == sha256):
             summary.images_skipped += 1
         else:
             summary.images_linked += _place(src, dest, link)
@@ -436,15 +430,15 @@ def _import_masks(layout, found: _Found, challenge: str, split: str, link: bool,
             continue
         try:
             size = image_size(image)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            summary.masks_rejected.append((name, f"its image {image} does not decode ({err})"))
+        except UNDECODABLE as err:
+            summary.masks_rejected.append((name, f"its image {image} does not decode ({decode_problem(err)})"))
             continue
         check = check_mask(src, size)
         if not check.ok:
             summary.masks_rejected.append((name, f"mask {check.reason}"))
             continue
         try:
-            png = _official_png(src, check.png_bytes)
+            png = _official_png(src, check)
         except ImageDecodeError as err:
             summary.masks_rejected.append((name, f"{err.reason}. {err.fix}"))
             continue
@@ -455,7 +449,7 @@ def _import_masks(layout, found: _Found, challenge: str, split: str, link: bool,
             else:
                 write_bytes_atomic(dest, png)
                 summary.masks_written += 1
-        elif dest.is_file() and (_same_file(src, dest) or _sha256(dest) == _sha256(src)):
+        elif dest.is_file() and (_same_file(src, dest) or sha256_file(dest) == sha256_file(src)):
             summary.masks_skipped += 1
         else:
             _place(src, dest, link)
@@ -468,12 +462,11 @@ def _import_masks(layout, found: _Found, challenge: str, split: str, link: bool,
     return rows
 
 
-def _official_png(src: Path, converted: bytes | None) -> bytes | None:
-    """The PNG to write for a checked mask (``converted``: check_mask's re-encoding, None to copy ``src``); a 0/1
-    mask is re-encoded as 0/255. Raises ImageDecodeError when the values are not an official mask's."""
-    stored = read_mask(src)
-    pixels = official_mask(stored, src)
-    return converted if np.array_equal(pixels, stored) else encode_label_png(pixels)
+def _official_png(src: Path, check: MaskCheck) -> bytes | None:
+    """The PNG to write for an accepted mask: check_mask's re-encoding, or None to copy ``src``; a 0/1 mask is
+    re-encoded as 0/255. Raises ImageDecodeError when the values are not an official mask's."""
+    pixels = official_mask(check.pixels, src)
+    return check.png_bytes if np.array_equal(pixels, check.pixels) else encode_label_png(pixels)
 
 
 def _write_manifests(layout: DataLayout, rows: list[dict], gt_rows: list[dict]) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .atomic import atomic_path, write_text_atomic
+from wsm.io.atomic import atomic_path, write_text_atomic
 
 BASE_FIELDS = ["isic_id", "attribution", "copyright_license"]
 # Manifest columns that describe the file on disk, not the archive's metadata.

@@ -11,14 +11,11 @@
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LockedError
+from wsm.io.lock import STATE
+
 from .ids import check_isic_id
 
 
@@ -57,7 +54,7 @@ class DataLayout:
     @property
     def state(self) -> Path:
         """Journals and partial files; never read by other tools."""
-        return self.root / ".wsm"
+        return self.root / STATE
 
     def image_path(self, isic_id: str, ext: str) -> Path:
         return self.images / f"{check_isic_id(isic_id)}.{ext}"
@@ -68,24 +65,3 @@ class DataLayout:
     def partial_path(self, final: Path) -> Path:
         """Where a download in progress lives: hidden, in the same folder, so the rename is atomic."""
         return final.parent / f".{final.name}.part"
-
-
-@contextlib.contextmanager
-def exclusive_lock(folder: Path, name: str = "lock") -> Iterator[None]:
-    """Hold an exclusive advisory lock on folder/.wsm/<name>; raise LockedError if another process has it.
-
-    The kernel drops the lock when the process dies, so a killed run never leaves a stale lock.
-    """
-    state = Path(folder) / ".wsm"
-    state.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state / name, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(
-                f"{folder} is being written by another wsm process; wait for it to finish or stop it"
-            ) from None
-        yield
-    finally:
-        os.close(fd)

@@ -5,7 +5,7 @@ Every entry name is checked before anything is written: an absolute path, a driv
 refuses the whole archive (UnsafeArchiveError naming the entry). Sizes are capped per entry, in total and
 by compression ratio (zip-bomb guard), on the header's claim first and again on the bytes actually read.
 Each file is streamed to a hidden temporary file beside its destination and renamed onto it only when it
-is complete and its CRC checked (archive_client.atomic.atomic_path), so a corrupt archive leaves nothing
+is complete and its CRC checked (wsm.io.atomic.atomic_path), so a corrupt archive leaves nothing
 partial behind. A rerun skips entries whose destination already holds a file of the same size.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from .atomic import atomic_path
+from wsm.io.atomic import atomic_path
+
 from .errors import ArchiveError, CorruptArchiveError, UnsafeArchiveError
 
 __all__ = ["ZipLimits", "ExtractedMember", "ExtractReport", "extract_members", "check_entry_name", "is_benign"]

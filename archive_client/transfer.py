@@ -20,8 +20,10 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from wsm.io.atomic import fsync_dir
+from wsm.io.hashing import hash_file
+
 from . import __name__ as _pkg
-from .atomic import fsync_dir
 from .errors import DiskFullError, DownloadError
 from .ids import check_http_url
 
@@ -98,18 +100,6 @@ def make_session(workers: int = 16, policy: RetryPolicy = RetryPolicy()) -> requ
     return session
 
 
-def _hash_file(path: Path, chunk: int = 1 << 20) -> "hashlib._Hash":
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest
-
-
-def sha256_file(path: Path) -> str:
-    return _hash_file(path).hexdigest()
-
-
 def _content_range_start(response: requests.Response) -> int | None:
     value = response.headers.get("Content-Range", "")  # "bytes 100-199/200"
     try:
@@ -125,7 +115,7 @@ class _HashedPartial:
         self.path = path
         self.digest, self.size = hashlib.sha256(), 0
         if path.exists() and path.stat().st_size:   # left by an earlier attempt or run: hash what is there
-            self.digest, self.size = _hash_file(path), path.stat().st_size
+            self.digest, self.size = hash_file(path), path.stat().st_size
 
     def restart(self) -> None:
         self.digest, self.size = hashlib.sha256(), 0

@@ -106,7 +106,8 @@ def benchmark_data(source: Path, out: Path, parts: dict[str, list[str]]) -> Path
     import pyarrow.parquet as pq
 
     from archive_client.layout import DataLayout
-    from archive_client.manifest import GT_MANIFEST, write_table_atomic
+    from archive_client.manifest import GT_MANIFEST
+    from wsm.io.tables import write_table_atomic
 
     layout = DataLayout(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,9 +131,9 @@ def weak_map_quality(source: Path, wsm_dir: Path, ids: list[str]) -> dict:
     """Agreement of the weak maps with the weak images' hidden official masks (255 as background / left out)."""
     import pandas as pd
 
-    from wsm.data import read_truth
-    from wsm.imageio import read_mask
-    from wsm.metrics import aggregate, score_label_map
+    from wsm.io.images import read_mask
+    from wsm.report.metrics import aggregate, score_label_map
+    from wsm.selection import read_truth
 
     truth = read_truth(source).set_index("isic_id")
     manifest = pd.read_parquet(wsm_dir / "manifest.parquet").set_index("isic_id")
@@ -194,9 +195,9 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from wsm.data import read_manifest
     from wsm.fit import FitOptions, fit
     from wsm.generate import GenerateOptions, generate
+    from wsm.selection import read_manifest
     from wsm.train import TrainOptions, run
 
     started = time.perf_counter()

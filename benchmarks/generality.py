@@ -10,7 +10,7 @@ held-out crops placed in 3:2 canvases as whole archive photographs are.
   the mean colour of the crop's outer ring (mask padded with background). The networks see the whole canvas squashed
   to their square, as they see every 3:2 archive photograph; the dev set's crops never show them that.
 Scores are the official ISIC metrics (benchmarks/quality.py's score_pairs), with 255 as background and left out
-(weighted by coverage: wsm.metrics.LEFT_OUT_DEFINITION).
+(weighted by coverage: wsm.report.metrics.LEFT_OUT_DEFINITION).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def widen(image: np.ndarray, mask: np.ndarray, aspect: float = 1.5) -> tuple[np.
 def make_wide_set(ids: list[str], source: Path, dest: Path) -> None:
     from PIL import Image
 
-    from wsm.imageio import read_image, read_mask
+    from wsm.io.images import read_image, read_mask
 
     (dest / "images").mkdir(parents=True, exist_ok=True)
     (dest / "masks").mkdir(parents=True, exist_ok=True)
@@ -63,10 +63,10 @@ def make_wide_set(ids: list[str], source: Path, dest: Path) -> None:
 
 def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str]) -> dict:
     """Generate maps for a folder of images with `bundle`, score those whose mask it was not fitted on."""
-    from wsm.bundle import load_bundle
-    from wsm.generate import GenerateOptions, generate
-
     import pandas as pd
+
+    from wsm.fit.bundle import load_bundle
+    from wsm.generate import GenerateOptions, generate
 
     fit_ids = set(load_bundle(bundle).provenance.get("fit_mask_ids", []))
     generate(GenerateOptions(out=out, bundle=bundle, images=images / "images", progress=False))
@@ -82,8 +82,8 @@ def bundle_tag(bundle: Path) -> str:
     """A short name for what makes a bundle's maps (its resolved pipeline and weights), for output folders."""
     import hashlib
 
-    from wsm.bundle import load_bundle
-    from wsm.pipeline import pipeline_hash
+    from wsm.config.pipeline import pipeline_hash
+    from wsm.fit.bundle import load_bundle
 
     loaded = load_bundle(bundle)
     maker = pipeline_hash(loaded.resolved) + repr(sorted(loaded.model_hashes().items()))

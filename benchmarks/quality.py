@@ -5,8 +5,8 @@
                                  [--set section.key=value ...] [--no-bare]
 
 The folds are drawn by isic_id (a hash with the seed), so no image of the scored fold, nor its mask, is used by
-`fit`; scores use the official ISIC metrics (wsm.metrics, equal to isic-challenge-scoring) with 255 counted as
-background and left out (left out: weighted by coverage, wsm.metrics.LEFT_OUT_DEFINITION, so abstaining never
+`fit`; scores use the official ISIC metrics (wsm.report.metrics, equal to isic-challenge-scoring) with 255 counted as
+background and left out (left out: weighted by coverage, wsm.report.metrics.LEFT_OUT_DEFINITION, so abstaining never
 pays), plus the certain-pixel coverage. `--folds 1` (the quick mode) runs the first fold only.
 The equivalent commands are printed with the numbers. After the default pipeline, a "bare prior" row scores its
 bundle's prior alone as a user would run it without wsm (benchmarks/speed.py's bare loop: one forward at the
@@ -60,7 +60,7 @@ def reuse_classifier(fold_dir: Path, name: str, bundle: Path) -> None:
 def score_fold(data: Path, wsm_dir: Path, ids: list[str]) -> dict:
     import pandas as pd
 
-    from wsm.data import read_truth
+    from wsm.selection import read_truth
 
     truth = read_truth(data).set_index("isic_id")
     manifest = pd.read_parquet(wsm_dir / "manifest.parquet").set_index("isic_id")
@@ -79,7 +79,7 @@ def score_bare_prior(data: Path, bundle: Path, ids: list[str], out: Path) -> dic
     one forward, threshold 0.5, resize back): the baseline that TTA, calibration and refinement must beat."""
     from speed import bare_loop_seconds
 
-    from wsm.data import read_manifest, read_truth
+    from wsm.selection import read_manifest, read_truth
 
     files = read_manifest(data).set_index("isic_id").loc[ids, "file"]
     started = time.perf_counter()
@@ -91,8 +91,8 @@ def score_bare_prior(data: Path, bundle: Path, ids: list[str], out: Path) -> dic
 
 def score_pairs(pairs: list[tuple[Path, Path]]) -> dict:
     """Official metrics over (official mask, ISIC_WSM map) files, with 255 as background and left out."""
-    from wsm.imageio import read_mask
-    from wsm.metrics import aggregate, score_label_map
+    from wsm.io.images import read_mask
+    from wsm.report.metrics import aggregate, score_label_map
 
     as_background, left_out = [], []
     for mask_path, map_path in pairs:
@@ -121,9 +121,9 @@ def main() -> None:
                         help="skip the bare-prior row (the default bundle's prior alone: one forward, threshold 0.5)")
     args = parser.parse_args()
 
-    from wsm.data import read_manifest
     from wsm.fit import FitOptions, fit
     from wsm.generate import GenerateOptions, generate
+    from wsm.selection import read_manifest
 
     data = args.work / "data"
     import_source(args.source, data)

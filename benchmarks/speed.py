@@ -62,9 +62,9 @@ def run_generate(bundle: Path, folder: Path, out: Path, extra: list[str]) -> tup
 
 
 def stage_times(bundle: Path, files: list[Path]) -> dict[str, float]:
-    from wsm.bundle import load_bundle
-    from wsm.imageio import encode_label_png
-    from wsm.maps import label_image, prepare
+    from wsm.fit.bundle import load_bundle
+    from wsm.generate.maps import label_image, prepare
+    from wsm.io.images import encode_label_png
     from wsm.stages.refine import to_original_size
 
     b = load_bundle(bundle)
@@ -93,8 +93,8 @@ def stage_times(bundle: Path, files: list[Path]) -> dict[str, float]:
 
 def bare_classifier_seconds(bundle: Path, files: list[Path], batch: int = 16) -> float:
     """Forward+backward of the classifier on the images, already decoded and resized (the network alone)."""
-    from wsm.bundle import load_bundle
-    from wsm.maps import prepare, to_batch
+    from wsm.fit.bundle import load_bundle
+    from wsm.generate.maps import prepare, to_batch
 
     b = load_bundle(bundle)
     net = b.load_models("cpu", skip_unweighted=False).classifier
@@ -114,8 +114,8 @@ def bare_loop_seconds(bundle: Path, files: list[Path], out: Path, batch: int = 1
     import torch
     from PIL import Image
 
-    from wsm.augment import normalize
-    from wsm.bundle import load_bundle
+    from wsm.fit.bundle import load_bundle
+    from wsm.train.augment import normalize
 
     b = load_bundle(bundle)
     net, size = b.load_models("cpu", skip_unweighted=False).prior, b.recipe.prior.size
@@ -157,7 +157,7 @@ def main() -> None:
     import torch
 
     print(f"bundle {args.bundle}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
-    from wsm.bundle import load_bundle
+    from wsm.fit.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
     used, every = bundle.load_models("cpu"), bundle.load_models("cpu", skip_unweighted=False)

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from archive_client.layout import DataLayout
-from archive_client.manifest import (DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row, rows_to_table,
-                                     write_table_atomic)
+from archive_client.manifest import DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row
+from wsm.io.tables import rows_to_table, write_table_atomic
 
 SIZES = ((64, 64), (96, 72), (128, 96), (160, 120), (200, 150), (120, 160))
 LICENSES = ("CC-0", "CC-BY", "CC-BY-NC")

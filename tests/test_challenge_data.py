@@ -14,11 +14,13 @@ import pytest
 from PIL import Image
 
 from archive_client.challenge_data import check_mask, download_challenge
-from archive_client.errors import DownloadError, LockedError, UnsafeArchiveError
-from archive_client.layout import DataLayout, exclusive_lock
-from archive_client.manifest import DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row, rows_to_table, write_table_atomic
-from archive_client.transfer import sha256_file
-
+from archive_client.errors import DownloadError, UnsafeArchiveError
+from archive_client.layout import DataLayout
+from archive_client.manifest import DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row
+from wsm.errors import LockedError
+from wsm.io.hashing import sha256_file
+from wsm.io.lock import exclusive_lock
+from wsm.io.tables import rows_to_table, write_table_atomic
 
 # ----------------------------------------------------------------------------------------- fixtures
 

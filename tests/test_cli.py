@@ -49,7 +49,7 @@ def test_demo_runs_and_a_rerun_finishes_without_redoing_work(tmp_path, capsys):
 
 
 def test_an_ids_file_with_junk_is_refused_with_its_line(tmp_path, capsys):
-    from wsm.data import read_id_list
+    from wsm.selection import read_id_list
 
     good = tmp_path / "good.txt"
     good.write_text("# held-out fold\nISIC_0000001\n\n  ISIC_0000002  \n")

@@ -18,10 +18,11 @@ import pytest
 from PIL import Image
 
 from archive_client.download import DownloadOptions, download_images, plan_action
-from archive_client.errors import LockedError, QueryError
-from archive_client.layout import exclusive_lock
+from archive_client.errors import QueryError
 from archive_client.transfer import RetryPolicy
 from wsm.cli import main
+from wsm.errors import LockedError
+from wsm.io.lock import exclusive_lock
 
 FAST = RetryPolicy(attempts=10, backoff_s=0.01, backoff_max_s=0.2)
 

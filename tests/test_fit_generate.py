@@ -54,7 +54,7 @@ def test_bundle_contents(bundle):
     for name in ("pipeline.toml", "classifier.safetensors", "prior.safetensors", "calibration.json",
                  "provenance.json"):
         assert (bundle / name).exists(), name
-    from wsm.bundle import load_bundle
+    from wsm.fit.bundle import load_bundle
 
     loaded = load_bundle(bundle)
     assert loaded.recipe.classifier.arch == "test_resnet"
@@ -188,8 +188,8 @@ def test_generate_killed_then_rerun_is_complete(sample_data, bundle, tmp_path):
 def test_a_map_weighted_zero_is_not_computed(bundle, tmp_path):
     import shutil
 
-    from wsm.bundle import load_bundle
-    from wsm.maps import label_image, prepare
+    from wsm.fit.bundle import load_bundle
+    from wsm.generate.maps import label_image, prepare
 
     zero_cam = tmp_path / "bundle"
     shutil.copytree(bundle, zero_cam)
@@ -209,7 +209,7 @@ def test_a_map_weighted_zero_is_not_computed(bundle, tmp_path):
 
 
 def test_cpu_split_gives_the_workers_the_cores_the_networks_do_not_need():
-    from wsm.generate import cpu_split
+    from wsm.generate.plan import cpu_split
 
     assert cpu_split(2, heavy_net_on_cpu=True) == (1, 1)
     assert cpu_split(16, heavy_net_on_cpu=True) == (8, 8)
@@ -246,9 +246,9 @@ def test_one_wsm_folder_holds_the_maps_of_one_bundle(sample_data, bundle, tmp_pa
 def test_a_cam_or_a_flip_tta_prior_on_the_cpu_is_heavy(bundle):
     import dataclasses
 
-    from wsm.bundle import load_bundle
-    from wsm.generate import heavy_net_on_cpu
-    from wsm.maps import MapModels
+    from wsm.fit.bundle import load_bundle
+    from wsm.generate.maps import MapModels
+    from wsm.generate.plan import heavy_net_on_cpu
 
     recipe = load_bundle(bundle).recipe
     prior_only = MapModels(recipe)
@@ -286,12 +286,13 @@ def test_images_without_an_official_mask_get_weak_maps_beside_those_with_one(bun
 def test_merge_refuses_while_a_shard_is_missing(tmp_path, capsys):
     import shutil
 
-    from wsm.outputs import WSM_MANIFEST, part_name
+    from wsm.generate.folder import WSM_MANIFEST, WsmFolder
 
     out = tmp_path / "wsm"
     out.mkdir()
-    pq.write_table(WSM_MANIFEST.empty_table(), out / part_name(0, 3))
-    shutil.copy(out / part_name(0, 3), out / part_name(2, 3))
+    folder = WsmFolder(out)
+    pq.write_table(WSM_MANIFEST.empty_table(), folder.part(0, 3))
+    shutil.copy(folder.part(0, 3), folder.part(2, 3))
     assert main(["-q", "generate", "--out", str(out), "--merge"]) == 2
     assert "shard(s) 1/3 have not written their part" in capsys.readouterr().err
     assert not (out / "manifest.parquet").exists()
@@ -301,8 +302,8 @@ def test_refitting_a_bundle_takes_it_out_of_use_until_done_and_says_when_setting
         sample_data, bundle, tmp_path, monkeypatch, caplog):
     import shutil
 
-    import wsm.fit
-    from wsm.bundle import BundleError, load_bundle
+    import wsm.fit.driver
+    from wsm.fit.bundle import BundleError, load_bundle
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)      # with its work/ checkpoints: the refit only recalibrates
@@ -315,7 +316,7 @@ def test_refitting_a_bundle_takes_it_out_of_use_until_done_and_says_when_setting
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(wsm.fit, "_calibrate", killed)
+    monkeypatch.setattr(wsm.fit.driver, "_calibrate", killed)
     assert main(["-q", "fit", "--data", str(sample_data), "--out", str(copy), *_sets(TINY)]) == 130
     with pytest.raises(BundleError, match="not a complete wsm bundle"):
         load_bundle(copy)

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from archive_client.errors import LockedError
 from archive_client.importer import (PART3_DIAGNOSIS, ImportSummary, import_folders, part3_diagnosis, read_labels,
                                      reference_split)
-from archive_client.layout import exclusive_lock
 from archive_client.manifest import DATA_MANIFEST_CORE, GT_MANIFEST
+from wsm.errors import LockedError
+from wsm.io.lock import exclusive_lock
 
 # 5 of each ISIC 2017 Part 3 case among the ISIC 2018 Task 1 training images (pairs.csv)
 MELANOMA = ["ISIC_0000004", "ISIC_0000013", "ISIC_0000022", "ISIC_0000026", "ISIC_0000029"]
@@ -276,7 +276,7 @@ def test_changed_source_is_rewritten_and_rows_merge(tmp_path):
 
 
 def test_sizes_are_as_displayed_for_exif_rotated_images(tmp_path):
-    from wsm.imageio import image_size, read_image
+    from wsm.io.images import image_size, read_image
 
     jpeg(tmp_path / "img/ISIC_0000001.jpg", 12, 8, orientation=6)     # displayed 8 wide, 12 high
     jpeg(tmp_path / "img/ISIC_0000002.jpg", 12, 8, orientation=6)
@@ -460,7 +460,7 @@ def test_atomic_writes_get_the_mode_of_a_new_file(tmp_path, umask):
     """Not mkstemp's 0600, also when the writer swaps in a file of its own (safetensors does)."""
     import tempfile
 
-    from archive_client.atomic import atomic_path, write_text_atomic
+    from wsm.io.atomic import atomic_path, write_text_atomic
 
     def replace_with_private_file(tmp: Path) -> None:
         fd, other = tempfile.mkstemp(dir=tmp.parent)

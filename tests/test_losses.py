@@ -7,18 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsm.losses import (
-    LOSSES,
-    BCEDice,
-    BinaryCrossEntropy,
-    Focal,
-    HybridLoss,
-    RankLoss,
-    SoftDice,
-    WeightedCrossEntropy,
-    create_loss,
-    rank_loss,
-)
+from wsm.train.losses import (LOSSES, BCEDice, BinaryCrossEntropy, Focal, HybridLoss, RankLoss, SoftDice,
+                              WeightedCrossEntropy, create_loss, rank_loss)
 
 torch.set_num_threads(1)
 
@@ -168,3 +158,11 @@ def test_create_loss_checks_the_number_of_classes():
         create_loss("ce", 1)
     with pytest.raises(ValueError, match="single lesion channel"):
         create_loss("hybrid", 3)
+
+
+def test_bce_dice_scores_a_right_prediction_low_and_a_wrong_one_high():
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:6, 2:6] = 1
+    good = BCEDice()(target * 20 - 10, target)
+    bad = BCEDice()(10 - target * 20, target)
+    assert float(good) < 0.05 < 1.0 < float(bad)

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from archive_client.manifest import (DATA_MANIFEST_CORE, SCHEMAS, manifest_row, merge_rows, read_table,
-                                     rows_to_table, schema_description)
+from archive_client.manifest import DATA_MANIFEST_CORE, SCHEMAS, manifest_row, schema_description
+from wsm.io.tables import merge_rows, read_table, rows_to_table
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from wsm.cli import main  # noqa: E402
-from wsm.mbdcnn import EnhancedSegmenter, create_enhanced_segmenter, load_mbdcnn_recipe  # noqa: E402
+from wsm.config.pipeline import PipelineError  # noqa: E402
 from wsm.models.segmentation import ARCHITECTURES  # noqa: E402
-from wsm.pipeline import PipelineError  # noqa: E402
+from wsm.train.mbdcnn import EnhancedSegmenter, create_enhanced_segmenter, load_mbdcnn_recipe  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""wsm.metrics against the official isic-challenge-scoring 5.6.0, on real masks written as PNG files."""
+"""wsm.report.metrics against the official isic-challenge-scoring 5.6.0, on real masks written as PNG files."""
 from __future__ import annotations
 
 import math
@@ -9,18 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from wsm.imageio import read_mask, write_label_png
-from wsm.metrics import (
-    METRIC_NAMES,
-    THRESHOLD_JACCARD,
-    Counts,
-    aggregate,
-    binarise,
-    confusion_counts,
-    image_metrics,
-    score_label_map,
-    score_mask,
-)
+from wsm.io.images import read_mask, write_label_png
+from wsm.report.metrics import (METRIC_NAMES, THRESHOLD_JACCARD, Counts, aggregate, binarise, confusion_counts,
+                                image_metrics, score_label_map, score_mask)
 
 cv2.setNumThreads(1)
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from wsm.fit import work_dir
-from wsm.pipeline import PIPELINES_DIR, PipelineError, load_pipeline, parse_override, pipeline_hash, to_toml
-from wsm.recipe import build_recipe
+from wsm.config.pipeline import PIPELINES_DIR, PipelineError, load_pipeline, parse_override, pipeline_hash, to_toml
+from wsm.config.recipe import build_recipe
+from wsm.fit.driver import work_dir
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PIPELINES_DIR.glob("*.toml")))
@@ -76,7 +76,7 @@ def test_values_are_coerced_to_the_field_type():
 
 
 def test_a_missing_fusion_weight_is_a_pipeline_error():
-    from wsm.maps import fusion_weights
+    from wsm.generate.maps import fusion_weights
 
     recipe = build_recipe(load_pipeline("default", overrides=["fusion.weights={prior = 1.0}"]))
     with pytest.raises(PipelineError, match="no weight for \\['cam'\\]"):

@@ -25,11 +25,11 @@ from PIL import Image
 from scipy import ndimage
 
 from wsm.demo import SAMPLE
-from wsm.imageio import read_mask, write_label_png
-from wsm.metrics import METRIC_NAMES, score_label_map
-from wsm.outputs import WSM_MANIFEST
-from wsm.report import (ReportError, breakdown, build_report, calibration, gallery_ids, image_group, score_image,
-                        size_bins, spearman)
+from wsm.generate.folder import WSM_MANIFEST
+from wsm.io.images import read_mask, write_label_png
+from wsm.report.driver import (ReportError, breakdown, build_report, calibration, gallery_ids, image_group, score_image,
+                               size_bins, spearman)
+from wsm.report.metrics import METRIC_NAMES, score_label_map
 
 PEER_WARNINGS = pytest.mark.filterwarnings("ignore:The inplace keyword in Series.rename")
 
@@ -445,7 +445,7 @@ def test_every_png_the_conventions_allow_is_read_and_others_are_refused(case, tm
 
 
 def test_overlay_draws_contours_and_band():
-    from wsm.report_html import GREEN, RED, overlay
+    from wsm.report.html import GREEN, RED, overlay
 
     image = np.full((512, 400, 3), 128, np.uint8)
     truth = np.zeros((512, 400), np.uint8)

@@ -1,22 +1,14 @@
 """The no-learning baseline: lesion_prob_classic and the whole segment_classic chain."""
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import pytest
-
-from wsm.stages.classic import (
-    CHANNELS,
-    ClassicConfig,
-    ClassicPipelineConfig,
-    ClassicResult,
-    lesion_prob_classic,
-    otsu_threshold,
-    segment_classic,
-)
-from wsm.stages.preprocess import PreprocessConfig, vignette_mask
 from synthetic import ISIC2018, jaccard, synthetic_dermoscopy
+
+from wsm.stages.classic import (CHANNELS, ClassicConfig, ClassicPipelineConfig, ClassicResult, lesion_prob_classic,
+                                otsu_threshold, segment_classic)
+from wsm.stages.preprocess import PreprocessConfig, vignette_mask
 
 cv2.setNumThreads(1)
 
@@ -82,7 +74,7 @@ def test_same_input_same_output():
 def test_real_images_reach_colour_threshold_quality():
     if not ISIC2018.is_dir():
         pytest.skip(f"{ISIC2018} is absent (real ISIC data for development, not shipped)")
-    from wsm.imageio import read_image, read_mask
+    from wsm.io.images import read_image, read_mask
 
     # the first 8 ids of the set (not chosen) and one with a dermoscope frame
     ids = sorted(p.stem for p in (ISIC2018 / "images").glob("ISIC_*.jpg"))[:8] + ["ISIC_0000287"]

@@ -1,4 +1,4 @@
-"""Stage 1: decoding (wsm.imageio, on real files written here) and preprocess (on synthetic and real arrays)."""
+"""Stage 1: decoding (wsm.io.images, on real files written here) and preprocess (on synthetic and real arrays)."""
 from __future__ import annotations
 
 import pickle
@@ -10,19 +10,12 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
-
-from wsm import imageio
-from wsm.imageio import ImageDecodeError, encode_label_png, image_size, read_image, read_mask, write_label_png
-from wsm.stages.preprocess import (
-    PreprocessConfig,
-    Preprocessed,
-    preprocess,
-    remove_hair,
-    shades_of_grey,
-    to_working_size,
-    vignette_mask,
-)
 from synthetic import ISIC2018, SKIN, jaccard, synthetic_dermoscopy
+
+from wsm.io import images
+from wsm.io.images import ImageDecodeError, encode_label_png, image_size, read_image, read_mask, write_label_png
+from wsm.stages.preprocess import (PreprocessConfig, Preprocessed, preprocess, remove_hair, shades_of_grey,
+                                   to_working_size, vignette_mask)
 
 cv2.setNumThreads(1)
 
@@ -237,7 +230,7 @@ def test_write_label_png_refuses_wrong_arrays(tmp_path):
 
 
 def test_imageio_public_names():
-    assert set(imageio.__all__) >= {"read_image", "read_mask", "write_label_png", "image_size", "ImageDecodeError"}
+    assert set(images.__all__) >= {"read_image", "read_mask", "write_label_png", "image_size", "ImageDecodeError"}
 
 
 # --------------------------------------------------------------------------------------------------- preprocess

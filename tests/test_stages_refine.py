@@ -1,28 +1,14 @@
 """Stages 4-5: fuse, dense CRF, clean_mask, refine, decide, confidence, to_original_size on small arrays."""
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import pytest
+from synthetic import ISIC2018, jaccard, synthetic_dermoscopy
 
 from wsm.stages.preprocess import preprocess
-from wsm.stages.refine import (
-    CrfConfig,
-    DecisionConfig,
-    FusionConfig,
-    MorphologyConfig,
-    RefineConfig,
-    Refined,
-    clean_mask,
-    confidence,
-    decide,
-    dense_crf,
-    fuse,
-    refine,
-    to_original_size,
-)
-from synthetic import ISIC2018, jaccard, synthetic_dermoscopy
+from wsm.stages.refine import (CrfConfig, DecisionConfig, FusionConfig, MorphologyConfig, RefineConfig, Refined,
+                               clean_mask, confidence, decide, dense_crf, fuse, refine, to_original_size)
 
 cv2.setNumThreads(1)
 
@@ -267,7 +253,7 @@ def test_refine_without_crf_and_configs_frozen():
 def test_real_image_chain_with_mask_derived_prob():
     if not ISIC2018.is_dir():
         pytest.skip(f"{ISIC2018} is absent (real ISIC data for development, not shipped)")
-    from wsm.imageio import read_image, read_mask
+    from wsm.io.images import read_image, read_mask
 
     truth = read_mask(ISIC2018 / "masks" / "ISIC_0000287_segmentation.png") > 128
     pre = preprocess(read_image(ISIC2018 / "images" / "ISIC_0000287.jpg"))
@@ -290,9 +276,9 @@ def test_decide_band_outside_keeps_the_whole_mask_as_lesion():
 
 
 def test_calibration_keeps_the_crf_only_where_it_helps():
-    from wsm.calibrate import Sample, calibrate
-    from wsm.pipeline import load_pipeline
-    from wsm.recipe import build_recipe
+    from wsm.config.pipeline import load_pipeline
+    from wsm.config.recipe import build_recipe
+    from wsm.fit.calibrate import Sample, calibrate
     from wsm.stages.preprocess import Preprocessed
 
     recipe = build_recipe(load_pipeline("default", "cpu", ["preprocess.working_size=128"]))

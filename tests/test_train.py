@@ -15,9 +15,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from archive_client.layout import DataLayout  # noqa: E402
-from archive_client.manifest import GT_MANIFEST, write_table_atomic  # noqa: E402
+from archive_client.manifest import GT_MANIFEST  # noqa: E402
 from wsm.cli import main  # noqa: E402
-from wsm.train import TrainOptions, load_model, run, training_rows  # noqa: E402
+from wsm.io.tables import write_table_atomic
+from wsm.train import TrainOptions, load_model, run  # noqa: E402
+from wsm.train.rows import training_rows  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -69,8 +71,8 @@ def half_labelled(data, tmp_path_factory):
 
 def test_cli_choices_match_the_registries():
     from wsm.cli.train import ARCH_CHOICES, LOSS_CHOICES
-    from wsm.losses import LOSSES
     from wsm.models.segmentation import ARCHITECTURES
+    from wsm.train.losses import LOSSES
 
     assert ARCH_CHOICES == tuple(ARCHITECTURES) and LOSS_CHOICES == tuple(LOSSES)
 
@@ -111,14 +113,14 @@ def test_official_masks_run_writes_everything(data, tmp_path, capsys):
 
 
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(data, tmp_path, monkeypatch):
-    import wsm.losses
+    import wsm.train.losses
 
     opts = TrainOptions(data=data, out=tmp_path / "full", encoder="test_resnet", pretrained=False, size=64, epochs=2,
                         batch_size=8, lr=0.01, progress=False)
     full = run(opts)
     expected = {k: v.clone() for k, v in load_model(opts.out)[0].state_dict().items()}
 
-    real = wsm.losses.create_loss
+    real = wsm.train.losses.create_loss
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -131,11 +133,11 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(data, tmp_pat
             return loss(outputs, targets)
         return crashing
 
-    monkeypatch.setattr(wsm.losses, "create_loss", interrupted)
+    monkeypatch.setattr(wsm.train.losses, "create_loss", interrupted)
     cut = dataclasses.replace(opts, out=tmp_path / "cut")
     with pytest.raises(KeyboardInterrupt):
         run(cut)
-    monkeypatch.setattr(wsm.losses, "create_loss", real)
+    monkeypatch.setattr(wsm.train.losses, "create_loss", real)
     from wsm.errors import WsmError
 
     with pytest.raises(WsmError, match="--resume"):
@@ -160,7 +162,7 @@ def test_training_rows_per_label_source(half_labelled):
     assert len(both) == 24
     assert set(both[both["label_source"] == "weak"]["isic_id"]) == set(unlabelled)
     assert (both[both["label_source"] == "official"]["label_kind"] == "mask").all()
-    from wsm.data import DataError
+    from wsm.selection import DataError
 
     with pytest.raises(DataError, match="--wsm"):
         training_rows(root, "both", "train")
@@ -171,7 +173,7 @@ def test_training_rows_per_label_source(half_labelled):
 def test_min_confidence_keeps_the_confident_weak_maps(half_labelled, tmp_path):
     import shutil
 
-    from wsm.data import DataError
+    from wsm.selection import DataError
 
     root, wsm, unlabelled = half_labelled
     scored = tmp_path / "WSM"
@@ -290,7 +292,7 @@ def test_multiclass_maps(data, class_maps, tmp_path, loss):
 
 
 def test_label_map_dataset_keeps_255_and_moves_the_guide_with_the_label(data, tmp_path):
-    from wsm.datasets import LabelMapDataset
+    from wsm.train.datasets import LabelMapDataset
 
     label = np.zeros((64, 64), np.uint8)
     label[10:40, 20:50] = 1
@@ -321,7 +323,7 @@ def test_label_map_dataset_keeps_255_and_moves_the_guide_with_the_label(data, tm
 def test_distributed_batches_are_the_one_process_batches():
     from torch.utils.data import DataLoader
 
-    from wsm.training import DistributedBatchSampler, _epoch_seed
+    from wsm.train.loop import DistributedBatchSampler, _epoch_seed
 
     for n, batch, seed, epoch in [(10, 4, 0, 0), (37, 8, 3, 5), (16, 16, 1, 2)]:
         generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
@@ -342,7 +344,7 @@ def test_accumulation_equals_one_big_batch_without_batchnorm(tmp_path):
     from torch import nn
     from torch.utils.data import TensorDataset
 
-    from wsm.training import TrainConfig, train
+    from wsm.train.loop import TrainConfig, train
 
     gen = torch.Generator().manual_seed(0)
     dataset = TensorDataset(torch.randn(20, 3, 8, 8, generator=gen), torch.rand(20, 1, 8, 8, generator=gen))
@@ -378,7 +380,7 @@ def test_unknown_lineage_is_carried_down_a_chain_of_runs(half_labelled, tmp_path
 
 
 def test_a_fit_bundle_records_the_masks_its_prior_learnt_from(tmp_path):
-    from wsm.train import trained_ids
+    from wsm.train.run_folder import trained_ids
 
     (tmp_path / "provenance.json").write_text(json.dumps({"fit_mask_ids": ["ISIC_0000001", "ISIC_0000002"]}))
     assert trained_ids(tmp_path) == {"ISIC_0000001", "ISIC_0000002"}

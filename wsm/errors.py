@@ -3,3 +3,11 @@
 
 class WsmError(Exception):
     """A problem the user can fix, explained in the message (what was wrong, what to do)."""
+
+
+class LockedError(WsmError):
+    """Another wsm process is writing the same folder."""
+
+
+class ManifestUnreadableError(WsmError):
+    """A manifest file exists but is not readable Parquet."""

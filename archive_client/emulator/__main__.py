@@ -7,26 +7,9 @@ import signal
 import sys
 import threading
 
+from ..ids import comma_choices
 from .faults import DEFAULT_FAULT_KINDS, FAULT_KINDS, ROUTE_GROUPS, EmulatorConfig
 from .server import EmulatorServer
-
-
-def _kinds(text: str) -> tuple[str, ...]:
-    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown fault kind(s) {', '.join(unknown)}; choose from {', '.join(FAULT_KINDS)}")
-    return kinds
-
-
-def _routes(text: str) -> tuple[str, ...]:
-    routes = tuple(r.strip() for r in text.split(",") if r.strip())
-    unknown = [r for r in routes if r not in ROUTE_GROUPS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown route group(s) {', '.join(unknown)}; choose from {', '.join(ROUTE_GROUPS)}")
-    return routes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,10 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address")
     parser.add_argument("--fault-rate", type=float, default=0.0, metavar="R",
                         help="probability in [0, 1] that a request fails on purpose (default 0)")
-    parser.add_argument("--fault-kinds", type=_kinds, default=DEFAULT_FAULT_KINDS, metavar="K1,K2",
+    parser.add_argument("--fault-kinds", type=comma_choices(FAULT_KINDS, "fault kind(s)"), default=DEFAULT_FAULT_KINDS, metavar="K1,K2",
                         help=f"comma separated faults to draw from: {', '.join(FAULT_KINDS)} "
                              f"(default {','.join(DEFAULT_FAULT_KINDS)}; malformed is opt-in)")
-    parser.add_argument("--fault-routes", type=_routes, default=ROUTE_GROUPS, metavar="G1,G2",
+    parser.add_argument("--fault-routes", type=comma_choices(ROUTE_GROUPS, "route group(s)"), default=ROUTE_GROUPS, metavar="G1,G2",
                         help=f"route groups that get faults: {', '.join(ROUTE_GROUPS)} (default all)")
     parser.add_argument("--max-faults", type=int, default=None, metavar="N", help="stop injecting after N faults")
     parser.add_argument("--latency-ms", type=float, default=0.0, metavar="L", help="delay before every answer")

@@ -76,15 +76,18 @@ def split_metadata(row: Mapping[str, object]) -> tuple[dict, dict]:
     return dict(sorted(acquisition.items())), clinical
 
 
+def _top_fields(row: Mapping[str, object]) -> dict[str, object]:
+    """The record's fields outside ``files`` and ``metadata``."""
+    return {"isic_id": row["isic_id"], "public": True, "copyright_license": row.get("copyright_license"),
+            "attribution": row.get("attribution")}
+
+
 def image_record(row: Mapping[str, object], *, full_url: str, full_size: int, thumbnail_url: str,
                  thumbnail_size: int) -> dict:
     """The archive's JSON record for one manifest row (as ``GET images/{isic_id}/`` returns it)."""
     acquisition, clinical = split_metadata(row)
     return {
-        "isic_id": row["isic_id"],
-        "public": True,
-        "copyright_license": row.get("copyright_license"),
-        "attribution": row.get("attribution"),
+        **_top_fields(row),
         "files": {
             "full": {"url": full_url, "size": int(full_size)},
             "thumbnail_256": {"url": thumbnail_url, "size": int(thumbnail_size)},
@@ -97,10 +100,7 @@ def search_fields(row: Mapping[str, object]) -> dict[str, object]:
     """The flat field dict a search query is matched against: top-level fields plus all metadata, typed."""
     acquisition, clinical = split_metadata(row)
     return {
-        "isic_id": row["isic_id"],
-        "public": True,
-        "copyright_license": row.get("copyright_license"),
-        "attribution": row.get("attribution"),
+        **_top_fields(row),
         **acquisition,
         **clinical,
     }

@@ -14,11 +14,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_path, write_bytes_atomic
+from wsm.io.atomic import atomic_path, write_bytes_atomic
+from wsm.io.tables import read_table
+
 from ..challenges import CATALOG, ChallengeSplit
 from ..ids import check_isic_id
 from ..layout import DataLayout
-from ..manifest import DATA_MANIFEST_CORE, GT_MANIFEST, read_table
+from ..manifest import DATA_MANIFEST_CORE, GT_MANIFEST
 from . import records
 from .files import challenge_attribution_text, challenge_license_text, make_thumbnail, write_zip
 from .query import parse_query

@@ -9,13 +9,13 @@ import logging
 import sys
 
 from archive_client.errors import ArchiveError, printable
-from wsm.errors import WsmError
 from wsm import __version__
+from wsm.errors import WsmError
 
-from . import data, demo, maps, report, train
+from . import demo, download, fit, generate, report, train
 from .common import check_device
 
-COMMAND_GROUPS = [data, maps, report, train, demo]
+COMMAND_GROUPS = [download, fit, generate, report, train, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

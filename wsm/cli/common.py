@@ -2,8 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
+from archive_client.errors import printable
 from wsm.errors import WsmError
+
+
+class UsageError(WsmError):
+    """Flags that do not go together; the CLI's one handler prints it as ``wsm: error: ...``."""
+
+
+def print_summary(summary) -> int:
+    """Print a command's closing lines on stderr (text from servers or files escaped); the exit code: 1 when some
+    item failed (the summary's ``ok``), else 0."""
+    for line in summary.lines():
+        print(printable(line), file=sys.stderr)
+    return 0 if getattr(summary, "ok", True) else 1
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -16,6 +31,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if flag or action.default is None or action.default in ([], "") or "default" in text:
             return text
         return super()._get_help_string(action)
+
+
+def add_data_and_out(parser, holds: str, out: str, out_help: str) -> None:
+    """--data DATA (what the command reads from it) and --out FOLDER (what it writes), both required."""
+    parser.add_argument("--data", required=True, type=Path, metavar="DATA",
+                        help=f"from `wsm download` or `wsm import` ({holds})")
+    parser.add_argument("--out", required=True, type=Path, metavar=out, help=out_help)
 
 
 def add_set_flag(parser, what: str = "pipeline", note: str = "") -> None:

@@ -1,10 +1,9 @@
 """`wsm report`: score ISIC_WSM maps against the official masks and write REPORT/ (html, json, csv)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from wsm.cli.common import HelpFormatter
+from wsm.cli.common import HelpFormatter, print_summary
 
 REPORT_SPLITS = ("all", "labeled", "train", "val", "test")
 
@@ -31,13 +30,12 @@ def register(commands) -> None:
 
 
 def run_report(args) -> int:
-    from wsm.data import read_id_list
-    from wsm.report import build_report, report_command
+    from wsm.report.driver import build_report, report_command
+    from wsm.selection import read_id_list
 
     command = report_command(args.pred, args.data, args.out, args.split, str(args.only) if args.only else None)
     summary = build_report(args.pred, args.data, args.out, split=args.split, only_ids=read_id_list(args.only),
                            command=command)
-    for line in summary.lines():
-        print(line, file=sys.stderr)
+    code = print_summary(summary)
     print(summary.html)
-    return 0 if summary.ok else 1
+    return code

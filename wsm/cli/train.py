@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from wsm.cli.common import HelpFormatter, add_set_flag
-from wsm.data import SPLIT_CHOICES
+from wsm.cli.common import HelpFormatter, UsageError, add_data_and_out, add_set_flag, print_summary
+from wsm.selection import SPLIT_CHOICES
 
 # Kept here as literals so that building the parser imports no torch; tests check them against the registries
-# (wsm.models.segmentation.ARCHITECTURES, wsm.losses.LOSSES).
+# (wsm.models.segmentation.ARCHITECTURES, wsm.train.losses.LOSSES).
 ARCH_CHOICES = ("unet", "linknet", "deeplabv3plus")
 LOSS_CHOICES = ("bce", "dice", "bce+dice", "focal", "ce", "hybrid")
 
@@ -30,10 +29,7 @@ def register(commands) -> None:
         "--encoder tf_efficientnet_lite2 --size 384 --epochs 60 --batch-size 16.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--data", required=True, type=Path, metavar="DATA",
-                   help="from `wsm download` or `wsm import` (images and official masks)")
-    p.add_argument("--out", required=True, type=Path, metavar="RUN",
-                   help="run folder: checkpoints, model.safetensors, metrics.json")
+    add_data_and_out(p, "images and official masks", "RUN", "run folder: checkpoints, model.safetensors, metrics.json")
     p.add_argument("--labels", default="official", metavar="official|WSM_DIR|both",
                    help="where the training labels come from")
     p.add_argument("--wsm", type=Path, metavar="WSM_DIR", help="the weak maps for --labels both")
@@ -98,24 +94,17 @@ def options(args):
 def run_train(args) -> int:
     opts, given = options(args)
     if args.pipeline and args.init:
-        print("wsm: error: --init is not supported with --pipeline (it starts one network from an earlier run)",
-              file=sys.stderr)
-        return 2
+        raise UsageError("--init is not supported with --pipeline (it starts one network from an earlier run)")
     if args.pipeline:
-        from wsm.mbdcnn import train_mbdcnn
+        from wsm.train.mbdcnn import train_mbdcnn
 
         if not opts.pretrained:
             given = {**given, "pretrained": False}
         summary = train_mbdcnn(opts, pipeline=args.pipeline, overrides=tuple(args.overrides), given=given)
     else:
         if args.overrides:
-            print("wsm: error: --set needs --pipeline (the single-network flags cover `wsm train` without one)",
-                  file=sys.stderr)
-            return 2
+            raise UsageError("--set needs --pipeline (the single-network flags cover `wsm train` without one)")
         from wsm.train import run
 
         summary = run(opts)
-    if summary is not None:
-        for line in summary.lines():
-            print(line, file=sys.stderr)
-    return 0
+    return print_summary(summary) if summary is not None else 0

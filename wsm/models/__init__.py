@@ -6,7 +6,7 @@ Submodules import timm / pytorch-grad-cam (seconds), so names are loaded on firs
 """
 from __future__ import annotations
 
-import importlib
+from wsm._lazy import lazy_exports
 
 _EXPORTS = {
     "CLASSIFIERS": "classifier",
@@ -27,17 +27,4 @@ _EXPORTS = {
     "predict_prob": "segmentation",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

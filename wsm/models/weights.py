@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from archive_client.transfer import sha256_file
 from wsm.errors import WsmError
+from wsm.io.hashing import sha256_file
 
 __all__ = [
     "PACKAGED",
@@ -172,7 +172,7 @@ def packaged_weights(timm_name: str) -> tuple[Path, WeightSource]:
     import torch
     from safetensors.torch import save_file
 
-    from archive_client.atomic import atomic_path
+    from wsm.io.atomic import atomic_path
 
     timm = _timm()
     original = _package_file(timm_name)

@@ -7,68 +7,11 @@
 The neural stages (classifier, CAM, segmentation prior) live beside these and produce the probability maps
 that :func:`~wsm.stages.refine.fuse` combines.
 """
-from wsm.stages.classic import (
-    ClassicConfig,
-    ClassicPipelineConfig,
-    ClassicResult,
-    lesion_prob_classic,
-    segment_classic,
-)
-from wsm.stages.preprocess import (
-    PreprocessConfig,
-    Preprocessed,
-    preprocess,
-    remove_hair,
-    shades_of_grey,
-    to_working_size,
-    vignette_mask,
-)
-from wsm.stages.refine import (
-    LABEL_BACKGROUND,
-    LABEL_LESION,
-    LABEL_UNCERTAIN,
-    CrfConfig,
-    DecisionConfig,
-    FusionConfig,
-    MorphologyConfig,
-    RefineConfig,
-    Refined,
-    clean_mask,
-    confidence,
-    decide,
-    dense_crf,
-    fuse,
-    refine,
-    to_original_size,
-)
+from wsm.stages import classic as _classic, preprocess as _preprocess, refine as _refine
 
-__all__ = [
-    "LABEL_BACKGROUND",
-    "LABEL_LESION",
-    "LABEL_UNCERTAIN",
-    "ClassicConfig",
-    "ClassicPipelineConfig",
-    "ClassicResult",
-    "CrfConfig",
-    "DecisionConfig",
-    "FusionConfig",
-    "MorphologyConfig",
-    "PreprocessConfig",
-    "Preprocessed",
-    "RefineConfig",
-    "Refined",
-    "clean_mask",
-    "confidence",
-    "decide",
-    "dense_crf",
-    "fuse",
-    "lesion_prob_classic",
-    "preprocess",
-    "refine",
-    "remove_hair",
-    "segment_classic",
-    "shades_of_grey",
-    "to_original_size",
-    "to_working_size",
-    "vignette_mask",
-]
+__all__ = sorted({*_classic.__all__, *_preprocess.__all__, *_refine.__all__})
+
+# each stage's public names, as its __all__ lists them (preprocess and refine are then the functions)
+from wsm.stages.classic import *  # noqa: E402,F403
+from wsm.stages.preprocess import *  # noqa: E402,F403
+from wsm.stages.refine import *  # noqa: E402,F403

@@ -1,6 +1,6 @@
 """Stage 1, preprocess: working size, the dermoscope frame (vignette), optional hair removal and colour constancy.
 
-Pure functions over arrays; decoding and orientation are done before, by :mod:`wsm.imageio`.
+Pure functions over arrays; decoding and orientation are done before, by :mod:`wsm.io.images`.
 
 Shapes: ``rgb`` is ``uint8`` ``(H, W, 3)``; masks are ``bool`` ``(H, W)``; sizes are ``(width, height)``.
 """
@@ -53,7 +53,7 @@ def check_rgb(rgb: np.ndarray, name: str = "rgb") -> np.ndarray:
         got = f"shape {getattr(rgb, 'shape', None)} dtype {getattr(rgb, 'dtype', type(rgb).__name__)}"
         raise ValueError(
             f"{name} must be a uint8 array of shape (H, W, 3) in RGB order, got {got}; "
-            "decode files with wsm.imageio.read_image"
+            "decode files with wsm.io.images.read_image"
         )
     if rgb.shape[0] < 2 or rgb.shape[1] < 2:
         raise ValueError(f"{name} must be at least 2x2 pixels, got shape {rgb.shape}")

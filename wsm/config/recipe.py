@@ -1,0 +1,152 @@
+"""A resolved pipeline file as typed, frozen stage configs (what `fit` trains and `generate` runs).
+
+The stages' own configs live with their stages (wsm.stages.*); the learning parts' configs live here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from wsm.config.pipeline import PipelineError, stage_config
+from wsm.stages.classic import ClassicConfig
+from wsm.stages.preprocess import PreprocessConfig
+from wsm.stages.refine import CrfConfig, DecisionConfig, FusionConfig, MorphologyConfig, RefineConfig
+
+METHODS = ("weak", "cam-only", "classic")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    arch: str = "tf_efficientnet_lite0"   # a key of wsm.models.classifier.CLASSIFIERS
+    size: int = 128                 # square input side in pixels
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    pretrained: bool = True         # ImageNet weights (wsm.models.weights: packaged, else the hub); false: random
+    weights_file: str = ""          # or local timm weights
+    enabled: bool = True            # method "weak": train it and offer its CAM to calibration (cam-only: always)
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    method: str = "gradcam++"       # a key of wsm.models.cam.CAM_METHODS
+    flip_tta: bool = True           # average with the flipped images' maps
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    arch: str = "unet"              # a key of wsm.models.segmentation.ARCHITECTURES
+    encoder: str = "tf_efficientnet_lite0"   # a timm model name
+    size: int = 128                 # square input side (a multiple of 32)
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    pretrained: bool = True         # ImageNet encoder weights (wsm.models.weights); false: random
+    weights_file: str = ""          # or local timm encoder weights
+
+
+@dataclass(frozen=True)
+class PriorConfig(SegmenterConfig):
+    enabled: bool = True            # train a segmentation net on the official masks of the fitting split
+    flip_tta: bool = False          # average its maps over the four flips of the image (4x the prior's cost)
+    augment_scale: tuple[float, float] = (1.0, 1.0)   # training zoom range (wsm.train.augment.AugmentConfig.scale)
+    augment_stretch: float = 1.0                      # training stretch (wsm.train.augment.AugmentConfig.stretch)
+
+    def __post_init__(self):
+        low, high = self.augment_scale
+        if not 0 < low <= high:
+            raise PipelineError(f"[prior] augment_scale = {list(self.augment_scale)}: give [low, high] with "
+                                "0 < low <= high, e.g. [0.6, 1.0] ([1.0, 1.0]: no zoom)")
+        if self.augment_stretch < 1:
+            raise PipelineError(f"[prior] augment_stretch = {self.augment_stretch}: give 1 or more "
+                                "(1: no stretch; 1.5: up to 1.5x wider than high, or higher than wide)")
+
+
+INFERENCE_ONLY = frozenset({"flip_tta"})   # stage settings that change no training: `generate --set` may change them
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    enabled: bool = True                 # choose fusion weight and mask threshold by agreement with masks
+    holdout_fraction: float = 0.2        # fitting-split masks kept from the prior's training to calibrate on
+    max_images: int = 120                # calibration images at most (each candidate runs the CRF on all)
+    prior_weights: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0)   # weight of the prior; the CAM gets the rest
+    mask_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
+    crf_choices: tuple[bool, ...] = (True,)                    # dense CRF on and/or off (when [crf] enabled)
+    crf_min_gain: float = 0.0            # keep the CRF only if it beats the best no-CRF Jaccard by more than this
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    splits: tuple[str, ...] = ("train", "val")   # official-mask splits fit may use (never "test")
+    num_workers: int = 0                         # DataLoader workers while training
+    threads: int = 0                             # torch threads (0: leave torch's default)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    method: str                                  # weak | cam-only | classic
+    seed: int
+    classes: dict                                # class name -> diagnosis patterns (wsm.train.datasets.ClassMapping)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    classic: ClassicConfig = field(default_factory=ClassicConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+
+    @property
+    def uses_classifier(self) -> bool:
+        return self.method == "cam-only" or (self.method == "weak" and self.classifier.enabled)
+
+    @property
+    def uses_prior(self) -> bool:
+        return self.method == "weak" and self.prior.enabled
+
+
+def _refine_config(table: dict) -> RefineConfig:
+    crf = dict(table.get("crf", {}))
+    crf_enabled = crf.pop("enabled", True)
+    refine = dict(table.get("refine", {}))
+    return RefineConfig(
+        crf=stage_config(CrfConfig, crf, "crf") if crf_enabled else None,
+        morphology=stage_config(MorphologyConfig, table.get("morphology"), "morphology"),
+        **refine,
+    )
+
+
+def build_recipe(resolved: dict) -> Recipe:
+    """Typed configs from a resolved pipeline (wsm.config.pipeline.load_pipeline); errors name the bad key."""
+    method = resolved.get("method", "weak")
+    if method not in METHODS:
+        hint = "; MB-DCNN is a training recipe: `wsm train --pipeline mbdcnn`" if method == "mbdcnn" else ""
+        raise PipelineError(f"method = {method!r}; `wsm fit` takes a pipeline whose method is one of "
+                            f"{', '.join(METHODS)}{hint}")
+    fusion = resolved.get("fusion", {})
+    for name, weight in fusion.get("weights", {}).items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+            raise PipelineError(f"[fusion.weights] {name} = {weight!r}: give a finite weight >= 0 (0 leaves the "
+                                "map out)")
+    return Recipe(
+        name=str(resolved.get("name", "unnamed")),
+        method=method,
+        seed=int(resolved.get("seed", 0)),
+        classes=dict(resolved.get("classes") or {}),
+        preprocess=stage_config(PreprocessConfig, resolved.get("preprocess"), "preprocess"),
+        classifier=stage_config(ClassifierConfig, resolved.get("classifier"), "classifier"),
+        cam=stage_config(CamConfig, resolved.get("cam"), "cam"),
+        prior=stage_config(PriorConfig, resolved.get("prior"), "prior"),
+        fusion=FusionConfig(weights=dict(fusion.get("weights", {}))),
+        refine=_refine_config(resolved),
+        decision=stage_config(DecisionConfig, resolved.get("decision"), "decision"),
+        classic=stage_config(ClassicConfig, resolved.get("classic"), "classic"),
+        calibration=stage_config(CalibrationConfig, resolved.get("calibration"), "calibration"),
+        fit=stage_config(FitConfig, resolved.get("fit"), "fit"),
+    )

@@ -1,0 +1,129 @@
+"""BUNDLE/: what `wsm fit` writes and `wsm generate` reads.
+
+    pipeline.toml       the resolved recipe, calibrated values included
+    classifier.safetensors, prior.safetensors   (when the recipe uses them)
+    calibration.json    the chosen values and the whole grid, with the images they were measured on
+    provenance.json     data manifest hash, seed, versions, classes, the ids whose masks fit used, timings
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsm import __version__
+from wsm.config.pipeline import apply_override, to_toml
+from wsm.config.recipe import INFERENCE_ONLY, Recipe, build_recipe
+from wsm.errors import WsmError
+from wsm.generate.maps import MapModels, weighted_maps
+from wsm.io.atomic import atomic_path, write_text_atomic
+from wsm.io.hashing import sha256_file
+
+PIPELINE = "pipeline.toml"
+CLASSIFIER = "classifier.safetensors"
+PRIOR = "prior.safetensors"
+CALIBRATION = "calibration.json"
+PROVENANCE = "provenance.json"
+
+
+class BundleError(WsmError, ValueError):
+    """A bundle folder that is missing or incomplete."""
+
+
+@dataclass(frozen=True)
+class BundleFolder:
+    root: Path
+
+    pipeline = property(lambda self: self.root / PIPELINE)
+    classifier = property(lambda self: self.root / CLASSIFIER)
+    prior = property(lambda self: self.root / PRIOR)
+    calibration = property(lambda self: self.root / CALIBRATION)
+    provenance = property(lambda self: self.root / PROVENANCE)
+    work = property(lambda self: self.root / "work")    # training checkpoints: resume or refit; not needed after
+
+    def read_provenance(self) -> dict | None:
+        return json.loads(self.provenance.read_text(encoding="utf8")) if self.provenance.exists() else None
+
+
+def write_pipeline(folder: BundleFolder, resolved: dict) -> None:
+    write_text_atomic(folder.pipeline, "# resolved by wsm " + __version__ + "\n" + to_toml(resolved))
+
+
+@dataclass
+class Bundle:
+    folder: Path
+    resolved: dict
+    recipe: Recipe
+    provenance: dict
+
+    def model_hashes(self) -> dict[str, str]:
+        return {name: sha256_file(self.folder / name)[:16] for name in (CLASSIFIER, PRIOR)
+                if (self.folder / name).exists()}
+
+    def load_models(self, device: str = "cpu", *, skip_unweighted: bool = True) -> MapModels:
+        """The bundle's networks in eval mode on ``device``.
+
+        A network whose map has fusion weight 0 (calibration can choose that) is not loaded, so its map is not
+        computed: it could not change a label. ``skip_unweighted=False`` loads every network (benchmarks).
+        """
+        from wsm.train.loop import load_weights
+
+        available = [name for name, present in (
+            ("cam", self.recipe.uses_classifier),
+            ("prior", self.recipe.uses_prior and (self.folder / PRIOR).exists())) if present]
+        wanted = weighted_maps(self.recipe, available) if skip_unweighted else available
+        models = MapModels(self.recipe, device=device)
+        if "cam" in wanted:
+            from wsm.models.classifier import create_classifier
+
+            net = create_classifier(self.recipe.classifier.arch, num_classes=len(self.provenance["classes"]))
+            load_weights(net, self._need(CLASSIFIER))
+            models.classifier = net.to(device).eval()
+        if "prior" in wanted:
+            from wsm.models.segmentation import create_segmenter
+
+            net = create_segmenter(self.recipe.prior.arch, self.recipe.prior.encoder)
+            load_weights(net, self.folder / PRIOR)
+            models.prior = net.to(device).eval()
+        return models
+
+    def with_inference_overrides(self, overrides: Sequence[str]) -> Bundle:
+        """This bundle with settings that change no training replaced (``prior.flip_tta=false``); any other
+        setting would need a new fit, and is refused."""
+        if not overrides:
+            return self
+        resolved = copy.deepcopy(self.resolved)
+        allowed = ", ".join(f"<stage>.{key}" for key in sorted(INFERENCE_ONLY))
+        for text in overrides:
+            keys = apply_override(resolved, text)
+            if len(keys) != 2 or keys[1] not in INFERENCE_ONLY:
+                raise BundleError(f"--set {text}: with a fitted bundle only {allowed} can change at generate; "
+                                  "other settings change what fit trained or calibrated: fit a new bundle with them")
+        return dataclasses.replace(self, resolved=resolved, recipe=build_recipe(resolved))
+
+    def _need(self, name: str) -> Path:
+        path = self.folder / name
+        if not path.exists():
+            raise BundleError(f"{self.folder} has no {name}; rerun `wsm fit` to complete the bundle")
+        return path
+
+
+def load_bundle(folder: Path | str) -> Bundle:
+    files = BundleFolder(Path(folder))
+    for path in (files.pipeline, files.provenance):
+        if not path.exists():
+            raise BundleError(f"{folder} is not a complete wsm bundle (no {path.name}); create it with `wsm fit`")
+    resolved = tomllib.loads(files.pipeline.read_text(encoding="utf8"))
+    return Bundle(files.root, resolved, build_recipe(resolved), files.read_provenance())
+
+
+def save_weights_file(model, path: Path) -> None:
+    """Final weights (safetensors), written atomically."""
+    from wsm.train.loop import save_weights
+
+    with atomic_path(path) as tmp:
+        save_weights(model, tmp)

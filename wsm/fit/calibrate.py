@@ -1,0 +1,146 @@
+"""Calibration: choose fusion weight, dense CRF or not, mask threshold and decision margin by agreement with
+official masks.
+
+Only masks of the fitting split that the segmentation prior did not train on are used (a prior scores too
+well on its own training masks), and never the images `generate` is later scored on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from wsm.config.recipe import Recipe
+from wsm.report.metrics import confusion_counts, image_metrics
+from wsm.stages.preprocess import Preprocessed
+from wsm.stages.refine import clean_mask, decide, dense_crf, fuse, refine
+
+MARGINS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4)   # decision thresholds: mask threshold -/+ a margin
+CERTAIN_ACCURACY = 0.95                       # certain pixels of each side must be at least this accurate
+
+
+@dataclass(frozen=True)
+class Sample:
+    pre: Preprocessed
+    maps: dict            # evidence maps at the working size
+    truth: np.ndarray     # bool (S, S): the official mask at the working size
+
+
+@dataclass(frozen=True)
+class Calibration:
+    prior_weight: float | None       # None: no prior in this recipe
+    crf: bool                        # whether the dense CRF refines the fused map
+    mask_threshold: float
+    lesion_threshold: float
+    background_threshold: float
+    jaccard: float                   # mean Jaccard of the refined masks on the calibration images
+    certain_accuracy: float
+    certain_fraction: float
+    n_images: int
+    grid: list                       # (prior_weight, crf, mask_threshold, mean jaccard) for every candidate
+
+    def apply(self, resolved: dict) -> dict:
+        """The resolved pipeline with the calibrated values written in."""
+        out = {**resolved}
+        if self.prior_weight is not None:
+            out["fusion"] = {"weights": {"cam": round(1 - self.prior_weight, 4), "prior": self.prior_weight}}
+        out["crf"] = {**resolved.get("crf", {}), "enabled": self.crf}
+        out["refine"] = {**resolved.get("refine", {}), "mask_threshold": self.mask_threshold}
+        out["decision"] = {**resolved.get("decision", {}), "lesion_threshold": self.lesion_threshold,
+                           "background_threshold": self.background_threshold}
+        return out
+
+
+def _jaccard(truth: np.ndarray, pred: np.ndarray) -> float:
+    return image_metrics(confusion_counts(truth, pred))["jaccard"]
+
+
+def _fused(sample: Sample, prior_weight: float | None) -> np.ndarray:
+    if prior_weight is None or "prior" not in sample.maps:
+        return fuse({"cam": sample.maps["cam"]}, {"cam": 1.0}) if "cam" in sample.maps else \
+            fuse(sample.maps, {k: 1.0 for k in sample.maps})
+    return fuse(sample.maps, {"cam": 1 - prior_weight, "prior": prior_weight})
+
+
+def calibrate(samples: list[Sample], recipe: Recipe, progress=None) -> Calibration:
+    """Grid search over (prior weight, CRF on or off, mask threshold) on the refined masks, then the decision
+    margin. Ties go to no CRF (cheaper), then to the threshold nearest 0.5."""
+    if not samples:
+        raise ValueError("calibration needs at least one image with an official mask")
+    has_prior = recipe.uses_prior and all("prior" in s.maps for s in samples)
+    has_cam = all("cam" in s.maps for s in samples)
+    weights = (tuple(recipe.calibration.prior_weights) if has_cam else (1.0,)) if has_prior else (None,)
+    crf_choices = tuple(recipe.calibration.crf_choices) if recipe.refine.crf else (False,)
+    thresholds = tuple(recipe.calibration.mask_thresholds)
+    scores = {(w, c, t): [] for w in weights for c in crf_choices for t in thresholds}
+    for sample in samples:
+        valid = sample.pre.valid_mask
+        for w in weights:
+            prob = np.where(valid, _fused(sample, w), 0.0).astype(np.float32)
+            for c in crf_choices:
+                marginal = dense_crf(sample.pre.image, prob, recipe.refine.crf) if c else prob
+                for t in thresholds:
+                    mask = clean_mask(marginal > t, valid, recipe.refine.morphology)
+                    scores[(w, c, t)].append(_jaccard(sample.truth, mask))
+        if progress is not None:
+            progress.update(1)
+    grid = [(w, c, t, float(np.mean(v))) for (w, c, t), v in scores.items()]
+    best_w, best_c, best_t, best_j = _best(grid, recipe.calibration.crf_min_gain)
+    return _with_margin(samples, recipe, best_w, best_c, best_t, best_j, grid)
+
+
+def _best(grid: list, crf_min_gain: float) -> tuple:
+    """The best (weight, crf, threshold, jaccard): the CRF (the costliest stage) only when it beats the best
+    candidate without it by more than ``crf_min_gain``; ties go to the threshold nearest 0.5."""
+    def best_of(rows):
+        return max(rows, key=lambda g: (g[3], -abs(g[2] - 0.5)), default=None)
+
+    with_crf, without = best_of([g for g in grid if g[1]]), best_of([g for g in grid if not g[1]])
+    if without is None or (with_crf is not None and with_crf[3] > without[3] + crf_min_gain):
+        return with_crf
+    return without
+
+
+def _pick(candidates, accuracy_of, prefer) -> tuple[float, float]:
+    """The first candidate (loosest first) whose accuracy reaches CERTAIN_ACCURACY, else the most accurate."""
+    scored = [(c, accuracy_of(c)) for c in candidates]
+    for c, acc in scored:
+        if acc >= CERTAIN_ACCURACY:
+            return c, acc
+    return max(scored, key=lambda item: (item[1], prefer(item[0])))
+
+
+def _with_margin(samples, recipe, w, crf, t, jaccard, grid) -> Calibration:
+    """Decision thresholds, lesion and background side each on its own: the loosest whose certain pixels reach
+    CERTAIN_ACCURACY on the calibration masks (inside the refined mask for lesion, outside it for background)."""
+    refine_cfg = replace(recipe.refine, mask_threshold=t, crf=recipe.refine.crf if crf else None)
+    probs, masks, truths = [], [], []
+    for s in samples:
+        prob = _fused(s, w)
+        probs.append(prob[s.pre.valid_mask])
+        masks.append(refine(s.pre.image, prob, s.pre.valid_mask, refine_cfg).mask[s.pre.valid_mask])
+        truths.append(s.truth[s.pre.valid_mask])
+    prob, mask, truth = (np.concatenate(a) for a in (probs, masks, truths))
+
+    def lesion_accuracy(lt):
+        chosen = mask & (prob >= lt)
+        return float(truth[chosen].mean()) if chosen.any() else 0.0
+
+    def background_accuracy(bt):
+        chosen = ~mask & (prob <= bt)
+        return float((~truth[chosen]).mean()) if chosen.any() else 0.0
+
+    lt, _ = _pick([min(1.0, t + m) for m in (0.0, *MARGINS)], lesion_accuracy, prefer=lambda c: -c)
+    bt, _ = _pick([max(0.0, t - m) for m in (0.0, *MARGINS)], background_accuracy, prefer=lambda c: c)
+    cfg = replace(recipe.decision, lesion_threshold=lt, background_threshold=bt)
+    right = certain = total = 0
+    for s in samples:
+        prob = _fused(s, w)
+        label = decide(prob, refine(s.pre.image, prob, s.pre.valid_mask, refine_cfg).mask, s.pre.valid_mask, cfg)
+        known = label != 255
+        right += int(((label == 1) == s.truth)[known].sum())
+        certain += int(known.sum())
+        total += label.size
+    return Calibration(prior_weight=w, crf=crf, mask_threshold=t, lesion_threshold=lt, background_threshold=bt,
+                       jaccard=jaccard, certain_accuracy=right / certain if certain else 0.0,
+                       certain_fraction=certain / total, n_images=len(samples), grid=grid)

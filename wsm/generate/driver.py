@@ -1,0 +1,274 @@
+"""`wsm generate`: an ISIC_WSM label map for every image of a split, at archive scale.
+
+- Streams the rows of the split (or of an image folder); nothing holds the whole archive in memory.
+- Work is cut into batches of neighbouring ids, shared between machines by ``--shard i/n``
+  (:mod:`wsm.generate.plan`): maps are byte-identical whether sharded or not.
+- The networks run in this process (GPU with --device cuda); decoding, pre-processing, fusion, dense CRF,
+  morphology and decision run in a pool of worker processes, each with one thread (:mod:`wsm.generate.workers`).
+- Every map is written atomically, its row journalled (and flushed) as soon as it is written, so a kill loses at
+  most the maps in flight; a rerun skips what is complete and finishes the rest.
+- A WSM folder holds the maps of one bundle and one set of settings: the first run records its maker
+  (:mod:`wsm.generate.folder`), and a run, resume, shard or merge that would mix in maps made otherwise is refused
+  before any map is written.
+- A bad image (corrupt, truncated, a decompression bomb, ...) gets a `failed` row with its reason; the run goes on.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from wsm import __version__
+from wsm.config.pipeline import pipeline_hash
+from wsm.fit.bundle import Bundle, load_bundle
+from wsm.generate import workers as W
+from wsm.generate.folder import MAKER, WSM_MANIFEST, WsmFolder, claim_folder
+from wsm.generate.maps import MapModels
+from wsm.generate.plan import batches, cpu_split, folder_rows, heavy_net_on_cpu, plan_rows, usable_cores
+from wsm.io.journal import Journal, ManifestBuilder, fold_journal
+from wsm.io.lock import exclusive_lock
+from wsm.selection import DataError, read_manifest, read_truth, select_split, warn_unknown_ids, with_truth
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    out: Path
+    bundle: Path
+    data: Path | None = None
+    images: Path | None = None          # any folder of images instead of a DATA split
+    split: str = "all"
+    shard: tuple[int, int] = (0, 1)     # (index, count)
+    device: str = "cpu"
+    workers: int = 0                    # CPU worker processes (0: chosen by cpu_split)
+    batch_size: int = 16
+    export_challenge: bool = False      # also write challenge/ISIC_x_segmentation.png (0/255)
+    prefer_official: bool = False       # where an official mask exists, write it (source "official")
+    limit: int = 0                      # at most this many images of the shard (0: all)
+    only_ids: frozenset[str] = frozenset()   # restrict to these ids (e.g. a held-out fold); empty: no restriction
+    overrides: tuple[str, ...] = ()     # settings that change no training, e.g. "prior.flip_tta=false"
+    progress: bool = True
+
+
+@dataclass
+class GenerateSummary:
+    out: Path
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    manifest: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def lines(self) -> list[str]:
+        rate = self.done / self.seconds if self.seconds else 0.0
+        out = [f"{self.total} images: {self.done} maps written, {self.skipped} already complete, "
+               f"{len(self.failed)} failed ({rate:.1f} images/s)", f"manifest: {self.manifest}"]
+        out += [f"  failed {k}: {v}" for k, v in list(self.failed.items())[:20]]
+        return out
+
+
+# --------------------------------------------------------------------------------------------- the driver
+
+def _done_ids(previous: pa.Table, out: Path) -> set[str]:
+    """Ids whose map is listed as ok and is on disk (a rerun skips them)."""
+    return {r["isic_id"] for r in previous.select(["isic_id", "path", "status"]).to_pylist()
+            if r["status"] == "ok" and r["path"] and (out / r["path"]).exists()}
+
+
+class _Recorder:
+    """Journals a map's manifest row (flushed) and adds it to the manifest as soon as the map is written.
+
+    Maps are recorded from the worker pool's callback thread (:meth:`when_written`), failed images from the main
+    thread; a lock keeps the two apart, and an error in the callback thread is raised again in the main one.
+    """
+
+    def __init__(self, journal: Journal, builder: ManifestBuilder, provenance: dict, fit_ids: frozenset[str]):
+        self.journal, self.builder, self.provenance, self.fit_ids = journal, builder, provenance, fit_ids
+        self.lock = threading.Lock()
+        self.error: BaseException | None = None
+
+    def __call__(self, row: dict) -> None:
+        row = {**self.provenance, **row, "mask_used_in_fit": row["isic_id"] in self.fit_ids}
+        with self.lock:
+            self.journal.append(row)
+            self.builder.add(row)
+
+    def when_written(self, future: Future) -> None:
+        """A done-callback for a future that writes a map; a failed one is recorded by the main thread."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        try:
+            self(future.result())
+        except BaseException as err:  # noqa: BLE001 - the pool would only log it; the main thread raises it
+            self.error = err
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def write(self) -> None:
+        with self.lock:
+            self.builder.write()
+            self.journal.clear()
+
+
+def _selection(opts: GenerateOptions) -> str:
+    where = f"--images {opts.images}" if opts.images is not None else f"--split {opts.split} of {opts.data}"
+    return where + (f", --only with {len(opts.only_ids)} ids" if opts.only_ids else "")
+
+
+def _source_rows(opts: GenerateOptions) -> pd.DataFrame:
+    if opts.images is not None:
+        return folder_rows(Path(opts.images))
+    if opts.data is None:
+        raise DataError("give --data DATA (with --split) or --images DIR")
+    data = Path(opts.data)
+    rows = select_split(with_truth(read_manifest(data), read_truth(data)), opts.split)
+    rows["file"] = [str(data / f) for f in rows["file"]]
+    rows["mask_file"] = [str(data / m) if isinstance(m, str) else None for m in rows["mask_file"]]
+    return rows[["isic_id", "file", "mask_file"]]
+
+
+def generate(opts: GenerateOptions) -> GenerateSummary:
+    """Label maps for the selected images into opts.out; see the module doc."""
+    import torch
+
+    started = time.perf_counter()
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    folder = WsmFolder(out)
+    bundle = load_bundle(opts.bundle).with_inference_overrides(opts.overrides)
+    manifest_path = folder.part(*opts.shard)
+    summary = GenerateSummary(out, manifest=manifest_path)
+    with exclusive_lock(out, f"generate-{opts.shard[0]}-of-{opts.shard[1]}.lock"):
+        journal = Journal(folder.journal(*opts.shard), flush_s=0.0)
+        fold_journal(journal, manifest_path, WSM_MANIFEST)
+        rows = _source_rows(opts)
+        if opts.only_ids:
+            warn_unknown_ids("--only", opts.only_ids, rows["isic_id"], opts.images or f"split {opts.split!r}")
+            rows = rows[rows["isic_id"].isin(opts.only_ids)]
+        if rows.empty:
+            log.warning("nothing to do: no image selected (%s)", _selection(opts))
+        rows = plan_rows(rows, opts.shard, opts.batch_size)
+        if opts.limit:
+            rows = rows.head(opts.limit)
+        provenance, fit_ids = _provenance(bundle)
+        claim_folder(folder, tuple(provenance[column] for column in MAKER))
+        previous = (pq.read_table(manifest_path, columns=["isic_id", "path", "status"])
+                    if manifest_path.exists() else WSM_MANIFEST.empty_table())
+        done = _done_ids(previous, out)
+        summary.total, summary.skipped = len(rows), int(rows["isic_id"].isin(done).sum())
+        rows = rows[~rows["isic_id"].isin(done)]
+        networks = bundle.recipe.method != "classic" and len(rows) > 0
+        models = bundle.load_models(opts.device) if networks else None
+        heavy = heavy_net_on_cpu(models, bundle.recipe, opts.device)
+        workers, threads = cpu_split(usable_cores(), heavy, opts.workers)
+        torch.set_num_threads(threads)
+        record = _Recorder(journal, ManifestBuilder(manifest_path, WSM_MANIFEST), provenance, fit_ids)
+        bar = tqdm(total=summary.total, initial=summary.skipped, unit="img", desc="generate",
+                   disable=not opts.progress)
+        try:
+            for row in _run(rows, bundle, models, opts, workers, out, record):
+                record.check()
+                if row["status"] == "ok":     # recorded when its map was written
+                    summary.done += 1
+                else:
+                    record(row)
+                    summary.failed[row["isic_id"]] = row["error"]
+                bar.update(1)
+            record.check()
+        finally:
+            bar.close()
+            record.write()
+            summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _provenance(bundle: Bundle) -> tuple[dict, frozenset[str]]:
+    """The provenance columns of every row of this run, and the ids whose official mask fit used."""
+    hashes = bundle.model_hashes()
+    return ({"pipeline_sha256": pipeline_hash(bundle.resolved),
+             "model_sha256": ";".join(f"{k.split('.')[0]}={v}" for k, v in sorted(hashes.items())) or None,
+             "wsm_version": __version__}, frozenset(bundle.provenance.get("fit_mask_ids", [])))
+
+
+def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: GenerateOptions, workers: int,
+         out: Path, record: _Recorder) -> Iterator[dict]:
+    """Yield one manifest row per image, in no particular order, with bounded work in flight; ``record`` gets the
+    row of each map as soon as the map is written."""
+    context = multiprocessing.get_context("spawn")
+    window = max(2, 2 * workers)     # batches prepared ahead of the networks
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=W.init_worker,
+                             initargs=(bundle.recipe, out, opts.export_challenge)) as pool:
+        prepared: deque = deque()
+        finishing: set[Future] = set()
+        pending = iter(batches(rows))
+
+        def refill() -> None:
+            while len(prepared) < window and (group := next(pending, None)) is not None:
+                prepared.append([(r.isic_id, r.mask_file, _submit_one(pool, r, opts, record))
+                                 for r in group.itertuples()])
+
+        refill()
+        while prepared:
+            batch = prepared.popleft()
+            refill()
+            weak = []
+            for isic_id, mask_file, future in batch:
+                try:
+                    result = future.result()
+                except Exception as err:  # noqa: BLE001 - any failure of one image is recorded, never fatal
+                    yield W.failed(isic_id, err)
+                    continue
+                if isinstance(result, dict):          # --prefer-official: already written
+                    yield result
+                else:
+                    weak.append((isic_id, mask_file, result))
+            if weak:
+                maps = models.evidence([pre.image for _, _, pre in weak]) if models else [{} for _ in weak]
+                for (isic_id, mask_file, pre), evidence in zip(weak, maps):
+                    future = pool.submit(W.finish, isic_id, pre, evidence, mask_file)
+                    future.isic_id = isic_id
+                    future.add_done_callback(record.when_written)
+                    finishing.add(future)
+            while len(finishing) > window * opts.batch_size or (not prepared and finishing):
+                done, finishing = wait(finishing, return_when=FIRST_COMPLETED)
+                yield from _collect(done)
+            done = {f for f in finishing if f.done()}
+            finishing -= done
+            yield from _collect(done)
+
+
+def _submit_one(pool, row, opts: GenerateOptions, record: _Recorder) -> Future:
+    if opts.prefer_official and isinstance(row.mask_file, str):
+        future = pool.submit(W.official, row.isic_id, row.mask_file)
+        future.add_done_callback(record.when_written)
+        return future
+    return pool.submit(W.prepare_image, row.file)
+
+
+def _collect(futures) -> Iterator[dict]:
+    for future in futures:
+        try:
+            yield future.result()
+        except Exception as err:  # noqa: BLE001
+            yield W.failed(future.isic_id, err)
+
+

@@ -1,0 +1,131 @@
+"""From an image to its ISIC_WSM label map: the model evidence (batched) and the per-image CPU stages.
+
+`MapModels.evidence` runs the networks on a batch (the GPU part); `label_image` is a pure function of one
+preprocessed image and its evidence maps (the CPU part: fusion, dense CRF, morphology, decision), run in worker
+processes by `generate` and by `fit`'s calibration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from wsm.config.pipeline import PipelineError
+from wsm.config.recipe import Recipe
+from wsm.stages.classic import lesion_prob_classic
+from wsm.stages.preprocess import Preprocessed
+from wsm.stages.refine import confidence, decide, fuse, refine
+
+
+class Labelled(NamedTuple):
+    label_map: np.ndarray    # uint8 (S, S) at the working size: 0 / 1 / 255
+    prob: np.ndarray         # float32 (S, S): the fused probability the decision used
+    confidence: float
+
+
+def fusion_weights(recipe: Recipe, names) -> dict[str, float]:
+    """The recipe's weights for the maps present; a lone map gets weight 1."""
+    names = list(names)
+    if len(names) == 1:
+        return {names[0]: 1.0}
+    missing = [n for n in names if n not in recipe.fusion.weights]
+    if missing:
+        raise PipelineError(f"[fusion.weights] has no weight for {missing}; it has {dict(recipe.fusion.weights)}: "
+                            "set one in the pipeline file and fit again")
+    return {n: float(recipe.fusion.weights[n]) for n in names}
+
+
+def weighted_maps(recipe: Recipe, names) -> list[str]:
+    """The maps that count in the fusion: those of weight > 0 (all of them when none has, so that fusing fails
+    with its clear error rather than here)."""
+    weights = fusion_weights(recipe, names)
+    return [n for n in names if weights[n] > 0] or list(names)
+
+
+def cpu_evidence(pre: Preprocessed, recipe: Recipe) -> dict[str, np.ndarray]:
+    """Evidence computed without a network (the classic colour threshold)."""
+    if recipe.method == "classic":
+        return {"classic": lesion_prob_classic(pre.image, pre.valid_mask, recipe.classic)}
+    return {}
+
+
+def label_image(pre: Preprocessed, maps: dict[str, np.ndarray], recipe: Recipe) -> Labelled:
+    """Fuse, refine (CRF + morphology) and decide, at the working size."""
+    maps = {**maps, **cpu_evidence(pre, recipe)}
+    prob = fuse(maps, fusion_weights(recipe, maps))
+    refined = refine(pre.image, prob, pre.valid_mask, recipe.refine)
+    label_map = decide(prob, refined.mask, pre.valid_mask, recipe.decision)
+    return Labelled(label_map, prob, confidence(prob, label_map))
+
+
+@dataclass
+class MapModels:
+    """The trained networks of a bundle, ready to produce evidence maps for batches of images."""
+
+    recipe: Recipe
+    classifier: object | None = None      # torch.nn.Module
+    prior: object | None = None           # torch.nn.Module
+    device: str = "cpu"
+
+    def evidence(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Per image: map name -> float32 (S, S) in [0, 1] at the working size of the (S, S, 3) uint8 inputs."""
+        if not images:
+            return []
+        size = images[0].shape[0]
+        out: list[dict[str, np.ndarray]] = [{} for _ in images]
+        if self.classifier is not None:
+            from wsm.models.cam import cam_maps
+
+            batch = to_batch(images, self.recipe.classifier.size, self.device)
+            cams = cam_maps(self.classifier, batch, method=self.recipe.cam.method, flip_tta=self.recipe.cam.flip_tta)
+            for item, cam in zip(out, cams):
+                item["cam"] = _resize_prob(cam, size)
+        if self.prior is not None:
+            import torch
+
+            from wsm.models.segmentation import predict_prob
+
+            # float16 on CUDA: the prior is a plain forward pass (the CAM needs float32 gradients, so it stays)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.startswith("cuda")):
+                probs = predict_prob(self.prior, to_batch(images, self.recipe.prior.size, self.device),
+                                     flip_tta=self.recipe.prior.flip_tta)
+            for item, prob in zip(out, probs):
+                item["prior"] = _resize_prob(prob, size)
+        return out
+
+
+def to_batch(images: list[np.ndarray], size: int, device: str):
+    """(S, S, 3) uint8 images -> a normalised (N, 3, size, size) float tensor on ``device``."""
+    import torch
+
+    from wsm.train.datasets import image_tensor, resize_square
+
+    return torch.stack([image_tensor(resize_square(img, size)) for img in images]).to(device)
+
+
+def _resize_prob(prob: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.shape != (size, size):
+        prob = cv2.resize(prob, (size, size), interpolation=cv2.INTER_LINEAR)
+    return np.clip(prob, 0.0, 1.0)
+
+
+def prepare(path, cfg, max_pixels: int | None = None) -> Preprocessed:
+    """Decode an image file and preprocess it (the I/O edge of the per-image work)."""
+    from wsm.io.images import DEFAULT_MAX_PIXELS, image_size, read_image
+    from wsm.stages.preprocess import preprocess
+
+    # min_side lets a large JPEG decode at 1/2..1/8 scale; the label map goes back to the file's true size
+    rgb = read_image(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, min_side=cfg.working_size)
+    return preprocess(rgb, cfg)._replace(original_size=image_size(path))
+
+
+def truth_at(path, size: int) -> np.ndarray:
+    """An official 0/255 mask as bool at the (size, size) working size (nearest neighbour)."""
+    from wsm.io.images import read_mask
+    from wsm.train.datasets import resize_square
+
+    return resize_square(read_mask(path), size, nearest=True) > 128

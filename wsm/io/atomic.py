@@ -1,0 +1,76 @@
+"""Atomic writes: a file appears under its final name complete, or not at all."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _umask() -> int:
+    """The process umask; read from /proc where possible, since setting it (the portable way) briefly gives
+    files that other threads create at that moment mode 0666."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return int(next(line for line in fh if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from open(): 0666 less the umask (mkstemp gives 0600)."""
+    return 0o666 & ~_umask()
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort on file systems that refuse it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success it is fsynced and renamed onto ``dest``.
+
+    ``dest`` gets the mode of a newly created file (:func:`file_mode`), also when the writer replaced the
+    temporary file with one of its own (safetensors does, with mode 0600). On any exception the temporary
+    file is removed and ``dest`` is left as it was.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fchmod(fh.fileno(), file_mode())
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, dest)
+        fsync_dir(dest.parent)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(dest: Path | str, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(dest: Path | str, text: str) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf8")
+
+
+def write_json(dest: Path | str, payload, **dumps) -> None:
+    """``payload`` as indented JSON with sorted keys (values JSON cannot hold written as text), atomically."""
+    options = {"indent": 2, "sort_keys": True, "default": str, **dumps}
+    write_text_atomic(dest, json.dumps(payload, **options) + "\n")

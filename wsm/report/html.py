@@ -1,0 +1,300 @@
+"""The page of `wsm report`: one self-contained HTML file (CSS inline, every picture a base64 PNG data: URI).
+
+Charts are drawn with matplotlib's Agg canvas (no pyplot, no display, no global state); gallery pictures with
+OpenCV: the image, the official mask's contour in green, the weak map's lesion contour in red, the uncertain
+(255) band shaded yellow. Nothing here reads files: ``wsm.report`` passes the numbers and the pictures in.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from wsm.report.metrics import METRIC_NAMES, THRESHOLD_JACCARD
+
+__all__ = ["figure_uri", "overlay", "png_uri", "render_report", "thumbnail_uri"]
+
+GREEN = (0, 200, 0)          # the official mask's contour (RGB)
+RED = (230, 0, 0)            # the weak map's lesion contour
+YELLOW = (255, 230, 0)       # the uncertain band
+BAND_ALPHA = 0.4
+HEADLINE_COLOUR = "#2b6cb0"
+OTHER_COLOUR = "#b8b8b8"
+MAX_GROUPS = 15              # bars per breakdown chart (the largest groups; the table lists all)
+MAX_LISTED = 200             # rows of the missing and error tables shown (metrics.json and per_image.csv have all)
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+
+def overlay(image: np.ndarray, truth_mask: np.ndarray, label_map: np.ndarray, size: int = 256) -> np.ndarray:
+    """A review picture of one map: ``size`` px on its longest side, RGB ``uint8`` ``(h, w, 3)``.
+
+    Args:
+        image: ``uint8`` ``(H, W, 3)`` RGB.
+        truth_mask: ``uint8`` ``(H', W')`` official mask (lesion where > 128).
+        label_map: ``uint8`` ``(H'', W'')`` ISIC_WSM map (1 lesion, 255 uncertain).
+        size: longest side of the result; the three inputs are each resized to it (masks nearest-neighbour).
+    """
+    import cv2
+
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    dims = (max(1, round(width * scale)), max(1, round(height * scale)))
+    picture = cv2.resize(np.ascontiguousarray(image), dims, interpolation=cv2.INTER_AREA).astype(np.float32)
+    truth = cv2.resize((np.asarray(truth_mask) > 128).astype(np.uint8), dims, interpolation=cv2.INTER_NEAREST)
+    labels = cv2.resize(np.ascontiguousarray(label_map), dims, interpolation=cv2.INTER_NEAREST)
+    band = labels == 255
+    picture[band] = picture[band] * (1 - BAND_ALPHA) + np.array(YELLOW, np.float32) * BAND_ALPHA
+    picture = np.ascontiguousarray(picture.round().clip(0, 255).astype(np.uint8))
+    for mask, colour in ((truth, GREEN), ((labels == 1).astype(np.uint8), RED)):
+        contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(picture, contours, -1, colour, thickness=2, lineType=cv2.LINE_AA)
+    return picture
+
+
+def png_uri(rgb: np.ndarray) -> str:
+    """An RGB (or grey) ``uint8`` array as a ``data:image/png;base64,...`` URI."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def thumbnail_uri(image: np.ndarray, truth_mask: np.ndarray, label_map: np.ndarray, size: int = 256) -> str:
+    return png_uri(overlay(image, truth_mask, label_map, size))
+
+
+def figure_uri(fig) -> str:
+    """A matplotlib Figure as a PNG data: URI (no Software chunk, so no URL hides in the page)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure  # drawn on an Agg canvas in figure_uri: no pyplot, no backend switch
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def histogram_uri(per_image: pd.DataFrame) -> str:
+    """Per-image Jaccard (255 as background): headline images, with the other scored images stacked in grey."""
+    scored = per_image[per_image["status"] == "scored"]
+    honest = scored.loc[scored["headline"].astype(bool), "jaccard_bg"].to_numpy(float)
+    other = scored.loc[~scored["headline"].astype(bool), "jaccard_bg"].to_numpy(float)
+    fig = _figure(7, 3)
+    ax = fig.add_subplot()
+    ax.hist([honest, other], bins=np.linspace(0, 1, 21), stacked=True, color=[HEADLINE_COLOUR, OTHER_COLOUR],
+            label=[f"headline ({honest.size})", f"excluded from headline ({other.size})"])
+    ax.axvline(THRESHOLD_JACCARD, color="k", linestyle="--", linewidth=1)
+    ax.text(THRESHOLD_JACCARD, ax.get_ylim()[1] * 0.95, " threshold 0.65", va="top", fontsize=8)
+    ax.set(xlabel="Jaccard (255 as background)", ylabel="images", xlim=(0, 1))
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2, frameon=False)
+    return figure_uri(fig)
+
+
+def breakdown_uri(groups: Sequence[Mapping]) -> str:
+    """Horizontal bars: mean Jaccard of the headline images and of all scored images, per group."""
+    groups = list(groups)[:MAX_GROUPS]
+    fig = _figure(5.5, 0.45 * len(groups) + 1.4)
+    ax = fig.add_subplot()
+    y = np.arange(len(groups))
+    honest = [_nan(g["jaccard_bg_headline"]) for g in groups]
+    everything = [_nan(g["jaccard_bg"]) for g in groups]
+    ax.barh(y - 0.2, honest, height=0.4, color=HEADLINE_COLOUR, label="headline")
+    ax.barh(y + 0.2, everything, height=0.4, color=OTHER_COLOUR, label="all scored")
+    ax.set_yticks(y, [f"{g['group']} (n={g['n_headline']}/{g['n']})" for g in groups], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="mean Jaccard (255 as background)")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2, frameon=False)
+    return figure_uri(fig)
+
+
+def _nan(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+# ---------------------------------------------------------------------------------------------- the page
+
+_CSS = """
+body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:24px;color:#1a1a1a;max-width:1150px}
+h1{font-size:24px;margin-bottom:4px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
+h3{font-size:15px;margin:18px 0 4px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}
+td.l,th.l{text-align:left}code{background:#f4f4f4;padding:1px 4px;font-size:12px;word-break:break-all}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;font-size:13px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;width:260px;font-size:11px}figure img{width:256px;border:1px solid #999}
+.legend span{display:inline-block;width:14px;height:4px;margin:0 4px 3px 10px;vertical-align:middle}
+"""
+
+_TREATMENT_TITLES = {"uncertain_as_background": "255 as background (official)",
+                     "uncertain_ignored": "255 left out, &times; coverage"}
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "&ndash;"
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{float(value):.{digits}f}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], table_id: str | None = None,
+           left: int = 1) -> str:
+    """An HTML table; the first ``left`` columns are left-aligned text, cells are already escaped."""
+    attr = f' id="{table_id}"' if table_id else ""
+    head = "".join(f'<th class="l">{h}</th>' if i < left else f"<th>{h}</th>" for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _headline_table(report: Mapping) -> str:
+    columns = [(which, treatment) for which in ("headline", "all_scored") for treatment in _TREATMENT_TITLES]
+    headers = ["metric"] + [f"{'headline' if w == 'headline' else 'all scored'}<br>{_TREATMENT_TITLES[t]}"
+                            for w, t in columns]
+
+    def cell(which: str, treatment: str, key: str) -> str:
+        block = report.get(which) or {}
+        return _num((block.get(treatment) or {}).get(key))
+
+    rows = [[m] + [cell(w, t, m) for w, t in columns] for m in METRIC_NAMES]
+    rows.append(["uncertain fraction"] + [cell(w, t, "uncertain_fraction") for w, t in columns])
+    rows.append(["coverage"] + [cell(w, t, "coverage") for w, t in columns])
+    rows.append(["images"] + [cell(w, t, "n_images") for w, t in columns])
+    return _table(headers, rows, table_id="headline")
+
+
+def _breakdown_section(report: Mapping) -> str:
+    titles = {"diagnosis": "Diagnosis (diagnosis_3, else diagnosis_1)", "image_type": "Image type",
+              "lesion_size": "Lesion size (terciles of the official mask's lesion fraction)",
+              "source": "Map source"}
+    parts = []
+    for key, title in titles.items():
+        groups = report["breakdowns"].get(key) or []
+        if not groups:
+            continue
+        rows = [[_e(g["group"]), _num(g["n_headline"]), _num(g["jaccard_bg_headline"]),
+                 _num(g["jaccard_ignore_headline"]), _num(g["n"]), _num(g["jaccard_bg"]), _num(g["jaccard_ignore"])]
+                for g in groups]
+        left_out = "255 left out &times; coverage"
+        table = _table(["group", "n headline", "Jaccard headline", f"Jaccard headline, {left_out}",
+                        "n scored", "Jaccard scored", f"Jaccard scored, {left_out}"], rows)
+        edges = report.get("lesion_size_edges") or []
+        if key == "lesion_size" and len(edges) == 2:
+            table += (f"<p>Cut points (lesion fraction of the official mask): small &le; {_num(edges[0])} &lt; "
+                      f"medium &le; {_num(edges[1])} &lt; large.</p>")
+        parts.append(f'<h3>{_e(title)}</h3><div class="grid"><img alt="{_e(key)} chart" '
+                     f'src="{breakdown_uri(groups)}"><div>{table}</div></div>')
+    return "".join(parts)
+
+
+def _calibration_section(report: Mapping) -> str:
+    cal = report["calibration"]
+    bins = cal.get("bins") or []
+    if not bins:
+        return "<p>No headline images with a confidence score.</p>"
+    rows = [[_num(b["bin"]), _num(b["n"]), f"{_num(b['confidence_min'], 3)} &ndash; {_num(b['confidence_max'], 3)}",
+             _num(b["confidence_mean"], 3), _num(b["jaccard_bg"]), _num(b["jaccard_ignore"])] for b in bins]
+    verdict = ""
+    if len(bins) >= 2 and bins[0]["jaccard_bg"] is not None and bins[-1]["jaccard_bg"] is not None:
+        lower = bins[0]["jaccard_bg"] < bins[-1]["jaccard_bg"]
+        verdict = (f" The least confident bin has mean Jaccard {_num(bins[0]['jaccard_bg'])}, the most confident "
+                   f"{_num(bins[-1]['jaccard_bg'])}: low confidence {'does' if lower else 'does not'} go with "
+                   "low Jaccard here.")
+    return (f"<p>Spearman correlation between confidence and Jaccard (255 as background) over {cal['n']} headline "
+            f"images: <b>{_num(cal['spearman'], 3)}</b>.{verdict}</p>"
+            + _table(["bin", "n", "confidence range", "mean confidence", "mean Jaccard",
+                      "mean Jaccard, 255 left out &times; coverage"], rows, table_id="calibration", left=0))
+
+
+def _gallery(ids: Sequence[str], per_image: pd.DataFrame, thumbnails: Mapping[str, str | None]) -> str:
+    rows = per_image.set_index("isic_id")
+    figures = []
+    for isic_id in ids:
+        row = rows.loc[isic_id]
+        uri = thumbnails.get(isic_id)
+        picture = f'<img alt="{_e(isic_id)}" src="{uri}">' if uri else "<p>(image unreadable)</p>"
+        figures.append(
+            f"<figure>{picture}<figcaption><b>{_e(isic_id)}</b> Jaccard {_num(row['jaccard_bg'], 3)} "
+            f"(255 left out &times; coverage {_num(row['jaccard_ignore'], 3)}), coverage {_num(row['coverage'], 3)}, "
+            f"confidence {_num(row['confidence'], 3)}, {_e(row['diagnosis'])}</figcaption></figure>")
+    return f'<div class="grid">{"".join(figures)}</div>'
+
+
+def _listing(title: str, records: Sequence[Mapping], key: str) -> str:
+    if not records:
+        return ""
+    rows = [[_e(r["isic_id"]), _e(r[key])] for r in records[:MAX_LISTED]]
+    more = f"<p>and {len(records) - MAX_LISTED} more (see per_image.csv).</p>" if len(records) > MAX_LISTED else ""
+    return f"<h2>{_e(title)} ({len(records)})</h2>" + _table(["isic_id", key], rows, left=2) + more
+
+
+def render_report(report: Mapping, per_image: pd.DataFrame, thumbnails: Mapping[str, str | None]) -> str:
+    """The whole page.
+
+    Args:
+        report: what metrics.json holds (see ``wsm.report.build_report``).
+        per_image: what per_image.csv holds.
+        thumbnails: isic_id -> data: URI (or None) for every gallery image.
+    """
+    counts = report["counts"]
+    gallery = report["galleries"]
+    excluded = (f"<p class=\"note\">Headline: {counts['headline']} images whose map is a weak map and whose "
+                f"official mask fit did not use. Excluded: <b>{counts['excluded_mask_used_in_fit']}</b> because fit "
+                f"used their mask (or the WSM manifest does not say), <b>{counts['excluded_official_source']}</b> because the map is the official mask "
+                "(<code>--prefer-official</code>). Numbers on masks used in fitting do not count.</p>")
+    if not report.get("headline"):
+        excluded += "<p class=\"note\"><b>No headline numbers:</b> no scored image qualifies.</p>"
+    count_rows = [[_e(k.replace("_", " ")), _num(v)] for k, v in counts.items()]
+    provenance = [["command", f"<code>{_e(report['command'])}</code>"],
+                  ["WSM manifest sha256", f"<code>{_e(report['wsm_manifest_sha256'])}</code>"],
+                  ["DATA manifest sha256", f"<code>{_e(report['data_manifest_sha256'])}</code>"],
+                  ["DATA gt manifest sha256", f"<code>{_e(report['gt_manifest_sha256'])}</code>"],
+                  ["wsm version", _e(report["wsm_version"])]]
+    provenance += [[f"maps: {_e(k)}", "<br>".join(f"<code>{_e(v)}</code>" for v in values) or "&ndash;"]
+                   for k, values in report["maps_provenance"].items()]
+    has_scores = counts["scored"] > 0
+    legend = (f'<p class="legend">Contours:<span style="background:rgb{GREEN}"></span>official mask'
+              f'<span style="background:rgb{RED}"></span>weak map lesion'
+              f'<span style="background:rgb{YELLOW};height:10px"></span>uncertain (255), shaded. '
+              f"Chosen from the {_e(gallery['from'])} images by Jaccard (255 as background).</p>")
+    body = [
+        "<h1>wsm report</h1>",
+        f"<p>Split <b>{_e(report['split'])}</b>: {counts['scored']} maps scored against their official masks "
+        f"with the official ISIC metrics (isic-challenge-scoring 5.6.0), the uncertain pixels (255) both as "
+        "background and left out.</p>",
+        f'<p class="note" id="left-out">{_e(report["uncertain_ignored_definition"])}</p>',
+        excluded,
+        "<h2>Headline</h2>", _headline_table(report),
+        "<h2>Counts</h2>", _table(["", "images"], count_rows),
+    ]
+    if has_scores:
+        body += ["<h2>Per-image Jaccard</h2>", f'<img alt="Jaccard histogram" src="{histogram_uri(per_image)}">',
+                 "<h2>Breakdowns</h2>", _breakdown_section(report),
+                 "<h2>Confidence calibration</h2>", _calibration_section(report),
+                 f"<h2>Best {len(gallery['best'])}</h2>", legend, _gallery(gallery["best"], per_image, thumbnails),
+                 f"<h2>Worst {len(gallery['worst'])}</h2>", legend,
+                 _gallery(gallery["worst"], per_image, thumbnails)]
+    body += [_listing("Images with a mask but no map", report["missing"], "reason"),
+             _listing("Errors", report["errors"], "error"),
+             "<h2>Provenance</h2>", _table(["", ""], provenance, left=2)]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>wsm report</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -1,0 +1,150 @@
+"""The DeepHealth (UC12) augmentation recipe, as pure functions over arrays (numpy + OpenCV).
+
+Training images are first resized to the square working size (wsm.train.datasets does that), then :func:`augment`
+applies, in the recipe's order::
+
+    mirror (p 0.5)  flip (p 0.5)  rotate U(-180, 180)  additive Poisson noise, lambda U(0, 10)
+    gamma U(0.5, 1.5)  Gaussian blur, sigma U(0, 0.8)  coarse dropout (image only)
+
+plus, off by default, a zoom and an anisotropic stretch in the same warp as the rotation (``scale``, ``stretch``):
+the dev set's square centre crops show lesions large and undistorted, while whole photographs squashed to the
+square working size show them smaller and stretched.
+
+and :func:`normalize` maps the result to float32 with the ISIC mean and std. Geometric steps move the mask with the
+image (nearest-neighbour for the mask, bilinear for the image, zero outside the rotated frame, which reads as the
+dark dermoscope vignette); photometric steps and dropout touch the image only.
+
+Coarse dropout, as in ECVL ``CoarseDropout``: the image is tiled with square cells of side ``drop_size`` x the
+image side (drawn per call), and each cell is zeroed with probability ``p`` (drawn per call); with probability
+``per_channel`` the cells are drawn independently for each channel. DeepHealth used p U(0, 0.03), size U(0, 0.05),
+per_channel 0.25 to train ISIC classifiers (:data:`CLASSIFIER_AUGMENT`) and p U(0, 0.3), size U(0.02, 0.05),
+per_channel 0.5 for segmentation (:data:`SEGMENTER_AUGMENT`).
+
+Everything random is drawn from the ``numpy.random.Generator`` passed in, so the output is a function of the
+generator's state and the inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "AugmentConfig",
+    "CLASSIFIER_AUGMENT",
+    "ISIC_MEAN",
+    "ISIC_STD",
+    "SEGMENTER_AUGMENT",
+    "augment",
+    "denormalize",
+    "normalize",
+]
+
+ISIC_MEAN = (0.6681, 0.5301, 0.5247)  # RGB, of images scaled to [0, 1]
+ISIC_STD = (0.1337, 0.1480, 0.1595)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    mirror_p: float = 0.5                              # probability of a left-right mirror
+    flip_p: float = 0.5                                # probability of an up-down flip
+    rotate_deg: tuple[float, float] = (-180.0, 180.0)  # rotation angle range, degrees, about the centre
+    poisson_lambda: tuple[float, float] = (0.0, 10.0)  # range of the Poisson noise's lambda (grey levels)
+    gamma: tuple[float, float] = (0.5, 1.5)            # range of gamma: x -> 255 (x / 255) ** gamma
+    blur_sigma: tuple[float, float] = (0.0, 0.8)       # range of the Gaussian blur's sigma, pixels
+    dropout_p: tuple[float, float] = (0.0, 0.03)       # range of the probability that a dropout cell is zeroed
+    dropout_size: tuple[float, float] = (0.0, 0.05)    # range of the dropout cell side, fraction of the image side
+    dropout_per_channel: float = 0.25                  # probability that dropout cells differ per channel
+    scale: tuple[float, float] = (1.0, 1.0)            # range of a zoom about the centre (< 1 shows more around)
+    stretch: float = 1.0                               # at most this much wider than high, or higher than wide
+
+
+CLASSIFIER_AUGMENT = AugmentConfig()
+SEGMENTER_AUGMENT = AugmentConfig(dropout_p=(0.0, 0.3), dropout_size=(0.02, 0.05), dropout_per_channel=0.5)
+
+
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    lo, hi = bounds
+    return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
+
+
+def _warp(array: np.ndarray, angle: float, scale_xy: tuple[float, float], interpolation: int) -> np.ndarray:
+    """Scale x and y by ``scale_xy``, then rotate by ``angle`` degrees, both about the centre; zero outside."""
+    h, w = array.shape[:2]
+    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    matrix = cv2.getRotationMatrix2D(tuple(centre), angle, 1.0)
+    if scale_xy != (1.0, 1.0):
+        linear = matrix[:, :2] @ np.diag(scale_xy)
+        matrix = np.hstack([linear, (centre - linear @ centre)[:, None]])
+    return cv2.warpAffine(array, matrix, (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _coarse_dropout(rng: np.random.Generator, image: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
+    p = _uniform(rng, cfg.dropout_p)
+    size = _uniform(rng, cfg.dropout_size)
+    per_channel = rng.random() < cfg.dropout_per_channel
+    if p <= 0:
+        return image
+    h, w, c = image.shape
+    cell_h, cell_w = max(1, int(h * size)), max(1, int(w * size))
+    grid = (-(-h // cell_h), -(-w // cell_w), c if per_channel else 1)
+    keep = rng.random(grid) >= p
+    keep = np.repeat(np.repeat(keep, cell_h, axis=0), cell_w, axis=1)[:h, :w]
+    return image * keep.astype(image.dtype)
+
+
+def augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None = None,
+            cfg: AugmentConfig = CLASSIFIER_AUGMENT) -> tuple[np.ndarray, np.ndarray | None]:
+    """One random draw of the recipe.
+
+    Shape:
+        image (H, W, 3) uint8 RGB, mask (H, W) any integer dtype or None -> the same shapes and dtypes.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if mask is not None and mask.shape != image.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape} does not match image shape {image.shape[:2]}")
+    img = image
+    msk = mask
+    if rng.random() < cfg.mirror_p:
+        img, msk = img[:, ::-1], None if msk is None else msk[:, ::-1]
+    if rng.random() < cfg.flip_p:
+        img, msk = img[::-1], None if msk is None else msk[::-1]
+    img = np.ascontiguousarray(img)
+    msk = None if msk is None else np.ascontiguousarray(msk)
+    angle = _uniform(rng, cfg.rotate_deg)
+    zoom = _uniform(rng, cfg.scale)
+    # log-uniform, so that wider and higher are equally likely; no draw when off (earlier draws stay the same)
+    stretch = float(np.exp(rng.uniform(-np.log(cfg.stretch), np.log(cfg.stretch)))) if cfg.stretch > 1 else 1.0
+    if angle or zoom != 1.0 or stretch != 1.0:
+        scale_xy = (zoom * np.sqrt(stretch), zoom / np.sqrt(stretch))
+        img = _warp(img, angle, scale_xy, cv2.INTER_LINEAR)
+        if msk is not None:
+            msk = _warp(msk, angle, scale_xy, cv2.INTER_NEAREST)
+
+    x = img.astype(np.float32)
+    lam = _uniform(rng, cfg.poisson_lambda)
+    if lam > 0:
+        x += rng.poisson(lam, size=x.shape).astype(np.float32)
+    x = np.clip(x, 0, 255)
+    gamma = _uniform(rng, cfg.gamma)
+    x = 255.0 * (x / 255.0) ** gamma
+    sigma = _uniform(rng, cfg.blur_sigma)
+    if sigma > 0.05:
+        x = cv2.GaussianBlur(x, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
+    img = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    img = _coarse_dropout(rng, img, cfg)
+    return img, msk
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W, 3) float32, (x / 255 - ISIC_MEAN) / ISIC_STD."""
+    x = image.astype(np.float32) / 255.0
+    return (x - np.asarray(ISIC_MEAN, np.float32)) / np.asarray(ISIC_STD, np.float32)
+
+
+def denormalize(image: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`normalize`: (H, W, 3) float -> (H, W, 3) uint8 RGB (rounded, clipped)."""
+    x = np.asarray(image, np.float32) * np.asarray(ISIC_STD, np.float32) + np.asarray(ISIC_MEAN, np.float32)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)

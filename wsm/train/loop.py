@@ -1,0 +1,397 @@
+"""One small training loop, for every network wsm trains (`wsm fit`'s classifier and prior, `wsm train`'s).
+
+- AdamW (no weight decay on biases and normalisation weights), cosine learning-rate decay per step to 0.
+- Losses: :func:`classification_loss` is cross-entropy weighted by inverse class frequency (``N / (K n_c)``, the
+  "balanced" weights). It was chosen over a WeightedRandomSampler because every image is then seen exactly once per
+  epoch, epochs stay comparable, and the data order is a plain seeded shuffle. Segmentation losses (255 ignored) are in
+  :mod:`wsm.train.losses`.
+- ``out_dir/checkpoint.pt`` (model, optimizer, scheduler, grad scaler, epoch, loss history, torch RNG states, config)
+  is written atomically every ``checkpoint_every`` epochs and after the last one. A run whose out_dir holds a
+  checkpoint resumes from it; on the CPU the result is bit-identical to an uninterrupted run, because the data order
+  of epoch e is drawn from a generator seeded with (seed, e) and each item's augmentation from (seed, e, index).
+- ``out_dir/model.safetensors`` (final weights, :func:`save_weights`) and ``out_dir/train_config.json``.
+- Mixed precision (float16 autocast + gradient scaling) only when the device is CUDA and ``amp`` is set.
+- Progress: a tqdm bar per epoch on stderr; a log line per epoch on the ``wsm.train.loop`` logger.
+
+- Gradient accumulation: ``accumulate`` > 1 splits every batch into that many chunks (items ``c::accumulate``),
+  one forward / backward each, one optimiser step per batch. BatchNorm then sees a chunk, not the whole batch.
+- Multi-process (DDP): when ``torch.distributed`` is initialised with more than one process (``wsm.train`` does it
+  under torchrun), the model is wrapped in ``DistributedDataParallel`` and :class:`DistributedBatchSampler` gives
+  each process its share of every batch: ``batch_size`` stays the number of images per optimiser step, over all
+  processes, and the batches are exactly the 1-process run's. Each process's loss is scaled by its share of the
+  batch, so the averaged gradient is the gradient of the batch mean. Hence N processes with ``accumulate=1``
+  compute what one process computes with ``accumulate=N`` (BatchNorm over each process's share in both), up to
+  floating-point summation order (tests/test_train_ddp.py). BatchNorm running statistics are rank 0's (DDP
+  broadcasts its buffers), so they differ from a 1-process run's. On CUDA, ``sync_batchnorm`` (default) converts
+  BatchNorm to SyncBatchNorm: statistics over the whole batch, as one process without accumulation computes them.
+  Only rank 0 writes files and shows progress; every rank reads the checkpoint to resume, so the output folder
+  must be shared.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from wsm.io.atomic import atomic_path, write_json
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "DistributedBatchSampler",
+    "TrainConfig",
+    "TrainResult",
+    "WEIGHTS_NAME",
+    "class_weights",
+    "classification_loss",
+    "load_weights",
+    "save_weights",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "train_config.json"
+
+# Settings a checkpoint must share with the run that resumes it (the others, e.g. device or workers, may change).
+_RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "seed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10              # passes over the dataset
+    batch_size: int = 32          # images per optimiser step
+    lr: float = 1e-3              # AdamW peak learning rate (cosine decay to 0 over all steps)
+    weight_decay: float = 1e-4    # AdamW decoupled weight decay (not on biases or norm weights)
+    num_workers: int = 0          # DataLoader worker processes (0: load in the main process)
+    seed: int = 0                 # model init is the caller's; this seeds data order, augmentation, dropout
+    device: str = "cpu"           # "cpu", "cuda", "cuda:1", ...
+    amp: bool = True              # float16 mixed precision; only ever used when the device is CUDA
+    checkpoint_every: int = 1     # epochs between checkpoints (the last epoch always writes one)
+    deterministic: bool = True    # torch.use_deterministic_algorithms (warn-only) during training
+    accumulate: int = 1           # chunks per batch (gradient accumulation); BatchNorm sees one chunk at a time
+    sync_batchnorm: bool = True   # under DDP on CUDA: SyncBatchNorm (statistics over the whole batch); CPU: no
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "checkpoint_every", "accumulate"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class TrainResult:
+    weights: Path                     # out_dir/model.safetensors
+    checkpoint: Path                  # out_dir/checkpoint.pt
+    epoch_losses: list[float]         # mean training loss of every epoch, the resumed ones included
+    resumed_from: int                 # epochs already done when this call started (0: fresh run)
+    seconds: float                    # wall time of this call
+
+
+# --------------------------------------------------------------------------------------------------- losses
+
+def class_weights(counts) -> torch.Tensor:
+    """Inverse-frequency ("balanced") weights ``N / (K n_c)`` over the K classes present; 0 for absent classes."""
+    counts = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
+    present = counts > 0
+    if not present.any():
+        raise ValueError("no class has any example: nothing to train on")
+    weights = torch.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.float()
+
+
+def classification_loss(counts) -> nn.Module:
+    """Cross-entropy weighted by :func:`class_weights` of the training set's class counts."""
+    return nn.CrossEntropyLoss(weight=class_weights(counts))
+
+
+# --------------------------------------------------------------------------------------------------- weights
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write the model's state dict as safetensors, atomically; ``metadata`` (str -> str) goes in the header."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_model(_unwrap(model), str(tmp), metadata=dict(metadata) if metadata else None)
+    return path
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, str]:
+    """Load safetensors weights into ``model`` (onto its device); return the file's metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    target = _unwrap(model)
+    device = next(target.parameters()).device
+    missing, unexpected = load_model(target, str(path), strict=strict, device=str(device))
+    if missing or unexpected:
+        log.warning("%s: %d missing and %d unexpected keys", path, len(missing), len(unexpected))
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.set_num_threads(1)
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the initialised process group, (1, 0) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class DistributedBatchSampler(Sampler[list[int]]):
+    """This process's share of every batch of one epoch, for DDP.
+
+    The epoch's batches are the 1-process loader's (``DataLoader(shuffle=True, generator=seeded with (seed,
+    epoch))``: the same permutation, cut into ``batch_size`` runs); process ``rank`` of ``world_size`` takes items
+    ``rank::world_size`` of each. Unlike ``torch.utils.data.DistributedSampler`` nothing is padded or repeated and
+    the global batches do not depend on the number of processes, so a run can resume on another number of
+    processes and compare with a 1-process run. A last batch with fewer items than processes is dropped (a process
+    cannot take part in a step with no image).
+    """
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, epoch: int, world_size: int = 1, rank: int = 0):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world size {world_size}")
+        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        # as the 1-process loader: its iterator first draws the workers' base seed from the generator, then its
+        # RandomSampler draws the permutation (tests/test_train.py checks that the batches agree)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        perm = torch.randperm(n_items, generator=generator).tolist()
+        batches = [perm[i:i + batch_size] for i in range(0, n_items, batch_size)]
+        if batches and len(batches[-1]) < world_size:
+            log.warning("dropping the last batch of %d images: fewer than the %d processes", len(batches[-1]),
+                        world_size)
+            batches.pop()
+        self.global_batches = batches
+        self.world_size, self.rank = world_size, rank
+
+    def __iter__(self):
+        for batch in self.global_batches:
+            yield batch[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.global_batches)
+
+
+def _accumulate_step(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn, scaler,
+                     accumulate: int, world: int, global_size: int, device: torch.device, use_amp: bool) -> float:
+    """Forward / backward of one step in chunks (and across processes); returns the sum of item losses here.
+
+    Chunk c holds items ``c::accumulate`` of this process's share; its loss is scaled by ``n_chunk * world /
+    global_size`` so that the summed (DDP: averaged over processes) gradient is the gradient of the mean loss
+    over the whole batch. DDP synchronises gradients on the last non-empty chunk only.
+    """
+    chunks = [c for c in range(accumulate) if len(inputs[c::accumulate])]
+    total = 0.0
+    for i, c in enumerate(chunks):
+        x, y = inputs[c::accumulate], targets[c::accumulate]
+        last = i == len(chunks) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
+        with sync:
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                outputs = net(x)
+            loss = loss_fn(outputs.float(), y)
+            scaler.scale(loss * (len(x) * world / global_size)).backward()
+        total += float(loss.detach()) * len(x)
+    return total
+
+
+def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+          cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> TrainResult:
+    """Train ``model`` in place on ``dataset`` (items ``(input, target)``), resuming from out_dir's checkpoint.
+
+    ``loss_fn(outputs, targets)`` returns a scalar (computed in float32). A dataset with ``set_epoch(e)`` is told the
+    epoch before each one. A checkpoint from a finished run just gives its weights back.
+
+    Raises:
+        ValueError: the checkpoint in out_dir was written with different settings (see ``_RESUME_KEYS``) or for a
+            dataset of another size; delete it or use another out_dir.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, weights_path = out_dir / CHECKPOINT_NAME, out_dir / WEIGHTS_NAME
+    n_items = len(dataset)
+    if n_items == 0:
+        raise ValueError("the training dataset is empty")
+    device = torch.device(cfg.device)
+    use_amp = cfg.amp and device.type == "cuda"
+    world, rank = _world()
+    if world > 1 and cfg.batch_size < world:
+        raise ValueError(f"batch_size {cfg.batch_size} is the number of images per step over all {world} processes; "
+                         f"it must be at least {world}")
+    steps_per_epoch = (len(DistributedBatchSampler(n_items, cfg.batch_size, cfg.seed, 0, world, rank)) if world > 1
+                       else math.ceil(n_items / cfg.batch_size))
+    total_steps = steps_per_epoch * cfg.epochs
+
+    model.to(device)
+    net = model
+    if world > 1 and not isinstance(model, nn.parallel.DistributedDataParallel):
+        if cfg.sync_batchnorm and device.type == "cuda":   # torch's SyncBatchNorm has no CPU implementation
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)   # in place below the top module
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    config = dict(dataclasses.asdict(cfg), num_items=n_items)
+
+    torch.manual_seed(cfg.seed)
+    start_epoch, losses = 0, []
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
+        saved = state["config"]
+        diff = {k: (saved.get(k), config[k]) for k in (*_RESUME_KEYS, "num_items") if saved.get(k) != config[k]}
+        if diff:
+            raise ValueError(
+                f"{ckpt_path} was written by a run with other settings (checkpoint, now): {diff}; "
+                "resume with the same settings, or delete the checkpoint (or use another output folder) to start over"
+            )
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start_epoch, losses = int(state["epoch"]), [float(x) for x in state["losses"]]
+        log.info("resuming from %s after epoch %d of %d", ckpt_path, start_epoch, cfg.epochs)
+    if rank == 0:
+        write_json(out_dir / CONFIG_NAME, dict(config, world_size=world))
+
+    previous_det = (torch.are_deterministic_algorithms_enabled(),
+                    torch.is_deterministic_algorithms_warn_only_enabled())
+    previous_benchmark = torch.backends.cudnn.benchmark
+    if cfg.deterministic:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            if world > 1:
+                sampler = DistributedBatchSampler(n_items, cfg.batch_size, cfg.seed, epoch, world, rank)
+                generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))  # workers' base seed
+                loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                    worker_init_fn=_worker_init, pin_memory=device.type == "cuda",
+                                    generator=generator)
+                global_sizes = [len(b) for b in sampler.global_batches]
+            else:
+                generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+                loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                                    num_workers=cfg.num_workers, worker_init_fn=_worker_init,
+                                    pin_memory=device.type == "cuda", drop_last=False)
+                global_sizes = None
+            model.train()
+            total, seen = 0.0, 0
+            bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
+                       disable=not progress or rank != 0, leave=False, dynamic_ncols=True)
+            for step, (inputs, targets) in enumerate(bar):
+                inputs = inputs.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                if world == 1 and cfg.accumulate == 1:   # the plain step (bit-identical to earlier versions)
+                    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                        outputs = net(inputs)
+                    loss = loss_fn(outputs.float(), targets)
+                    scaler.scale(loss).backward()
+                    total += float(loss.detach()) * len(inputs)
+                else:
+                    total += _accumulate_step(net, inputs, targets, loss_fn, scaler, cfg.accumulate, world,
+                                              global_sizes[step] if global_sizes else len(inputs), device, use_amp)
+                seen += len(inputs)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
+            bar.close()
+            if world > 1:
+                import torch.distributed as dist
+
+                sums = torch.tensor([total, float(seen)], dtype=torch.float64, device=device)
+                dist.all_reduce(sums)
+                total, seen = float(sums[0]), int(round(float(sums[1])))
+            losses.append(total / seen)
+            if rank == 0:
+                log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, losses[-1])
+            if rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
+                state = {
+                    "model": _unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch + 1,
+                    "losses": losses,
+                    "rng": _rng_state(),
+                    "config": config,
+                }
+                with atomic_path(ckpt_path) as tmp:
+                    torch.save(state, tmp)
+    finally:
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(previous_det[0], warn_only=previous_det[1])
+            torch.backends.cudnn.benchmark = previous_benchmark
+    if rank == 0:
+        save_weights(model, weights_path)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank returns once the weights are on disk
+    return TrainResult(weights=weights_path, checkpoint=ckpt_path, epoch_losses=losses, resumed_from=start_epoch,
+                       seconds=time.perf_counter() - started)

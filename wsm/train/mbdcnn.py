@@ -1,0 +1,386 @@
+"""MB-DCNN (Xie et al., IEEE TMI 2020): coarse segmentation -> mask-guided classifier -> CAM-enhanced segmentation.
+
+The recipe is ``pipelines/mbdcnn.toml`` (its comments say what each stage does); ``wsm train --pipeline mbdcnn``
+runs :func:`train_mbdcnn`, which takes the same options as a single-network ``wsm train`` (labels, splits, device,
+seed, resume, DDP under torchrun) and writes into RUN/::
+
+    config.json, train_ids.txt, eval_ids.txt, metrics.json, per_image.csv    as `wsm train` (the enhanced network)
+    coarse/          the coarse network's training folder (checkpoint.pt, model.safetensors, ...)
+    coarse_maps/     ISIC_x.png: its lesion probability x 255 at the working size, for every image used
+    classifier/      the mask-guided classifier's training folder
+    cams/            ISIC_x.png: the classifier's class activation map x 255 at the working size
+    enhanced/        the enhanced network's training folder
+
+Modules: :class:`ELayer` (1x1 conv + BN + ReLU from the CAM to an encoder level's channels) and
+:class:`EnhancedSegmenter` (any registered segmentation network whose encoder features are summed with the
+E-layer outputs before the decoder; input = image + CAM as a 4th channel). The mask-guided classifier is
+``wsm.models.classifier.create_classifier(..., in_chans=4)``, whose 4th input channel starts as the mean of the RGB
+filters (``expand_first_conv_to_4ch``).
+
+Choices made here: the CAM is *added* to the encoder features at every level (after average-pooling it to the
+level's size), so any decoder works unchanged; the coarse maps given to the classifier for training images are the
+coarse network's predictions on them (as the paper trains mask-CN on coarse-SN outputs); a map folder is reused by
+a rerun only when it is complete for the same images (a ``.complete`` file records them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wsm._compat import ensure_torchvision
+
+ensure_torchvision()
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from wsm.config.pipeline import PipelineError, load_pipeline, stage_config  # noqa: E402
+from wsm.config.recipe import CamConfig, ClassifierConfig, SegmenterConfig  # noqa: E402
+from wsm.io.atomic import write_text_atomic  # noqa: E402
+from wsm.selection import DataError  # noqa: E402
+from wsm.train.distributed import barrier  # noqa: E402
+from wsm.train.driver import Evaluation, Plan, Trained, execute, plan_run  # noqa: E402
+from wsm.train.evaluate import batched_predictions, evaluate_binary  # noqa: E402
+from wsm.train.options import TrainOptions, TrainSummary, as_train_error  # noqa: E402
+from wsm.train.run_folder import run_identity  # noqa: E402
+
+__all__ = [
+    "ELayer",
+    "EnhancedSegmenter",
+    "MbdcnnRecipe",
+    "create_enhanced_segmenter",
+    "load_mbdcnn_recipe",
+    "train_mbdcnn",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------- recipe
+
+@dataclass(frozen=True)
+class MbdcnnRecipe:
+    name: str
+    size: int                                    # working size of all three networks (multiple of 32)
+    loss: str                                    # segmentation loss of both segmentation networks
+    classes: dict                                # diagnosis -> class table (wsm.train.datasets.ClassMapping)
+    coarse: SegmenterConfig = field(default_factory=SegmenterConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    enhanced: SegmenterConfig = field(default_factory=SegmenterConfig)
+
+
+_TOP_KEYS = {"name", "method", "size", "loss", "classes", "coarse", "classifier", "cam", "enhanced",
+             "device_profile"}
+
+
+def load_mbdcnn_recipe(pipeline: str | Path = "mbdcnn", device: str = "cpu", overrides: tuple[str, ...] = (),
+                       given: dict | None = None) -> tuple[MbdcnnRecipe, dict]:
+    """The typed recipe and the resolved table: the file, its [device.cuda] tables on CUDA, ``--set`` overrides,
+    then the flags the user gave (``given``: arch/encoder/epochs/batch_size/lr/pretrained for every network, size,
+    loss)."""
+    resolved = load_pipeline(pipeline, "cuda" if device.startswith("cuda") else "cpu", list(overrides))
+    if resolved.get("method") != "mbdcnn":
+        raise PipelineError(f"pipeline {pipeline!r} has method = {resolved.get('method')!r}; `wsm train --pipeline` "
+                            "takes an MB-DCNN recipe (method = \"mbdcnn\"), e.g. pipelines/mbdcnn.toml")
+    unknown = sorted(set(resolved) - _TOP_KEYS)
+    if unknown:
+        raise PipelineError(f"unknown key(s) {unknown} in {pipeline!r}; valid: {', '.join(sorted(_TOP_KEYS))}")
+    given = dict(given or {})
+    for key in ("size", "loss"):
+        if key in given:
+            resolved[key] = given[key]
+    size = resolved.setdefault("size", 192)
+    for stage in ("coarse", "classifier", "enhanced"):
+        table = resolved.setdefault(stage, {})
+        for key in ("epochs", "batch_size", "lr", "pretrained"):
+            if key in given:
+                table[key] = given[key]
+        if table.setdefault("size", size) != size:
+            raise PipelineError(f"[{stage}] size = {table['size']}: the three MB-DCNN networks share the top-level "
+                                "size; set that instead")
+        if stage != "classifier":
+            for key in ("arch", "encoder"):
+                if key in given:
+                    table[key] = given[key]
+    recipe = MbdcnnRecipe(
+        name=str(resolved.get("name", "mbdcnn")),
+        size=int(size),
+        loss=str(resolved.get("loss", "hybrid")),
+        classes=dict(resolved.get("classes") or {}),
+        coarse=stage_config(SegmenterConfig, resolved.get("coarse"), "coarse"),
+        classifier=stage_config(ClassifierConfig, resolved.get("classifier"), "classifier"),
+        cam=stage_config(CamConfig, resolved.get("cam"), "cam"),
+        enhanced=stage_config(SegmenterConfig, resolved.get("enhanced"), "enhanced"),
+    )
+    if recipe.size % 32:
+        raise PipelineError(f"size must be a multiple of 32, got {recipe.size}")
+    if not recipe.classes:
+        raise PipelineError(f"pipeline {pipeline!r} has no [classes] table: the mask-guided classifier needs one")
+    return recipe, resolved
+
+
+# --------------------------------------------------------------------------------------------------- modules
+
+class ELayer(nn.Sequential):
+    """MB-DCNN's E-layer: a class activation map (B, 1, h, w) -> (B, channels, h, w) by 1x1 conv + BN + ReLU."""
+
+    def __init__(self, channels: int):
+        super().__init__(nn.Conv2d(1, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+
+class EnhancedSegmenter(nn.Module):
+    """A segmentation network whose encoder features are summed with E-layer outputs of a CAM before the decoder.
+
+    Args:
+        base: a :class:`wsm.models.segmentation.SegmentationModel` (any registered architecture); its encoder,
+            decoder and head are used as they are, with one E-layer per encoder level the decoder reads
+            (``decoder.used_features`` when it has one, else every level).
+
+    Shape:
+        input (B, in_chans + 1, H, W): the normalised image and, last, the class activation map in [0, 1];
+        H and W multiples of :attr:`reduction` -> logits (B, num_classes, H, W).
+    """
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+        channels = base.encoder.feature_info.channels()
+        # one E-layer per encoder level the decoder reads (DeepLabV3+ reads two; an unused E-layer would never be
+        # trained, and DDP refuses parameters that get no gradient)
+        used = getattr(base.decoder, "used_features", range(len(channels)))
+        self.e_layers = nn.ModuleDict({str(i): ELayer(channels[i]) for i in used})
+        self.in_chans = base.in_chans + 1
+        self.num_classes = base.num_classes
+        self.reduction = base.reduction
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected the image and its class activation map, (B, {self.in_chans}, H, W) with the "
+                             f"map last, got {tuple(x.shape)}")
+        image, cam = x[:, :-1], x[:, -1:]
+        self.base.check_input_shape(image)
+        features = self.base.encoder(image)
+        for key, e_layer in self.e_layers.items():
+            f = features[int(key)]
+            features[int(key)] = f + e_layer(F.adaptive_avg_pool2d(cam, f.shape[-2:]))
+        logits = self.base.head(self.base.decoder(features))
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+
+def create_enhanced_segmenter(arch: str, encoder: str, num_classes: int = 1, pretrained: bool = False,
+                              weights_file: str | None = None) -> EnhancedSegmenter:
+    """An :class:`EnhancedSegmenter` around ``create_segmenter(arch, encoder, ...)`` (RGB in, CAM as 4th channel)."""
+    from wsm.models.segmentation import create_segmenter
+
+    return EnhancedSegmenter(create_segmenter(arch, encoder, num_classes=num_classes, pretrained=pretrained,
+                                              weights_file=weights_file))
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+def _guided_classifier_dataset(data: Path, rows: pd.DataFrame, size: int, mapping, seed: int):
+    """Training images with their diagnosis class and the coarse map as a 4th input channel (augmented together)."""
+    import torch
+
+    from wsm.io.images import read_mask
+    from wsm.train.augment import augment
+    from wsm.train.datasets import ClassifierDataset, image_tensor, resize_square
+
+    class GuidedClassifierDataset(ClassifierDataset):
+        def __init__(self):
+            super().__init__(data, rows, size, mapping, augment=True, seed=seed)
+            guide_of = dict(zip(rows["isic_id"], rows["guide_file"]))
+            self.guide_files = [guide_of[i] for i in self.isic_ids]
+
+        def __getitem__(self, index: int):
+            image = self._read_image(self.files[index])
+            guide = resize_square(read_mask(self.data_root / self.guide_files[index]), self.size)
+            if self.augment:
+                image, guide = augment(self._rng(index), image, guide, cfg=self.augment_cfg)
+            x = image_tensor(image, guide)
+            return x, torch.tensor(self.labels[index], dtype=torch.int64)
+
+    return GuidedClassifierDataset()
+
+
+def _ids_digest(ids) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def _write_maps(predict, data: Path, rows: pd.DataFrame, size: int, batch_size: int, folder: Path,
+                guide_files: list[str] | None = None, progress: bool = False) -> None:
+    """``folder/ISIC_x.png`` = round(255 x predict(image)) for every row, unless the folder is complete already."""
+    from tqdm import tqdm
+
+    from wsm.io.images import write_label_png
+
+    marker = folder / ".complete"
+    digest = _ids_digest(rows["isic_id"])
+    if marker.exists() and marker.read_text(encoding="utf8").strip() == digest:
+        log.info("%s is complete: reusing it", folder)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    maps = batched_predictions(predict, data, rows["file"].tolist(), size, batch_size, guide_files)
+    for isic_id, prob in tqdm(zip(rows["isic_id"], maps), total=len(rows), desc=folder.name, unit="img",
+                              disable=not progress):
+        write_label_png(folder / f"{isic_id}.png", np.clip(np.rint(np.asarray(prob) * 255), 0, 255).astype(np.uint8))
+    write_text_atomic(marker, digest + "\n")
+
+
+# --------------------------------------------------------------------------------------------------- driver
+
+def _command(opts: TrainOptions, pipeline, overrides, given: dict | None) -> str:
+    """The `wsm train --pipeline` command line of this run: the run's options, the flags given, the overrides."""
+    args = ["wsm", "train", "--data", str(opts.data), "--out", str(opts.out), "--labels", opts.labels]
+    if opts.wsm is not None:
+        args += ["--wsm", str(opts.wsm)]
+    args += ["--pipeline", str(pipeline), "--split-train", opts.split_train, "--eval-split", opts.eval_split,
+             "--seed", str(opts.seed), "--device", opts.device]
+    for key, value in sorted((given or {}).items()):
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    if not opts.augment:
+        args.append("--no-augment")
+    if opts.accumulate != 1:
+        args += ["--accumulate", str(opts.accumulate)]
+    for override in overrides:
+        args += ["--set", override]
+    return shlex.join(args)
+
+
+def train_mbdcnn(opts: TrainOptions, pipeline: str | Path = "mbdcnn", overrides: tuple[str, ...] = (),
+                 given: dict | None = None) -> TrainSummary | None:
+    """Train the three networks in turn and evaluate the enhanced one (and the coarse one) on the official masks
+    of ``opts.eval_split``; see the module doc. Returns the summary on rank 0, None on the other ranks."""
+    from wsm.selection import read_manifest
+    from wsm.train.datasets import ClassMapping
+
+    if opts.num_classes != 1:
+        raise DataError("--pipeline mbdcnn segments lesions (one class); --num-classes must be 1")
+    recipe, resolved = load_mbdcnn_recipe(pipeline, opts.device, overrides, given)
+    plan = plan_run(opts, run_identity(opts, recipe=dataclasses.asdict(recipe)),
+                    _command(opts, pipeline, overrides, given))
+    mapping = ClassMapping.from_table(recipe.classes)
+    manifest = read_manifest(opts.data)
+    labelled = plan.train_rows.merge(manifest[["isic_id", *[c for c in mapping.fields if c in manifest.columns]]],
+                                     on="isic_id", how="left")
+    n_classified = sum(mapping.label(r) is not None for r in labelled.to_dict("records"))
+    if n_classified == 0:
+        raise DataError("no training image has a diagnosis that the [classes] table maps to a class; the "
+                        "mask-guided classifier needs image-level labels (`wsm import --labels CSV`)")
+    plan.extra_counts = {"n_classifier": n_classified}
+    own_config = {"pipeline": str(pipeline), "overrides": list(overrides), "recipe": dataclasses.asdict(recipe),
+                  "resolved": resolved}
+
+    def train_networks(device: str, rank: int, world: int, start) -> Trained:
+        start(own_config)
+        return _train_three(plan, recipe, mapping, labelled, device, rank, world)
+
+    return execute(plan, train_networks)
+
+
+def _train_three(plan: Plan, recipe: MbdcnnRecipe, mapping, labelled: pd.DataFrame, device: str, rank: int,
+                 world: int) -> Trained:
+    import torch
+
+    from wsm.models.cam import cam_maps
+    from wsm.models.classifier import create_classifier
+    from wsm.models.segmentation import create_segmenter, predict_prob
+    from wsm.train.datasets import LabelMapDataset
+    from wsm.train.loop import TrainConfig, classification_loss, train
+    from wsm.train.losses import create_loss
+
+    opts, out, data, size = plan.opts, plan.folder.root, Path(plan.opts.data), recipe.size
+    train_rows, test_rows = plan.train_rows, plan.test_rows
+    with as_train_error():
+        seg_loss = create_loss(recipe.loss, 1)
+
+    def cfg(stage) -> TrainConfig:
+        return TrainConfig(epochs=stage.epochs, batch_size=stage.batch_size, lr=stage.lr,
+                           weight_decay=stage.weight_decay, num_workers=opts.workers, seed=opts.seed, device=device,
+                           amp=opts.amp, accumulate=opts.accumulate)
+
+    def maps_of(folder: str, ids) -> list[str]:
+        return [str((out / folder / f"{i}.png").resolve()) for i in ids]
+
+    seconds: dict[str, float] = {}
+    all_rows = pd.concat([train_rows[["isic_id", "file"]], test_rows[["isic_id", "file"]]]).drop_duplicates(
+        "isic_id").reset_index(drop=True)
+
+    # 1. coarse segmentation network
+    t0 = time.perf_counter()
+    with as_train_error():
+        torch.manual_seed(opts.seed)
+        coarse = create_segmenter(recipe.coarse.arch, recipe.coarse.encoder, pretrained=recipe.coarse.pretrained,
+                                  weights_file=recipe.coarse.weights_file or None)
+    dataset = LabelMapDataset(data, train_rows, size, augment=opts.augment, seed=opts.seed)
+    coarse_result = train(coarse, dataset, seg_loss, cfg(recipe.coarse), out / "coarse", progress=opts.progress)
+    coarse.to(device)
+    if rank == 0:
+        _write_maps(lambda x: predict_prob(coarse, x), data, all_rows, size, recipe.coarse.batch_size,
+                    out / "coarse_maps", progress=opts.progress)
+    barrier(world)
+    seconds["coarse"] = time.perf_counter() - t0
+
+    # 2. mask-guided classifier: image + coarse map
+    t0 = time.perf_counter()
+    cls_data = _guided_classifier_dataset(data, labelled.assign(guide_file=maps_of("coarse_maps", labelled["isic_id"])),
+                                          size, mapping, opts.seed)
+    with as_train_error():
+        torch.manual_seed(opts.seed)
+        classifier = create_classifier(recipe.classifier.arch, mapping.num_classes, in_chans=4,
+                                       pretrained=recipe.classifier.pretrained,
+                                       weights_file=recipe.classifier.weights_file or None)
+    cls_result = train(classifier, cls_data, classification_loss(cls_data.class_counts()), cfg(recipe.classifier),
+                       out / "classifier", progress=opts.progress)
+    classifier.to(device).eval()
+    seconds["classifier"] = time.perf_counter() - t0
+
+    # 3. class activation maps of the mask-guided classifier
+    t0 = time.perf_counter()
+    if rank == 0:
+        _write_maps(lambda x: cam_maps(classifier, x, method=recipe.cam.method, flip_tta=recipe.cam.flip_tta),
+                    data, all_rows, size, recipe.classifier.batch_size, out / "cams",
+                    guide_files=maps_of("coarse_maps", all_rows["isic_id"]), progress=opts.progress)
+    barrier(world)
+    seconds["cam"] = time.perf_counter() - t0
+
+    # 4. enhanced segmentation network: image + CAM through the E-layers
+    t0 = time.perf_counter()
+    with as_train_error():
+        torch.manual_seed(opts.seed)
+        enhanced = create_enhanced_segmenter(recipe.enhanced.arch, recipe.enhanced.encoder,
+                                             pretrained=recipe.enhanced.pretrained,
+                                             weights_file=recipe.enhanced.weights_file or None)
+    dataset = LabelMapDataset(data, train_rows.assign(guide_file=maps_of("cams", train_rows["isic_id"])), size,
+                              augment=opts.augment, seed=opts.seed, guides=True)
+    enh_result = train(enhanced, dataset, seg_loss, cfg(recipe.enhanced), out / "enhanced", progress=opts.progress)
+    seconds["enhanced"] = time.perf_counter() - t0
+
+    def evaluate(device: str) -> Evaluation:
+        enhanced.to(device)
+        means, per_image = evaluate_binary(
+            lambda x: predict_prob(enhanced, x), data, test_rows, size, recipe.enhanced.batch_size, opts.threshold,
+            guide_files=maps_of("cams", test_rows["isic_id"]),
+            predictions_dir=plan.folder.predictions if opts.save_predictions else None, progress=opts.progress)
+        coarse_means, coarse_per_image = evaluate_binary(lambda x: predict_prob(coarse, x), data, test_rows, size,
+                                                         recipe.coarse.batch_size, opts.threshold)
+        per = pd.DataFrame(per_image)
+        per["coarse_jaccard"] = [r["jaccard"] for r in coarse_per_image]
+        notes = [f"coarse network alone: jaccard {coarse_means['jaccard']:.4f}, threshold_jaccard "
+                 f"{coarse_means['threshold_jaccard']:.4f}"] if coarse_means else []
+        return Evaluation(means, per, extra={"coarse_metrics": coarse_means}, notes=notes)
+
+    losses = {"coarse": coarse_result.epoch_losses, "classifier": cls_result.epoch_losses,
+              "enhanced": enh_result.epoch_losses}
+    return Trained(enh_result.epoch_losses, seconds, evaluate,
+                   extra={"train_losses": losses, "coarse_metrics": {}})

@@ -1,0 +1,119 @@
+"""Which images a `wsm train` run trains and evaluates on, with which labels (see :mod:`wsm.train.driver`)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from wsm.generate.folder import WsmFolder
+from wsm.selection import SPLIT_CHOICES, DataError, read_manifest, read_truth, select_split, with_truth
+from wsm.train.options import NO_EVAL
+
+log = logging.getLogger(__name__)
+
+
+def weak_maps(folder: Path | str, min_confidence: float | None = None) -> pd.DataFrame:
+    """``isic_id`` and absolute ``label_file`` of every label map in a WSM folder (its manifest's ``ok`` rows, or
+    every ``*.png`` when it has no manifest); with ``min_confidence``, only the maps whose manifest confidence is
+    at least that."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"label folder {folder} does not exist; give `official`, `both` (with --wsm) or the folder "
+                        "`wsm generate` wrote")
+    manifest = WsmFolder(folder).merged_manifest()
+    if manifest is not None:
+        columns = ["isic_id", "path", "status"]
+        if min_confidence is not None:
+            if "confidence" not in pq.read_schema(manifest).names:
+                raise DataError(f"{manifest} has no confidence column (not written by `wsm generate`); "
+                                "leave out --min-confidence")
+            columns.append("confidence")
+        table = pd.read_parquet(manifest, columns=columns)
+        table = table[(table["status"] == "ok") & table["path"].notna()]
+        if min_confidence is not None:
+            table = table[table["confidence"] >= min_confidence]
+        files = [str((folder / p).resolve()) for p in table["path"]]
+        out = pd.DataFrame({"isic_id": table["isic_id"].astype(str).tolist(), "label_file": files})
+    else:
+        if min_confidence is not None:
+            raise DataError(f"--min-confidence needs the confidences of {folder}/manifest.parquet "
+                            "(written by `wsm generate`); this folder has none")
+        paths = sorted(folder.glob("*.png"))
+        out = pd.DataFrame({"isic_id": [p.stem for p in paths], "label_file": [str(p.resolve()) for p in paths]})
+    if out.empty:
+        hint = f" with confidence >= {min_confidence}" if min_confidence is not None else ""
+        raise DataError(f"{folder} holds no label maps (ISIC_x.png){hint}")
+    return out.drop_duplicates("isic_id").reset_index(drop=True)
+
+
+def _check_split(name: str, what: str, allow_none: bool = False) -> None:
+    choices = SPLIT_CHOICES + ((NO_EVAL,) if allow_none else ())
+    if name not in choices:
+        raise DataError(f"unknown {what} {name!r}; choose one of {', '.join(choices)}")
+
+
+def training_rows(data: Path | str, labels: str, split_train: str = "train", wsm: Path | str | None = None,
+                  min_confidence: float | None = None) -> pd.DataFrame:
+    """The training images with their labels: columns isic_id, file, label_file, label_kind (mask | labels),
+    label_source (official | weak), sorted by isic_id. See the module doc for which images take part."""
+    _check_split(split_train, "training split")
+    if min_confidence is not None and labels == "official":
+        raise DataError("--min-confidence selects weak maps; it needs --labels both or --labels WSM_DIR")
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise DataError(f"--min-confidence must be within 0..1 (the WSM manifest's confidence), got {min_confidence}")
+    rows = with_truth(read_manifest(data), read_truth(data))
+    in_split = select_split(rows, split_train)
+    official = in_split[in_split["mask_file"].notna()]
+    official = pd.DataFrame({"isic_id": official["isic_id"], "file": official["file"],
+                             "label_file": official["mask_file"], "label_kind": "mask", "label_source": "official"})
+    if labels == "official":
+        out = official
+    else:
+        if labels == "both":
+            if wsm is None:
+                raise DataError("--labels both needs the weak maps: --wsm WSM_DIR (the folder `wsm generate` wrote)")
+            folder = Path(wsm)
+        else:
+            folder = Path(labels)
+        maps = weak_maps(folder, min_confidence)
+        candidates = pd.concat([in_split, select_split(rows, "unlabeled")]).drop_duplicates("isic_id")
+        weak = candidates.merge(maps, on="isic_id", how="inner")
+        weak = pd.DataFrame({"isic_id": weak["isic_id"], "file": weak["file"], "label_file": weak["label_file"],
+                             "label_kind": "labels", "label_source": "weak"})
+        if labels == "both":
+            weak = weak[~weak["isic_id"].isin(official["isic_id"])]
+            out = pd.concat([official, weak])
+        else:
+            out = weak
+    out = out.sort_values("isic_id", kind="stable").reset_index(drop=True)
+    if out.empty:
+        hint = ("no image of that split has an official mask" if labels == "official"
+                else "no image of that split (nor any image without an official mask) has a map in the folder")
+        raise DataError(f"nothing to train on with --labels {labels} --split-train {split_train}: {hint}")
+    return out
+
+
+def eval_rows(data: Path | str, eval_split: str, class_maps: Path | str | None = None) -> pd.DataFrame:
+    """The evaluation images: isic_id, file, mask_file (official masks of ``eval_split``), or with ``class_maps``
+    (multi-class) the eval split's maps in that folder as ``mask_file``."""
+    _check_split(eval_split, "evaluation split", allow_none=True)
+    if eval_split == NO_EVAL:
+        return pd.DataFrame(columns=["isic_id", "file", "mask_file"])
+    rows = select_split(with_truth(read_manifest(data), read_truth(data)), eval_split)
+    if class_maps is not None:
+        rows = rows.drop(columns=["mask_file"]).merge(
+            weak_maps(class_maps).rename(columns={"label_file": "mask_file"}), on="isic_id", how="inner")
+    rows = rows[rows["mask_file"].notna()]
+    if rows.empty:
+        log.warning("--eval-split %s has no official mask in %s: this run will not be evaluated (choose a split "
+                    "with masks, or --eval-split none to say so)", eval_split, data)
+    return rows[["isic_id", "file", "mask_file"]].sort_values("isic_id").reset_index(drop=True)
+
+
+def check_no_overlap(train: pd.DataFrame, evaluation: pd.DataFrame) -> None:
+    both = sorted(set(train["isic_id"]) & set(evaluation["isic_id"]))
+    if both:
+        raise DataError(f"{len(both)} evaluation images are also training images (e.g. {both[:3]}); choose a "
+                        "--split-train that excludes the --eval-split (or --eval-split none)")
