@@ -25,7 +25,6 @@ from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
-from tqdm import tqdm
 
 from wsm.errors import ManifestUnreadableError
 from wsm.io.atomic import write_text_atomic
@@ -33,6 +32,7 @@ from wsm.io.hashing import sha256_file
 from wsm.io.images import UNDECODABLE, decode_problem, decoded_size, image_size
 from wsm.io.journal import Journal, ManifestBuilder, fold_journal
 from wsm.io.lock import exclusive_lock
+from wsm.io.progress import progress as progress_bar
 from wsm.io.tables import read_table
 
 from . import api
@@ -65,7 +65,7 @@ class DownloadOptions:
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
-            raise InvalidInputError(f"--workers {self.workers}: give at least 1 concurrent transfer")
+            raise InvalidInputError(f"--connections {self.workers}: give at least 1 concurrent transfer")
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 0:
             raise InvalidInputError(f"--limit {self.limit}: give a number of images, or 0 for every match")
         object.__setattr__(self, "api_url", api.normalise_api_url(self.api_url))
@@ -253,8 +253,8 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
         total = min(summary.matched, opts.limit) if opts.limit else summary.matched
         records = api.search_images(session, opts.api_url, opts.query, opts.collections, opts.policy)
         records = map(_as_record, islice(records, opts.limit) if opts.limit else records)
-        images_bar = tqdm(total=total, unit="img", desc="images", disable=not opts.progress, position=0)
-        bytes_bar = tqdm(unit="B", unit_scale=True, desc="bytes ", disable=not opts.progress, position=1)
+        images_bar = progress_bar(total=total, unit="img", desc="images", enabled=opts.progress, position=0)
+        bytes_bar = progress_bar(unit="B", unit_scale=True, desc="bytes ", enabled=opts.progress, position=1)
         recording = threading.Lock()
 
         def work(record: Mapping) -> _Outcome:

@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from wsm.io.atomic import atomic_path, fsync_dir, write_bytes_atomic
 from wsm.io.hashing import sha256_file
 from wsm.io.images import (UNDECODABLE, ImageDecodeError, check_decodes, decode_problem, displayed_size,
                            encode_label_png, image_size, official_mask)
 from wsm.io.lock import exclusive_lock
+from wsm.io.progress import progress as progress_bar
 from wsm.io.tables import merge_rows, read_table, write_table_atomic
 
 from .challenge_data import MaskCheck, check_mask, find_image
@@ -370,7 +369,7 @@ def import_folders(
     summary = ImportSummary(labels_rejected=list(label_table.rejected),
                             labels_ignored_columns=list(label_table.ignored_columns))
     found = _scan(images, masks, summary)
-    bar = dict(file=sys.stderr, disable=not (progress and sys.stderr.isatty()))
+    bar = dict(enabled=progress)
     layout.root.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(layout.root):
         rows = _import_images(layout, found, label_table, link, summary, bar)
@@ -382,7 +381,7 @@ def import_folders(
 
 def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: ImportSummary, bar) -> list[dict]:
     rows = []
-    for isic_id, (name, src) in tqdm(sorted(found.images.items()), desc="images", unit="file", **bar):
+    for isic_id, (name, src) in progress_bar(sorted(found.images.items()), desc="images", unit="file", **bar):
         ext = src.suffix[1:].lower()
         dest = layout.image_path(isic_id, ext)
         try:
@@ -423,7 +422,7 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
 def _import_masks(layout, found: _Found, challenge: str, split: str, link: bool, summary: ImportSummary,
                   bar) -> list[dict]:
     rows = []
-    for isic_id, (name, src) in tqdm(sorted(found.masks.items()), desc="masks", unit="file", **bar):
+    for isic_id, (name, src) in progress_bar(sorted(found.masks.items()), desc="masks", unit="file", **bar):
         image = find_image(layout, isic_id)
         if image is None:
             summary.masks_rejected.append((name, f"no image {isic_id} was imported or is in {layout.images}"))

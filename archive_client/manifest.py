@@ -6,6 +6,7 @@ tests assert the two agree.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -104,3 +105,28 @@ SCHEMAS = {
     "data_manifest": (DATA_MANIFEST_CORE, "every other archive metadata field, as a nullable string column"),
     "gt_manifest": (GT_MANIFEST, None),
 }
+
+
+def data_overview(root: Path | str) -> list[str]:
+    """What a DATA folder holds, and the natural next command: the closing lines of download and import."""
+    from wsm.io.tables import read_table
+
+    from .layout import DataLayout
+
+    layout = DataLayout(Path(root))
+    images = read_table(layout.manifest, DATA_MANIFEST_CORE)
+    diagnosed = [c for c in images.column_names if c.startswith("diagnosis_")]
+    with_diagnosis = 0
+    if diagnosed:
+        frame = images.select(diagnosed).to_pandas()
+        with_diagnosis = int(frame.notna().any(axis=1).sum())
+    masks = read_table(layout.gt_manifest, GT_MANIFEST).column("split").to_pylist()
+    splits = ", ".join(f"{split} {masks.count(split)}" for split in sorted(set(masks)))
+    out = [f"DATA {layout.root}: {images.num_rows} images ({with_diagnosis} with a diagnosis), {len(masks)} official "
+           f"masks" + (f" ({splits})" if masks else "")]
+    if not masks:
+        out.append(f"next: add official masks (`wsm download --challenge isic2018 --out {layout.root}`, or "
+                   f"`wsm import --masks DIR --out {layout.root}`), then `wsm fit --data {layout.root} --out BUNDLE`")
+    else:
+        out.append(f"next: wsm fit --data {layout.root} --out BUNDLE")
+    return out

@@ -15,16 +15,14 @@ import logging
 import os
 import re
 import stat
-import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from wsm.io.atomic import atomic_path
+from wsm.io.progress import progress as progress_bar
 
 from .errors import ArchiveError, CorruptArchiveError, UnsafeArchiveError
 
@@ -244,8 +242,7 @@ def extract_members(
             if report.unexpected:
                 log.info("%s: %d unexpected entries left out (first: %s)", zip_path.name,
                          len(report.unexpected), report.unexpected[0])
-            bar = tqdm(planned, desc=zip_path.name, unit="file", file=sys.stderr,
-                       disable=not (progress and sys.stderr.isatty()))
+            bar = progress_bar(planned, desc=zip_path.name, unit="file", enabled=progress)
             for info, dest in bar:
                 if dest.is_file() and not dest.is_symlink() and dest.stat().st_size == info.file_size and (
                         not verify_existing_crc or _same_crc(dest, info.CRC)):

@@ -1,7 +1,7 @@
 """The no-learning baseline on real ISIC masks: how far colour thresholding gets.
 
     .venv/bin/python benchmarks/classic_baseline.py [--n 200] [--seed 0] [--working-size 512]
-        [--data ../shared/data/isic2018-task1-512]
+        [--data DEV_DATA]
 
 Samples ``--n`` images (by isic_id, ``random.Random(seed)``) of the ISIC 2018 Task 1 training set (512 px crops),
 runs :func:`wsm.stages.classic.segment_classic` with its default configs and prints the official metrics (macro
@@ -28,8 +28,9 @@ from wsm.io.images import read_image, read_mask  # noqa: E402
 from wsm.report.metrics import aggregate, score_label_map, score_mask  # noqa: E402
 from wsm.stages.classic import ClassicPipelineConfig, segment_classic  # noqa: E402
 from wsm.stages.refine import to_original_size  # noqa: E402
+from devdata import ISIC2018_CROPS  # noqa: E402
 
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "isic2018-task1-512"
+DEFAULT_DATA = ISIC2018_CROPS
 
 
 def main(argv: list[str] | None = None) -> int:

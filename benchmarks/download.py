@@ -2,7 +2,7 @@
 
     python benchmarks/download.py [--n 500] [--latency-ms 50] [--source DIR]
 
-Builds a DATA folder of N real images (from ../shared/data/isic2018-task1-512 by default, else the embedded
+Builds a DATA folder of N real images (from the dev data, --source, by default, else the embedded
 sample repeated under new ids), serves it with the archive emulator on 127.0.0.1:8000 (isic-cli's --dev
 address), then times `isic image download --limit N` and `wsm download --limit N`, each at its default
 settings, prints images/s and MB/s for each and the ratio, and checks the files are byte-identical.
@@ -18,9 +18,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from devdata import ISIC2018_CROPS
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "isic2018-task1-512"
+DEFAULT_SOURCE = ISIC2018_CROPS
 
 
 def build_served_data(root: Path, source: Path, n: int) -> None:

@@ -5,7 +5,7 @@ images' weak maps are added? Both networks are scored on the same held-out offic
         [--epochs-official N|same] [--epochs-finetune N] [--confident-fraction F] [--arch unet]
         [--encoder tf_efficientnet_lite0] [--no-train-pretrained] [--batch-size 16] [--lr 0.001] [--seed 0]
         [--device cpu] [--threads 0]
-        [--source ../shared/data/isic2018-task1-512] [--data DATA] [--work out/bench-downstream]
+        [--source DEV_DATA] [--data DATA] [--work out/bench-downstream]
         [--set section.key=value ...] [--small]
 
 Steps (each resumes or is reused when the script is run again with the same --work):
@@ -58,9 +58,10 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from devdata import ISIC2018_CROPS
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "isic2018-task1-512"
+DEFAULT_SOURCE = ISIC2018_CROPS
 QUALITY_DATA = REPO / "out" / "bench-quality" / "data"
 
 SMALL_FIT = ["classifier.arch=test_resnet", "classifier.size=64", "classifier.epochs=1", "classifier.batch_size=8",

@@ -4,9 +4,9 @@ held-out crops placed in 3:2 canvases as whole archive photographs are.
     python benchmarks/generality.py --bundle out/bench-quality/fold0/bundle-default [--bundle OTHER ...]
                                     [--held-out out/bench-quality/fold0/held_out.txt] [--work out/bench-generality]
 
-- full-res: the 8 ISIC 2017 validation images of ../shared/data/isic2017-fullres-sample (2000x3008 to 2848x4288),
+- full-res: the 8 ISIC 2017 validation images of --fullres DIR (2000x3008 to 2848x4288),
   none of which is in the dev set; an image whose mask the bundle was fitted on would be left out and counted.
-- wide: each held-out 512x512 crop of ../shared/data/isic2018-task1-512 centred in a 768x512 canvas filled with
+- wide: each held-out 512x512 crop of the dev data (--source) centred in a 768x512 canvas filled with
   the mean colour of the crop's outer ring (mask padded with background). The networks see the whole canvas squashed
   to their square, as they see every 3:2 archive photograph; the dev set's crops never show them that.
 Scores are the official ISIC metrics (benchmarks/quality.py's score_pairs), with 255 as background and left out
@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from devdata import ISIC2017_FULLRES  # noqa: E402
 from quality import DEFAULT_SOURCE, REPO, score_pairs  # noqa: E402
 
-FULLRES = REPO.parent / "shared" / "data" / "isic2017-fullres-sample"
+
 RING = 8  # pixels of the crop's border whose mean colour fills the canvas
 
 
@@ -95,17 +96,19 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, action="append", required=True, help="a fitted bundle (repeatable)")
     parser.add_argument("--held-out", type=Path, default=REPO / "out" / "bench-quality" / "fold0" / "held_out.txt",
                         help="ids of dev-set images the bundles were not fitted on (the quality benchmark's fold)")
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the dev data (512 px crops)")
+    parser.add_argument("--fullres", type=Path, default=ISIC2017_FULLRES,
+                        help="full-resolution images and masks: images/ISIC_x.jpg, masks/ISIC_x_segmentation.png")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-generality")
     args = parser.parse_args()
 
-    fullres_ids = sorted(p.stem for p in (FULLRES / "images").glob("*.jpg"))
+    fullres_ids = sorted(p.stem for p in (args.fullres / "images").glob("*.jpg"))
     held_out = args.held_out.read_text().split()
     wide = args.work / "wide"
     make_wide_set(held_out, args.source, wide)
     for bundle in args.bundle:
         name = f"{bundle.name}-{bundle_tag(bundle)}"
-        for test, images, ids in (("full-res", FULLRES, fullres_ids), ("wide", wide, held_out)):
+        for test, images, ids in (("full-res", args.fullres, fullres_ids), ("wide", wide, held_out)):
             scores = score_images_folder(bundle, images, args.work / f"wsm-{test}-{name}", ids)
             print(json.dumps({"bundle": str(bundle), "test": test, **scores}), flush=True)
 

@@ -1,7 +1,7 @@
 """Map quality by k-fold on the dev set: fit on k-1 folds, generate and score the held-out fold.
 
     python benchmarks/quality.py [--folds 1] [--k 5] [--seed 0] [--pipelines classic,cam-only,default]
-                                 [--source ../shared/data/isic2018-task1-512] [--work out/bench-quality]
+                                 [--source DEV_DATA] [--work out/bench-quality]
                                  [--set section.key=value ...] [--no-bare]
 
 The folds are drawn by isic_id (a hash with the seed), so no image of the scored fold, nor its mask, is used by
@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from devdata import ISIC2018_CROPS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # benchmarks/speed.py, for the bare loop
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "isic2018-task1-512"
+DEFAULT_SOURCE = ISIC2018_CROPS
 
 
 def fold_of(isic_id: str, k: int, seed: int) -> int:

@@ -22,9 +22,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from devdata import ISIC2018_CROPS
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "isic2018-task1-512"
+DEFAULT_SOURCE = ISIC2018_CROPS
 
 
 def tree_rss_mb(pid: int) -> float:

@@ -8,10 +8,10 @@ from wsm.cli import build_parser, main
 
 def test_output_flags_work_before_and_after_the_command():
     parser = build_parser()
-    assert parser.parse_args(["-q", "report", "--pred", "p", "--data", "d", "--out", "o"]).quiet
-    after = parser.parse_args(["report", "--pred", "p", "--data", "d", "--out", "o", "-q", "-v"])
+    assert parser.parse_args(["-q", "report", "-m", "p", "-d", "d", "-o", "o"]).quiet
+    after = parser.parse_args(["report", "--maps", "p", "--data", "d", "--out", "o", "-q", "-v"])
     assert after.quiet and after.verbose == 1
-    plain = parser.parse_args(["report", "--pred", "p", "--data", "d", "--out", "o"])
+    plain = parser.parse_args(["report", "--maps", "p", "--data", "d", "--out", "o"])
     assert not plain.quiet and plain.verbose == 0
 
 
@@ -74,3 +74,48 @@ def test_flags_the_chosen_mode_would_ignore_are_refused(args, message, tmp_path,
     out = tmp_path / "out"
     assert main(["-q", *args, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def _readme_first_run() -> list[list[str]]:
+    """The `wsm ...` lines of the README's "First run" block, split as a shell would."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf8")
+    block = re.search(r"## First run\n.*?```sh\n(.*?)```", readme, re.S).group(1)
+    return [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("wsm ")]
+
+
+@pytest.mark.slow
+def test_the_readme_first_run_ends_with_a_report_with_real_numbers(tmp_path, monkeypatch, capsys):
+    """The README's first example, as written (from a folder where wsm/sample is the embedded sample)."""
+    import json
+    import math
+
+    from wsm.demo import SAMPLE
+
+    commands = _readme_first_run()
+    assert [c[0] for c in commands] == ["import", "fit", "generate", "report"]
+    (tmp_path / "wsm").mkdir()
+    (tmp_path / "wsm" / "sample").symlink_to(SAMPLE)
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        assert main(command) == 0, command
+    err = capsys.readouterr().err
+    assert "next: wsm fit" in err and "next: wsm generate" in err and "next: wsm report" in err
+    metrics = json.loads((tmp_path / "out/first/REPORT/metrics.json").read_text())
+    headline = metrics["headline"]["uncertain_as_background"]
+    assert metrics["counts"]["headline"] > 0 and headline["n_images"] == metrics["counts"]["headline"]
+    assert all(math.isfinite(headline[k]) for k in ("jaccard", "threshold_jaccard", "dice"))
+
+
+def test_old_spellings_still_work_and_say_what_to_use(capsys):
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--wsm", "w", "--split-train", "labeled"])
+    assert (str(args.maps), args.train_split) == ("w", "labeled")
+    assert str(parser.parse_args(["report", "--pred", "p", "-d", "d", "-o", "o"]).maps) == "p"
+    assert parser.parse_args(["download", "-o", "d", "--workers", "3"]).connections == 3
+    err = capsys.readouterr().err
+    assert "--wsm is now --maps" in err and "--split-train is now --train-split" in err
+    assert "--pred is now --maps" in err and "--workers is now --connections" in err

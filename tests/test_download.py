@@ -481,7 +481,7 @@ def test_a_damaged_manifest_is_kept_aside_and_rebuilt_from_verified_files(tmp_pa
     assert sha256(broken) == served_files(served_data)[broken.stem]
 
 
-@pytest.mark.parametrize("flags, message", [(["--workers", "0"], "--workers 0: give at least 1"),
+@pytest.mark.parametrize("flags, message", [(["--connections", "0"], "--connections 0: give at least 1"),
                                             (["--limit", "-1"], "--limit -1: give a number of images")])
 def test_bad_numbers_are_one_line_errors(tmp_path, emulator, capsys, flags, message):
     assert main(["-q", "download", "--out", str(tmp_path), "--api-url", emulator.api_url, *flags]) == 2

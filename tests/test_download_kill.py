@@ -25,7 +25,7 @@ def test_sigkill_then_rerun_completes(tmp_path):
     data = tmp_path / "data"
     with EmulatorServer(served, config=EmulatorConfig(latency_ms=40, fault_rate=0.05, seed=1)) as server:
         cmd = [sys.executable, "-m", "wsm", "-q", "download", "--out", str(data), "--api-url", server.api_url,
-               "--workers", "4"]
+               "--connections", "4"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 60
@@ -64,7 +64,7 @@ def test_ctrl_c_keeps_a_consistent_manifest(tmp_path):
     data = tmp_path / "data"
     with EmulatorServer(served, config=EmulatorConfig(latency_ms=40, seed=2)) as server:
         cmd = [sys.executable, "-m", "wsm", "-q", "download", "--out", str(data), "--api-url", server.api_url,
-               "--workers", "2"]
+               "--connections", "2"]
         # A shell's background job (`make test &`, some CI runners) starts with SIGINT ignored, and Python keeps it
         # ignored: give the child the default disposition, as a terminal's Ctrl-C would find it.
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

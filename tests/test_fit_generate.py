@@ -16,7 +16,7 @@ from wsm.cli import main
 from wsm.demo import SAMPLE
 
 TINY = ["classifier.arch=test_resnet", "classifier.size=64", "classifier.epochs=1", "classifier.batch_size=8",
-        "prior.encoder=test_resnet", "prior.size=64", "prior.epochs=1", "prior.batch_size=8",
+        "prior.encoder=test_resnet", "prior.size=64", "prior.epochs=1", "prior.min_steps=0", "prior.batch_size=8",
         "preprocess.working_size=96", "calibration.max_images=6", "crf.bilateral_sxy=4.0",
         "classifier.pretrained=false", "prior.pretrained=false", "classifier.enabled=true"]
 

@@ -118,7 +118,7 @@ def test_fit_and_train_record_the_starting_weights(tmp_path, cache):
     import_folders(data, images=SAMPLE / "images", masks=SAMPLE / "masks", labels=SAMPLE / "labels.csv",
                    challenge="isic2018", split="train", progress=False)
     tiny = ["classifier.size=64", "classifier.epochs=1", "classifier.batch_size=8", "prior.size=64",
-            "prior.epochs=1", "prior.batch_size=8", "preprocess.working_size=96", "calibration.max_images=4",
+            "prior.epochs=1", "prior.min_steps=0", "prior.batch_size=8", "preprocess.working_size=96", "calibration.max_images=4",
             "classifier.enabled=true", "classifier.pretrained=false"]
     bundle = tmp_path / "bundle"
     assert main(["-q", "fit", "--data", str(data), "--out", str(bundle), *[a for t in tiny for a in ("--set", t)]]) == 0

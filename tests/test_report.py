@@ -27,8 +27,9 @@ from scipy import ndimage
 from wsm.demo import SAMPLE
 from wsm.generate.folder import WSM_MANIFEST
 from wsm.io.images import read_mask, write_label_png
-from wsm.report.driver import (ReportError, breakdown, build_report, calibration, gallery_ids, image_group, score_image,
-                               size_bins, spearman)
+from wsm.report.driver import build_report
+from wsm.report.maps import ReportError
+from wsm.report.scoring import breakdown, calibration, gallery_ids, image_group, score_image, size_bins, spearman
 from wsm.report.metrics import METRIC_NAMES, score_label_map
 
 PEER_WARNINGS = pytest.mark.filterwarnings("ignore:The inplace keyword in Series.rename")
@@ -309,7 +310,7 @@ def test_json_and_csv_agree(report, case):
 
     assert metrics["wsm_manifest_sha256"] == hashlib.sha256((pred / "manifest.parquet").read_bytes()).hexdigest()
     assert metrics["data_manifest_sha256"] == hashlib.sha256((data / "manifest.parquet").read_bytes()).hexdigest()
-    assert metrics["command"].startswith("wsm report --pred ") and metrics["split"] == "all"
+    assert metrics["command"].startswith("wsm report --maps ") and metrics["split"] == "all"
     assert metrics["only_ids"] == sorted(CASE_IDS)
     honest = per_image[per_image["headline"]]
     scored = per_image[per_image["status"] == "scored"]

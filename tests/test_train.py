@@ -164,7 +164,7 @@ def test_training_rows_per_label_source(half_labelled):
     assert (both[both["label_source"] == "official"]["label_kind"] == "mask").all()
     from wsm.selection import DataError
 
-    with pytest.raises(DataError, match="--wsm"):
+    with pytest.raises(DataError, match="--maps"):
         training_rows(root, "both", "train")
     with pytest.raises(DataError, match="does not exist"):
         training_rows(root, str(root / "nope"), "train")
@@ -198,7 +198,7 @@ def test_min_confidence_keeps_the_confident_weak_maps(half_labelled, tmp_path):
 def test_both_trains_with_ignored_pixels(half_labelled, tmp_path):
     root, wsm, _ = half_labelled
     out = tmp_path / "both"
-    assert _train("--data", str(root), "--out", str(out), "--labels", "both", "--wsm", str(wsm), "--epochs", "1",
+    assert _train("--data", str(root), "--out", str(out), "--labels", "both", "--maps", str(wsm), "--epochs", "1",
                   "--loss", "hybrid", "--arch", "linknet") == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_train_official"] == 16 and metrics["n_train_weak"] == 8
@@ -206,10 +206,10 @@ def test_both_trains_with_ignored_pixels(half_labelled, tmp_path):
 
 
 def test_eval_images_are_never_trained_on(data, tmp_path, capsys):
-    assert _train("--data", str(data), "--out", str(tmp_path / "r"), "--split-train", "labeled",
+    assert _train("--data", str(data), "--out", str(tmp_path / "r"), "--train-split", "labeled",
                   "--epochs", "1") == 2
     assert "also training images" in capsys.readouterr().err
-    assert _train("--data", str(data), "--out", str(tmp_path / "r2"), "--split-train", "labeled",
+    assert _train("--data", str(data), "--out", str(tmp_path / "r2"), "--train-split", "labeled",
                   "--eval-split", "none", "--epochs", "1") == 0
     assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["metrics"] == {}
 
@@ -233,7 +233,7 @@ def test_init_fine_tunes_an_earlier_run_and_refuses_a_dishonest_one(half_labelle
     assert _train("--data", str(root), "--out", str(tmp_path / "b"), "--init", str(tmp_path / "nothing")) == 2
     assert "no weights there" in capsys.readouterr().err
     seen_eval = tmp_path / "seen"
-    assert _train("--data", str(data), "--out", str(seen_eval), "--split-train", "labeled", "--eval-split", "none",
+    assert _train("--data", str(data), "--out", str(seen_eval), "--train-split", "labeled", "--eval-split", "none",
                   "--epochs", "1") == 0
     assert _train("--data", str(data), "--out", str(tmp_path / "c"), "--init", str(seen_eval)) == 2
     assert "would not be honest" in capsys.readouterr().err

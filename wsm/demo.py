@@ -92,11 +92,11 @@ def generate_maps(ctx: DemoContext) -> str:
 
 
 def report_maps(ctx: DemoContext) -> str:
-    from wsm.report import build_report
+    from wsm.report.driver import build_report, report_command
 
-    summary = build_report(ctx.out / "wsm", ctx.data, ctx.out / "report", split="test",
-                           command=f"wsm report --pred {ctx.out / 'wsm'} --data {ctx.data} --split test "
-                                   f"--out {ctx.out / 'report'}")
+    maps, report = ctx.out / "wsm", ctx.out / "report"
+    summary = build_report(maps, ctx.data, report, split="test",
+                           command=report_command(maps, ctx.data, report, "test"))
     ctx.report = summary.html
     return "; ".join(summary.lines())
 
@@ -112,7 +112,7 @@ def train_on_maps(ctx: DemoContext) -> str:
 STEPS: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("download (archive API, from the emulator)", download_from_emulator),
     ("download --challenge isic2018 (official masks)", download_masks),
-    ("fit (classifier, segmentation prior, calibration)", fit_bundle),
+    ("fit (segmentation prior, calibration)", fit_bundle),
     ("generate --split all (ISIC_WSM maps)", generate_maps),
     ("report --split test (official metrics on the held-out masks)", report_maps),
     ("train (a U-Net on the weak maps, scored on the held-out official masks)", train_on_maps),

@@ -35,9 +35,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def add_data_and_out(parser, holds: str, out: str, out_help: str) -> None:
     """--data DATA (what the command reads from it) and --out FOLDER (what it writes), both required."""
-    parser.add_argument("--data", required=True, type=Path, metavar="DATA",
+    parser.add_argument("-d", "--data", required=True, type=Path, metavar="DATA",
                         help=f"from `wsm download` or `wsm import` ({holds})")
-    parser.add_argument("--out", required=True, type=Path, metavar=out, help=out_help)
+    parser.add_argument("-o", "--out", required=True, type=Path, metavar=out, help=out_help)
 
 
 def add_set_flag(parser, what: str = "pipeline", note: str = "") -> None:
@@ -61,3 +61,22 @@ def check_device(device: str) -> None:
     if index and int(index) >= torch.cuda.device_count():
         raise WsmError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
+class _Renamed(argparse.Action):
+    """An old flag spelling: sets the new flag's value and says once which spelling to use."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"wsm: note: {option_string} is now {self.new} (the old spelling still works, for now)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed(parser, old: str, new: str, **kwargs) -> None:
+    """Keep the flag ``old`` working as ``new`` (same dest, same type), hidden from --help, with a note when used."""
+    action = next(a for a in parser._actions if new in a.option_strings)
+    parser.add_argument(old, dest=action.dest, action=_Renamed, new=new, help=argparse.SUPPRESS,
+                        type=action.type, metavar=action.metavar, **kwargs)

@@ -16,7 +16,7 @@ def register(commands) -> None:
         "laptop CPU.",
         formatter_class=HelpFormatter,
     )
-    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="where everything is written")
+    demo.add_argument("-o", "--out", type=Path, default=Path("out/demo"), help="where everything is written")
     demo.set_defaults(run=run)
 
 

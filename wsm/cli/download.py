@@ -7,7 +7,8 @@ from pathlib import Path
 from archive_client.api import DEFAULT_API_URL
 from archive_client.challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS
 from archive_client.ids import comma_choices
-from wsm.cli.common import HelpFormatter, print_summary
+from archive_client.errors import printable
+from wsm.cli.common import HelpFormatter, UsageError, add_renamed, print_summary
 
 
 def register(commands) -> None:
@@ -20,13 +21,14 @@ def register(commands) -> None:
         "With --challenge, download the official lesion masks of an ISIC challenge instead.",
         formatter_class=HelpFormatter,
     )
-    download.add_argument("--out", required=True, type=Path, metavar="DATA", help="the DATA folder to fill")
+    download.add_argument("-o", "--out", required=True, type=Path, metavar="DATA", help="the DATA folder to fill")
     download.add_argument("--api-url", default=DEFAULT_API_URL, help="ISIC API v2 base URL")
     download.add_argument("--search", default="", metavar="QUERY",
                           help="archive search DSL, e.g. 'diagnosis_3:\"Melanoma Invasive\" AND age_approx:[20 TO 40]'")
     download.add_argument("--collections", default="", help="comma-separated collection ids, e.g. 1,2")
     download.add_argument("--limit", type=int, default=0, help="at most N images (0: every match)")
-    download.add_argument("--workers", type=int, default=32, help="concurrent transfers")
+    download.add_argument("--connections", type=int, default=32, help="concurrent HTTP transfers")
+    add_renamed(download, "--workers", "--connections")
     download.add_argument("--verify", action="store_true",
                           help="re-hash and decode files already listed in the manifest")
     download.add_argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="HOST[:PORT]",
@@ -34,7 +36,7 @@ def register(commands) -> None:
                                "own host (and its sibling hosts, e.g. content.isic-archive.com) is trusted")
     download.add_argument("--challenge", choices=sorted(CATALOG), help="download this challenge's official masks")
     download.add_argument("--splits", type=comma_choices(SPLITS, "split(s)"),
-                          help=f"with --challenge: which splits, comma-separated (default {','.join(SPLITS)})")
+                          help=f"with --challenge: which splits, comma-separated (default: {','.join(SPLITS)})")
     download.add_argument("--inputs", action="store_true", help="with --challenge: the input images too")
     download.add_argument("--challenge-url", default=DEFAULT_CHALLENGE_URL,
                           help="base URL of the challenge zips (env WSM_CHALLENGE_URL)")
@@ -48,7 +50,7 @@ def register(commands) -> None:
         "(isic_id plus diagnosis_1..5, or the ISIC 2017 melanoma / seborrheic_keratosis columns).",
         formatter_class=HelpFormatter,
     )
-    imp.add_argument("--images", required=True, type=Path, metavar="DIR",
+    imp.add_argument("-i", "--images", required=True, type=Path, metavar="DIR",
                      help="a folder (searched recursively) of ISIC_xxxxxxx.jpg / .png images")
     imp.add_argument("--masks", type=Path, metavar="DIR", help="a folder of ISIC_xxxxxxx_segmentation.png masks")
     imp.add_argument("--labels", type=Path, metavar="CSV",
@@ -58,7 +60,7 @@ def register(commands) -> None:
     imp.add_argument("--split", default="auto", choices=["auto", *SPLITS],
                      help="split of the masks (auto: the checked-in manifests/challenge_splits.csv, else train)")
     imp.add_argument("--link", action="store_true", help="hard-link instead of copying where possible")
-    imp.add_argument("--out", required=True, type=Path, metavar="DATA", help="the DATA folder to fill")
+    imp.add_argument("-o", "--out", required=True, type=Path, metavar="DATA", help="the DATA folder to fill")
     imp.set_defaults(run=run_import)
 
 
@@ -76,8 +78,7 @@ def _flags_of_the_other_mode(args) -> str | None:
 def run_download(args) -> int:
     conflict = _flags_of_the_other_mode(args)
     if conflict:
-        print(f"wsm: error: {conflict}", file=sys.stderr)
-        return 2
+        raise UsageError(conflict)
     if args.challenge:
         from archive_client.challenge_data import download_challenge
 
@@ -87,10 +88,10 @@ def run_download(args) -> int:
         from archive_client.download import DownloadOptions, download_images
 
         opts = DownloadOptions(api_url=args.api_url, query=args.search, collections=args.collections,
-                               limit=args.limit, workers=args.workers, verify=args.verify, progress=not args.quiet,
+                               limit=args.limit, workers=args.connections, verify=args.verify, progress=not args.quiet,
                                allow_hosts=tuple(args.allow_hosts))
         summary = download_images(args.out, opts)
-    return print_summary(summary)
+    return _closing(summary, args.out)
 
 
 def run_import(args) -> int:
@@ -98,4 +99,14 @@ def run_import(args) -> int:
 
     summary = import_folders(args.out, images=args.images, masks=args.masks, labels=args.labels,
                              challenge=args.challenge, split=args.split, link=args.link, progress=not args.quiet)
-    return print_summary(summary)
+    return _closing(summary, args.out)
+
+
+def _closing(summary, data) -> int:
+    """The command's summary, then what DATA now holds and the next command."""
+    from archive_client.manifest import data_overview
+
+    code = print_summary(summary)
+    for line in data_overview(data):
+        print(printable(line), file=sys.stderr)
+    return code

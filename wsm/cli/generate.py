@@ -19,20 +19,20 @@ def register(commands) -> None:
         "stops the run. With --split all and no --bundle, fits one into WSM/bundle first.",
         formatter_class=HelpFormatter,
     )
-    gen.add_argument("--data", type=Path, metavar="DATA", help="from `wsm download` or `wsm import`")
-    gen.add_argument("--images", type=Path, metavar="DIR", help="any folder of images instead of DATA")
+    gen.add_argument("-d", "--data", type=Path, metavar="DATA", help="from `wsm download` or `wsm import`")
+    gen.add_argument("-i", "--images", type=Path, metavar="DIR", help="any folder of images instead of DATA")
     gen.add_argument("--bundle", type=Path, metavar="BUNDLE", help="from `wsm fit`")
     gen.add_argument("--split", default="all", choices=SPLIT_CHOICES,
                      help="which DATA images: all, those with (labeled) or without (unlabeled) an official mask, or "
                           "an official split")
-    gen.add_argument("--out", type=Path, required=True, metavar="WSM",
+    gen.add_argument("-o", "--out", type=Path, required=True, metavar="WSM",
                      help="where the maps and manifest.parquet go; one folder holds the maps of one bundle")
     gen.add_argument("--shard", metavar="I/N", help="this machine's share (default: RANK/WORLD_SIZE, Slurm, or 0/1)")
     gen.add_argument("--merge", action="store_true", help="only join the shards' manifest parts in WSM")
-    gen.add_argument("--workers", type=int, default=0,
+    gen.add_argument("-j", "--workers", type=int, default=0,
                      help="CPU worker processes for decode, CRF and PNG (0: every core, or half of them when a CAM "
                           "or a flip-TTA prior runs on the CPU)")
-    gen.add_argument("--batch-size", type=int, default=16, help="images per network batch")
+    gen.add_argument("-b", "--batch-size", type=int, default=16, help="images per network batch")
     gen.add_argument("--limit", type=int, default=0, help="at most N images (0: all)")
     gen.add_argument("--only", type=Path, metavar="IDS", help="only these isic_ids (one per line, or a CSV)")
     gen.add_argument("--export-challenge", action="store_true",

@@ -1,10 +1,12 @@
 """`wsm train`: train a segmentation network on official masks and/or weak maps, evaluate on official masks."""
 from __future__ import annotations
 
+import sys
+
 import argparse
 from pathlib import Path
 
-from wsm.cli.common import HelpFormatter, UsageError, add_data_and_out, add_set_flag, print_summary
+from wsm.cli.common import HelpFormatter, UsageError, add_data_and_out, add_renamed, add_set_flag, print_summary
 from wsm.selection import SPLIT_CHOICES
 
 # Kept here as literals so that building the parser imports no torch; tests check them against the registries
@@ -19,8 +21,8 @@ def register(commands) -> None:
         help="train a segmentation network on official masks, ISIC_WSM weak maps or both; evaluate it",
         description="Train a segmentation network and evaluate it on the official masks of a held-out split "
         "(official ISIC metrics per image, then mean, in RUN/metrics.json). --labels official: the official "
-        "masks of --split-train; --labels WSM_DIR: the weak maps (255 = uncertain, ignored by the loss) of the "
-        "--split-train images and of every image without an official mask; --labels both --wsm WSM_DIR: official "
+        "masks of --train-split; --labels weak --maps WSM: the weak maps (255 = uncertain, ignored by the loss) of "
+        "the --train-split images and of every image without an official mask; --labels both --maps WSM: official "
         "masks where there are some, weak maps for the other images. --pipeline mbdcnn trains MB-DCNN (coarse "
         "net, mask-guided classifier, CAM-enhanced net; settings in pipelines/mbdcnn.toml, changed with --set; "
         "the flags --arch/--encoder/--epochs/--size/--batch-size/--lr, when given, apply to every stage). "
@@ -30,33 +32,35 @@ def register(commands) -> None:
         formatter_class=HelpFormatter,
     )
     add_data_and_out(p, "images and official masks", "RUN", "run folder: checkpoints, model.safetensors, metrics.json")
-    p.add_argument("--labels", default="official", metavar="official|WSM_DIR|both",
-                   help="where the training labels come from")
-    p.add_argument("--wsm", type=Path, metavar="WSM_DIR", help="the weak maps for --labels both")
+    p.add_argument("--labels", default="official", metavar="official|weak|both",
+                   help="official masks, the weak maps of --maps, or both (official where there is one)")
+    p.add_argument("-m", "--maps", type=Path, metavar="WSM", help="the weak maps (`wsm generate --out WSM`)")
+    add_renamed(p, "--wsm", "--maps")
     p.add_argument("--min-confidence", type=float, metavar="C",
                    help="train only on the weak maps whose confidence (WSM manifest) is at least C (0..1); "
                         "with --labels both the official masks are always kept")
     p.add_argument("--pipeline", metavar="mbdcnn|PATH", help="a multi-network recipe instead of one network: "
                    "a pipelines/<name>.toml name or a path (method = \"mbdcnn\")")
     add_set_flag(p, "--pipeline")
-    p.add_argument("--arch", choices=ARCH_CHOICES, help="segmentation architecture (default unet)")
+    p.add_argument("--arch", choices=ARCH_CHOICES, help="segmentation architecture (default: unet)")
     p.add_argument("--encoder",
-                   help="timm encoder name (default tf_efficientnet_lite0; its ImageNet weights ship with wsm)")
+                   help="timm encoder name (default: tf_efficientnet_lite0; its ImageNet weights ship with wsm)")
     p.add_argument("--num-classes", type=int, default=1,
-                   help="1: lesion maps; K > 1: class-index maps in --labels DIR (255 ignored)")
-    p.add_argument("--loss", choices=LOSS_CHOICES, help="default bce+dice (1 class), ce (K classes)")
-    p.add_argument("--split-train", default="train", choices=SPLIT_CHOICES, help="the DATA split whose images train")
+                   help="1: lesion maps; K > 1: class-index maps in --maps (255 ignored)")
+    p.add_argument("--loss", choices=LOSS_CHOICES, help="(default: bce+dice for 1 class, ce for K classes)")
+    p.add_argument("--train-split", default="train", choices=SPLIT_CHOICES, help="the DATA split whose images train")
+    add_renamed(p, "--split-train", "--train-split")
     p.add_argument("--eval-split", default="val", choices=(*SPLIT_CHOICES, "none"),
                    help="the DATA split whose official masks evaluate (never trained on)")
-    p.add_argument("--epochs", type=int, help="default 20")
-    p.add_argument("--size", type=int, help="square working size, a multiple of 32 (default 192)")
-    p.add_argument("--batch-size", type=int, help="images per step over all processes (default 16)")
-    p.add_argument("--lr", type=float, help="AdamW peak learning rate, cosine decay (default 0.001)")
+    p.add_argument("-e", "--epochs", type=int, help="(default: 20)")
+    p.add_argument("--size", type=int, help="square working size, a multiple of 32 (default: 192)")
+    p.add_argument("-b", "--batch-size", type=int, help="images per step over all processes (default: 16)")
+    p.add_argument("--lr", type=float, help="AdamW peak learning rate, cosine decay (default: 0.001)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation chunks per batch")
     p.add_argument("--seed", type=int, default=0, help="seeds initialisation, augmentation and batch order")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("-j", "--workers", type=int, default=0, help="worker processes that read the images (0: the main one)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no DeepHealth augmentation")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no float16 mixed precision on CUDA")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
@@ -74,15 +78,28 @@ def register(commands) -> None:
     p.set_defaults(run=run_train)
 
 
+def _labels(args) -> str:
+    """TrainOptions.labels: official, both, or the folder of the weak maps."""
+    if args.labels in ("official", "both"):
+        return args.labels
+    if args.labels == "weak":
+        if args.maps is None:
+            raise UsageError("--labels weak needs the weak maps: --maps WSM (the folder `wsm generate` wrote)")
+        return str(args.maps)
+    print(f"wsm: note: --labels {args.labels} is now --labels weak --maps {args.labels} (the old spelling still "
+          "works, for now)", file=sys.stderr)
+    return args.labels
+
+
 def options(args):
     """TrainOptions from parsed flags (flags left out keep the TrainOptions defaults)."""
     from wsm.train import TrainOptions
 
     given = {k: getattr(args, k) for k in ("arch", "encoder", "loss", "epochs", "size", "batch_size", "lr")
              if getattr(args, k) is not None}
-    return TrainOptions(data=args.data, out=args.out, labels=str(args.labels), wsm=args.wsm,
+    return TrainOptions(data=args.data, out=args.out, labels=_labels(args), wsm=args.maps,
                         min_confidence=args.min_confidence, num_classes=args.num_classes,
-                        split_train=args.split_train, eval_split=args.eval_split,
+                        split_train=args.train_split, eval_split=args.eval_split,
                         weight_decay=args.weight_decay, augment=args.augment, seed=args.seed, device=args.device,
                         workers=args.workers, amp=args.amp, accumulate=args.accumulate,
                         pretrained=args.pretrained, weights_file=args.weights_file, init=args.init,

@@ -53,6 +53,13 @@ class PriorConfig(SegmenterConfig):
     flip_tta: bool = False          # average its maps over the four flips of the image (4x the prior's cost)
     augment_scale: tuple[float, float] = (1.0, 1.0)   # training zoom range (wsm.train.augment.AugmentConfig.scale)
     augment_stretch: float = 1.0                      # training stretch (wsm.train.augment.AugmentConfig.stretch)
+    min_steps: int = 60             # train at least this many optimiser steps: more epochs when there are few masks
+                                    # (40 sample images: Jaccard 0.13 after 12 steps, 0.72 after 60; docs/RESULTS.md)
+
+    def epochs_for(self, n_images: int) -> int:
+        """The epochs to train on ``n_images`` masks: ``epochs``, or more to reach ``min_steps``."""
+        steps_per_epoch = max(1, -(-n_images // self.batch_size))
+        return max(self.epochs, -(-self.min_steps // steps_per_epoch))
 
     def __post_init__(self):
         low, high = self.augment_scale
@@ -81,6 +88,8 @@ class CalibrationConfig:
 @dataclass(frozen=True)
 class FitConfig:
     splits: tuple[str, ...] = ("train", "val")   # official-mask splits fit may use (never "test")
+    eval_fraction: float = 0.15                  # of those masks, kept out of everything for an honest report, when
+                                                 # no --exclude is given and no split outside `splits` has masks
     num_workers: int = 0                         # DataLoader workers while training
     threads: int = 0                             # torch threads (0: leave torch's default)
 

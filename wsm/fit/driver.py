@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from archive_client.layout import DataLayout
 from wsm.config.pipeline import load_pipeline, pipeline_hash
@@ -25,6 +24,8 @@ from wsm.config.recipe import INFERENCE_ONLY, Recipe, build_recipe
 from wsm.fit import bundle as B
 from wsm.io.atomic import write_json
 from wsm.io.hashing import sha256_file
+from wsm.io.progress import announce
+from wsm.io.progress import progress as progress_bar
 from wsm.io.provenance import versions
 from wsm.selection import DataError, read_manifest, read_truth, warn_unknown_ids, with_truth
 
@@ -49,11 +50,17 @@ class FitSummary:
     classifier_images: int = 0
     prior_images: int = 0
     calibration: object = None
+    held_out: int = 0               # masked images kept out of everything, for an honest report
+    data: Path | None = None
+    prior_steps: int = 0            # the prior's optimiser steps
 
     def lines(self) -> list[str]:
         counts = [f"classifier images {self.classifier_images}"] if self.classifier_images else []
-        counts.append(f"prior masks {self.prior_images}")
-        out = [f"bundle written to {self.bundle}", ", ".join(counts)]
+        if self.prior_images:
+            counts.append(f"prior masks {self.prior_images}")
+        if self.held_out:
+            counts.append(f"{self.held_out} masked images held out for the report")
+        out = [f"bundle written to {self.bundle}", ", ".join(counts) or "no network to train (a no-learning pipeline)"]
         if self.calibration is not None:
             c = self.calibration
             weight = "no prior" if c.prior_weight is None else f"prior weight {c.prior_weight}"
@@ -61,16 +68,42 @@ class FitSummary:
             out.append(f"calibrated on {c.n_images} held-out fitting-split masks: {weight}, "
                        f"threshold {c.mask_threshold}, Jaccard {c.jaccard:.3f}, certain pixels "
                        f"{c.certain_fraction:.1%} at accuracy {c.certain_accuracy:.3f}")
-            if c.n_images < 10:
-                out.append(f"warning: calibration saw only {c.n_images} masks; its choice is a guess (import or "
-                           "download more official masks, or set [fusion.weights] yourself)")
-        out.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
+            out += self.warnings()
+        if self.seconds:
+            out.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
         work = B.BundleFolder(self.bundle).work
         if work.is_dir():
             megabytes = sum(f.stat().st_size for f in work.rglob("*") if f.is_file()) / 1e6
             out.append(f"{work} ({megabytes:.0f} MB) keeps the training checkpoints, to resume or refit with other "
                        "settings; the bundle does not need it")
+        data = self.data if self.data is not None else "DATA"
+        out.append(f"next: wsm generate --data {data} --bundle {self.bundle} --split all --out WSM")
         return out
+
+    def warnings(self) -> list[str]:
+        """A verdict when the calibration numbers say the maps will be poor, with the likely reasons."""
+        c, out = self.calibration, []
+        if c.n_images < 10:
+            out.append(f"warning: calibration saw only {c.n_images} masks; its choice is a guess (import or download "
+                       "more official masks, or set [fusion.weights] yourself)")
+        if c.jaccard >= POOR_JACCARD and c.certain_fraction >= POOR_CERTAIN:
+            return out
+        reasons = []
+        if self.prior_images < FEW_MASKS:
+            reasons.append(f"the prior learnt from {self.prior_images} masks (a few hundred make a good one: "
+                           "`wsm download --challenge isic2018`)")
+        if self.prior_steps and self.prior_steps < FEW_STEPS:
+            reasons.append(f"the prior trained {self.prior_steps} optimiser steps (--set prior.epochs=... or "
+                           "prior.min_steps=...)")
+        out.append(f"warning: these maps will be poor (calibration Jaccard {c.jaccard:.2f}, {c.certain_fraction:.0%} "
+                   "of pixels certain)" + (": " + "; ".join(reasons) if reasons else ""))
+        return out
+
+
+POOR_JACCARD = 0.6     # below this calibration Jaccard, or
+POOR_CERTAIN = 0.5     # below this share of certain pixels, fit warns that the maps will be poor
+FEW_MASKS = 200
+FEW_STEPS = 60
 
 
 def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
@@ -87,20 +120,44 @@ def work_dir(work: Path, stage: str, cfg, recipe: Recipe, extra: dict | None = N
     return work / f"{stage}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def _train_config(cfg, recipe: Recipe, device: str):
+def _train_config(cfg, recipe: Recipe, device: str, epochs: int | None = None):
     """The training loop's settings for one network of the recipe (classifier or prior)."""
     from wsm.train.loop import TrainConfig
 
-    return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    return TrainConfig(epochs=epochs or cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                        num_workers=recipe.fit.num_workers, seed=recipe.seed, device=device)
 
 
-def _train_classifier(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str, progress: bool):
+@dataclass
+class _Network:
+    """One network fit trains: built (and its cost measured) before any training starts."""
+    name: str
+    model: object
+    dataset: object
+    loss: object
+    cfg: object              # wsm.train.loop.TrainConfig
+    folder: Path             # its checkpoints, under BUNDLE/work/
+
+    def train(self, progress: bool):
+        from wsm.train.loop import train
+
+        return train(self.model, self.dataset, self.loss, self.cfg, self.folder, progress=progress,
+                     phase=f"{self.name} ")
+
+    def estimate_s(self) -> float:
+        """Seconds its whole training will take here, from one measured step (a resumed run takes less)."""
+        from wsm.train.loop import seconds_per_step
+
+        steps = -(-len(self.dataset) // self.cfg.batch_size) * self.cfg.epochs
+        return steps * seconds_per_step(self.model, self.dataset, self.loss, self.cfg)
+
+
+def _classifier_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str) -> _Network:
     import torch
 
     from wsm.models.classifier import create_classifier
     from wsm.train.datasets import ClassifierDataset, ClassMapping
-    from wsm.train.loop import classification_loss, train
+    from wsm.train.loop import classification_loss
 
     mapping = ClassMapping.from_table(recipe.classes)
     cfg = recipe.classifier
@@ -112,20 +169,17 @@ def _train_classifier(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path
     torch.manual_seed(recipe.seed)
     model = create_classifier(cfg.arch, mapping.num_classes, pretrained=cfg.pretrained,
                               weights_file=cfg.weights_file or None)
-    folder = work_dir(work, "classifier", cfg, recipe, {"classes": recipe.classes})
-    result = train(model, dataset, classification_loss(dataset.class_counts()), _train_config(cfg, recipe, device),
-                   folder, progress=progress)
-    counts = dict(zip(mapping.classes, dataset.class_counts().tolist()))
-    return model, result, list(mapping.classes), counts
+    return _Network("classifier", model, dataset, classification_loss(dataset.class_counts()),
+                    _train_config(cfg, recipe, device),
+                    work_dir(work, "classifier", cfg, recipe, {"classes": recipe.classes}))
 
 
-def _train_prior(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str, progress: bool):
+def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str) -> _Network:
     import torch
 
     from wsm.models.segmentation import create_segmenter
     from wsm.train.augment import SEGMENTER_AUGMENT
     from wsm.train.datasets import SegmentationDataset
-    from wsm.train.loop import train
     from wsm.train.losses import BCEDice
 
     cfg = recipe.prior
@@ -134,27 +188,43 @@ def _train_prior(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, dev
     torch.manual_seed(recipe.seed)
     model = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
                              weights_file=cfg.weights_file or None)
-    folder = work_dir(work, "prior", cfg, recipe, {"size": recipe.preprocess.working_size})
-    return model, train(model, dataset, BCEDice(), _train_config(cfg, recipe, device), folder, progress=progress)
+    return _Network("prior", model, dataset, BCEDice(),
+                    _train_config(cfg, recipe, device, epochs=cfg.epochs_for(len(dataset))),
+                    work_dir(work, "prior", cfg, recipe, {"size": recipe.preprocess.working_size}))
 
 
-def _calibrate(recipe: Recipe, data: Path, rows: pd.DataFrame, models, progress: bool):
-    from wsm.fit.calibrate import Sample, calibrate
+def _samples(recipe: Recipe, data: Path, rows: pd.DataFrame, models, bar=None) -> list:
+    from wsm.fit.calibrate import Sample
     from wsm.generate.maps import prepare, truth_at
 
-    size = recipe.preprocess.working_size
-    rows = rows.head(recipe.calibration.max_images)
-    samples, batch = [], 16
-    bar = tqdm(total=2 * len(rows), desc="calibrate", unit="img", disable=not progress)
+    size, samples, batch = recipe.preprocess.working_size, [], 16
     for start in range(0, len(rows), batch):
         chunk = rows.iloc[start:start + batch]
         pres = [prepare(data / f, recipe.preprocess) for f in chunk["file"]]
         maps = models.evidence([p.image for p in pres])
         samples += [Sample(p, m, truth_at(data / mf, size)) for p, m, mf in zip(pres, maps, chunk["mask_file"])]
-        bar.update(len(chunk))
-    result = calibrate(samples, recipe, progress=bar)
+        if bar is not None:
+            bar.update(len(chunk))
+    return samples
+
+
+def _calibrate(recipe: Recipe, data: Path, rows: pd.DataFrame, models, progress: bool):
+    from wsm.fit.calibrate import calibrate
+
+    rows = rows.head(recipe.calibration.max_images)
+    bar = progress_bar(total=2 * len(rows), desc="calibrate", unit="img", enabled=progress)
+    result = calibrate(_samples(recipe, data, rows, models, bar), recipe, progress=bar)
     bar.close()
     return result
+
+
+def _calibration_estimate_s(recipe: Recipe, data: Path, rows: pd.DataFrame, models) -> float:
+    """Seconds calibration will take here: every candidate setting on one image, measured, times the images."""
+    from wsm.fit.calibrate import calibrate
+
+    started = time.perf_counter()
+    calibrate(_samples(recipe, data, rows.head(1), models), recipe)
+    return (time.perf_counter() - started) * min(len(rows), recipe.calibration.max_images)
 
 
 def _start_replacing(out: Path, requested: str) -> None:
@@ -170,6 +240,24 @@ def _start_replacing(out: Path, requested: str) -> None:
     old.unlink()
 
 
+def held_out_for_evaluation(rows: pd.DataFrame, masked: pd.DataFrame, recipe: Recipe,
+                            excluded: frozenset[str]) -> frozenset[str]:
+    """The masked images fit keeps out of everything so that `wsm report` can score their maps honestly.
+
+    Only when nothing else would give an honest score: no ``--exclude`` and no official mask outside the fitting
+    splits (``[fit] splits``); ``[fit] eval_fraction`` of the fitting masks, chosen by a hash of the id (stable
+    whatever else DATA holds, and independent of the calibration choice)."""
+    fraction = recipe.fit.eval_fraction
+    masks_elsewhere = rows["mask_file"].notna() & ~rows["split"].isin(recipe.fit.splits)
+    if fraction <= 0 or excluded or masks_elsewhere.any():
+        return frozenset()
+    return frozenset(i for i in masked["isic_id"] if in_holdout(f"evaluation:{i}", fraction, recipe.seed))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
 def fit(opts: FitOptions) -> FitSummary:
     """Train, calibrate and write the bundle; see the module doc."""
     import torch
@@ -182,54 +270,85 @@ def fit(opts: FitOptions) -> FitSummary:
     if recipe.fit.threads:
         torch.set_num_threads(recipe.fit.threads)
     out, data = Path(opts.out), Path(opts.data)
-    out.mkdir(parents=True, exist_ok=True)
-    requested = pipeline_hash(resolved)
-    _start_replacing(out, requested)
-    folder = B.BundleFolder(out)
-    summary = FitSummary(out)
-    rows = with_truth(read_manifest(data), read_truth(data))
+    rows = with_truth(read_manifest(data), read_truth(data))    # a wrong --data fails here, before BUNDLE exists
     warn_unknown_ids("--exclude", opts.exclude_ids, rows["isic_id"], data)
     rows = rows[~rows["isic_id"].isin(opts.exclude_ids)].reset_index(drop=True)
     masked = rows[rows["mask_file"].notna() & rows["split"].isin(recipe.fit.splits)]
+    evaluation_ids = held_out_for_evaluation(rows, masked, recipe, opts.exclude_ids)
+    rows = rows[~rows["isic_id"].isin(evaluation_ids)].reset_index(drop=True)
+    masked = masked[~masked["isic_id"].isin(evaluation_ids)]
     holdout = masked["isic_id"].map(lambda i: in_holdout(i, recipe.calibration.holdout_fraction, recipe.seed))
     prior_rows, calibration_rows = masked[~holdout], masked[holdout]
     if not recipe.uses_prior or not recipe.calibration.enabled:
         prior_rows = masked if recipe.uses_prior else masked.iloc[:0]
+    calibrating = recipe.calibration.enabled and len(calibration_rows) and recipe.method != "classic"
+
+    out.mkdir(parents=True, exist_ok=True)
+    requested = pipeline_hash(resolved)
+    _start_replacing(out, requested)
+    folder = B.BundleFolder(out)
+    summary = FitSummary(out, held_out=len(evaluation_ids), data=data)
     models = MapModels(recipe, device=opts.device)
     provenance = {"recipe": recipe.name, "method": recipe.method, "seed": recipe.seed, "device": opts.device,
                   "requested_pipeline_sha256": requested,
                   "data": str(data.resolve()), "versions": versions(), "excluded_ids": len(opts.exclude_ids),
-                  "data_manifest_sha256": sha256_file(DataLayout(data).manifest)}
+                  "data_manifest_sha256": sha256_file(DataLayout(data).manifest),
+                  "evaluation_ids": sorted(evaluation_ids)}
 
+    networks = []
     if recipe.uses_classifier:
-        started = time.perf_counter()
-        models.classifier, result, classes, counts = _train_classifier(recipe, data, rows, folder.work, opts.device,
-                                                                       opts.progress)
-        B.save_weights_file(models.classifier, folder.classifier)
-        models.classifier.eval()
-        provenance.update(classes=classes, class_counts=counts, classifier_losses=result.epoch_losses)
-        provenance.setdefault("initial_weights", {})["classifier"] = weight_source(models.classifier)
-        summary.classifier_images = sum(counts.values())
-        summary.seconds["classifier"] = time.perf_counter() - started
+        networks.append(_classifier_network(recipe, data, rows, folder.work, opts.device))
+        models.classifier = networks[-1].model
     if recipe.uses_prior and len(prior_rows):
+        networks.append(_prior_network(recipe, data, prior_rows, folder.work, opts.device))
+        models.prior = networks[-1].model
+    _announce_plan(opts, recipe, data, networks, calibration_rows if calibrating else None, models, evaluation_ids)
+
+    for network in networks:
         started = time.perf_counter()
-        models.prior, result = _train_prior(recipe, data, prior_rows, folder.work, opts.device, opts.progress)
-        B.save_weights_file(models.prior, folder.prior)
-        models.prior.eval()
-        provenance.update(prior_losses=result.epoch_losses)
-        provenance.setdefault("initial_weights", {})["prior"] = weight_source(models.prior)
-        summary.prior_images = len(prior_rows)
-        summary.seconds["prior"] = time.perf_counter() - started
-    if recipe.calibration.enabled and len(calibration_rows) and recipe.method != "classic":
+        result = network.train(opts.progress)
+        B.save_weights_file(network.model, getattr(folder, network.name))
+        network.model.eval()
+        provenance[f"{network.name}_losses"] = result.epoch_losses
+        provenance.setdefault("initial_weights", {})[network.name] = weight_source(network.model)
+        summary.seconds[network.name] = time.perf_counter() - started
+    if recipe.uses_classifier:
+        classes, counts = networks[0].dataset.mapping.classes, networks[0].dataset.class_counts().tolist()
+        provenance.update(classes=list(classes), class_counts=dict(zip(classes, counts)))
+        summary.classifier_images = sum(counts)
+    summary.prior_images = len(prior_rows) if models.prior is not None else 0
+    if calibrating:
         started = time.perf_counter()
         summary.calibration = _calibrate(recipe, data, calibration_rows, models, opts.progress)
         resolved = summary.calibration.apply(resolved)
         write_json(folder.calibration, {**summary.calibration.__dict__,
-                                           "isic_ids": calibration_rows["isic_id"].tolist()[:recipe.calibration.max_images]})
+                                        "isic_ids": calibration_rows["isic_id"].tolist()[:recipe.calibration.max_images]})
         summary.seconds["calibration"] = time.perf_counter() - started
+    if models.prior is not None:
+        prior = networks[-1]
+        summary.prior_steps = prior.cfg.epochs * -(-len(prior.dataset) // prior.cfg.batch_size)
 
     provenance["fit_mask_ids"] = sorted(set(prior_rows["isic_id"]) | set(calibration_rows["isic_id"]))
     provenance["seconds"] = summary.seconds
     B.write_pipeline(folder, resolved)
     write_json(folder.provenance, provenance)
     return summary
+
+
+def _announce_plan(opts: FitOptions, recipe: Recipe, data: Path, networks: list, calibration_rows, models,
+                   evaluation_ids: frozenset[str]) -> None:
+    """Say up front what fit will do and how long it will take here (each cost measured on this machine)."""
+    if not opts.progress:
+        return
+    estimates = [(f"{n.name} on {len(n.dataset)} images, {n.cfg.epochs} epochs", n.estimate_s()) for n in networks]
+    if calibration_rows is not None:
+        estimates.append((f"calibration on {min(len(calibration_rows), recipe.calibration.max_images)} masks",
+                          _calibration_estimate_s(recipe, data, calibration_rows, models)))
+    if evaluation_ids:
+        announce(f"fit keeps {len(evaluation_ids)} masked images out of everything, so that `wsm report` can score "
+                 "their maps honestly (--set fit.eval_fraction=0 uses every mask)")
+    if estimates:
+        announce(f"fit: about {_minutes(sum(s for _, s in estimates))} on this machine (measured; interrupt and "
+                 "rerun the same command to resume):")
+        for step, (what, seconds) in enumerate(estimates, 1):
+            announce(f"  {step}/{len(estimates)} {what}: {_minutes(seconds)}")

@@ -27,7 +27,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from wsm import __version__
 from wsm.config.pipeline import pipeline_hash
@@ -36,9 +35,12 @@ from wsm.generate import workers as W
 from wsm.generate.folder import MAKER, WSM_MANIFEST, WsmFolder, claim_folder
 from wsm.generate.maps import MapModels
 from wsm.generate.plan import batches, cpu_split, folder_rows, heavy_net_on_cpu, plan_rows, usable_cores
+from wsm.io.atomic import write_json
 from wsm.io.journal import Journal, ManifestBuilder, fold_journal
 from wsm.io.lock import exclusive_lock
-from wsm.selection import DataError, read_manifest, read_truth, select_split, warn_unknown_ids, with_truth
+from wsm.io.progress import progress
+from wsm.selection import (SPLIT_CHOICES, DataError, read_manifest, read_truth, select_split, warn_unknown_ids,
+                           with_truth)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ class GenerateSummary:
     failed: dict = field(default_factory=dict)
     seconds: float = 0.0
     manifest: Path | None = None
+    data: Path | None = None           # the DATA folder the images came from (None: --images)
+    shards: int = 1
 
     @property
     def ok(self) -> bool:
@@ -81,6 +85,10 @@ class GenerateSummary:
         out = [f"{self.total} images: {self.done} maps written, {self.skipped} already complete, "
                f"{len(self.failed)} failed ({rate:.1f} images/s)", f"manifest: {self.manifest}"]
         out += [f"  failed {k}: {v}" for k, v in list(self.failed.items())[:20]]
+        if self.shards > 1:
+            out.append(f"next: when every shard is done, wsm generate --out {self.out} --merge")
+        elif self.data is not None:
+            out.append(f"next: wsm report --data {self.data} --maps {self.out} --out REPORT")
         return out
 
 
@@ -135,14 +143,24 @@ def _selection(opts: GenerateOptions) -> str:
 
 
 def _source_rows(opts: GenerateOptions) -> pd.DataFrame:
+    """The selected images (before sharding); an empty selection is an error that says what there is."""
     if opts.images is not None:
-        return folder_rows(Path(opts.images))
-    if opts.data is None:
-        raise DataError("give --data DATA (with --split) or --images DIR")
-    data = Path(opts.data)
-    rows = select_split(with_truth(read_manifest(data), read_truth(data)), opts.split)
-    rows["file"] = [str(data / f) for f in rows["file"]]
-    rows["mask_file"] = [str(data / m) if isinstance(m, str) else None for m in rows["mask_file"]]
+        rows = folder_rows(Path(opts.images))
+        where = f"{len(rows)} images in {opts.images}"
+    else:
+        if opts.data is None:
+            raise DataError("give --data DATA (with --split) or --images DIR")
+        data = Path(opts.data)
+        every = with_truth(read_manifest(data), read_truth(data))
+        rows = select_split(every, opts.split)
+        rows["file"] = [str(data / f) for f in rows["file"]]
+        rows["mask_file"] = [str(data / m) if isinstance(m, str) else None for m in rows["mask_file"]]
+        where = "DATA has " + ", ".join(f"{name} {len(select_split(every, name))}" for name in SPLIT_CHOICES)
+    if opts.only_ids:
+        warn_unknown_ids("--only", opts.only_ids, rows["isic_id"], opts.images or f"split {opts.split!r}")
+        rows = rows[rows["isic_id"].isin(opts.only_ids)]
+    if rows.empty:
+        raise DataError(f"no image selected ({_selection(opts)}); {where}")
     return rows[["isic_id", "file", "mask_file"]]
 
 
@@ -152,25 +170,22 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
 
     started = time.perf_counter()
     out = Path(opts.out)
+    bundle = load_bundle(opts.bundle).with_inference_overrides(opts.overrides)
+    selected = _source_rows(opts)           # wrong inputs fail here, before WSM exists
     out.mkdir(parents=True, exist_ok=True)
     folder = WsmFolder(out)
-    bundle = load_bundle(opts.bundle).with_inference_overrides(opts.overrides)
     manifest_path = folder.part(*opts.shard)
-    summary = GenerateSummary(out, manifest=manifest_path)
+    summary = GenerateSummary(out, manifest=manifest_path, data=None if opts.images is not None else opts.data,
+                              shards=opts.shard[1])
     with exclusive_lock(out, f"generate-{opts.shard[0]}-of-{opts.shard[1]}.lock"):
         journal = Journal(folder.journal(*opts.shard), flush_s=0.0)
         fold_journal(journal, manifest_path, WSM_MANIFEST)
-        rows = _source_rows(opts)
-        if opts.only_ids:
-            warn_unknown_ids("--only", opts.only_ids, rows["isic_id"], opts.images or f"split {opts.split!r}")
-            rows = rows[rows["isic_id"].isin(opts.only_ids)]
-        if rows.empty:
-            log.warning("nothing to do: no image selected (%s)", _selection(opts))
-        rows = plan_rows(rows, opts.shard, opts.batch_size)
+        rows = plan_rows(selected, opts.shard, opts.batch_size)
         if opts.limit:
             rows = rows.head(opts.limit)
         provenance, fit_ids = _provenance(bundle)
         claim_folder(folder, tuple(provenance[column] for column in MAKER))
+        write_json(folder.bundle_file, {"bundle": str(Path(opts.bundle).resolve()), "pipeline": bundle.recipe.name})
         previous = (pq.read_table(manifest_path, columns=["isic_id", "path", "status"])
                     if manifest_path.exists() else WSM_MANIFEST.empty_table())
         done = _done_ids(previous, out)
@@ -182,8 +197,8 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         workers, threads = cpu_split(usable_cores(), heavy, opts.workers)
         torch.set_num_threads(threads)
         record = _Recorder(journal, ManifestBuilder(manifest_path, WSM_MANIFEST), provenance, fit_ids)
-        bar = tqdm(total=summary.total, initial=summary.skipped, unit="img", desc="generate",
-                   disable=not opts.progress)
+        bar = progress(total=summary.total, initial=summary.skipped, unit="img", desc="generate",
+                       enabled=opts.progress)
         try:
             for row in _run(rows, bundle, models, opts, workers, out, record):
                 record.check()

@@ -6,6 +6,7 @@
       manifest-part-IIII-of-NNNN.parquet   a shard's rows, until `wsm generate --merge` joins them
       challenge/ISIC_x_segmentation.png    0/255 masks for isic-challenge-scoring (--export-challenge)
       .wsm/maker.json               the pipeline and model hashes that made the folder's maps (one maker per folder)
+      .wsm/bundle.json              the bundle the last run used: its folder and pipeline name (for people, reports)
       .wsm/generate-I-of-N.jsonl    journals of maps written but not yet in a manifest (a killed run's)
 """
 from __future__ import annotations
@@ -56,6 +57,15 @@ class WsmFolder:
     manifest = property(lambda self: self.root / "manifest.parquet")
     state = property(lambda self: self.root / STATE)
     maker_file = property(lambda self: self.state / "maker.json")
+    bundle_file = property(lambda self: self.state / "bundle.json")
+
+    def made_with(self) -> dict:
+        """The bundle the maps were made with, as the last `wsm generate` recorded it ({} when none did)."""
+        try:
+            recorded = json.loads(self.bundle_file.read_text(encoding="utf8"))
+        except (OSError, ValueError):
+            return {}
+        return recorded if isinstance(recorded, dict) else {}
 
     def part(self, shard: int, shards: int) -> Path:
         """The manifest a shard writes; a single run writes manifest.parquet directly."""

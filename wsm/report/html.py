@@ -1,8 +1,9 @@
 """The page of `wsm report`: one self-contained HTML file (CSS inline, every picture a base64 PNG data: URI).
 
 Charts are drawn with matplotlib's Agg canvas (no pyplot, no display, no global state); gallery pictures with
-OpenCV: the image, the official mask's contour in green, the weak map's lesion contour in red, the uncertain
-(255) band shaded yellow. Nothing here reads files: ``wsm.report`` passes the numbers and the pictures in.
+OpenCV: the plain image beside an overlay of it, with the official mask's contour in green, the map's lesion
+contour in red and the uncertain (255) band outlined in yellow over a light yellow tint, so the skin under it stays
+visible. Nothing here reads files: ``wsm.report`` passes the numbers and the pictures in.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import pandas as pd
 
 from wsm.report.metrics import METRIC_NAMES, THRESHOLD_JACCARD
 
-__all__ = ["figure_uri", "overlay", "png_uri", "render_report", "thumbnail_uri"]
+__all__ = ["bin_ranges", "figure_uri", "overlay", "png_uri", "render_report", "side_by_side", "thumbnail_uri"]
 
 GREEN = (0, 200, 0)          # the official mask's contour (RGB)
 RED = (230, 0, 0)            # the weak map's lesion contour
-YELLOW = (255, 230, 0)       # the uncertain band
-BAND_ALPHA = 0.4
+YELLOW = (255, 230, 0)       # the uncertain band: a thin outline and a light tint
+BAND_ALPHA = 0.18
+GAP = 6                      # pixels between the plain image and its overlay
 HEADLINE_COLOUR = "#2b6cb0"
 OTHER_COLOUR = "#b8b8b8"
 MAX_GROUPS = 15              # bars per breakdown chart (the largest groups; the table lists all)
@@ -51,10 +53,23 @@ def overlay(image: np.ndarray, truth_mask: np.ndarray, label_map: np.ndarray, si
     band = labels == 255
     picture[band] = picture[band] * (1 - BAND_ALPHA) + np.array(YELLOW, np.float32) * BAND_ALPHA
     picture = np.ascontiguousarray(picture.round().clip(0, 255).astype(np.uint8))
+    contours, _ = cv2.findContours(band.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(picture, contours, -1, YELLOW, thickness=1, lineType=cv2.LINE_8)
     for mask, colour in ((truth, GREEN), ((labels == 1).astype(np.uint8), RED)):
         contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(picture, contours, -1, colour, thickness=2, lineType=cv2.LINE_AA)
     return picture
+
+
+def side_by_side(image: np.ndarray, picture: np.ndarray) -> np.ndarray:
+    """The plain image (resized to ``picture``'s size) left of ``picture``, on white, ``GAP`` px apart."""
+    import cv2
+
+    height, width = picture.shape[:2]
+    plain = cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_AREA)
+    out = np.full((height, 2 * width + GAP, 3), 255, np.uint8)
+    out[:, :width], out[:, width + GAP:] = plain, picture
+    return out
 
 
 def png_uri(rgb: np.ndarray) -> str:
@@ -67,7 +82,8 @@ def png_uri(rgb: np.ndarray) -> str:
 
 
 def thumbnail_uri(image: np.ndarray, truth_mask: np.ndarray, label_map: np.ndarray, size: int = 256) -> str:
-    return png_uri(overlay(image, truth_mask, label_map, size))
+    """The gallery picture: the plain image and its :func:`overlay` side by side, as one PNG data: URI."""
+    return png_uri(side_by_side(image, overlay(image, truth_mask, label_map, size)))
 
 
 def figure_uri(fig) -> str:
@@ -134,7 +150,8 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0
 td.l,th.l{text-align:left}code{background:#f4f4f4;padding:1px 4px;font-size:12px;word-break:break-all}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px;font-size:13px}
 .grid{display:flex;flex-wrap:wrap;gap:12px}
-figure{margin:0;width:260px;font-size:11px}figure img{width:256px;border:1px solid #999}
+figure{margin:0;max-width:530px;font-size:11px}figure img{display:block;max-width:100%;border:1px solid #999}
+.warn{background:#fdecea;border-left:4px solid #c62828;padding:6px 10px;font-size:13px}
 .legend span{display:inline-block;width:14px;height:4px;margin:0 4px 3px 10px;vertical-align:middle}
 """
 
@@ -206,13 +223,42 @@ def _breakdown_section(report: Mapping) -> str:
     return "".join(parts)
 
 
+def bin_ranges(bins: Sequence[Mapping], min_digits: int = 3, max_digits: int = 17) -> tuple[list[str], int]:
+    """The confidence range of each calibration bin as text, and the number of decimals used.
+
+    The decimals follow the spread of the values: enough to resolve the smallest gap between two distinct bin
+    ends, plus one (never fewer than ``min_digits``), and more while two distinct ends would still print alike, so
+    a bin from 0.00101 to 0.00104 never reads ``0.001 - 0.001``. A bin whose confidences are all equal prints its
+    one value.
+    """
+    ends = sorted({float(v) for b in bins for v in (b.get("confidence_min"), b.get("confidence_max"))
+                   if v is not None and math.isfinite(float(v))})
+    gaps = np.diff(np.asarray(ends, dtype=np.float64))
+    gaps = gaps[gaps > 0]
+    digits = min_digits
+    if gaps.size:
+        digits = max(min_digits, math.ceil(-math.log10(float(gaps.min()))) + 1)
+    digits = min(digits, max_digits)
+    while digits < max_digits and len({f"{v:.{digits}f}" for v in ends}) < len(ends):
+        digits += 1
+    out = []
+    for b in bins:
+        low, high = _num(b.get("confidence_min"), digits), _num(b.get("confidence_max"), digits)
+        out.append(low if low == high else f"{low} &ndash; {high}")
+    return out, digits
+
+
 def _calibration_section(report: Mapping) -> str:
     cal = report["calibration"]
     bins = cal.get("bins") or []
     if not bins:
+        if not (report.get("maps") or {}).get("fitting_known", True):
+            return ("<p>No confidence scores: the maps have no WSM manifest, which is where <code>wsm generate</code> "
+                    "records each map's confidence.</p>")
         return "<p>No headline images with a confidence score.</p>"
-    rows = [[_num(b["bin"]), _num(b["n"]), f"{_num(b['confidence_min'], 3)} &ndash; {_num(b['confidence_max'], 3)}",
-             _num(b["confidence_mean"], 3), _num(b["jaccard_bg"]), _num(b["jaccard_ignore"])] for b in bins]
+    ranges, digits = bin_ranges(bins)
+    rows = [[_num(b["bin"]), _num(b["n"]), text, _num(b["confidence_mean"], digits), _num(b["jaccard_bg"]),
+             _num(b["jaccard_ignore"])] for b, text in zip(bins, ranges)]
     verdict = ""
     if len(bins) >= 2 and bins[0]["jaccard_bg"] is not None and bins[-1]["jaccard_bg"] is not None:
         lower = bins[0]["jaccard_bg"] < bins[-1]["jaccard_bg"]
@@ -247,6 +293,39 @@ def _listing(title: str, records: Sequence[Mapping], key: str) -> str:
     return f"<h2>{_e(title)} ({len(records)})</h2>" + _table(["isic_id", key], rows, left=2) + more
 
 
+def _codes(values: Sequence[str] | None) -> str:
+    return "<br>".join(f"<code>{_e(v)}</code>" for v in values or []) or "&ndash;"
+
+
+def _provenance(report: Mapping) -> str:
+    """Where the maps and the masks came from, and when and by what the report was made."""
+    maps = report.get("maps") or {}
+    made = report.get("maps_provenance") or {}
+    if maps.get("pipeline_name"):
+        pipeline = _e(maps["pipeline_name"])
+    elif maps.get("fitting_known", True):
+        pipeline = "not recorded in the WSM folder (the pipeline sha256 below identifies the recipe)"
+    else:
+        pipeline = "unknown: maps made elsewhere (no WSM manifest)"
+    rows = [["report made", _e(report.get("created") or "")],
+            ["wsm version (this report)", _e(report["wsm_version"])],
+            ["command", f"<code>{_e(report['command'])}</code>"],
+            ["maps folder", f"<code>{_e(maps.get('folder', report.get('pred')))}</code>"],
+            ["maps convention", _e(maps.get("convention_description", ""))],
+            ["pipeline", pipeline],
+            ["bundle", f"<code>{_e(maps['bundle'])}</code>" if maps.get("bundle") else "not recorded"],
+            ["pipeline sha256", _codes(made.get("pipeline_sha256"))],
+            ["model sha256", _codes(made.get("model_sha256"))],
+            ["maps made by wsm", _codes(made.get("wsm_version"))],
+            ["WSM manifest sha256", f"<code>{_e(report['wsm_manifest_sha256'])}</code>"],
+            ["DATA folder", f"<code>{_e(report.get('data'))}</code>"],
+            ["DATA manifest sha256", f"<code>{_e(report['data_manifest_sha256'])}</code>"],
+            ["DATA gt manifest sha256", f"<code>{_e(report['gt_manifest_sha256'])}</code>"]]
+    if report.get("fitted_ids"):
+        rows.append(["--fitted-ids", f"{len(report['fitted_ids'])} isic_ids (listed in metrics.json)"])
+    return _table(["", ""], rows, left=2)
+
+
 def render_report(report: Mapping, per_image: pd.DataFrame, thumbnails: Mapping[str, str | None]) -> str:
     """The whole page.
 
@@ -257,33 +336,49 @@ def render_report(report: Mapping, per_image: pd.DataFrame, thumbnails: Mapping[
     """
     counts = report["counts"]
     gallery = report["galleries"]
-    excluded = (f"<p class=\"note\">Headline: {counts['headline']} images whose map is a weak map and whose "
-                f"official mask fit did not use. Excluded: <b>{counts['excluded_mask_used_in_fit']}</b> because fit "
-                f"used their mask (or the WSM manifest does not say), <b>{counts['excluded_official_source']}</b> because the map is the official mask "
+    maps = report.get("maps") or {}
+    known = maps.get("fitting_known", True)
+    fitted = len(report.get("fitted_ids") or [])
+    if known and fitted:
+        why = ("because fit used or may have used their mask (the WSM manifest's mask_used_in_fit, a null counted "
+               f"as used, and the {fitted} ids of <code>--fitted-ids</code>)")
+    elif known:
+        why = "because fit used their mask (or the WSM manifest does not say)"
+    else:
+        why = "because <code>--fitted-ids</code> lists them as fitted"
+    chosen = ("whose official mask fit did not use" if known else
+              "not listed in <code>--fitted-ids</code> (nothing else says which masks fitted them)")
+    excluded = (f"<p class=\"note\">Headline: {counts['headline']} images whose map is a weak map and {chosen}. "
+                f"Excluded: <b>{counts['excluded_mask_used_in_fit']}</b> {why}, "
+                f"<b>{counts['excluded_official_source']}</b> because the map is the official mask "
                 "(<code>--prefer-official</code>). Numbers on masks used in fitting do not count.</p>")
+    warning = ("" if known else f'<p class="warn" id="not-held-out"><b>Not known to be held out.</b> '
+               f"{_e(maps.get('fitting', ''))}</p>")
+    excluded += "".join(f'<p class="note">{_e(n)}</p>' for n in maps.get("notes") or [])
     if not report.get("headline"):
         excluded += "<p class=\"note\"><b>No headline numbers:</b> no scored image qualifies.</p>"
     count_rows = [[_e(k.replace("_", " ")), _num(v)] for k, v in counts.items()]
-    provenance = [["command", f"<code>{_e(report['command'])}</code>"],
-                  ["WSM manifest sha256", f"<code>{_e(report['wsm_manifest_sha256'])}</code>"],
-                  ["DATA manifest sha256", f"<code>{_e(report['data_manifest_sha256'])}</code>"],
-                  ["DATA gt manifest sha256", f"<code>{_e(report['gt_manifest_sha256'])}</code>"],
-                  ["wsm version", _e(report["wsm_version"])]]
-    provenance += [[f"maps: {_e(k)}", "<br>".join(f"<code>{_e(v)}</code>" for v in values) or "&ndash;"]
-                   for k, values in report["maps_provenance"].items()]
     has_scores = counts["scored"] > 0
-    legend = (f'<p class="legend">Contours:<span style="background:rgb{GREEN}"></span>official mask'
-              f'<span style="background:rgb{RED}"></span>weak map lesion'
-              f'<span style="background:rgb{YELLOW};height:10px"></span>uncertain (255), shaded. '
-              f"Chosen from the {_e(gallery['from'])} images by Jaccard (255 as background).</p>")
+    band = f"rgba({YELLOW[0]},{YELLOW[1]},{YELLOW[2]},{BAND_ALPHA + 0.2:.2f})"
+    legend = (f'<p class="legend">Left: the image; right: the same with the contours of'
+              f'<span style="background:rgb{GREEN}"></span>the official mask'
+              f'<span style="background:rgb{RED}"></span>the map\'s lesion'
+              f'<span style="background:{band};height:10px;outline:1px solid rgb{YELLOW}"></span>the uncertain '
+              f"band (255): a thin outline and a light tint. Chosen from the {_e(gallery['from'])} images by Jaccard "
+              "(255 as background).</p>")
     body = [
         "<h1>wsm report</h1>",
         f"<p>Split <b>{_e(report['split'])}</b>: {counts['scored']} maps scored against their official masks "
         f"with the official ISIC metrics (isic-challenge-scoring 5.6.0), the uncertain pixels (255) both as "
         "background and left out.</p>",
+        f"<p>Maps <code>{_e(maps.get('folder', report.get('pred')))}</code> "
+        f"({_e(maps.get('convention_description', 'ISIC_WSM'))}); official masks from "
+        f"<code>{_e(report.get('data'))}</code>; made {_e(report.get('created', ''))} by wsm "
+        f"{_e(report['wsm_version'])}.</p>",
+        warning,
         f'<p class="note" id="left-out">{_e(report["uncertain_ignored_definition"])}</p>',
         excluded,
-        "<h2>Headline</h2>", _headline_table(report),
+        f"<h2>Headline{'' if known else ' (not known to be held out)'}</h2>", _headline_table(report),
         "<h2>Counts</h2>", _table(["", "images"], count_rows),
     ]
     if has_scores:
@@ -295,6 +390,6 @@ def render_report(report: Mapping, per_image: pd.DataFrame, thumbnails: Mapping[
                  _gallery(gallery["worst"], per_image, thumbnails)]
     body += [_listing("Images with a mask but no map", report["missing"], "reason"),
              _listing("Errors", report["errors"], "error"),
-             "<h2>Provenance</h2>", _table(["", ""], provenance, left=2)]
+             "<h2>Provenance</h2>", _provenance(report)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>wsm report</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

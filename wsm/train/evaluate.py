@@ -1,7 +1,6 @@
 """Evaluation of a trained network on official masks (or class maps): per image, then mean, as the report scores."""
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -60,16 +59,15 @@ def evaluate_binary(predict: Callable, data: Path, rows: pd.DataFrame, size: int
     mask's size and thresholded (> threshold) before scoring with :func:`wsm.report.metrics.score_mask`.
     Returns (means with n_images, per-image rows with isic_id).
     """
-    from tqdm import tqdm
-
     from wsm.io.images import read_mask, write_label_png
+    from wsm.io.progress import progress as progress_bar
     from wsm.report.metrics import aggregate, score_mask
 
     data = Path(data)
     per_image = []
     preds = batched_predictions(predict, data, rows["file"].tolist(), size, batch_size, guide_files)
-    for (isic_id, mask_file), prob in tqdm(zip(zip(rows["isic_id"], rows["mask_file"]), preds), total=len(rows),
-                                           desc="evaluate", unit="img", disable=not progress, file=sys.stderr):
+    for (isic_id, mask_file), prob in progress_bar(zip(zip(rows["isic_id"], rows["mask_file"]), preds),
+                                                   total=len(rows), desc="evaluate", unit="img", enabled=progress):
         truth = read_mask(data / mask_file)
         pred = np.where(_to_size(np.asarray(prob, np.float32), truth.shape) > threshold, 255, 0).astype(np.uint8)
         if predictions_dir is not None:

@@ -34,7 +34,6 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,14 +45,15 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
 
 from wsm.io.atomic import atomic_path, write_json
+from wsm.io.progress import progress as progress_bar
 
 __all__ = [
     "CHECKPOINT_NAME",
     "DistributedBatchSampler",
     "TrainConfig",
+    "seconds_per_step",
     "TrainResult",
     "WEIGHTS_NAME",
     "class_weights",
@@ -250,8 +250,35 @@ def _accumulate_step(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     return total
 
 
+def seconds_per_step(model: nn.Module, dataset: Dataset, loss_fn, cfg: TrainConfig) -> float:
+    """One training step's cost on this machine, measured without changing anything: a batch of real items (read
+    as the first epoch reads them), forward and backward in eval mode (no BatchNorm statistics move), gradients
+    dropped. The second of two tries is timed (the first pays for allocation)."""
+    device = torch.device(cfg.device)
+    model.to(device)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to(device)
+    was_training = model.training
+    model.eval()
+    n = min(cfg.batch_size, len(dataset))
+    try:
+        for _ in range(2):
+            started = time.perf_counter()
+            items = [dataset[i] for i in range(n)]
+            inputs = torch.stack([x for x, _ in items]).to(device)
+            targets = torch.stack([torch.as_tensor(y) for _, y in items]).to(device)
+            loss_fn(model(inputs).float(), targets).backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - started
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return elapsed
+
+
 def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-          cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> TrainResult:
+          cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, phase: str = "") -> TrainResult:
     """Train ``model`` in place on ``dataset`` (items ``(input, target)``), resuming from out_dir's checkpoint.
 
     ``loss_fn(outputs, targets)`` returns a scalar (computed in float32). A dataset with ``set_epoch(e)`` is told the
@@ -340,8 +367,8 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, t
                 global_sizes = None
             model.train()
             total, seen = 0.0, 0
-            bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
-                       disable=not progress or rank != 0, leave=False, dynamic_ncols=True)
+            bar = progress_bar(loader, total=steps_per_epoch, desc=f"{phase}epoch {epoch + 1}/{cfg.epochs}".lstrip(),
+                               enabled=progress and rank == 0, leave=False)
             for step, (inputs, targets) in enumerate(bar):
                 inputs = inputs.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)

@@ -220,9 +220,8 @@ def _ids_digest(ids) -> str:
 def _write_maps(predict, data: Path, rows: pd.DataFrame, size: int, batch_size: int, folder: Path,
                 guide_files: list[str] | None = None, progress: bool = False) -> None:
     """``folder/ISIC_x.png`` = round(255 x predict(image)) for every row, unless the folder is complete already."""
-    from tqdm import tqdm
-
     from wsm.io.images import write_label_png
+    from wsm.io.progress import progress as progress_bar
 
     marker = folder / ".complete"
     digest = _ids_digest(rows["isic_id"])
@@ -231,8 +230,8 @@ def _write_maps(predict, data: Path, rows: pd.DataFrame, size: int, batch_size: 
         return
     folder.mkdir(parents=True, exist_ok=True)
     maps = batched_predictions(predict, data, rows["file"].tolist(), size, batch_size, guide_files)
-    for isic_id, prob in tqdm(zip(rows["isic_id"], maps), total=len(rows), desc=folder.name, unit="img",
-                              disable=not progress):
+    for isic_id, prob in progress_bar(zip(rows["isic_id"], maps), total=len(rows), desc=folder.name, unit="img",
+                                      enabled=progress):
         write_label_png(folder / f"{isic_id}.png", np.clip(np.rint(np.asarray(prob) * 255), 0, 255).astype(np.uint8))
     write_text_atomic(marker, digest + "\n")
 
@@ -241,10 +240,8 @@ def _write_maps(predict, data: Path, rows: pd.DataFrame, size: int, batch_size: 
 
 def _command(opts: TrainOptions, pipeline, overrides, given: dict | None) -> str:
     """The `wsm train --pipeline` command line of this run: the run's options, the flags given, the overrides."""
-    args = ["wsm", "train", "--data", str(opts.data), "--out", str(opts.out), "--labels", opts.labels]
-    if opts.wsm is not None:
-        args += ["--wsm", str(opts.wsm)]
-    args += ["--pipeline", str(pipeline), "--split-train", opts.split_train, "--eval-split", opts.eval_split,
+    args = ["wsm", "train", "--data", str(opts.data), "--out", str(opts.out), *opts.label_flags()]
+    args += ["--pipeline", str(pipeline), "--train-split", opts.split_train, "--eval-split", opts.eval_split,
              "--seed", str(opts.seed), "--device", opts.device]
     for key, value in sorted((given or {}).items()):
         args += [f"--{key.replace('_', '-')}", str(value)]

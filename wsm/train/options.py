@@ -63,15 +63,19 @@ class TrainOptions:
     def resolved_loss(self) -> str:
         return self.loss or ("bce+dice" if self.num_classes == 1 else "ce")
 
+    def label_flags(self) -> list[str]:
+        """--labels (and --maps) as the command line spells them."""
+        if self.labels in LABEL_CHOICES:
+            return ["--labels", self.labels] + (["--maps", str(self.wsm)] if self.wsm is not None else [])
+        return ["--labels", "weak", "--maps", self.labels]
+
     def command(self) -> str:
         """The `wsm train` command line that reproduces these options (every value spelled out)."""
-        args = ["wsm", "train", "--data", str(self.data), "--out", str(self.out), "--labels", self.labels]
-        if self.wsm is not None:
-            args += ["--wsm", str(self.wsm)]
+        args = ["wsm", "train", "--data", str(self.data), "--out", str(self.out), *self.label_flags()]
         if self.min_confidence is not None:
             args += ["--min-confidence", str(self.min_confidence)]
         args += ["--arch", self.arch, "--encoder", self.encoder, "--num-classes", str(self.num_classes),
-                 "--loss", self.resolved_loss(), "--split-train", self.split_train, "--eval-split", self.eval_split,
+                 "--loss", self.resolved_loss(), "--train-split", self.split_train, "--eval-split", self.eval_split,
                  "--epochs", str(self.epochs), "--size", str(self.size), "--batch-size", str(self.batch_size),
                  "--lr", str(self.lr), "--weight-decay", str(self.weight_decay), "--seed", str(self.seed),
                  "--device", self.device]
@@ -108,5 +112,9 @@ class TrainSummary:
             shown = {k: v for k, v in self.metrics.items() if isinstance(v, float)}
             out.append(f"eval on {self.n_eval} images: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
         out += self.notes
-        out.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
+        if self.seconds:
+            out.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
+        out.append(f"outputs: {self.out / 'model.safetensors'} (the network), {self.out / 'metrics.json'}"
+                   + (f", {self.out / 'per_image.csv'}" if self.metrics else "")
+                   + f"; fine-tune it further with `wsm train --init {self.out} ...`")
         return out

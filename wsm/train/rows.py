@@ -20,8 +20,8 @@ def weak_maps(folder: Path | str, min_confidence: float | None = None) -> pd.Dat
     at least that."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"label folder {folder} does not exist; give `official`, `both` (with --wsm) or the folder "
-                        "`wsm generate` wrote")
+        raise DataError(f"map folder {folder} does not exist; give --maps the folder `wsm generate --out` wrote, "
+                        "or train on --labels official")
     manifest = WsmFolder(folder).merged_manifest()
     if manifest is not None:
         columns = ["isic_id", "path", "status"]
@@ -73,7 +73,7 @@ def training_rows(data: Path | str, labels: str, split_train: str = "train", wsm
     else:
         if labels == "both":
             if wsm is None:
-                raise DataError("--labels both needs the weak maps: --wsm WSM_DIR (the folder `wsm generate` wrote)")
+                raise DataError("--labels both needs the weak maps: --maps WSM (the folder `wsm generate` wrote)")
             folder = Path(wsm)
         else:
             folder = Path(labels)
@@ -91,7 +91,7 @@ def training_rows(data: Path | str, labels: str, split_train: str = "train", wsm
     if out.empty:
         hint = ("no image of that split has an official mask" if labels == "official"
                 else "no image of that split (nor any image without an official mask) has a map in the folder")
-        raise DataError(f"nothing to train on with --labels {labels} --split-train {split_train}: {hint}")
+        raise DataError(f"nothing to train on with --labels {labels} --train-split {split_train}: {hint}")
     return out
 
 
@@ -116,4 +116,4 @@ def check_no_overlap(train: pd.DataFrame, evaluation: pd.DataFrame) -> None:
     both = sorted(set(train["isic_id"]) & set(evaluation["isic_id"]))
     if both:
         raise DataError(f"{len(both)} evaluation images are also training images (e.g. {both[:3]}); choose a "
-                        "--split-train that excludes the --eval-split (or --eval-split none)")
+                        "--train-split that excludes the --eval-split (or --eval-split none)")

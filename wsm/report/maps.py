@@ -1,0 +1,181 @@
+"""The maps `wsm report` scores: a WSM folder from `wsm generate` (its manifest says which masks fitted what), or
+any folder of maps made elsewhere, in the ISIC_WSM or the challenge convention; and the errors that point a user
+who gave the wrong folder to the right one."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from archive_client.layout import DataLayout
+from wsm.errors import WsmError
+from wsm.generate.folder import WsmFolder
+from wsm.io.images import ImageDecodeError, read_label_map, read_official_mask
+from wsm.selection import DataError
+
+log = logging.getLogger(__name__)
+
+
+class ReportError(WsmError, ValueError):
+    """A WSM or DATA folder that a report cannot be made from."""
+
+
+
+ISIC_WSM, CHALLENGE = "ISIC_WSM", "challenge"          # the two conventions a folder of maps can follow
+
+CONVENTIONS = {
+    ISIC_WSM: "ISIC_WSM maps: ISIC_x.png, 0 background, 1 lesion, 255 uncertain",
+    CHALLENGE: "challenge-style masks: ISIC_x_segmentation.png, 0 background, 255 lesion (no uncertain pixels)",
+}
+
+_MAP_NAME = re.compile(r"(ISIC_[0-9]+)(_[Ss]egmentation)?\.[Pp][Nn][Gg]")
+
+MAP_COLUMNS = ["isic_id", "path", "status", "source", "confidence", "mask_used_in_fit", "error"]
+
+_BUNDLE_FILES = ("pipeline.toml", "provenance.json")   # what `wsm fit` writes into every BUNDLE (wsm.fit.bundle)
+
+_EXPECTED = ("manifest.parquet and ISIC_x.png maps from `wsm generate`, or maps made elsewhere: ISIC_x.png "
+             "(ISIC_WSM: 0 background, 1 lesion, 255 uncertain) or ISIC_x_segmentation.png (challenge: 0/255)")
+
+
+
+@dataclass(frozen=True)
+class MapsFolder:
+    """A folder of maps to score: its convention, one row per map, and whether a WSM manifest vouches for them."""
+
+    root: Path
+    convention: str                 # ISIC_WSM or CHALLENGE
+    rows: pd.DataFrame              # MAP_COLUMNS (and the WSM manifest's provenance columns where there is one)
+    manifest: Path | None           # WSM/manifest.parquet; None: maps made elsewhere, whose fitting is unknown
+    notes: tuple[str, ...] = ()
+
+    @property
+    def fitting_known(self) -> bool:
+        """Whether a WSM manifest says which maps were fitted to their own official mask."""
+        return self.manifest is not None
+
+
+
+def images_phrase(n: int) -> str:
+    """'1 image', '3 images'."""
+    return f"{n} image{'' if n == 1 else 's'}"
+
+
+
+def read_wsm_manifest(pred: Path) -> pd.DataFrame:
+    """WSM/manifest.parquet, one row per isic_id (the last one where a merge left several)."""
+    try:
+        manifest = WsmFolder(pred).merged_manifest()
+    except DataError as err:
+        raise ReportError(str(err)) from None
+    if manifest is None:
+        raise ReportError(f"{WsmFolder(pred).manifest} does not exist; write maps with `wsm generate --out {pred}` "
+                          "first")
+    rows = pd.read_parquet(manifest)
+    needed = {"isic_id", "path", "status", "source", "confidence", "mask_used_in_fit"}
+    if not needed <= set(rows.columns):
+        layout = DataLayout(pred)
+        if layout.images.is_dir() or layout.gt_manifest.exists():
+            raise ReportError(f"{pred} is a DATA folder (from `wsm download` or `wsm import`), not maps: give "
+                              f"-m/--maps the folder `wsm generate --data {pred} --bundle BUNDLE --out WSM` wrote, "
+                              f"and -d/--data {pred}")
+        raise ReportError(f"{manifest} lacks the columns {sorted(needed - set(rows.columns))}; "
+                          "it is not a WSM manifest written by `wsm generate`")
+    if "error" not in rows.columns:
+        rows["error"] = None
+    return rows.drop_duplicates("isic_id", keep="last").reset_index(drop=True)
+
+
+
+def read_maps(pred: Path | str, data: Path | str | None = None) -> MapsFolder:
+    """The maps of a folder: a WSM folder (its manifest), or a folder of maps made elsewhere, in either convention.
+
+    Without a manifest, every ``ISIC_x.png`` (ISIC_WSM) or every ``ISIC_x_segmentation.png`` (challenge) at the top
+    of the folder is a map, ``source`` "weak", with no confidence and unknown fitting (``mask_used_in_fit`` null).
+
+    Raises:
+        ReportError: the folder is absent, a BUNDLE, a DATA folder, holds only shards' manifests, mixes the two
+            conventions, or holds no maps; each message says what to give instead.
+    """
+    pred = Path(pred)
+    generate = f"`wsm generate --data {data or 'DATA'} --bundle BUNDLE --out {pred}`"
+    if not pred.exists():
+        raise ReportError(f"{pred} does not exist; give -m/--maps a folder of maps: write them with {generate}, or "
+                          f"point it at maps made elsewhere (ISIC_x.png 0/1/255, or ISIC_x_segmentation.png 0/255)")
+    if not pred.is_dir():
+        raise ReportError(f"{pred} is a file; give -m/--maps the folder that holds the maps ({_EXPECTED})")
+    try:
+        manifest = WsmFolder(pred).merged_manifest()
+    except DataError as err:
+        raise ReportError(str(err)) from None
+    if manifest is not None:
+        return MapsFolder(pred, ISIC_WSM, read_wsm_manifest(pred), manifest)
+    if all((pred / name).is_file() for name in _BUNDLE_FILES):
+        data_flag = data or "DATA"
+        raise ReportError(f"{pred} is a BUNDLE written by `wsm fit` ({', '.join(_BUNDLE_FILES)}), not maps: make "
+                          f"the maps with `wsm generate --data {data_flag} --bundle {pred} --out WSM`, then score "
+                          f"them with `wsm report --maps WSM --data {data_flag} --out REPORT`")
+    found: dict[str, dict[str, str]] = {ISIC_WSM: {}, CHALLENGE: {}}
+    others = []
+    with os.scandir(pred) as entries:
+        for entry in entries:
+            match = _MAP_NAME.fullmatch(entry.name)
+            if match and entry.is_file():
+                found[CHALLENGE if match.group(2) else ISIC_WSM][match.group(1)] = entry.name
+            elif len(others) < 5 and not entry.name.startswith("."):
+                others.append(entry.name)
+    wsm_maps, challenge_maps = found[ISIC_WSM], found[CHALLENGE]
+    if wsm_maps and challenge_maps:
+        raise ReportError(
+            f"{pred} mixes two conventions: {len(wsm_maps)} ISIC_WSM maps (e.g. {min(wsm_maps.values())}: 0/1/255) "
+            f"and {len(challenge_maps)} challenge-style masks (e.g. {min(challenge_maps.values())}: 0/255); a "
+            "folder holds one kind: move one kind to its own folder and report each folder on its own")
+    if not wsm_maps and not challenge_maps:
+        held = f"it holds {', '.join(sorted(others))}{' ...' if len(others) == 5 else ''}" if others else "it is empty"
+        raise ReportError(f"{pred} holds no maps ({held}); expected {_EXPECTED}. Write maps with {generate}")
+    convention = ISIC_WSM if wsm_maps else CHALLENGE
+    names = wsm_maps or challenge_maps
+    ids = sorted(names)
+    rows = pd.DataFrame({"isic_id": ids, "path": [names[i] for i in ids], "status": "ok", "source": "weak",
+                         "confidence": math.nan, "mask_used_in_fit": pd.Series([None] * len(ids), dtype=object),
+                         "error": pd.Series([None] * len(ids), dtype=object)}, columns=MAP_COLUMNS)
+    notes = []
+    if WsmFolder(pred).journals():
+        notes.append(f"{pred} holds the journals of a `wsm generate` run that has not finished (no manifest.parquet "
+                     "yet): rerun that command to finish it; its manifest says which maps were fitted to their mask")
+    return MapsFolder(pred, convention, rows, None, tuple(notes))
+
+
+
+def read_map(path: Path | str, convention: str = ISIC_WSM) -> np.ndarray:
+    """One map as an ISIC_WSM label map (0/1/255): an ISIC_WSM file as it is, a challenge-style 0/255 mask as 0/1."""
+    if convention == ISIC_WSM:
+        return read_label_map(path)
+    try:
+        mask = read_official_mask(path)
+    except ImageDecodeError as err:
+        raise ImageDecodeError(err.path, err.reason.replace("an official mask", "a challenge-style map"),
+                               "Save it with 0 for background and 255 for lesion.") from None
+    return (mask == 255).astype(np.uint8)
+
+
+
+def made_with(pred: Path) -> dict:
+    """The pipeline name and bundle folder that made a WSM folder's maps, as `wsm generate` recorded them, or as
+    the bundle `generate` fitted into WSM/bundle says ({} when nothing says: the manifest's pipeline_sha256 still
+    identifies the recipe)."""
+    recorded = WsmFolder(pred).made_with()
+    inner = pred / "bundle" / "pipeline.toml"
+    if not recorded.get("pipeline") and inner.is_file():
+        try:
+            recorded = {"bundle": str(inner.parent), "pipeline": tomllib.loads(inner.read_text(encoding="utf8"))["name"]}
+        except (OSError, ValueError, KeyError) as err:      # tomllib's decode errors are ValueErrors
+            log.warning("%s: cannot read the pipeline's name (%s)", inner, err)
+    return {k: str(recorded[k]) for k in ("pipeline", "bundle") if recorded.get(k)}
