@@ -31,6 +31,10 @@ def register(commands) -> None:
                           "from this local timm weights file instead")
     fit.add_argument("--exclude", type=Path, metavar="IDS",
                      help="file of isic_ids (one per line, or a CSV with isic_id) that fit must not use at all")
+    fit.add_argument("--prior-run", type=Path, metavar="RUN",
+                     help="use the network of a `wsm train` run as the prior instead of training one (self-training: "
+                          "the student of one round is the teacher of the next); fit then only calibrates it, and "
+                          "every image the run learnt from counts as fitted")
     fit.set_defaults(run=run_fit)
 
 
@@ -59,4 +63,4 @@ def run_fit(args) -> int:
 
     return print_summary(fit(FitOptions(data=args.data, out=args.out, pipeline=args.pipeline, device=args.device,
                                         overrides=fit_overrides(args), exclude_ids=read_id_list(args.exclude),
-                                        progress=not args.quiet)))
+                                        prior_run=args.prior_run, progress=not args.quiet)))

@@ -22,6 +22,7 @@ from archive_client.layout import DataLayout
 from wsm.config.pipeline import load_pipeline, pipeline_hash
 from wsm.config.recipe import INFERENCE_ONLY, Recipe, build_recipe
 from wsm.fit import bundle as B
+from wsm.fit.prior_run import load_prior, prior_run_settings
 from wsm.io.atomic import write_json
 from wsm.io.hashing import sha256_file
 from wsm.io.progress import announce
@@ -41,6 +42,7 @@ class FitOptions:
     overrides: tuple[str, ...] = ()
     exclude_ids: frozenset[str] = frozenset()    # used for nothing (a held-out fold)
     progress: bool = True
+    prior_run: Path | None = None                # a `wsm train` RUN as the prior instead of training one
 
 
 @dataclass
@@ -265,7 +267,11 @@ def fit(opts: FitOptions) -> FitSummary:
     from wsm.generate.maps import MapModels
     from wsm.models.weights import weight_source
 
-    resolved = load_pipeline(opts.pipeline, "cuda" if opts.device.startswith("cuda") else "cpu", opts.overrides)
+    overrides, teacher_ids = tuple(opts.overrides), frozenset()
+    if opts.prior_run is not None:
+        run_overrides, teacher_ids = prior_run_settings(opts.prior_run)
+        overrides += run_overrides
+    resolved = load_pipeline(opts.pipeline, "cuda" if opts.device.startswith("cuda") else "cpu", overrides)
     recipe = build_recipe(resolved)
     if recipe.fit.threads:
         torch.set_num_threads(recipe.fit.threads)
@@ -274,6 +280,7 @@ def fit(opts: FitOptions) -> FitSummary:
     warn_unknown_ids("--exclude", opts.exclude_ids, rows["isic_id"], data)
     rows = rows[~rows["isic_id"].isin(opts.exclude_ids)].reset_index(drop=True)
     masked = rows[rows["mask_file"].notna() & rows["split"].isin(recipe.fit.splits)]
+    masked = masked[~masked["isic_id"].isin(teacher_ids)]          # a RUN prior learnt from these: fitted already
     evaluation_ids = held_out_for_evaluation(rows, masked, recipe, opts.exclude_ids)
     rows = rows[~rows["isic_id"].isin(evaluation_ids)].reset_index(drop=True)
     masked = masked[~masked["isic_id"].isin(evaluation_ids)]
@@ -281,6 +288,8 @@ def fit(opts: FitOptions) -> FitSummary:
     prior_rows, calibration_rows = masked[~holdout], masked[holdout]
     if not recipe.uses_prior or not recipe.calibration.enabled:
         prior_rows = masked if recipe.uses_prior else masked.iloc[:0]
+    if opts.prior_run is not None:          # nothing to train: every mask the RUN did not learn from calibrates
+        prior_rows, calibration_rows = masked.iloc[:0], masked
     calibrating = recipe.calibration.enabled and len(calibration_rows) and recipe.method != "classic"
 
     out.mkdir(parents=True, exist_ok=True)
@@ -294,6 +303,12 @@ def fit(opts: FitOptions) -> FitSummary:
                   "data": str(data.resolve()), "versions": versions(), "excluded_ids": len(opts.exclude_ids),
                   "data_manifest_sha256": sha256_file(DataLayout(data).manifest),
                   "evaluation_ids": sorted(evaluation_ids)}
+    if opts.prior_run is not None:
+        models.prior, source = load_prior(opts.prior_run, recipe.prior.arch, recipe.prior.encoder)
+        models.prior.to(opts.device)
+        B.save_weights_file(models.prior, folder.prior)
+        provenance.update(prior_run=str(Path(opts.prior_run).resolve()), prior_run_ids=len(teacher_ids))
+        provenance.setdefault("initial_weights", {})["prior"] = source
 
     networks = []
     if recipe.uses_classifier:
@@ -302,9 +317,11 @@ def fit(opts: FitOptions) -> FitSummary:
     if recipe.uses_prior and len(prior_rows):
         networks.append(_prior_network(recipe, data, prior_rows, folder.work, opts.device))
         models.prior = networks[-1].model
-    _announce_plan(opts, recipe, data, networks, calibration_rows if calibrating else None, models, evaluation_ids)
+    phases = _Phases(_announce_plan(opts, recipe, data, networks, calibration_rows if calibrating else None, models,
+                                    evaluation_ids))
 
     for network in networks:
+        phases.begin()
         started = time.perf_counter()
         result = network.train(opts.progress)
         B.save_weights_file(network.model, getattr(folder, network.name))
@@ -316,19 +333,19 @@ def fit(opts: FitOptions) -> FitSummary:
         classes, counts = networks[0].dataset.mapping.classes, networks[0].dataset.class_counts().tolist()
         provenance.update(classes=list(classes), class_counts=dict(zip(classes, counts)))
         summary.classifier_images = sum(counts)
-    summary.prior_images = len(prior_rows) if models.prior is not None else 0
+    summary.prior_images = len(prior_rows) + len(teacher_ids) if models.prior is not None else 0
     if calibrating:
+        phases.begin()
         started = time.perf_counter()
         summary.calibration = _calibrate(recipe, data, calibration_rows, models, opts.progress)
         resolved = summary.calibration.apply(resolved)
         write_json(folder.calibration, {**summary.calibration.__dict__,
                                         "isic_ids": calibration_rows["isic_id"].tolist()[:recipe.calibration.max_images]})
         summary.seconds["calibration"] = time.perf_counter() - started
-    if models.prior is not None:
-        prior = networks[-1]
+    for prior in (n for n in networks if n.name == "prior"):
         summary.prior_steps = prior.cfg.epochs * -(-len(prior.dataset) // prior.cfg.batch_size)
 
-    provenance["fit_mask_ids"] = sorted(set(prior_rows["isic_id"]) | set(calibration_rows["isic_id"]))
+    provenance["fit_mask_ids"] = sorted(set(prior_rows["isic_id"]) | set(calibration_rows["isic_id"]) | teacher_ids)
     provenance["seconds"] = summary.seconds
     B.write_pipeline(folder, resolved)
     write_json(folder.provenance, provenance)
@@ -336,11 +353,13 @@ def fit(opts: FitOptions) -> FitSummary:
 
 
 def _announce_plan(opts: FitOptions, recipe: Recipe, data: Path, networks: list, calibration_rows, models,
-                   evaluation_ids: frozenset[str]) -> None:
-    """Say up front what fit will do and how long it will take here (each cost measured on this machine)."""
+                   evaluation_ids: frozenset[str]) -> list[tuple[str, float]]:
+    """Say up front what fit will do and how long it will take here (each cost measured on this machine); the
+    phases with their estimated seconds (none without progress output)."""
     if not opts.progress:
-        return
-    estimates = [(f"{n.name} on {len(n.dataset)} images, {n.cfg.epochs} epochs", n.estimate_s()) for n in networks]
+        return []
+    estimates = [(f"{n.name} on {len(n.dataset)} images, {n.cfg.epochs} epoch{'s' * (n.cfg.epochs != 1)}",
+                  n.estimate_s()) for n in networks]
     if calibration_rows is not None:
         estimates.append((f"calibration on {min(len(calibration_rows), recipe.calibration.max_images)} masks",
                           _calibration_estimate_s(recipe, data, calibration_rows, models)))
@@ -352,3 +371,19 @@ def _announce_plan(opts: FitOptions, recipe: Recipe, data: Path, networks: list,
                  "rerun the same command to resume):")
         for step, (what, seconds) in enumerate(estimates, 1):
             announce(f"  {step}/{len(estimates)} {what}: {_minutes(seconds)}")
+    return estimates
+
+
+class _Phases:
+    """One line as each phase of the plan starts: which, and how long the whole fit has left."""
+
+    def __init__(self, estimates: list[tuple[str, float]]):
+        self.estimates, self.done, self.started = estimates, 0, time.perf_counter()
+
+    def begin(self) -> None:
+        if self.done < len(self.estimates):
+            what = self.estimates[self.done][0].split(" on ")[0]
+            left = sum(seconds for _, seconds in self.estimates[self.done:])
+            announce(f"fit {self.done + 1}/{len(self.estimates)}: {what}; "
+                     f"{_minutes(time.perf_counter() - self.started)} so far, about {_minutes(left)} left")
+        self.done += 1

@@ -50,8 +50,8 @@ from wsm.train.distributed import distributed
 from wsm.train.evaluate import evaluate_binary, evaluate_classes
 from wsm.train.options import LABEL_CHOICES, TrainError, TrainOptions, TrainSummary, as_train_error
 from wsm.train.rows import check_no_overlap, eval_rows, training_rows
-from wsm.train.run_folder import (RunFolder, check_init, check_run_folder, init_weights_file, options_dict,
-                                  run_identity, write_start)
+from wsm.train.run_folder import (RunFolder, check_init, check_run_folder, check_teacher, init_weights_file,
+                                  options_dict, run_identity, write_start)
 
 __all__ = ["Evaluation", "Plan", "Trained", "execute", "load_model", "plan_run", "run"]
 
@@ -66,6 +66,7 @@ class Plan:
     train_rows: pd.DataFrame
     test_rows: pd.DataFrame
     inherited: set[str] | None = frozenset()      # what the starting weights learnt from (None: unknown)
+    teacher: set[str] | None = frozenset()        # whose masks fed the weak maps' teacher (None: unknown)
     extra_counts: dict = field(default_factory=dict)
 
     def counts(self) -> dict:
@@ -97,7 +98,10 @@ def plan_run(opts: TrainOptions, identity: dict, command: str, class_maps: Path 
     train_rows = training_rows(opts.data, opts.labels, opts.split_train, opts.wsm, opts.min_confidence)
     test_rows = eval_rows(opts.data, opts.eval_split, class_maps)
     check_no_overlap(train_rows, test_rows)
-    return Plan(opts, RunFolder(Path(opts.out)), identity, command, train_rows, test_rows)
+    weak = (train_rows["label_source"] == "weak").any()
+    maps = Path(opts.wsm) if opts.labels == "both" else Path(opts.labels)
+    teacher = check_teacher(maps, test_rows) if weak and class_maps is None else frozenset()
+    return Plan(opts, RunFolder(Path(opts.out)), identity, command, train_rows, test_rows, teacher=teacher)
 
 
 def execute(plan: Plan, train_networks: Callable[..., Trained]) -> TrainSummary | None:
@@ -117,7 +121,7 @@ def execute(plan: Plan, train_networks: Callable[..., Trained]) -> TrainSummary 
                           argv=sys.argv, seed=opts.seed, world_size=world, versions=versions(), **own,
                           **plan.counts())
             if rank == 0:
-                write_start(folder, config, plan.train_rows, plan.test_rows, plan.inherited)
+                write_start(folder, config, plan.train_rows, plan.test_rows, plan.inherited, plan.teacher)
 
         trained = train_networks(device, rank, world, start)
         if rank != 0:

@@ -4,6 +4,7 @@
       config.json                   the resolved options, the training config, the command, versions, identity
       train_ids.txt, eval_ids.txt   the images trained on (with their label source) and evaluated on
       init_ids.txt / init_unknown.txt   what the starting weights (``--init``) learnt from, or that nobody knows
+      teacher_ids.txt               the images whose masks fed the bundle that made the weak maps it trained on
       checkpoint.pt, model.safetensors, train_config.json   from :mod:`wsm.train.loop` (per stage for MB-DCNN)
       metrics.json, per_image.csv   the evaluation (mean and per image)
       predictions/ISIC_x_segmentation.png   0/255 masks of the eval images (with save_predictions)
@@ -44,6 +45,7 @@ class RunFolder:
     eval_ids = property(lambda self: self.root / "eval_ids.txt")
     init_ids = property(lambda self: self.root / "init_ids.txt")          # what the starting weights learnt from
     init_unknown = property(lambda self: self.root / "init_unknown.txt")  # started from weights with no record
+    teacher_ids = property(lambda self: self.root / "teacher_ids.txt")    # fed the teacher of its weak maps
     metrics = property(lambda self: self.root / "metrics.json")
     per_image = property(lambda self: self.root / "per_image.csv")
     predictions = property(lambda self: self.root / "predictions")
@@ -90,16 +92,19 @@ def check_run_folder(out: Path, resume: bool, identity: dict | None = None) -> N
 
 
 def write_start(folder: RunFolder, config: dict, train: pd.DataFrame, evaluation: pd.DataFrame,
-                inherited: set[str] | None = frozenset()) -> None:
-    """config.json, and the images this run trains and evaluates on and those its starting weights learnt from
-    (``inherited``; None: unknown, which every run started from this one will inherit)."""
+                inherited: set[str] | None = frozenset(), teacher: set[str] | None = frozenset()) -> None:
+    """config.json, and the images this run trains and evaluates on, those its starting weights learnt from
+    (``inherited``) and those whose masks fed the teacher of its weak maps (``teacher``); None: unknown, which every
+    run started from this one (or taught by maps this one makes) will inherit."""
     folder.root.mkdir(parents=True, exist_ok=True)
     write_json(folder.config, config)
-    if inherited is None:
-        write_text_atomic(folder.init_unknown, "this run started from weights with no record of their training "
-                                               "images (--init with a bare file)\n")
-    elif inherited:
+    if inherited is None or teacher is None:
+        write_text_atomic(folder.init_unknown, "this run learnt from weights or maps with no record of their "
+                                               "training images (--init with a bare file, or maps made elsewhere)\n")
+    if inherited:
         write_text_atomic(folder.init_ids, "".join(f"{i}\n" for i in sorted(inherited)))
+    if teacher:
+        write_text_atomic(folder.teacher_ids, "".join(f"{i}\n" for i in sorted(teacher)))
     write_text_atomic(folder.train_ids, "".join(f"{i}\t{s}\n" for i, s in zip(train["isic_id"],
                                                                                  train["label_source"])))
     write_text_atomic(folder.eval_ids, "".join(f"{i}\n" for i in evaluation["isic_id"]))
@@ -129,10 +134,58 @@ def trained_ids(run_dir: Path) -> set[str] | None:
     if folder.init_unknown.exists():
         return None
     ids = set()
-    for path in (folder.train_ids, folder.init_ids):
+    for path in (folder.train_ids, folder.init_ids, folder.teacher_ids):
         if path.exists():
             ids |= {line.split("\t", 1)[0] for line in path.read_text(encoding="utf8").splitlines()}
     return ids
+
+
+def teacher_ids(maps: Path | str) -> set[str] | None:
+    """Every image whose official mask fed what made a folder of weak maps: the fit of the bundle `wsm generate`
+    recorded (its ``fit_mask_ids``, a RUN prior's lineage included), else the maps the WSM manifest marks
+    ``mask_used_in_fit``, with a warning (a lower bound); None for maps made elsewhere (no record at all)."""
+    import pyarrow.parquet as pq
+
+    from wsm.fit.bundle import BundleFolder
+    from wsm.generate.folder import WsmFolder
+
+    folder = WsmFolder(Path(maps))
+    bundle = folder.made_with().get("bundle")
+    provenance = BundleFolder(Path(bundle)).read_provenance() if bundle else None
+    if provenance is not None and provenance.get("fit_mask_ids") is not None:
+        return set(provenance["fit_mask_ids"])
+    manifest = folder.merged_manifest()
+    if manifest is None or "mask_used_in_fit" not in pq.read_schema(manifest).names:
+        return None
+    rows = pq.read_table(manifest, columns=["isic_id", "mask_used_in_fit"]).to_pandas()
+    log.warning("%s does not record its bundle (or the bundle is gone): only the maps its manifest marks as fitted "
+                "are known to have fed the teacher", maps)
+    return set(rows.loc[rows["mask_used_in_fit"].fillna(True).astype(bool), "isic_id"])
+
+
+def _check_lineage(learnt: set[str] | None, evaluation: pd.DataFrame, unknown: str, source: str,
+                   advice: str = "choose another --eval-split") -> set[str] | None:
+    """``learnt``: the images behind a network or maps (None: nobody recorded them, a warning); refuse when one
+    of them is an evaluation image."""
+    if learnt is None:
+        log.warning("%s; the evaluation is honest only if none of the %d evaluation images was among them", unknown,
+                    len(evaluation))
+        return None
+    seen = sorted(learnt & set(evaluation["isic_id"]))
+    if seen:
+        raise DataError(f"{source} {len(seen)} of this run's evaluation images (e.g. {seen[:3]}); its numbers would "
+                        f"not be honest: {advice}")
+    return learnt
+
+
+def check_teacher(maps: Path | str, evaluation: pd.DataFrame) -> set[str] | None:
+    """The images that fed the teacher of the weak maps; refuse when any of them is an evaluation image (the
+    student would have learnt from the masks it is scored on, through the maps)."""
+    return _check_lineage(teacher_ids(maps), evaluation,
+                          f"{maps} holds maps made elsewhere: nothing shows which masks they were fitted to",
+                          f"the weak maps in {maps} come from a fit that used the masks of",
+                          "choose another --eval-split, or make the maps with a bundle fitted without them "
+                          "(`wsm fit --exclude`)")
 
 
 def check_init(weights: Path, opts: TrainOptions, evaluation: pd.DataFrame) -> set[str] | None:
@@ -147,15 +200,7 @@ def check_init(weights: Path, opts: TrainOptions, evaluation: pd.DataFrame) -> s
                   if earlier.get(k) != getattr(opts, k)}
         if differ:
             raise TrainError(f"--init {opts.init} holds another network (its value, this run's): {differ}")
-    seen_before = trained_ids(run_dir)
-    if seen_before is None:
-        log.warning("--init %s: nothing in %s shows which images those weights (or the weights they started "
-                    "from) learnt from; the evaluation is honest only if none of the %d evaluation images was "
-                    "among them", opts.init, run_dir, len(evaluation))
-        return None
-    seen = sorted(seen_before & set(evaluation["isic_id"]))
-    if seen:
-        raise DataError(f"--init {opts.init} (or a run it started from) was trained on {len(seen)} of this run's "
-                        f"evaluation images (e.g. {seen[:3]}); its numbers would not be honest: choose another "
-                        "--eval-split")
-    return seen_before
+    return _check_lineage(trained_ids(run_dir), evaluation,
+                          f"--init {opts.init}: nothing in {run_dir} shows which images those weights (or the weights "
+                          "they started from) learnt from",
+                          f"--init {opts.init} (or a run it started from) was trained on")
