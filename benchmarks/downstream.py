@@ -1,5 +1,6 @@
 """The ISIC_WSM experiment: does a segmentation network trained on a small labelled set improve when the other
-images' weak maps are added? Both networks are scored on the same held-out official masks.
+images' weak maps are added? Both networks are scored on the same held-out official masks. With --curve: the
+label-efficiency curve (Jaccard against the number of labelled masks, both arms, a PNG plot).
 
     python benchmarks/downstream.py [--labelled 200] [--weak 800] [--eval 300] [--size 128] [--epochs 8]
         [--epochs-official N|same] [--epochs-finetune N] [--confident-fraction F] [--arch unet]
@@ -65,7 +66,8 @@ DEFAULT_SOURCE = ISIC2018_CROPS
 QUALITY_DATA = REPO / "out" / "bench-quality" / "data"
 
 SMALL_FIT = ["classifier.arch=test_resnet", "classifier.size=64", "classifier.epochs=1", "classifier.batch_size=8",
-             "prior.encoder=test_resnet", "prior.size=64", "prior.epochs=1", "prior.batch_size=8",
+             "prior.encoder=test_resnet", "prior.size=64", "prior.epochs=1", "prior.min_steps=0",
+             "prior.batch_size=8",
              "preprocess.working_size=96", "calibration.max_images=6", "crf.bilateral_sxy=4.0",
              "classifier.pretrained=false", "prior.pretrained=false"]
 
@@ -74,13 +76,22 @@ def rank_key(isic_id: str, seed: int) -> bytes:
     return hashlib.sha256(f"downstream:{seed}:{isic_id}".encode()).digest()
 
 
-def partition(ids: list[str], n_eval: int, n_labelled: int, n_weak: int, seed: int) -> dict[str, list[str]]:
-    """Disjoint eval / labelled / weak sets, drawn in the order of a hash of (seed, isic_id)."""
-    ordered = sorted(ids, key=lambda i: rank_key(i, seed))
-    if n_eval + n_labelled + n_weak > len(ordered):
-        raise SystemExit(f"asked for {n_eval} + {n_labelled} + {n_weak} images; the source has {len(ordered)}")
-    parts = {"eval": ordered[:n_eval], "labelled": ordered[n_eval:n_eval + n_labelled],
-             "weak": ordered[n_eval + n_labelled:n_eval + n_labelled + n_weak]}
+def partition(ids: list[str], n_eval: int, n_labelled: int, n_weak: int, seed: int,
+              eval_seed: int | None = None) -> dict[str, list[str]]:
+    """Disjoint eval / labelled / weak sets, drawn in the order of a hash of (seed, isic_id).
+
+    With ``eval_seed`` the eval set is drawn by that seed instead (the label-efficiency curve keeps one eval set
+    for every N and seed), then labelled and weak from the rest by ``seed``; ``n_weak`` < 0: all the rest."""
+    if eval_seed is None:
+        ordered = sorted(ids, key=lambda i: rank_key(i, seed))
+        evaluation, rest = ordered[:n_eval], ordered[n_eval:]
+    else:
+        by_eval = sorted(ids, key=lambda i: rank_key(i, eval_seed))
+        evaluation, rest = by_eval[:n_eval], sorted(by_eval[n_eval:], key=lambda i: rank_key(i, seed))
+    n_weak = len(rest) - n_labelled if n_weak < 0 else n_weak
+    if n_eval + n_labelled + max(n_weak, 0) > len(ids) or n_weak < 0:
+        raise SystemExit(f"asked for {n_eval} + {n_labelled} + {n_weak} images; the source has {len(ids)}")
+    parts = {"eval": evaluation, "labelled": rest[:n_labelled], "weak": rest[n_labelled:n_labelled + n_weak]}
     return {k: sorted(v) for k, v in parts.items()}
 
 
@@ -154,7 +165,9 @@ def weak_map_quality(source: Path, wsm_dir: Path, ids: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labelled", type=int, default=200, help="images whose official masks train")
-    parser.add_argument("--weak", type=int, default=800, help="images that get weak maps (masks hidden)")
+    parser.add_argument("--weak", type=int, default=None,
+                        help="images that get weak maps (masks hidden); default 800, with --curve all the others "
+                             "(-1)")
     parser.add_argument("--eval", type=int, default=300, help="held-out images whose official masks score")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=8, help="epochs of the run with weak maps")
@@ -180,18 +193,108 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="an imported DATA of the whole source (default: reuse or import)")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-downstream")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="`wsm fit` overrides")
+    parser.add_argument("--eval-seed", type=int, default=None,
+                        help="draw the eval set by this seed instead of --seed (the curve uses 0: one eval set)")
+    parser.add_argument("--curve", action="store_true",
+                        help="the label-efficiency curve: a point for each --curve-n (seed --seed) and for each "
+                             "--curve-seeds at --curve-seeds-n, every weak image the rest of the source, one eval set")
+    parser.add_argument("--curve-n", default="50,100,200,400", help="labelled masks at each point")
+    parser.add_argument("--curve-seeds", default="0,1,2", help="seeds at --curve-seeds-n (for an error bar)")
+    parser.add_argument("--curve-seeds-n", type=int, default=100)
+    parser.add_argument("--plot", type=Path, help="where the curve's PNG goes (default WORK/label_efficiency.png)")
     parser.add_argument("--small", action="store_true",
                         help="smoke test: 24 labelled, 40 weak, 24 eval, 64 px, tiny models, 2 epochs")
     args = parser.parse_args()
     if not 0 <= args.confident_fraction <= 1:
         parser.error(f"--confident-fraction must be within (0, 1] (0: no fourth run), got {args.confident_fraction}")
+    if args.weak is None:
+        args.weak = -1 if args.curve else 800
     if args.small:
         args.labelled, args.weak, args.eval, args.size, args.epochs = 24, 40, 24, 64, 2
         args.encoder, args.batch_size, args.lr, args.train_pretrained = "test_resnet", 8, 1e-2, False
         args.overrides = SMALL_FIT + args.overrides
         if args.work == parser.get_default("work"):
             args.work = REPO / "out" / "bench-downstream-small"
+    if args.curve:
+        run_curve(args)
+    else:
+        run_point(args)
 
+
+def curve_points(args) -> list[tuple[int, int]]:
+    """(labelled N, seed) of every point of the curve."""
+    ns = [int(x) for x in args.curve_n.split(",")]
+    seeds = [int(x) for x in args.curve_seeds.split(",")]
+    return sorted({(n, args.seed) for n in ns} | {(args.curve_seeds_n, s) for s in seeds})
+
+
+def run_curve(args) -> None:
+    """Every point in its own WORK/nNNNN-seedS folder (a finished one is read back, not rerun), then the table,
+    WORK/curve.json and the plot."""
+    import copy
+
+    rows = []
+    for n, seed in curve_points(args):
+        point = copy.copy(args)
+        point.labelled, point.seed, point.curve = n, seed, False
+        point.eval_seed = 0 if args.eval_seed is None else args.eval_seed
+        point.work = args.work / f"n{n:04d}-seed{seed}"
+        done = point.work / "results.json"
+        report = json.loads(done.read_text()) if done.exists() else run_point(point)
+        for arm, result in report["results"].items():
+            rows.append({"n": n, "seed": seed, "arm": arm, **{k: result[k] for k in ("jaccard", "threshold_jaccard",
+                                                                                       "dice", "n_train", "epochs")},
+                         "teacher_jaccard": report["weak_map_quality"]["jaccard_255_as_background"],
+                         "teacher_at_least_as_good": report.get("teacher_at_least_as_good")})
+    summary = curve_summary(rows)
+    (args.work / "curve.json").write_text(json.dumps({"command": shlex.join([sys.executable, *sys.argv]),
+                                                      "eval_seed": 0 if args.eval_seed is None else args.eval_seed,
+                                                      "points": rows, "summary": summary}, indent=2))
+    plot = args.plot or args.work / "label_efficiency.png"
+    plot_curve(summary, plot)
+    print(f"\n{'N':>5s} {'training labels':29s} {'seeds':>5s} {'Jaccard':>8s} {'spread':>7s}")
+    for s in summary:
+        print(f"{s['n']:5d} {s['arm']:29s} {s['seeds']:5d} {s['jaccard']:8.4f} {s['std']:7.4f}")
+    print(f"curve: {args.work / 'curve.json'}, plot: {plot}")
+
+
+def curve_summary(rows: list[dict]) -> list[dict]:
+    """Mean Jaccard and its standard deviation over seeds, for each (N, arm)."""
+    import numpy as np
+
+    groups: dict[tuple[int, str], list[float]] = {}
+    for row in rows:
+        groups.setdefault((row["n"], row["arm"]), []).append(row["jaccard"])
+    return [{"n": n, "arm": arm, "seeds": len(values), "jaccard": float(np.mean(values)),
+             "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+            for (n, arm), values in sorted(groups.items())]
+
+
+def plot_curve(summary: list[dict], path: Path) -> None:
+    """Jaccard against labelled masks, one line per arm, the seeds' spread as error bars (matplotlib Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for arm in dict.fromkeys(s["arm"] for s in summary):
+        points = [s for s in summary if s["arm"] == arm]
+        ax.errorbar([s["n"] for s in points], [s["jaccard"] for s in points], yerr=[s["std"] for s in points],
+                    marker="o", capsize=3, label=arm)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({s["n"] for s in summary}), labels=[str(n) for n in sorted({s["n"] for s in summary})])
+    ax.set_xlabel("labelled images (official masks)")
+    ax.set_ylabel("Jaccard on the held-out official masks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def run_point(args) -> dict:
+    """One point: a teacher fitted on the labelled masks, its maps of the weak images, and the students."""
     import torch
 
     if args.threads:
@@ -204,7 +307,8 @@ def main() -> None:
     started = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     source = source_data(args)
-    parts = partition(read_manifest(source)["isic_id"].tolist(), args.eval, args.labelled, args.weak, args.seed)
+    parts = partition(read_manifest(source)["isic_id"].tolist(), args.eval, args.labelled, args.weak, args.seed,
+                      args.eval_seed)
     settings = {"source": str(source.resolve()), "parts": parts, "fit_overrides": args.overrides,
                 "device": args.device}
     settings_path = args.work / "settings.json"
@@ -231,7 +335,7 @@ def main() -> None:
     weak_quality = weak_map_quality(source, wsm_dir, parts["weak"])
     print(f"weak maps vs the weak images' hidden masks: {json.dumps(weak_quality)}", flush=True)
 
-    n_both = args.labelled + args.weak
+    n_both = args.labelled + len(parts["weak"])
     if args.epochs_official in (None, "steps"):
         epochs_official = max(1, round(args.epochs * n_both / args.labelled))
     elif args.epochs_official == "same":
@@ -275,8 +379,10 @@ def main() -> None:
     seconds["total"] = time.perf_counter() - started
 
     bench_cmd = shlex.join([sys.executable, *sys.argv])
-    report = {"command": bench_cmd, "seed": args.seed, "split": {k: len(v) for k, v in parts.items()},
-              "weak_map_quality": weak_quality, "results": results, "seconds": seconds,
+    teacher_fair = weak_quality["jaccard_255_as_background"] >= results["official"]["jaccard"]
+    report = {"command": bench_cmd, "seed": args.seed, "eval_seed": args.eval_seed,
+              "split": {k: len(v) for k, v in parts.items()}, "weak_map_quality": weak_quality,
+              "teacher_at_least_as_good": teacher_fair, "results": results, "seconds": seconds,
               "fit_command": f"wsm fit --data {data} --out {bundle} --exclude {args.work / 'eval_ids.txt'}"
                              + "".join(f" --set {o}" for o in args.overrides),
               "generate_command": f"wsm generate --data {data} --bundle {bundle} --split unlabeled --out {wsm_dir}"}
@@ -291,7 +397,11 @@ def main() -> None:
     for name, r in results.items():
         print(f"  {name}: {r['command']}")
     print(f"  maps: {report['fit_command']} && {report['generate_command']}")
+    print(f"teacher: its maps score Jaccard {weak_quality['jaccard_255_as_background']:.4f} on the weak images' "
+          f"hidden masks, the official-only student {results['official']['jaccard']:.4f} on the eval masks: "
+          + ("at least as good" if teacher_fair else "WEAKER than the student it is meant to help"))
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    return report
 
 
 if __name__ == "__main__":

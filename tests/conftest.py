@@ -36,3 +36,33 @@ def emulator(served_data):
 
     with EmulatorServer(served_data, config=EmulatorConfig(seed=0)) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A synthetic DATA folder: 40 images, 24 train, 8 val, 8 test (datafactory's 3:1:1 pattern), masks for all,
+    diagnoses in the metadata (modules that need another DATA define their own ``data``)."""
+    from datafactory import make_data
+
+    return make_data(tmp_path_factory.mktemp("data") / "DATA", n_images=40, with_masks=True, seed=0)
+
+
+@pytest.fixture(scope="module")
+def class_maps(data, tmp_path_factory):
+    """Synthetic 3-class maps of ``data``: 0 background, 1 left half of the lesion, 2 right half, 255 on its edge."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("classes")
+    for mask_path in sorted((data / "masks" / "isic2018").glob("*.png")):
+        mask = np.asarray(Image.open(mask_path)) > 128
+        xs = np.nonzero(mask.any(axis=0))[0]
+        middle = (xs.min() + xs.max()) // 2
+        label = np.zeros(mask.shape, np.uint8)
+        label[mask] = 1
+        label[:, middle:][mask[:, middle:]] = 2
+        band = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+        label[band] = 255
+        Image.fromarray(label).save(folder / mask_path.name.replace("_segmentation", ""))
+    return folder

@@ -21,3 +21,29 @@ def test_widen_centres_the_crop_on_its_ring_colour_and_pads_the_mask_with_backgr
     fill = canvas[0, 0]
     assert np.all(canvas[:, :7] == fill) and np.all(canvas[:, 37:] == fill)
     assert 50 < fill[0] < 200  # the ring's mean, not black nor a copy of an edge
+
+
+def test_the_curve_keeps_one_eval_set_and_draws_the_rest_per_seed():
+    from downstream import partition
+
+    ids = [f"ISIC_{i:07d}" for i in range(60)]
+    points = [partition(ids, 10, n, -1, seed, eval_seed=0) for n in (5, 20) for seed in (0, 1)]
+    assert all(p["eval"] == points[0]["eval"] for p in points)
+    for p in points:
+        assert not set(p["eval"]) & set(p["labelled"]) and not set(p["labelled"]) & set(p["weak"])
+        assert len(p["eval"]) + len(p["labelled"]) + len(p["weak"]) == len(ids)
+    assert points[0]["labelled"] != points[1]["labelled"]              # another seed, other labelled images
+    assert set(points[0]["labelled"]) <= set(points[2]["labelled"])    # more masks extend, never reshuffle
+    assert partition(ids, 10, 5, 20, 0) == partition(ids, 10, 5, 20, 0, eval_seed=None)
+
+
+def test_the_curve_summary_and_plot(tmp_path):
+    from downstream import curve_summary, plot_curve
+
+    rows = [{"n": 100, "arm": "official", "jaccard": j} for j in (0.70, 0.72, 0.74)]
+    rows += [{"n": 50, "arm": "official", "jaccard": 0.6}, {"n": 50, "arm": "official+weak", "jaccard": 0.65}]
+    summary = curve_summary(rows)
+    at_100 = next(s for s in summary if s["n"] == 100)
+    assert at_100["seeds"] == 3 and abs(at_100["jaccard"] - 0.72) < 1e-9 and abs(at_100["std"] - 0.02) < 1e-9
+    plot_curve(summary, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -22,10 +22,12 @@ torch.set_num_threads(1)
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_enhanced_network_shapes_and_gradients(arch):
     torch.manual_seed(0)
-    model = create_enhanced_segmenter(arch, "test_resnet")
+    encoder = {"segnet": "segnet_tiny", "convmixer": "convmixer_16_2"}.get(arch, "test_resnet")
+    model = create_enhanced_segmenter(arch, encoder)
     assert isinstance(model, EnhancedSegmenter) and model.in_chans == 4
     levels = len(model.base.encoder.feature_info.channels())
-    assert len(model.e_layers) == (2 if arch == "deeplabv3plus" else levels)
+    read = getattr(model.base.decoder, "used_features", range(levels))    # the levels the decoder reads
+    assert len(model.e_layers) == len(read)
     x = torch.randn(2, 4, 64, 96)
     logits = model(x)
     assert logits.shape == (2, 1, 64, 96)
@@ -74,13 +76,6 @@ def test_recipe_file_device_overrides_and_flags():
         load_mbdcnn_recipe("default")
     with pytest.raises(PipelineError, match="unknown key"):
         load_mbdcnn_recipe("mbdcnn", overrides=("coarse.depth=3",))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from datafactory import make_data
-
-    return make_data(tmp_path_factory.mktemp("mb") / "DATA", n_images=40, with_masks=True, seed=0)
 
 
 def _mbdcnn(*args) -> int:

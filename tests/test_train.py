@@ -31,14 +31,6 @@ def _train(*args) -> int:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """40 images: 24 train, 8 val, 8 test (datafactory's 3:1:1 pattern), masks for all; labels in metadata."""
-    from datafactory import make_data
-
-    return make_data(tmp_path_factory.mktemp("data") / "DATA", n_images=40, with_masks=True, seed=0)
-
-
-@pytest.fixture(scope="module")
 def half_labelled(data, tmp_path_factory):
     """The same images, but 8 of the 24 train images have no official mask (unlabelled); and a WSM folder with a
     weak map for *every* image (1 inside the ellipse, 255 on a 2-pixel band at its edge, 0 outside)."""
@@ -258,25 +250,6 @@ def test_bad_options_are_one_line_errors(data, tmp_path, capsys):
     assert "multiple of 32" in capsys.readouterr().err
     assert _train("--data", str(data), "--out", str(tmp_path / "d"), "--num-classes", "3") == 2
     assert "class-index maps" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def class_maps(data, tmp_path_factory):
-    """Synthetic 3-class maps: 0 background, 1 left half of the lesion, 2 right half, 255 on the lesion's edge."""
-    import cv2
-
-    folder = tmp_path_factory.mktemp("classes")
-    for mask_path in sorted((data / "masks" / "isic2018").glob("*.png")):
-        mask = np.asarray(Image.open(mask_path)) > 128
-        xs = np.nonzero(mask.any(axis=0))[0]
-        middle = (xs.min() + xs.max()) // 2
-        label = np.zeros(mask.shape, np.uint8)
-        label[mask] = 1
-        label[:, middle:][mask[:, middle:]] = 2
-        band = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
-        label[band] = 255
-        Image.fromarray(label).save(folder / mask_path.name.replace("_segmentation", ""))
-    return folder
 
 
 @pytest.mark.parametrize("loss", ["ce", "focal"])

@@ -31,13 +31,6 @@ TINY = ["--encoder", "test_resnet", "--no-pretrained", "--size", "64", "--epochs
         "--lr", "0.01", "--no-augment"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from datafactory import make_data
-
-    return make_data(tmp_path_factory.mktemp("ddp") / "DATA", n_images=40, with_masks=True, seed=0)
-
-
 def _env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     env.pop("WORLD_SIZE", None)

@@ -11,7 +11,7 @@ from wsm.selection import SPLIT_CHOICES
 
 # Kept here as literals so that building the parser imports no torch; tests check them against the registries
 # (wsm.models.segmentation.ARCHITECTURES, wsm.train.losses.LOSSES).
-ARCH_CHOICES = ("unet", "linknet", "deeplabv3plus")
+ARCH_CHOICES = ("unet", "linknet", "deeplabv3plus", "unet_aspp", "segnet", "convmixer")
 LOSS_CHOICES = ("bce", "dice", "bce+dice", "focal", "ce", "hybrid")
 
 
@@ -42,7 +42,12 @@ def register(commands) -> None:
     p.add_argument("--pipeline", metavar="mbdcnn|PATH", help="a multi-network recipe instead of one network: "
                    "a pipelines/<name>.toml name or a path (method = \"mbdcnn\")")
     add_set_flag(p, "--pipeline")
-    p.add_argument("--arch", choices=ARCH_CHOICES, help="segmentation architecture (default: unet)")
+    p.add_argument("--arch", choices=ARCH_CHOICES,
+                   help="segmentation architecture (default: unet); unet_aspp: U-Net with an ASPP block (rates 2, "
+                        "3, 4) on the deepest features; segnet and convmixer build their own encoders, named by "
+                        "--encoder: segnet_small (CPU), segnet_vgg16 (the paper's; ImageNet VGG-16-BN weights from "
+                        "the hub), convmixer_DIM_DEPTH[_ksKERNEL][_pPATCH] e.g. convmixer_256_8; all but segnet_vgg16 "
+                        "train from scratch: add --no-pretrained (README.md: Architectures)")
     p.add_argument("--encoder",
                    help="timm encoder name (default: tf_efficientnet_lite0; its ImageNet weights ship with wsm)")
     p.add_argument("--num-classes", type=int, default=1,

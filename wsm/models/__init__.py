@@ -1,4 +1,4 @@
-"""Networks: classifiers and their class activation maps (localise), segmentation networks (prior).
+"""Networks: classifiers and their class activation maps (localise), segmentation networks (prior, `wsm train`).
 
 Submodules import timm / pytorch-grad-cam (seconds), so names are loaded on first use::
 
@@ -22,6 +22,8 @@ _EXPORTS = {
     "cam_maps": "cam",
     "create_cam": "cam",
     "ARCHITECTURES": "segmentation",
+    "CONVMIXER_ENCODERS": "convmixer",
+    "SEGNET_ENCODERS": "segnet",
     "create_segmenter": "segmentation",
     "pad_to_multiple": "segmentation",
     "predict_prob": "segmentation",

