@@ -7,7 +7,13 @@ label-efficiency curve (Jaccard against the number of labelled masks, both arms,
         [--encoder tf_efficientnet_lite0] [--no-train-pretrained] [--batch-size 16] [--lr 0.001] [--seed 0]
         [--device cpu] [--threads 0]
         [--source DEV_DATA] [--data DATA] [--work out/bench-downstream]
-        [--set section.key=value ...] [--small]
+        [--set section.key=value ...] [--small] [--teacher fit|student]
+        [--curve [--curve-n 50,100,200,400] [--curve-seeds 0,1,2] [--curve-seeds-n 100] [--plot PNG]]
+
+--teacher student: the official-only student is trained first and becomes the prior of the bundle that makes the
+weak maps (`wsm fit --prior-run`, one self-training round), so the teacher is as good as that student by
+construction; the default (fit) fits a bundle on the labelled masks, whose strength the script reports against
+the official-only student ("teacher: ... at least as good" or "WEAKER").
 
 Steps (each resumes or is reused when the script is run again with the same --work):
 
@@ -179,6 +185,9 @@ def main() -> None:
     parser.add_argument("--confident-fraction", type=float, default=0.0,
                         help="a fourth run: the labelled masks plus only this most confident fraction of the weak "
                              "maps, by the WSM manifest's confidence (0, the default: no fourth run)")
+    parser.add_argument("--teacher", choices=("fit", "student"), default="fit",
+                        help="what makes the weak maps: a bundle fitted on the labelled masks (fit), or the "
+                             "official-only student itself as the bundle's prior (student: `wsm fit --prior-run`)")
     parser.add_argument("--arch", default="unet")
     parser.add_argument("--encoder", default="tf_efficientnet_lite0")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -239,7 +248,7 @@ def run_curve(args) -> None:
         point.labelled, point.seed, point.curve = n, seed, False
         point.eval_seed = 0 if args.eval_seed is None else args.eval_seed
         point.work = args.work / f"n{n:04d}-seed{seed}"
-        done = point.work / "results.json"
+        done = point.work / f"results{'' if args.teacher == 'fit' else '-student'}.json"
         report = json.loads(done.read_text()) if done.exists() else run_point(point)
         for arm, result in report["results"].items():
             rows.append({"n": n, "seed": seed, "arm": arm, **{k: result[k] for k in ("jaccard", "threshold_jaccard",
@@ -321,20 +330,6 @@ def run_point(args) -> dict:
         (args.work / f"{name}_ids.txt").write_text("".join(f"{i}\n" for i in ids))
     seconds = {}
 
-    bundle, wsm_dir = args.work / "bundle", args.work / "wsm"
-    t0 = time.perf_counter()
-    if not (bundle / "provenance.json").exists():
-        summary = fit(FitOptions(data=data, out=bundle, pipeline="default", device=args.device,
-                                 overrides=tuple(args.overrides), exclude_ids=frozenset(parts["eval"])))
-        print("\n".join(summary.lines()), flush=True)
-    seconds["fit"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    gen = generate(GenerateOptions(out=wsm_dir, bundle=bundle, data=data, split="unlabeled", device=args.device))
-    print("\n".join(gen.lines()), flush=True)
-    seconds["generate"] = time.perf_counter() - t0
-    weak_quality = weak_map_quality(source, wsm_dir, parts["weak"])
-    print(f"weak maps vs the weak images' hidden masks: {json.dumps(weak_quality)}", flush=True)
-
     n_both = args.labelled + len(parts["weak"])
     if args.epochs_official in (None, "steps"):
         epochs_official = max(1, round(args.epochs * n_both / args.labelled))
@@ -345,13 +340,44 @@ def run_point(args) -> dict:
     common = dict(data=data, split_train="train", eval_split="test", arch=args.arch, encoder=args.encoder,
                   size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                   workers=args.workers, pretrained=args.train_pretrained, resume=True)
-    runs = {"official": TrainOptions(out=args.work / "run-official", labels="official", epochs=epochs_official,
-                                     **common),
-            "official+weak": TrainOptions(out=args.work / "run-official+weak", labels="both", wsm=wsm_dir,
+    official = TrainOptions(out=args.work / "run-official", labels="official", epochs=epochs_official, **common)
+    results = {}
+
+    def record(name: str, opts) -> None:
+        t0 = time.perf_counter()
+        summary = run(opts)
+        seconds[f"train {name}"] = time.perf_counter() - t0
+        results[name] = {"n_train": summary.n_train, "epochs": opts.epochs, "n_eval": summary.n_eval,
+                         **{k: summary.metrics[k] for k in ("jaccard", "threshold_jaccard", "dice")},
+                         "command": opts.command().replace(" --resume", "")}
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+
+    # the teacher: a bundle fitted on the labelled masks, or the official-only student itself (a self-training
+    # round: `wsm fit --prior-run`), whose maps are then as good as that student by construction
+    suffix = "" if args.teacher == "fit" else "-student"
+    bundle, wsm_dir = args.work / f"bundle{suffix}", args.work / f"wsm{suffix}"
+    if args.teacher == "student":
+        record("official", official)
+    t0 = time.perf_counter()
+    if not (bundle / "provenance.json").exists():
+        summary = fit(FitOptions(data=data, out=bundle, pipeline="default", device=args.device,
+                                 overrides=tuple(args.overrides), exclude_ids=frozenset(parts["eval"]),
+                                 prior_run=official.out if args.teacher == "student" else None))
+        print("\n".join(summary.lines()), flush=True)
+    seconds["fit"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gen = generate(GenerateOptions(out=wsm_dir, bundle=bundle, data=data, split="unlabeled", device=args.device))
+    print("\n".join(gen.lines()), flush=True)
+    seconds["generate"] = time.perf_counter() - t0
+    weak_quality = weak_map_quality(source, wsm_dir, parts["weak"])
+    print(f"weak maps vs the weak images' hidden masks: {json.dumps(weak_quality)}", flush=True)
+
+    runs = {"official": official,
+            "official+weak": TrainOptions(out=args.work / f"run-official+weak{suffix}", labels="both", wsm=wsm_dir,
                                           epochs=args.epochs, **common)}
     if args.epochs_finetune:
         runs["weak, then official (+init)"] = TrainOptions(
-            out=args.work / "run-finetune", labels="official", init=str(runs["official+weak"].out),
+            out=args.work / f"run-finetune{suffix}", labels="official", init=str(runs["official+weak"].out),
             epochs=args.epochs_finetune, **{**common, "lr": args.lr / 2, "pretrained": False})  # init: every weight
     if args.confident_fraction:
         import math
@@ -365,28 +391,23 @@ def run_point(args) -> dict:
         n_confident = int((confidence.reindex(parts["weak"]) >= threshold).sum())
         steps = args.epochs * n_both
         runs["official+confident weak"] = TrainOptions(
-            out=args.work / "run-official+confident", labels="both", wsm=wsm_dir, min_confidence=threshold,
+            out=args.work / f"run-official+confident{suffix}", labels="both", wsm=wsm_dir, min_confidence=threshold,
             epochs=max(1, round(steps / (args.labelled + n_confident))), **common)
-    results = {}
     for name, opts in runs.items():
-        t0 = time.perf_counter()
-        summary = run(opts)
-        seconds[f"train {name}"] = time.perf_counter() - t0
-        results[name] = {"n_train": summary.n_train, "epochs": opts.epochs, "n_eval": summary.n_eval,
-                         **{k: summary.metrics[k] for k in ("jaccard", "threshold_jaccard", "dice")},
-                         "command": opts.command().replace(" --resume", "")}
-        print(f"{name}: {json.dumps(results[name])}", flush=True)
+        if name not in results:
+            record(name, opts)
     seconds["total"] = time.perf_counter() - started
 
     bench_cmd = shlex.join([sys.executable, *sys.argv])
     teacher_fair = weak_quality["jaccard_255_as_background"] >= results["official"]["jaccard"]
-    report = {"command": bench_cmd, "seed": args.seed, "eval_seed": args.eval_seed,
+    report = {"command": bench_cmd, "seed": args.seed, "eval_seed": args.eval_seed, "teacher": args.teacher,
               "split": {k: len(v) for k, v in parts.items()}, "weak_map_quality": weak_quality,
               "teacher_at_least_as_good": teacher_fair, "results": results, "seconds": seconds,
               "fit_command": f"wsm fit --data {data} --out {bundle} --exclude {args.work / 'eval_ids.txt'}"
+                             + (f" --prior-run {official.out}" if args.teacher == "student" else "")
                              + "".join(f" --set {o}" for o in args.overrides),
               "generate_command": f"wsm generate --data {data} --bundle {bundle} --split unlabeled --out {wsm_dir}"}
-    (args.work / "results.json").write_text(json.dumps(report, indent=2))
+    (args.work / f"results{suffix}.json").write_text(json.dumps(report, indent=2))
 
     print(f"\ncommand: {bench_cmd}\nseed: {args.seed}; split by sha256(downstream:seed:isic_id): "
           f"{args.labelled} labelled, {args.weak} weak, {args.eval} eval (official masks, never trained on)")
