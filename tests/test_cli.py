@@ -119,3 +119,13 @@ def test_old_spellings_still_work_and_say_what_to_use(capsys):
     err = capsys.readouterr().err
     assert "--wsm is now --maps" in err and "--split-train is now --train-split" in err
     assert "--pred is now --maps" in err and "--workers is now --connections" in err
+
+
+def test_the_new_and_the_old_spelling_of_weak_labels_are_the_same_run():
+    from wsm.cli.train import options
+    from wsm.train.run_folder import run_identity
+
+    parser = build_parser()
+    new, _ = options(parser.parse_args(["train", "-d", "d", "-o", "o", "--labels", "weak", "-m", "w"]))
+    old, _ = options(parser.parse_args(["train", "-d", "d", "-o", "o", "--labels", "w"]))
+    assert run_identity(new) == run_identity(old)           # so --resume accepts a run started either way

@@ -96,3 +96,16 @@ def test_a_run_without_a_lineage_cannot_be_a_teacher(tmp_path, capsys):
         prior_run_settings(run)
     with pytest.raises(PriorRunError, match="not a finished"):
         prior_run_settings(tmp_path / "nothing")
+
+
+def test_a_run_on_weak_maps_without_its_teacher_record_has_an_unknown_lineage(tmp_path):
+    from wsm.train.run_folder import trained_ids
+
+    run = tmp_path / "RUN"
+    run.mkdir()
+    (run / "train_ids.txt").write_text("ISIC_0000001\tofficial\nISIC_0000002\tweak\n")
+    assert trained_ids(run) is None                      # an older run: which masks taught its maps is unknown
+    (run / "teacher_ids.txt").write_text("")             # a run whose teacher used no mask at all
+    assert trained_ids(run) == {"ISIC_0000001", "ISIC_0000002"}
+    (run / "teacher_ids.txt").write_text("ISIC_0000009\n")
+    assert trained_ids(run) == {"ISIC_0000001", "ISIC_0000002", "ISIC_0000009"}

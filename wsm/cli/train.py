@@ -1,9 +1,8 @@
 """`wsm train`: train a segmentation network on official masks and/or weak maps, evaluate on official masks."""
 from __future__ import annotations
 
-import sys
-
 import argparse
+import sys
 from pathlib import Path
 
 from wsm.cli.common import HelpFormatter, UsageError, add_data_and_out, add_renamed, add_set_flag, print_summary
@@ -102,7 +101,8 @@ def options(args):
 
     given = {k: getattr(args, k) for k in ("arch", "encoder", "loss", "epochs", "size", "batch_size", "lr")
              if getattr(args, k) is not None}
-    return TrainOptions(data=args.data, out=args.out, labels=_labels(args), wsm=args.maps,
+    maps = args.maps if args.labels == "both" else None        # weak: the folder is the labels (as it always was)
+    return TrainOptions(data=args.data, out=args.out, labels=_labels(args), wsm=maps,
                         min_confidence=args.min_confidence, num_classes=args.num_classes,
                         split_train=args.train_split, eval_split=args.eval_split,
                         weight_decay=args.weight_decay, augment=args.augment, seed=args.seed, device=args.device,

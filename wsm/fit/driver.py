@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from archive_client.layout import DataLayout
-from wsm.config.pipeline import load_pipeline, pipeline_hash
+from wsm.config.pipeline import PipelineError, load_pipeline, pipeline_hash
 from wsm.config.recipe import INFERENCE_ONLY, Recipe, build_recipe
 from wsm.fit import bundle as B
 from wsm.fit.prior_run import load_prior, prior_run_settings
@@ -55,6 +55,7 @@ class FitSummary:
     held_out: int = 0               # masked images kept out of everything, for an honest report
     data: Path | None = None
     prior_steps: int = 0            # the prior's optimiser steps
+    prior_run: Path | None = None   # the `wsm train` run used as the prior
 
     def lines(self) -> list[str]:
         counts = [f"classifier images {self.classifier_images}"] if self.classifier_images else []
@@ -71,6 +72,9 @@ class FitSummary:
                        f"threshold {c.mask_threshold}, Jaccard {c.jaccard:.3f}, certain pixels "
                        f"{c.certain_fraction:.1%} at accuracy {c.certain_accuracy:.3f}")
             out += self.warnings()
+        elif self.prior_run is not None:
+            out.append(f"warning: every mask in the fitting splits fed {self.prior_run} (or is held out): nothing was "
+                       "left to calibrate on, so the pipeline's default thresholds apply")
         if self.seconds:
             out.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
         work = B.BundleFolder(self.bundle).work
@@ -114,9 +118,14 @@ def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def ids_digest(ids) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
 def work_dir(work: Path, stage: str, cfg, recipe: Recipe, extra: dict | None = None) -> Path:
-    """Checkpoints of one stage, keyed by everything that shapes its model: a changed setting starts afresh
-    instead of resuming a checkpoint trained differently."""
+    """Checkpoints of one stage, keyed by everything that shapes its model (settings, seed, and in ``extra`` the
+    images it trains on): a changed setting or another set of images starts afresh instead of resuming a
+    checkpoint trained differently (another --exclude fold must never reuse a prior that saw its images)."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in INFERENCE_ONLY}
     key = json.dumps({"cfg": settings, "seed": recipe.seed, **(extra or {})}, sort_keys=True)
     return work / f"{stage}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
@@ -173,7 +182,8 @@ def _classifier_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Pa
                               weights_file=cfg.weights_file or None)
     return _Network("classifier", model, dataset, classification_loss(dataset.class_counts()),
                     _train_config(cfg, recipe, device),
-                    work_dir(work, "classifier", cfg, recipe, {"classes": recipe.classes}))
+                    work_dir(work, "classifier", cfg, recipe,
+                             {"classes": recipe.classes, "images": ids_digest(rows["isic_id"])}))
 
 
 def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str) -> _Network:
@@ -192,7 +202,8 @@ def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, d
                              weights_file=cfg.weights_file or None)
     return _Network("prior", model, dataset, BCEDice(),
                     _train_config(cfg, recipe, device, epochs=cfg.epochs_for(len(dataset))),
-                    work_dir(work, "prior", cfg, recipe, {"size": recipe.preprocess.working_size}))
+                    work_dir(work, "prior", cfg, recipe,
+                             {"size": recipe.preprocess.working_size, "images": ids_digest(rows["isic_id"])}))
 
 
 def _samples(recipe: Recipe, data: Path, rows: pd.DataFrame, models, bar=None) -> list:
@@ -232,7 +243,8 @@ def _calibration_estimate_s(recipe: Recipe, data: Path, rows: pd.DataFrame, mode
 def _start_replacing(out: Path, requested: str) -> None:
     """Take the bundle in ``out`` out of use until this fit writes its provenance last: a fit killed half-way
     leaves a bundle that `generate` refuses, never new weights beside an old calibration."""
-    old = B.BundleFolder(out).provenance
+    folder = B.BundleFolder(out)
+    old = folder.provenance
     if not old.exists():
         return
     before = json.loads(old.read_text(encoding="utf8")).get("requested_pipeline_sha256")
@@ -240,6 +252,8 @@ def _start_replacing(out: Path, requested: str) -> None:
         log.warning("%s holds a bundle fitted with other settings; this fit replaces it (checkpoints under "
                     "work/ are kept)", out)
     old.unlink()
+    for stale in (folder.classifier, folder.prior, folder.calibration):   # a refit that trains less must not
+        stale.unlink(missing_ok=True)                                     # leave the old networks in use
 
 
 def held_out_for_evaluation(rows: pd.DataFrame, masked: pd.DataFrame, recipe: Recipe,
@@ -292,31 +306,36 @@ def fit(opts: FitOptions) -> FitSummary:
         prior_rows, calibration_rows = masked.iloc[:0], masked
     calibrating = recipe.calibration.enabled and len(calibration_rows) and recipe.method != "classic"
 
+    folder = B.BundleFolder(out)
+    models = MapModels(recipe, device=opts.device)
+    networks, prior_source = [], None
+    try:        # every network is built (and a run's prior loaded) before the old bundle is taken out of use
+        if opts.prior_run is not None:
+            models.prior, prior_source = load_prior(opts.prior_run, recipe.prior.arch, recipe.prior.encoder)
+            models.prior.to(opts.device)
+        if recipe.uses_classifier:
+            networks.append(_classifier_network(recipe, data, rows, folder.work, opts.device))
+            models.classifier = networks[-1].model
+        if recipe.uses_prior and len(prior_rows):
+            networks.append(_prior_network(recipe, data, prior_rows, folder.work, opts.device))
+            models.prior = networks[-1].model
+    except ValueError as err:       # the registries' "unknown ...; valid ones: ..." for a --set arch or encoder
+        raise PipelineError(f"pipeline {opts.pipeline!r}: {err}") from err
+
     out.mkdir(parents=True, exist_ok=True)
     requested = pipeline_hash(resolved)
     _start_replacing(out, requested)
-    folder = B.BundleFolder(out)
-    summary = FitSummary(out, held_out=len(evaluation_ids), data=data)
-    models = MapModels(recipe, device=opts.device)
+    summary = FitSummary(out, held_out=len(evaluation_ids), data=data, prior_run=opts.prior_run)
     provenance = {"recipe": recipe.name, "method": recipe.method, "seed": recipe.seed, "device": opts.device,
                   "requested_pipeline_sha256": requested,
                   "data": str(data.resolve()), "versions": versions(), "excluded_ids": len(opts.exclude_ids),
                   "data_manifest_sha256": sha256_file(DataLayout(data).manifest),
                   "evaluation_ids": sorted(evaluation_ids)}
     if opts.prior_run is not None:
-        models.prior, source = load_prior(opts.prior_run, recipe.prior.arch, recipe.prior.encoder)
-        models.prior.to(opts.device)
         B.save_weights_file(models.prior, folder.prior)
         provenance.update(prior_run=str(Path(opts.prior_run).resolve()), prior_run_ids=len(teacher_ids))
-        provenance.setdefault("initial_weights", {})["prior"] = source
+        provenance.setdefault("initial_weights", {})["prior"] = prior_source
 
-    networks = []
-    if recipe.uses_classifier:
-        networks.append(_classifier_network(recipe, data, rows, folder.work, opts.device))
-        models.classifier = networks[-1].model
-    if recipe.uses_prior and len(prior_rows):
-        networks.append(_prior_network(recipe, data, prior_rows, folder.work, opts.device))
-        models.prior = networks[-1].model
     phases = _Phases(_announce_plan(opts, recipe, data, networks, calibration_rows if calibrating else None, models,
                                     evaluation_ids))
 

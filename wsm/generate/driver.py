@@ -185,7 +185,8 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
             rows = rows.head(opts.limit)
         provenance, fit_ids = _provenance(bundle)
         claim_folder(folder, tuple(provenance[column] for column in MAKER))
-        write_json(folder.bundle_file, {"bundle": str(Path(opts.bundle).resolve()), "pipeline": bundle.recipe.name})
+        write_json(folder.bundle_file, {"bundle": str(Path(opts.bundle).resolve()), "pipeline": bundle.recipe.name,
+                                        "fit_mask_ids": sorted(fit_ids)})
         previous = (pq.read_table(manifest_path, columns=["isic_id", "path", "status"])
                     if manifest_path.exists() else WSM_MANIFEST.empty_table())
         done = _done_ids(previous, out)

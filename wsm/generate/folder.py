@@ -6,7 +6,7 @@
       manifest-part-IIII-of-NNNN.parquet   a shard's rows, until `wsm generate --merge` joins them
       challenge/ISIC_x_segmentation.png    0/255 masks for isic-challenge-scoring (--export-challenge)
       .wsm/maker.json               the pipeline and model hashes that made the folder's maps (one maker per folder)
-      .wsm/bundle.json              the bundle the last run used: its folder and pipeline name (for people, reports)
+      .wsm/bundle.json              the bundle the maps came from: folder, pipeline name, the masks its fit used
       .wsm/generate-I-of-N.jsonl    journals of maps written but not yet in a manifest (a killed run's)
 """
 from __future__ import annotations

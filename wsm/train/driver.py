@@ -42,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 
 from wsm.errors import WsmError
-from wsm.io.atomic import write_json
+from wsm.io.atomic import write_json, write_text_atomic
 from wsm.io.hashing import sha256_file
 from wsm.io.provenance import versions
 from wsm.selection import DataError
@@ -136,7 +136,7 @@ def execute(plan: Plan, train_networks: Callable[..., Trained]) -> TrainSummary 
         summary.metrics = evaluation.means
         summary.notes += evaluation.notes
         extra.update(evaluation.extra)
-        evaluation.per_image.to_csv(folder.per_image, index=False)
+        write_text_atomic(folder.per_image, evaluation.per_image.to_csv(index=False))
         seconds["eval"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     summary.seconds = seconds

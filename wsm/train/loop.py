@@ -255,6 +255,8 @@ def seconds_per_step(model: nn.Module, dataset: Dataset, loss_fn, cfg: TrainConf
     as the first epoch reads them), forward and backward in eval mode (no BatchNorm statistics move), gradients
     dropped. The second of two tries is timed (the first pays for allocation)."""
     device = torch.device(cfg.device)
+    if cfg.deterministic and device.type == "cuda":     # cuBLAS reads it once, at its first use: as train() sets it
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     model.to(device)
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)

@@ -103,7 +103,7 @@ def write_start(folder: RunFolder, config: dict, train: pd.DataFrame, evaluation
                                                "training images (--init with a bare file, or maps made elsewhere)\n")
     if inherited:
         write_text_atomic(folder.init_ids, "".join(f"{i}\n" for i in sorted(inherited)))
-    if teacher:
+    if teacher is not None and (train["label_source"] == "weak").any():    # written even when empty
         write_text_atomic(folder.teacher_ids, "".join(f"{i}\n" for i in sorted(teacher)))
     write_text_atomic(folder.train_ids, "".join(f"{i}\t{s}\n" for i, s in zip(train["isic_id"],
                                                                                  train["label_source"])))
@@ -133,10 +133,13 @@ def trained_ids(run_dir: Path) -> set[str] | None:
         return set(fitted) if fitted is not None else None
     if folder.init_unknown.exists():
         return None
-    ids = set()
-    for path in (folder.train_ids, folder.init_ids, folder.teacher_ids):
+    rows = [line.split("\t") for line in folder.train_ids.read_text(encoding="utf8").splitlines()]
+    if any(row[1:] == ["weak"] for row in rows) and not folder.teacher_ids.exists():
+        return None         # trained on weak maps, and nothing says which masks fed their teacher
+    ids = {row[0] for row in rows}
+    for path in (folder.init_ids, folder.teacher_ids):
         if path.exists():
-            ids |= {line.split("\t", 1)[0] for line in path.read_text(encoding="utf8").splitlines()}
+            ids |= set(path.read_text(encoding="utf8").splitlines())
     return ids
 
 
@@ -150,8 +153,10 @@ def teacher_ids(maps: Path | str) -> set[str] | None:
     from wsm.generate.folder import WsmFolder
 
     folder = WsmFolder(Path(maps))
-    bundle = folder.made_with().get("bundle")
-    provenance = BundleFolder(Path(bundle)).read_provenance() if bundle else None
+    recorded = folder.made_with()
+    if recorded.get("fit_mask_ids") is not None:      # as it was when the maps were made (a refit changes the bundle)
+        return set(recorded["fit_mask_ids"])
+    provenance = BundleFolder(Path(recorded["bundle"])).read_provenance() if recorded.get("bundle") else None
     if provenance is not None and provenance.get("fit_mask_ids") is not None:
         return set(provenance["fit_mask_ids"])
     manifest = folder.merged_manifest()
