@@ -63,6 +63,11 @@ def check_device(device: str) -> None:
                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
+def note_renamed(old: str, new: str) -> None:
+    """Say on stderr which spelling replaces an old one (which still works)."""
+    print(f"wsm: note: {old} is now {new} (the old spelling still works, for now)", file=sys.stderr)
+
+
 class _Renamed(argparse.Action):
     """An old flag spelling: sets the new flag's value and says once which spelling to use."""
 
@@ -71,7 +76,7 @@ class _Renamed(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"wsm: note: {option_string} is now {self.new} (the old spelling still works, for now)", file=sys.stderr)
+        note_renamed(option_string, self.new)
         setattr(namespace, self.dest, values)
 
 

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from wsm.cli.common import HelpFormatter, UsageError, add_data_and_out, add_renamed, add_set_flag, print_summary
+from wsm.cli.common import (HelpFormatter, UsageError, add_data_and_out, add_renamed, add_set_flag, note_renamed,
+                            print_summary)
 from wsm.selection import SPLIT_CHOICES
 
 # Kept here as literals so that building the parser imports no torch; tests check them against the registries
@@ -90,8 +90,7 @@ def _labels(args) -> str:
         if args.maps is None:
             raise UsageError("--labels weak needs the weak maps: --maps WSM (the folder `wsm generate` wrote)")
         return str(args.maps)
-    print(f"wsm: note: --labels {args.labels} is now --labels weak --maps {args.labels} (the old spelling still "
-          "works, for now)", file=sys.stderr)
+    note_renamed(f"--labels {args.labels}", f"--labels weak --maps {args.labels}")
     return args.labels
 
 

@@ -24,7 +24,7 @@ from wsm.config.recipe import INFERENCE_ONLY, Recipe, build_recipe
 from wsm.fit import bundle as B
 from wsm.fit.prior_run import load_prior, prior_run_settings
 from wsm.io.atomic import write_json
-from wsm.io.hashing import sha256_file
+from wsm.io.hashing import ids_sha256, sha256_file
 from wsm.io.progress import announce
 from wsm.io.progress import progress as progress_bar
 from wsm.io.provenance import versions
@@ -118,10 +118,6 @@ def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def ids_digest(ids) -> str:
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
-
-
 def work_dir(work: Path, stage: str, cfg, recipe: Recipe, extra: dict | None = None) -> Path:
     """Checkpoints of one stage, keyed by everything that shapes its model (settings, seed, and in ``extra`` the
     images it trains on): a changed setting or another set of images starts afresh instead of resuming a
@@ -183,7 +179,7 @@ def _classifier_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Pa
     return _Network("classifier", model, dataset, classification_loss(dataset.class_counts()),
                     _train_config(cfg, recipe, device),
                     work_dir(work, "classifier", cfg, recipe,
-                             {"classes": recipe.classes, "images": ids_digest(rows["isic_id"])}))
+                             {"classes": recipe.classes, "images": ids_sha256(rows["isic_id"])[:16]}))
 
 
 def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str) -> _Network:
@@ -203,7 +199,7 @@ def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, d
     return _Network("prior", model, dataset, BCEDice(),
                     _train_config(cfg, recipe, device, epochs=cfg.epochs_for(len(dataset))),
                     work_dir(work, "prior", cfg, recipe,
-                             {"size": recipe.preprocess.working_size, "images": ids_digest(rows["isic_id"])}))
+                             {"size": recipe.preprocess.working_size, "images": ids_sha256(rows["isic_id"])[:16]}))
 
 
 def _samples(recipe: Recipe, data: Path, rows: pd.DataFrame, models, bar=None) -> list:
@@ -372,37 +368,37 @@ def fit(opts: FitOptions) -> FitSummary:
 
 
 def _announce_plan(opts: FitOptions, recipe: Recipe, data: Path, networks: list, calibration_rows, models,
-                   evaluation_ids: frozenset[str]) -> list[tuple[str, float]]:
+                   evaluation_ids: frozenset[str]) -> list[tuple[str, str, float]]:
     """Say up front what fit will do and how long it will take here (each cost measured on this machine); the
-    phases with their estimated seconds (none without progress output)."""
+    phases (name, what, estimated seconds; none without progress output)."""
     if not opts.progress:
         return []
-    estimates = [(f"{n.name} on {len(n.dataset)} images, {n.cfg.epochs} epoch{'s' * (n.cfg.epochs != 1)}",
+    estimates = [(n.name, f"on {len(n.dataset)} images, {n.cfg.epochs} epoch{'s' * (n.cfg.epochs != 1)}",
                   n.estimate_s()) for n in networks]
     if calibration_rows is not None:
-        estimates.append((f"calibration on {min(len(calibration_rows), recipe.calibration.max_images)} masks",
+        estimates.append(("calibration", f"on {min(len(calibration_rows), recipe.calibration.max_images)} masks",
                           _calibration_estimate_s(recipe, data, calibration_rows, models)))
     if evaluation_ids:
         announce(f"fit keeps {len(evaluation_ids)} masked images out of everything, so that `wsm report` can score "
                  "their maps honestly (--set fit.eval_fraction=0 uses every mask)")
     if estimates:
-        announce(f"fit: about {_minutes(sum(s for _, s in estimates))} on this machine (measured; interrupt and "
+        announce(f"fit: about {_minutes(sum(s for *_, s in estimates))} on this machine (measured; interrupt and "
                  "rerun the same command to resume):")
-        for step, (what, seconds) in enumerate(estimates, 1):
-            announce(f"  {step}/{len(estimates)} {what}: {_minutes(seconds)}")
+        for step, (name, what, seconds) in enumerate(estimates, 1):
+            announce(f"  {step}/{len(estimates)} {name} {what}: {_minutes(seconds)}")
     return estimates
 
 
 class _Phases:
     """One line as each phase of the plan starts: which, and how long the whole fit has left."""
 
-    def __init__(self, estimates: list[tuple[str, float]]):
+    def __init__(self, estimates: list[tuple[str, str, float]]):
         self.estimates, self.done, self.started = estimates, 0, time.perf_counter()
 
     def begin(self) -> None:
         if self.done < len(self.estimates):
-            what = self.estimates[self.done][0].split(" on ")[0]
-            left = sum(seconds for _, seconds in self.estimates[self.done:])
-            announce(f"fit {self.done + 1}/{len(self.estimates)}: {what}; "
+            name = self.estimates[self.done][0]
+            left = sum(seconds for *_, seconds in self.estimates[self.done:])
+            announce(f"fit {self.done + 1}/{len(self.estimates)}: {name}; "
                      f"{_minutes(time.perf_counter() - self.started)} so far, about {_minutes(left)} left")
         self.done += 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -19,3 +20,8 @@ def hash_file(path: Path | str) -> "hashlib._Hash":
 def sha256_file(path: Path | str) -> str:
     """The file's sha256, as 64 hex digits."""
     return hash_file(path).hexdigest()
+
+
+def ids_sha256(ids: Iterable[str]) -> str:
+    """The sha256 of a set of ids, whatever their order (which images a network or a folder of maps saw)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()

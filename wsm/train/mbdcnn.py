@@ -25,7 +25,6 @@ a rerun only when it is complete for the same images (a ``.complete`` file recor
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import shlex
 import time
@@ -44,6 +43,7 @@ from torch import nn  # noqa: E402
 from wsm.config.pipeline import PipelineError, load_pipeline, stage_config  # noqa: E402
 from wsm.config.recipe import CamConfig, ClassifierConfig, SegmenterConfig  # noqa: E402
 from wsm.io.atomic import write_text_atomic  # noqa: E402
+from wsm.io.hashing import ids_sha256  # noqa: E402
 from wsm.selection import DataError  # noqa: E402
 from wsm.train.distributed import barrier  # noqa: E402
 from wsm.train.driver import Evaluation, Plan, Trained, execute, plan_run  # noqa: E402
@@ -213,10 +213,6 @@ def _guided_classifier_dataset(data: Path, rows: pd.DataFrame, size: int, mappin
     return GuidedClassifierDataset()
 
 
-def _ids_digest(ids) -> str:
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
-
-
 def _write_maps(predict, data: Path, rows: pd.DataFrame, size: int, batch_size: int, folder: Path,
                 guide_files: list[str] | None = None, progress: bool = False) -> None:
     """``folder/ISIC_x.png`` = round(255 x predict(image)) for every row, unless the folder is complete already."""
@@ -224,7 +220,7 @@ def _write_maps(predict, data: Path, rows: pd.DataFrame, size: int, batch_size: 
     from wsm.io.progress import progress as progress_bar
 
     marker = folder / ".complete"
-    digest = _ids_digest(rows["isic_id"])
+    digest = ids_sha256(rows["isic_id"])
     if marker.exists() and marker.read_text(encoding="utf8").strip() == digest:
         log.info("%s is complete: reusing it", folder)
         return
