@@ -13,7 +13,8 @@ folder beside the zip, checked, and only then moved to their final names:
 A mask must decode as a PNG with one 8-bit channel (lossless 'L'-compatible modes are converted) and have
 the size of its image when the image is on disk; a mask that fails is left out with its reason. Rows are
 merged into DATA/gt_manifest.parquet (key isic_id, challenge) and, for images, DATA/manifest.parquet
-(key isic_id; rows already there are kept).
+(key isic_id; rows already there are kept). With ``task="attributes"`` the ISIC 2018 Task 2 attribute masks
+come instead, by the same steps (archive_client.attribute_data).
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ import logging
 import os
 import shutil
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import requests
@@ -39,7 +41,7 @@ from wsm.io.images import UNDECODABLE, decode_problem, image_size
 from wsm.io.lock import exclusive_lock
 from wsm.io.tables import merge_rows, read_table, write_table_atomic
 
-from .challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS, ChallengeSplit
+from .challenges import DEFAULT_CHALLENGE_URL, SPLITS, ChallengeSplit, task_catalog
 from .errors import CorruptArchiveError, DownloadError, InvalidIdError, InvalidInputError
 from .ids import check_isic_id
 from .isic_files import write_attribution, write_metadata_csv
@@ -48,7 +50,8 @@ from .manifest import DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row
 from .safezip import ZipLimits, extract_members
 from .transfer import RetryPolicy, fetch_file, make_session
 
-__all__ = ["ChallengeSummary", "MaskCheck", "check_mask", "download_challenge", "find_image", "image_size"]
+__all__ = ["ChallengeSummary", "MaskCheck", "check_mask", "download_challenge", "fetch_challenge", "find_image",
+           "image_size", "merge_into", "place_file", "staging_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +154,7 @@ def _ascii_id(candidate: str) -> str:
 
 @dataclass
 class ChallengeSummary:
+    noun: ClassVar[str] = "masks"                              # what the ground-truth zips hold
     challenge: str
     splits: list[str] = field(default_factory=list)            # splits processed
     missing_splits: list[str] = field(default_factory=list)    # asked for, but the challenge has no such split
@@ -171,7 +175,7 @@ class ChallengeSummary:
 
     def lines(self) -> list[str]:
         """A human summary, one line per fact, for the CLI."""
-        out = [f"{self.challenge} {','.join(self.splits) or '-'}: masks {self.masks_written} written, "
+        out = [f"{self.challenge} {','.join(self.splits) or '-'}: {self.noun} {self.masks_written} written, "
                f"{self.masks_skipped} already there, {len(self.masks_rejected)} rejected"]
         if self.images_written or self.images_skipped or self.images_rejected:
             out.append(f"images {self.images_written} written, {self.images_skipped} already there, "
@@ -279,14 +283,15 @@ def _dropped_if_corrupt(layout: DataLayout, zip_path: Path, key: str) -> Iterato
 
 # --------------------------------------------------------------------------------------------- one split
 
-def _staging(layout: DataLayout, cs: ChallengeSplit, what: str) -> Path:
+def staging_folder(layout: DataLayout, cs: ChallengeSplit, what: str) -> Path:
+    """Where one split's entries of one kind (images, masks, attributes) are extracted before being checked."""
     return _challenge_state(layout) / cs.year / f"staging-{cs.split}-{what}"
 
 
 def _extract_images(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, url: str,
                     summary: ChallengeSummary, limits: ZipLimits, progress: bool) -> list[dict]:
     """Images of one split into DATA/images (existing ones kept); manifest rows for ids that have none yet."""
-    staging = _staging(layout, cs, "images")
+    staging = staging_folder(layout, cs, "images")
     kept: dict[str, Path] = {}      # entry name -> image already in DATA/images
     bad: list[tuple[str, str]] = []
 
@@ -352,7 +357,7 @@ def _extract_images(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, url:
 def _extract_masks(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, summary: ChallengeSummary,
                    limits: ZipLimits, progress: bool) -> list[dict]:
     """Masks of one split, checked, into DATA/masks/<challenge>/; their gt manifest rows."""
-    staging = _staging(layout, cs, "masks")
+    staging = staging_folder(layout, cs, "masks")
     bad: list[tuple[str, str]] = []
 
     def plan(name: str) -> Path | None:
@@ -400,7 +405,8 @@ def _extract_masks(layout: DataLayout, cs: ChallengeSplit, zip_path: Path, summa
     return rows
 
 
-def _merge_into(path: Path, rows: list[dict], core, key: tuple[str, ...]) -> None:
+def merge_into(path: Path, rows: list[dict], core, key: tuple[str, ...]) -> None:
+    """Merge rows into the manifest at ``path`` (by ``key``); the file is rewritten only when it changes."""
     if not rows:
         return
     old = read_table(path, core)
@@ -411,6 +417,10 @@ def _merge_into(path: Path, rows: list[dict], core, key: tuple[str, ...]) -> Non
 
 # --------------------------------------------------------------------------------------------- driver
 
+# Extracts one split's ground-truth zip into DATA and merges its rows: (layout, split, zip path) -> None.
+TruthStep = Callable[[DataLayout, ChallengeSplit, Path], None]
+
+
 def download_challenge(
     data_root: Path | str,
     challenge: str,
@@ -420,51 +430,81 @@ def download_challenge(
     session: requests.Session | None = None,
     progress: bool = True,
     *,
+    task: str = "lesion",
     limits: ZipLimits = ZipLimits(),
     policy: RetryPolicy = RetryPolicy(),
 ) -> ChallengeSummary:
     """Fetch, verify and extract the official masks (and images with ``inputs``) of ``challenge`` into DATA.
 
-    Splits the challenge does not have (2016 has no val) are listed in ``summary.missing_splits``. Raises
-    InvalidInputError (a ValueError) for an unknown challenge or split name, DownloadError when a zip cannot be
-    fetched or verified, UnsafeArchiveError / ArchiveError for a hostile or corrupt zip, LockedError if another
-    wsm writes DATA.
+    ``task`` "lesion" gives the lesion masks; "attributes" the ISIC 2018 Task 2 attribute masks
+    (archive_client.attribute_data.download_attributes, whose summary is an AttributeSummary). Splits the
+    challenge does not have (2016 has no val) are listed in ``summary.missing_splits``. Raises
+    InvalidInputError (a ValueError) for an unknown task, challenge or split name, DownloadError when a zip
+    cannot be fetched or verified, UnsafeArchiveError / ArchiveError for a hostile or corrupt zip, LockedError
+    if another wsm writes DATA.
     """
-    if challenge not in CATALOG:
-        raise InvalidInputError(f"unknown challenge {challenge!r}; choose one of {', '.join(CATALOG)}")
+    if task == "attributes":
+        from .attribute_data import download_attributes   # it builds on this module
+
+        return download_attributes(data_root, challenge, splits, inputs, base_url, session, progress,
+                                   limits=limits, policy=policy)
+    summary = ChallengeSummary(challenge)
+
+    def truth(layout: DataLayout, cs: ChallengeSplit, zip_path: Path) -> None:
+        rows = _extract_masks(layout, cs, zip_path, summary, limits, progress)
+        merge_into(layout.gt_manifest, rows, GT_MANIFEST, ("isic_id", "challenge"))
+
+    return fetch_challenge(data_root, challenge, splits, task, summary, truth, inputs=inputs, base_url=base_url,
+                           session=session, progress=progress, limits=limits, policy=policy)
+
+
+def _wanted_splits(challenge: str, splits, task: str) -> tuple[list[ChallengeSplit], list[str]]:
+    """The published splits asked for, and the names asked for that the challenge does not have."""
+    try:
+        published = task_catalog(challenge, task)
+    except ValueError as err:
+        raise InvalidInputError(str(err)) from None
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise InvalidInputError(f"unknown split(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SPLITS)}")
+    asked = list(dict.fromkeys(splits))
+    return [published[s] for s in asked if s in published], [s for s in asked if s not in published]
+
+
+def fetch_challenge(data_root: Path | str, challenge: str, splits, task: str, summary: ChallengeSummary,
+                    truth: TruthStep, *, inputs: bool, base_url: str, session: requests.Session | None,
+                    progress: bool, limits: ZipLimits, policy: RetryPolicy) -> ChallengeSummary:
+    """The driver both tasks share: per split, the inputs zip (with ``inputs``) into DATA/images, then the
+    ground-truth zip through ``truth``; all under DATA's lock."""
+    wanted, summary.missing_splits = _wanted_splits(challenge, splits, task)
     layout = DataLayout(Path(data_root).absolute())   # zip entries are routed to paths under this root
-    summary = ChallengeSummary(challenge)
-    wanted = []
-    for split in dict.fromkeys(splits):
-        if split in CATALOG[challenge]:
-            wanted.append(CATALOG[challenge][split])
-        else:
-            summary.missing_splits.append(split)
     session = session or make_session(workers=2, policy=policy)
     layout.root.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(layout.root):
         for cs in wanted:
             if inputs:
                 url = cs.url(base_url, "inputs")
-                zip_path, how = ensure_zip(layout, session, url, cs.year, cs.inputs_zip, policy)
-                summary.zips[key := f"{cs.year}/{cs.inputs_zip}"] = how
-                with _dropped_if_corrupt(layout, zip_path, key):
+                with _fetched(layout, session, url, cs.year, cs.inputs_zip, summary, policy) as zip_path:
                     rows = _extract_images(layout, cs, zip_path, url, summary, limits, progress)
-                _merge_into(layout.manifest, rows, DATA_MANIFEST_CORE, ("isic_id",))
-            url = cs.url(base_url, "truth")
-            zip_path, how = ensure_zip(layout, session, url, cs.year, cs.truth_zip, policy)
-            summary.zips[key := f"{cs.year}/{cs.truth_zip}"] = how
-            with _dropped_if_corrupt(layout, zip_path, key):
-                rows = _extract_masks(layout, cs, zip_path, summary, limits, progress)
-            _merge_into(layout.gt_manifest, rows, GT_MANIFEST, ("isic_id", "challenge"))
+                merge_into(layout.manifest, rows, DATA_MANIFEST_CORE, ("isic_id",))
+            with _fetched(layout, session, cs.url(base_url, "truth"), cs.year, cs.truth_zip, summary,
+                          policy) as zip_path:
+                truth(layout, cs, zip_path)
             summary.splits.append(cs.split)
-            log.info("%s %s: %d masks written, %d already there, %d rejected", challenge, cs.split,
-                     summary.masks_written, summary.masks_skipped, len(summary.masks_rejected))
+            log.info("%s %s: %d %s written, %d already there, %d rejected", challenge, cs.split,
+                     summary.masks_written, summary.noun, summary.masks_skipped, len(summary.masks_rejected))
         if inputs and layout.manifest.exists():   # the images are now part of DATA: describe them like isic-cli
             manifest = read_table(layout.manifest, DATA_MANIFEST_CORE)
             write_metadata_csv(layout.metadata_csv, manifest)
             write_attribution(layout.attribution, manifest)
     return summary
+
+
+@contextlib.contextmanager
+def _fetched(layout: DataLayout, session: requests.Session, url: str, year: str, name: str,
+             summary: ChallengeSummary, policy: RetryPolicy) -> Iterator[Path]:
+    """The zip, fetched or verified (how goes to ``summary.zips``), removed if found corrupt while in use."""
+    zip_path, how = ensure_zip(layout, session, url, year, name, policy)
+    summary.zips[key := f"{year}/{name}"] = how
+    with _dropped_if_corrupt(layout, zip_path, key):
+        yield zip_path

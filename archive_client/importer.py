@@ -2,14 +2,16 @@
 
     images/  ISIC_ddddddd.(jpg|jpeg|png)                 -> DATA/images/ISIC_x.<ext>   (copied, or hard-linked)
     masks/   ISIC_ddddddd_segmentation.png (_Segmentation) -> DATA/masks/<challenge>/ISIC_x_segmentation.png
+    attributes/  ISIC_ddddddd_attribute_<name>.png        -> DATA/attributes/<challenge>/ (ISIC 2018 Task 2; all
+             five of an image or none, checked as archive_client.attribute_data checks the zips' files)
     labels   CSV with isic_id (or image_id) and either the archive's diagnosis_1..5 and other metadata columns,
              or the ISIC 2017 Part 3 columns melanoma, seborrheic_keratosis (0/1, empty = unknown)
 
 Files are found by name only (other names are skipped and reported; licence files and the like silently),
 checked (an image must decode; a mask must be an 8-bit single-channel PNG of its image's size holding 0/255,
 or 0/1 which is written as 0/255) and written atomically; nothing that fails a check is written.
-DATA/manifest.parquet, DATA/gt_manifest.parquet, DATA/metadata.csv and DATA/attribution.txt are merged with
-what is there. A rerun skips files already present with the same sha256 and leaves the manifests untouched when
+DATA/manifest.parquet, DATA/gt_manifest.parquet, DATA/attribute_manifest.parquet, DATA/metadata.csv and
+DATA/attribution.txt are merged with what is there. A rerun skips files already present with the same sha256 and leaves the manifests untouched when
 nothing changed.
 """
 from __future__ import annotations
@@ -37,7 +39,9 @@ from wsm.io.lock import exclusive_lock
 from wsm.io.progress import progress as progress_bar
 from wsm.io.tables import merge_rows, read_table, write_table_atomic
 
-from .challenge_data import MaskCheck, check_mask, find_image
+from .attribute_data import AttributeFiles, bring_in_attributes, merge_attribute_rows, unknown_attribute
+from .challenge_data import MaskCheck, check_mask, find_image, merge_into
+from .challenges import ATTRIBUTE_FILE, ATTRIBUTES
 from .errors import InvalidInputError
 from .ids import check_isic_id
 from .isic_files import write_attribution, write_metadata_csv
@@ -86,6 +90,10 @@ class ImportSummary:
     masks_written: int = 0
     masks_skipped: int = 0
     masks_rejected: list[tuple[str, str]] = field(default_factory=list)
+    attributes_written: int = 0             # attribute mask files
+    attributes_skipped: int = 0
+    attribute_images: int = 0               # images whose five attribute masks are in DATA
+    attributes_rejected: list[tuple[str, str]] = field(default_factory=list)   # (isic_id or file, reasons)
     unexpected: list[str] = field(default_factory=list)      # skipped: not image or mask names, or a mask
                                                              # name in the images folder (and vice versa)
     splits: dict[str, int] = field(default_factory=dict)     # split -> masks imported
@@ -95,8 +103,8 @@ class ImportSummary:
 
     @property
     def ok(self) -> bool:
-        """False when an image, mask or label row that was given could not be imported."""
-        return not (self.images_rejected or self.masks_rejected or self.labels_rejected)
+        """False when an image, mask, attribute mask or label row that was given could not be imported."""
+        return not (self.images_rejected or self.masks_rejected or self.attributes_rejected or self.labels_rejected)
 
     def lines(self) -> list[str]:
         """A human summary for the CLI; file names are quoted so a hostile one cannot garble the terminal."""
@@ -104,7 +112,11 @@ class ImportSummary:
                f"{self.images_skipped} already there, {len(self.images_rejected)} rejected",
                f"masks {self.masks_written} written, {self.masks_skipped} already there, "
                f"{len(self.masks_rejected)} rejected; splits {dict(sorted(self.splits.items()))}"]
-        out += [f"rejected {name!r}: {why}" for name, why in self.images_rejected + self.masks_rejected]
+        if self.attributes_written or self.attributes_skipped or self.attributes_rejected:
+            out.append(f"attribute masks {self.attributes_written} written, {self.attributes_skipped} already there; "
+                       f"{self.attribute_images} images with all five, {len(self.attributes_rejected)} rejected")
+        out += [f"rejected {name!r}: {why}"
+                for name, why in self.images_rejected + self.masks_rejected + self.attributes_rejected]
         out += [f"label row {row}: {why}" for row, why in self.labels_rejected]
         skipped: dict[str | None, list[str]] = {}
         for name in self.unexpected:
@@ -124,14 +136,20 @@ class ImportSummary:
 
 _MASKS_HINT = "these look like masks: pass their folder with --masks DIR (it may be the same as --images)"
 _IMAGES_HINT = "these look like images: pass their folder with --images DIR (it may be the same as --masks)"
-_MISPLACED_HINTS = (_MASKS_HINT, _IMAGES_HINT)
+_ATTRIBUTES_HINT = ("these look like attribute masks: pass their folder with --attributes DIR (it may be the same "
+                    "as --images)")
+_UNKNOWN_ATTRIBUTE_HINT = f"named like attribute masks, but the attributes are {', '.join(ATTRIBUTES)}"
+_MISPLACED_HINTS = (_MASKS_HINT, _IMAGES_HINT, _ATTRIBUTES_HINT, _UNKNOWN_ATTRIBUTE_HINT)
 
 
 def _misplaced_hint(name: str) -> str | None:
-    """For a skipped file named like a mask (or an image), where such files go; None for other names."""
+    """For a skipped file named like a mask, an attribute mask or an image, where such files go; None for other
+    names."""
     base = name.rsplit("/", 1)[-1]
     if MASK_NAME.fullmatch(base):
         return _MASKS_HINT
+    if ATTRIBUTE_FILE.fullmatch(base):
+        return _UNKNOWN_ATTRIBUTE_HINT if unknown_attribute(base) else _ATTRIBUTES_HINT
     image = IMAGE_NAME.fullmatch(base)
     if image and image.group(2).lower() in IMAGE_EXTENSIONS:
         return _IMAGES_HINT
@@ -306,31 +324,39 @@ def _same_file(a: Path, b: Path) -> bool:
 class _Found:
     images: dict[str, tuple[str, Path]] = field(default_factory=dict)   # isic_id -> (name, path)
     masks: dict[str, tuple[str, Path]] = field(default_factory=dict)
+    attributes: AttributeFiles = field(default_factory=dict)
 
 
-def _scan(images: Path, masks: Path | None, summary: ImportSummary) -> _Found:
-    """Images and masks by name; anything else that is not benign is reported (once, if both are one folder)."""
+def _scan(folders: dict[str, Path | None], summary: ImportSummary) -> _Found:
+    """Images, masks and attribute masks by name, each from its own folder ({"image": images, "mask": masks,
+    "attribute": attributes}; one folder may serve several); anything else that is not benign is reported, once."""
     found = _Found()
-    one_folder = masks is not None and os.path.abspath(masks) == os.path.abspath(images)
-    scans = [(images, "image")] if masks is None or one_folder else [(images, "image"), (masks, "mask")]
-    for folder, kind in scans:
+    kinds_of: dict[str, tuple[Path, set[str]]] = {}
+    for kind, folder in folders.items():
+        if folder is not None:
+            kinds_of.setdefault(os.path.abspath(folder), (folder, set()))[1].add(kind)
+    for folder, kinds in kinds_of.values():
         for name, path in _walk(folder):
             image = IMAGE_NAME.fullmatch(path.name)
             mask = MASK_NAME.fullmatch(path.name)
-            if image and image.group(2).lower() in IMAGE_EXTENSIONS and kind == "image":
+            attribute = ATTRIBUTE_FILE.fullmatch(path.name)
+            if image and image.group(2).lower() in IMAGE_EXTENSIONS and "image" in kinds:
                 _add(found.images, image.group(1), name, path, summary.images_rejected)
-            elif mask and masks is not None and (kind == "mask" or one_folder):
+            elif mask and "mask" in kinds:
                 _add(found.masks, mask.group(1), name, path, summary.masks_rejected)
+            elif attribute and attribute.group(2) in ATTRIBUTES and "attribute" in kinds:
+                _add(found.attributes.setdefault(attribute.group(1), {}), attribute.group(2), name, path,
+                     summary.attributes_rejected)
             elif not is_benign(name):
                 summary.unexpected.append(f"{folder.name}/{name}")
     return found
 
 
-def _add(table: dict, isic_id: str, name: str, path: Path, rejected: list) -> None:
-    if isic_id in table:
-        rejected.append((name, f"another file for {isic_id} ({table[isic_id][0]}) is imported instead"))
+def _add(table: dict, key: str, name: str, path: Path, rejected: list) -> None:
+    if key in table:
+        rejected.append((name, f"another file for {key} ({table[key][0]}) is imported instead"))
     else:
-        table[isic_id] = (name, path)
+        table[key] = (name, path)
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -344,11 +370,13 @@ def import_folders(
     split: str = "auto",
     link: bool = False,
     progress: bool = True,
+    attributes: Path | str | None = None,
 ) -> ImportSummary:
-    """Import local images (and masks and labels) into the DATA folder ``out``; see the module doc.
+    """Import local images (and masks, attribute masks and labels) into the DATA folder ``out``; see the module doc.
 
-    ``challenge`` names the mask folder DATA/masks/<challenge> and the gt manifest rows; ``split`` is train,
-    val, test or auto (the reference file manifests/challenge_splits.csv, else train). ``link`` hard-links
+    ``challenge`` names the mask folders DATA/masks/<challenge> and DATA/attributes/<challenge> and their manifest
+    rows; ``split`` is train, val, test or auto (the reference file manifests/challenge_splits.csv, else train).
+    Attribute masks need their image in DATA or imported in the same call. ``link`` hard-links
     files instead of copying them where the file system allows (DATA then shares the files with the source:
     editing one edits the other). Raises InvalidInputError (a ValueError) for bad arguments, LockedError if
     another wsm writes ``out``.
@@ -358,9 +386,9 @@ def import_folders(
                                 "or '-' (at most 64, starting with a letter or digit), e.g. isic2018 or local")
     if split not in SPLIT_CHOICES:
         raise InvalidInputError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
-    images = Path(images)
-    masks = Path(masks) if masks is not None else None
-    for folder, what in ((images, "images"), (masks, "masks")):
+    folders = {kind: None if folder is None else Path(folder)
+               for kind, folder in (("image", images), ("mask", masks), ("attribute", attributes))}
+    for folder, what in zip(folders.values(), ("images", "masks", "attributes")):
         if folder is not None and not folder.is_dir():
             raise InvalidInputError(f"the {what} folder {folder} does not exist or is not a folder; "
                                     f"pass an existing folder to --{what}")
@@ -368,14 +396,16 @@ def import_folders(
     layout = DataLayout(Path(out))
     summary = ImportSummary(labels_rejected=list(label_table.rejected),
                             labels_ignored_columns=list(label_table.ignored_columns))
-    found = _scan(images, masks, summary)
+    found = _scan(folders, summary)
     bar = dict(enabled=progress)
     layout.root.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(layout.root):
         rows = _import_images(layout, found, label_table, link, summary, bar)
         gt_rows = _import_masks(layout, found, challenge, split, link, summary, bar)
+        attribute_rows = _import_attributes(layout, found, challenge, split, link, summary, progress)
         summary.labels_unmatched = len(set(label_table.by_id) - {r["isic_id"] for r in rows})
         _write_manifests(layout, rows, gt_rows)
+        merge_attribute_rows(layout, attribute_rows)
     return summary
 
 
@@ -453,12 +483,27 @@ def _import_masks(layout, found: _Found, challenge: str, split: str, link: bool,
         else:
             _place(src, dest, link)
             summary.masks_written += 1
-        chosen = reference_split(isic_id, challenge) if split == "auto" else split
+        chosen = _split_of(isic_id, challenge, split)
         summary.splits[chosen] = summary.splits.get(chosen, 0) + 1
         rows.append({"isic_id": isic_id, "challenge": challenge, "split": chosen,
                      "mask_file": dest.relative_to(layout.root).as_posix(),
                      "width": check.width, "height": check.height})
     return rows
+
+
+def _split_of(isic_id: str, challenge: str, split: str) -> str:
+    return reference_split(isic_id, challenge) if split == "auto" else split
+
+
+def _import_attributes(layout, found: _Found, challenge: str, split: str, link: bool, summary: ImportSummary,
+                       progress: bool) -> list[dict]:
+    done = bring_in_attributes(layout, found.attributes, challenge, lambda i: _split_of(i, challenge, split),
+                               lambda src, dest: _place(src, dest, link), require_image=True, progress=progress)
+    summary.attributes_written += done.written
+    summary.attributes_skipped += done.skipped
+    summary.attribute_images += done.images
+    summary.attributes_rejected += done.rejected
+    return done.rows
 
 
 def _official_png(src: Path, check: MaskCheck) -> bytes | None:
@@ -478,8 +523,4 @@ def _write_manifests(layout: DataLayout, rows: list[dict], gt_rows: list[dict]) 
         write_metadata_csv(layout.metadata_csv, merged)
     if merged.num_rows and (changed or not layout.attribution.exists()):
         write_attribution(layout.attribution, merged)
-    if gt_rows:
-        old_gt = read_table(layout.gt_manifest, GT_MANIFEST)
-        merged_gt = merge_rows(old_gt, gt_rows, GT_MANIFEST, ("isic_id", "challenge"))
-        if not merged_gt.equals(old_gt):
-            write_table_atomic(merged_gt, layout.gt_manifest)
+    merge_into(layout.gt_manifest, gt_rows, GT_MANIFEST, ("isic_id", "challenge"))

@@ -5,6 +5,7 @@ tests assert the two agree.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -41,6 +42,21 @@ GT_MANIFEST = pa.schema(
         ("mask_file", pa.string()),   # relative to DATA, e.g. masks/isic2018/ISIC_0000000_segmentation.png
         ("width", pa.int32()),
         ("height", pa.int32()),
+    ]
+)
+
+# DATA/attribute_manifest.parquet: one row per (isic_id, challenge, attribute) ISIC 2018 Task 2 attribute mask.
+# An image has all five rows or none; positive_pixels 0 means the attribute is absent from the image.
+ATTRIBUTE_MANIFEST = pa.schema(
+    [
+        ("isic_id", pa.string()),
+        ("challenge", pa.string()),        # isic2018 | a name given to wsm import
+        ("split", pa.string()),            # train | val | test
+        ("attribute", pa.string()),        # one of archive_client.challenges.ATTRIBUTES
+        ("mask_file", pa.string()),        # relative to DATA: attributes/<challenge>/ISIC_x_attribute_<name>.png
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("positive_pixels", pa.int64()),   # pixels at 255
     ]
 )
 
@@ -81,18 +97,6 @@ def manifest_row(record: Mapping, *, file: str, nbytes: int, sha256: str, width:
     return row
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def schema_description(schema: pa.Schema, extra_columns: str | None = None) -> dict:
     """A JSON-friendly description of a manifest schema (checked in under manifests/schemas/)."""
     described = {"columns": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]}
@@ -104,6 +108,7 @@ def schema_description(schema: pa.Schema, extra_columns: str | None = None) -> d
 SCHEMAS = {
     "data_manifest": (DATA_MANIFEST_CORE, "every other archive metadata field, as a nullable string column"),
     "gt_manifest": (GT_MANIFEST, None),
+    "attribute_manifest": (ATTRIBUTE_MANIFEST, None),
 }
 
 
@@ -124,9 +129,25 @@ def data_overview(root: Path | str) -> list[str]:
     splits = ", ".join(f"{split} {masks.count(split)}" for split in sorted(set(masks)))
     out = [f"DATA {layout.root}: {images.num_rows} images ({with_diagnosis} with a diagnosis), {len(masks)} official "
            f"masks" + (f" ({splits})" if masks else "")]
+    if layout.attribute_manifest.exists():
+        out.append(_attribute_overview(read_table(layout.attribute_manifest, ATTRIBUTE_MANIFEST)))
     if not masks:
         out.append(f"next: add official masks (`wsm download --challenge isic2018 --out {layout.root}`, or "
                    f"`wsm import --masks DIR --out {layout.root}`), then `wsm fit --data {layout.root} --out BUNDLE`")
     else:
         out.append(f"next: wsm fit --data {layout.root} --out BUNDLE")
     return out
+
+
+def _attribute_overview(table: pa.Table) -> str:
+    """One line: the images with attribute masks, per split, and how many of them show each attribute."""
+    split_of: dict[tuple[str, str], str] = {}
+    present: Counter[str] = Counter()
+    for row in table.select(["isic_id", "challenge", "split", "attribute", "positive_pixels"]).to_pylist():
+        split_of[(row["isic_id"], row["challenge"])] = row["split"]
+        present[row["attribute"]] += bool(row["positive_pixels"])
+    line = f"attribute masks for {len(split_of)} images"
+    if split_of:
+        splits = ", ".join(f"{split} {n}" for split, n in sorted(Counter(split_of.values()).items()))
+        line += f" ({splits}); images showing " + ", ".join(f"{name} {present[name]}" for name in sorted(present))
+    return line

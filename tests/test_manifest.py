@@ -13,6 +13,8 @@ def test_checked_in_schemas_match_the_code():
     for name, (schema, extra) in SCHEMAS.items():
         checked_in = json.loads((REPO / "manifests" / "schemas" / f"{name}.json").read_text())
         assert checked_in == schema_description(schema, extra), f"regenerate manifests/schemas/{name}.json"
+    checked_in = {p.stem for p in (REPO / "manifests" / "schemas").glob("*.json")}
+    assert {"data_manifest", "gt_manifest", "attribute_manifest"} <= set(SCHEMAS) <= checked_in
 
 
 def _record(isic_id, **clinical):

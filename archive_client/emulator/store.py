@@ -1,4 +1,5 @@
-"""The emulated archive's content, read from a DATA folder, with on-demand thumbnails and challenge zips.
+"""The emulated archive's content, read from a DATA folder, with on-demand thumbnails and challenge zips
+(lesion masks from gt_manifest.parquet; ISIC 2018 Task 2 attribute masks from attribute_manifest.parquet).
 
 Everything is loaded once when the store is made; thumbnails and challenge zips are made on first request
 and cached under DATA/.wsm/emulator/ (thumbnails are remade when their image is newer, zips are named by a
@@ -11,16 +12,17 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from wsm.io.atomic import atomic_path, write_bytes_atomic
 from wsm.io.tables import read_table
 
-from ..challenges import CATALOG, ChallengeSplit
+from ..challenges import CATALOGS, ChallengeSplit, attribute_file_name
 from ..ids import check_isic_id
 from ..layout import DataLayout
-from ..manifest import DATA_MANIFEST_CORE, GT_MANIFEST
+from ..manifest import ATTRIBUTE_MANIFEST, DATA_MANIFEST_CORE, GT_MANIFEST
 from . import records
 from .files import challenge_attribution_text, challenge_license_text, make_thumbnail, write_zip
 from .query import parse_query
@@ -105,33 +107,50 @@ class ArchiveStore:
         return records.collections_from_json(json.loads(path.read_text(encoding="utf8")), known, str(path))
 
     def _plan_challenge_zips(self) -> dict[tuple[str, str], ChallengeZip]:
-        by_split: dict[tuple[str, str], list[dict]] = {}
-        for row in read_table(self.layout.gt_manifest, GT_MANIFEST).to_pylist():
-            by_split.setdefault((row["challenge"], row["split"]), []).append(row)
+        """The ground-truth zips of every published split DATA has masks of (lesion: gt_manifest; attributes:
+        attribute_manifest), and the inputs zip of each such split with the images of both."""
+        planned: dict[tuple[str, str], tuple[ChallengeSplit, str, dict[str, tuple[Path, str]]]] = {}
+        warned: set[tuple[str, str]] = set()
+
+        def add(split: ChallengeSplit, which: str, name: str, entry: str, source: Path, isic_id: str) -> None:
+            folder = name.removesuffix(".zip")
+            planned.setdefault((split.year, name), (split, which, {}))[2][f"{folder}/{entry}"] = (source, isic_id)
+
+        for task, isic_id, split, entry, source in self._truth_files():
+            add(split, "truth", split.truth_zip, entry, source, isic_id)
+            image = self.images.get(isic_id)
+            if image is not None:
+                add(split, "inputs", split.inputs_zip, f"{isic_id}.{image.ext}", image.path, isic_id)
+            elif (split.inputs_zip, isic_id) not in warned:
+                warned.add((split.inputs_zip, isic_id))
+                logger.warning("%s has %s masks in %s but no image in the manifest; left out of %s", isic_id, task,
+                               split.challenge, split.inputs_zip)
         zips: dict[tuple[str, str], ChallengeZip] = {}
-        for (challenge, split_name), rows in sorted(by_split.items()):
-            split = CATALOG.get(challenge, {}).get(split_name)
-            if split is None:
-                continue  # a name given to `wsm import`: no official zip to emulate
-            rows = sorted(rows, key=lambda r: r["isic_id"])
-            truth_stem = split.truth_zip.removesuffix(".zip")
-            inputs_stem = split.inputs_zip.removesuffix(".zip")
-            truth, inputs, attributions = [], [], []
-            for row in rows:
-                isic_id = check_isic_id(row["isic_id"])
-                mask = self._inside(row["mask_file"]) if row.get("mask_file") else self.layout.mask_path(
-                    isic_id, challenge)
-                truth.append((f"{truth_stem}/{isic_id}{split.mask_suffix}.png", mask))
-                image = self.images.get(isic_id)
-                if image is None:
-                    logger.warning("%s has a %s mask but no image in the manifest; left out of %s",
-                                   isic_id, challenge, split.inputs_zip)
-                    continue
-                inputs.append((f"{inputs_stem}/{isic_id}.{image.ext}", image.path))
-                attributions.append(image.row.get("attribution") or "Anonymous")
-            for which, name, entries in (("truth", split.truth_zip, truth), ("inputs", split.inputs_zip, inputs)):
-                zips[(split.year, name)] = ChallengeZip(split, which, name, tuple(entries), tuple(attributions))
+        for (year, name), (split, which, entries) in sorted(planned.items()):
+            ids = dict.fromkeys(isic_id for _, isic_id in entries.values())
+            attributions = tuple(self.images[i].row.get("attribution") or "Anonymous" for i in ids if i in self.images)
+            members = tuple(sorted((entry, source) for entry, (source, _) in entries.items()))
+            zips[(year, name)] = ChallengeZip(split, which, name, members, attributions)
         return zips
+
+    def _truth_files(self) -> Iterator[tuple[str, str, ChallengeSplit, str, Path]]:
+        """(task, isic_id, split, entry name in the truth zip's folder, file) of each mask of a published split;
+        masks filed under a name given to `wsm import` have no official zip to emulate and are left out."""
+        for task, path, schema in (("lesion", self.layout.gt_manifest, GT_MANIFEST),
+                                   ("attributes", self.layout.attribute_manifest, ATTRIBUTE_MANIFEST)):
+            for row in read_table(path, schema).to_pylist():
+                split = CATALOGS[task].get(row["challenge"], {}).get(row["split"])
+                if split is None:
+                    continue
+                isic_id = check_isic_id(row["isic_id"])
+                if task == "lesion":
+                    entry = f"{isic_id}{split.mask_suffix}.png"
+                    default = self.layout.mask_path(isic_id, split.challenge)
+                else:
+                    entry = attribute_file_name(isic_id, row["attribute"])
+                    default = self.layout.attribute_path(isic_id, split.challenge, row["attribute"])
+                source = self._inside(row["mask_file"]) if row.get("mask_file") else default
+                yield task, isic_id, split, entry, source
 
     # -- search
     def _search_uncached(self, query: str, collection_ids: tuple[int, ...]) -> tuple[str, ...]:

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from archive_client.api import DEFAULT_API_URL
-from archive_client.challenges import CATALOG, DEFAULT_CHALLENGE_URL, SPLITS
+from archive_client.challenges import ATTRIBUTE_CATALOG, ATTRIBUTES, CATALOG, DEFAULT_CHALLENGE_URL, SPLITS, TASKS
 from archive_client.ids import comma_choices
 from archive_client.errors import printable
 from wsm.cli.common import HelpFormatter, UsageError, add_renamed, print_summary
@@ -18,7 +18,8 @@ def register(commands) -> None:
         description="Download images and their metadata from the ISIC archive API v2 into DATA "
         "(images/, metadata.csv, attribution.txt, licenses/, manifest.parquet), concurrently, verified and "
         "resumable: rerun the same command after an interruption and only what is missing is fetched. "
-        "With --challenge, download the official lesion masks of an ISIC challenge instead.",
+        "With --challenge, download the official lesion masks of an ISIC challenge instead, or with --challenge "
+        "isic2018 --task attributes its Task 2 dermoscopic attribute masks.",
         formatter_class=HelpFormatter,
     )
     download.add_argument("-o", "--out", required=True, type=Path, metavar="DATA", help="the DATA folder to fill")
@@ -37,6 +38,10 @@ def register(commands) -> None:
     download.add_argument("--challenge", choices=sorted(CATALOG), help="download this challenge's official masks")
     download.add_argument("--splits", type=comma_choices(SPLITS, "split(s)"),
                           help=f"with --challenge: which splits, comma-separated (default: {','.join(SPLITS)})")
+    download.add_argument("--task", choices=TASKS, default="lesion",
+                          help="with --challenge: lesion (Task 1 lesion masks, into DATA/masks/) or attributes (the "
+                               f"ISIC 2018 Task 2 masks of {', '.join(ATTRIBUTES)}, into DATA/attributes/; "
+                               f"challenges: {', '.join(ATTRIBUTE_CATALOG)}); default lesion")
     download.add_argument("--inputs", action="store_true", help="with --challenge: the input images too")
     download.add_argument("--challenge-url", default=DEFAULT_CHALLENGE_URL,
                           help="base URL of the challenge zips (env WSM_CHALLENGE_URL)")
@@ -46,17 +51,22 @@ def register(commands) -> None:
         "import",
         help="build a DATA folder from local image / mask folders",
         description="Build the DATA layout from folders you already have (e.g. extracted challenge zips): "
-        "images named ISIC_ddddddd.jpg, masks ISIC_ddddddd_segmentation.png, optional labels CSV "
+        "images named ISIC_ddddddd.jpg, masks ISIC_ddddddd_segmentation.png, ISIC 2018 Task 2 attribute masks "
+        "ISIC_ddddddd_attribute_<name>.png, optional labels CSV "
         "(isic_id plus diagnosis_1..5, or the ISIC 2017 melanoma / seborrheic_keratosis columns).",
         formatter_class=HelpFormatter,
     )
     imp.add_argument("-i", "--images", required=True, type=Path, metavar="DIR",
                      help="a folder (searched recursively) of ISIC_xxxxxxx.jpg / .png images")
     imp.add_argument("--masks", type=Path, metavar="DIR", help="a folder of ISIC_xxxxxxx_segmentation.png masks")
+    imp.add_argument("--attributes", type=Path, metavar="DIR",
+                     help="a folder of ISIC 2018 Task 2 attribute masks, ISIC_xxxxxxx_attribute_<name>.png with name "
+                          f"{', '.join(ATTRIBUTES)}: all five of an image or none, its image in --images or in DATA")
     imp.add_argument("--labels", type=Path, metavar="CSV",
                      help="diagnoses: a CSV with isic_id and the archive's diagnosis_1..5 columns (metadata.csv), or "
                           "the ISIC 2017 Part 3 ground truth (melanoma, seborrheic_keratosis)")
-    imp.add_argument("--challenge", default="local", help="name the masks are filed under in DATA/masks/")
+    imp.add_argument("--challenge", default="local",
+                     help="name the masks are filed under in DATA/masks/ and DATA/attributes/")
     imp.add_argument("--split", default="auto", choices=["auto", *SPLITS],
                      help="split of the masks (auto: the checked-in manifests/challenge_splits.csv, else train)")
     imp.add_argument("--link", action="store_true", help="hard-link instead of copying where possible")
@@ -71,7 +81,8 @@ def _flags_of_the_other_mode(args) -> str | None:
                                            ("--limit", args.limit), ("--verify", args.verify),
                                            ("--allow-host", args.allow_hosts)) if given]
         return f"{', '.join(unused)}: archive image options, not used with --challenge" if unused else None
-    unused = [flag for flag, given in (("--splits", args.splits is not None), ("--inputs", args.inputs)) if given]
+    unused = [flag for flag, given in (("--splits", args.splits is not None), ("--inputs", args.inputs),
+                                       ("--task", args.task != "lesion")) if given]
     return f"{', '.join(unused)}: only used with --challenge NAME" if unused else None
 
 
@@ -83,7 +94,7 @@ def run_download(args) -> int:
         from archive_client.challenge_data import download_challenge
 
         summary = download_challenge(args.out, args.challenge, splits=args.splits or SPLITS, inputs=args.inputs,
-                                     base_url=args.challenge_url, progress=not args.quiet)
+                                     base_url=args.challenge_url, progress=not args.quiet, task=args.task)
     else:
         from archive_client.download import DownloadOptions, download_images
 
@@ -98,7 +109,8 @@ def run_import(args) -> int:
     from archive_client.importer import import_folders
 
     summary = import_folders(args.out, images=args.images, masks=args.masks, labels=args.labels,
-                             challenge=args.challenge, split=args.split, link=args.link, progress=not args.quiet)
+                             challenge=args.challenge, split=args.split, link=args.link, progress=not args.quiet,
+                             attributes=args.attributes)
     return _closing(summary, args.out)
 
 

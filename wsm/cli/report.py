@@ -28,6 +28,11 @@ def register(commands) -> None:
                         help="the maps to score (required): the folder `wsm generate` wrote, or a folder of "
                              "ISIC_x.png (0/1/255) or ISIC_x_segmentation.png (0/255) maps made elsewhere")
     add_renamed(report, "--pred", "--maps")
+    report.add_argument("--attributes", type=Path, metavar="DIR",
+                        help="instead of --maps: dermoscopic-attribute maps (ISIC_x_attribute_<name>.png, 0/255, "
+                             "e.g. RUN/predictions of `wsm train --task attributes`) scored against DATA's attribute "
+                             "masks as ISIC 2018 Task 2 was (per attribute over the whole set, and their mean); "
+                             "a report section per attribute with a gallery")
     report.add_argument("-d", "--data", required=True, type=Path, metavar="DATA",
                         help="from `wsm download` or `wsm import`, with the official masks")
     report.add_argument("--split", default="all", choices=REPORT_SPLITS,
@@ -46,13 +51,35 @@ def run_report(args) -> int:
     from wsm.report.driver import build_report, report_command
     from wsm.selection import read_id_list
 
+    if args.attributes is not None:
+        return _attribute_report(args)
     if args.maps is None:
         raise UsageError("wsm report needs the maps to score: -m/--maps WSM (the folder `wsm generate` wrote, or a "
-                         "folder of ISIC_x.png or ISIC_x_segmentation.png maps)")
+                         "folder of ISIC_x.png or ISIC_x_segmentation.png maps), or --attributes DIR for "
+                         "attribute maps")
     command = report_command(args.maps, args.data, args.out, args.split, str(args.only) if args.only else None,
                              str(args.fitted_ids) if args.fitted_ids else None)
     summary = build_report(args.maps, args.data, args.out, split=args.split, only_ids=read_id_list(args.only),
                            command=command, fitted_ids=read_id_list(args.fitted_ids))
+    code = print_summary(summary)
+    print(summary.html)
+    return code
+
+
+def _attribute_report(args) -> int:
+    import shlex
+
+    from wsm.report.attributes import build_attribute_report
+    from wsm.selection import read_id_list
+
+    if args.maps is not None or args.fitted_ids is not None:
+        raise UsageError("--attributes scores attribute maps alone: leave out --maps and --fitted-ids")
+    command = shlex.join(["wsm", "report", "--attributes", str(args.attributes), "--data", str(args.data),
+                          "--split", args.split, "--out", str(args.out)]
+                         + (["--only", str(args.only)] if args.only else []))
+    summary = build_attribute_report(args.attributes, args.data, args.out, split=args.split,
+                                     only_ids=read_id_list(args.only) if args.only else None, command=command,
+                                     progress=not args.quiet)
     code = print_summary(summary)
     print(summary.html)
     return code

@@ -31,6 +31,15 @@ def register(commands) -> None:
         formatter_class=HelpFormatter,
     )
     add_data_and_out(p, "images and official masks", "RUN", "run folder: checkpoints, model.safetensors, metrics.json")
+    p.add_argument("--task", choices=("lesion", "attributes"), default="lesion",
+                   help="lesion: lesion maps (ISIC Task 1); attributes: the five dermoscopic-attribute maps of ISIC "
+                        "2018 Task 2 (DATA's attribute masks from `wsm download --challenge isic2018 --task "
+                        "attributes`), one sigmoid per attribute, focal loss weighted by rarity, morphological "
+                        "clean-up; RUN/predictions/ISIC_x_attribute_<name>.png (0/255) and RUN/report/ scored as the "
+                        "challenge was")
+    p.add_argument("--with-lesion", action="store_true",
+                   help="with --task attributes: the official lesion mask as an extra output channel; attributes "
+                        "are then kept only inside the predicted lesion")
     p.add_argument("--labels", default="official", metavar="official|weak|both",
                    help="official masks, the weak maps of --maps, or both (official where there is one)")
     p.add_argument("-m", "--maps", type=Path, metavar="WSM", help="the weak maps (`wsm generate --out WSM`)")
@@ -64,7 +73,8 @@ def register(commands) -> None:
     p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation chunks per batch")
     p.add_argument("--seed", type=int, default=0, help="seeds initialisation, augmentation and batch order")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("-j", "--workers", type=int, default=0, help="worker processes that read the images (0: the main one)")
+    p.add_argument("-j", "--workers", type=int, default=0,
+                   help="worker processes that read the images (0: the main one)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no DeepHealth augmentation")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no float16 mixed precision on CUDA")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
@@ -112,8 +122,29 @@ def options(args):
                         progress=not args.quiet, **given), given
 
 
+def _check_attribute_flags(args) -> None:
+    """--task attributes trains one network on DATA's attribute masks: flags about other labels do not apply."""
+    if args.task != "attributes":
+        if args.with_lesion:
+            raise UsageError("--with-lesion is an option of --task attributes")
+        return
+    unused = [flag for flag, given in (("--pipeline", args.pipeline), ("--init", args.init),
+                                       ("--maps", args.maps), ("--min-confidence", args.min_confidence is not None),
+                                       ("--labels", args.labels != "official"),
+                                       ("--num-classes", args.num_classes != 1)) if given]
+    if unused:
+        raise UsageError(f"{', '.join(unused)}: not used with --task attributes (it trains on DATA's attribute "
+                         "masks, one channel per attribute)")
+
+
 def run_train(args) -> int:
+    _check_attribute_flags(args)
     opts, given = options(args)
+    if args.task == "attributes":
+        from wsm.train.attributes import run_attributes
+
+        summary = run_attributes(opts, with_lesion=args.with_lesion)
+        return print_summary(summary) if summary is not None else 0
     if args.pipeline and args.init:
         raise UsageError("--init is not supported with --pipeline (it starts one network from an earlier run)")
     if args.pipeline:

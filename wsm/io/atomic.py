@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import numbers
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 
@@ -68,6 +70,21 @@ def write_bytes_atomic(dest: Path | str, data: bytes) -> None:
 def write_text_atomic(dest: Path | str, text: str) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(text, encoding="utf8")
+
+
+def json_safe(value):
+    """NaN and infinities become null (JSON has neither); numpy scalars become Python ones."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bool) or type(value).__name__ == "bool_":     # numpy's bool is no numbers.Integral
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def write_json(dest: Path | str, payload, **dumps) -> None:

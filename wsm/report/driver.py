@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import shlex
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +44,7 @@ import pandas as pd
 from archive_client.layout import DataLayout
 from wsm import __version__
 from wsm.generate.folder import WsmFolder
-from wsm.io.atomic import write_json, write_text_atomic
+from wsm.io.atomic import json_safe, write_json, write_text_atomic
 from wsm.io.hashing import sha256_file
 from wsm.io.images import ImageDecodeError, read_official_mask
 from wsm.report.maps import (CONVENTIONS, ISIC_WSM, MAP_COLUMNS, MapsFolder, ReportError, images_phrase, made_with,
@@ -286,22 +286,6 @@ def _thumbnail(table: pd.DataFrame, isic_id: str, draw, convention: str = ISIC_W
 
 
 
-def _json_safe(value):
-    """NaN and infinities become null (JSON has neither); numpy scalars become Python ones."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-
 def _unique(maps: pd.DataFrame, column: str) -> list[str]:
     if column not in maps.columns:
         return []
@@ -391,7 +375,7 @@ def build_report(pred: Path | str, data: Path | str, out: Path | str, split: str
         "errors": table.loc[table["status"] == "error", ["isic_id", "error"]].to_dict("records"),
         "galleries": {"from": gallery_pool, "best": best, "worst": worst},
     }
-    report = _json_safe(report)
+    report = json_safe(report)
     out.mkdir(parents=True, exist_ok=True)
     csv = table[_ROW_COLUMNS]
     write_text_atomic(out / "per_image.csv", csv.to_csv(index=False, float_format="%.17g"))

@@ -18,7 +18,8 @@ import pandas as pd
 
 from wsm.report.metrics import METRIC_NAMES, THRESHOLD_JACCARD
 
-__all__ = ["bin_ranges", "figure_uri", "overlay", "png_uri", "render_report", "side_by_side", "thumbnail_uri"]
+__all__ = ["bin_ranges", "escape", "figure_uri", "number", "overlay", "page", "png_uri", "render_report",
+           "side_by_side", "table", "thumbnail_uri"]
 
 GREEN = (0, 200, 0)          # the official mask's contour (RGB)
 RED = (230, 0, 0)            # the weak map's lesion contour
@@ -159,11 +160,11 @@ _TREATMENT_TITLES = {"uncertain_as_background": "255 as background (official)",
                      "uncertain_ignored": "255 left out, &times; coverage"}
 
 
-def _e(value) -> str:
+def escape(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value, digits: int = 4) -> str:
+def number(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "&ndash;"
     if isinstance(value, (bool, np.bool_)):
@@ -173,7 +174,7 @@ def _num(value, digits: int = 4) -> str:
     return f"{float(value):.{digits}f}"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], table_id: str | None = None,
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], table_id: str | None = None,
            left: int = 1) -> str:
     """An HTML table; the first ``left`` columns are left-aligned text, cells are already escaped."""
     attr = f' id="{table_id}"' if table_id else ""
@@ -190,13 +191,13 @@ def _headline_table(report: Mapping) -> str:
 
     def cell(which: str, treatment: str, key: str) -> str:
         block = report.get(which) or {}
-        return _num((block.get(treatment) or {}).get(key))
+        return number((block.get(treatment) or {}).get(key))
 
     rows = [[m] + [cell(w, t, m) for w, t in columns] for m in METRIC_NAMES]
     rows.append(["uncertain fraction"] + [cell(w, t, "uncertain_fraction") for w, t in columns])
     rows.append(["coverage"] + [cell(w, t, "coverage") for w, t in columns])
     rows.append(["images"] + [cell(w, t, "n_images") for w, t in columns])
-    return _table(headers, rows, table_id="headline")
+    return table(headers, rows, table_id="headline")
 
 
 def _breakdown_section(report: Mapping) -> str:
@@ -208,18 +209,18 @@ def _breakdown_section(report: Mapping) -> str:
         groups = report["breakdowns"].get(key) or []
         if not groups:
             continue
-        rows = [[_e(g["group"]), _num(g["n_headline"]), _num(g["jaccard_bg_headline"]),
-                 _num(g["jaccard_ignore_headline"]), _num(g["n"]), _num(g["jaccard_bg"]), _num(g["jaccard_ignore"])]
-                for g in groups]
+        rows = [[escape(g["group"]), number(g["n_headline"]), number(g["jaccard_bg_headline"]),
+                 number(g["jaccard_ignore_headline"]), number(g["n"]), number(g["jaccard_bg"]),
+                 number(g["jaccard_ignore"])] for g in groups]
         left_out = "255 left out &times; coverage"
-        table = _table(["group", "n headline", "Jaccard headline", f"Jaccard headline, {left_out}",
-                        "n scored", "Jaccard scored", f"Jaccard scored, {left_out}"], rows)
+        section = table(["group", "n headline", "Jaccard headline", f"Jaccard headline, {left_out}",
+                         "n scored", "Jaccard scored", f"Jaccard scored, {left_out}"], rows)
         edges = report.get("lesion_size_edges") or []
         if key == "lesion_size" and len(edges) == 2:
-            table += (f"<p>Cut points (lesion fraction of the official mask): small &le; {_num(edges[0])} &lt; "
-                      f"medium &le; {_num(edges[1])} &lt; large.</p>")
-        parts.append(f'<h3>{_e(title)}</h3><div class="grid"><img alt="{_e(key)} chart" '
-                     f'src="{breakdown_uri(groups)}"><div>{table}</div></div>')
+            section += (f"<p>Cut points (lesion fraction of the official mask): small &le; {number(edges[0])} &lt; "
+                      f"medium &le; {number(edges[1])} &lt; large.</p>")
+        parts.append(f'<h3>{escape(title)}</h3><div class="grid"><img alt="{escape(key)} chart" '
+                     f'src="{breakdown_uri(groups)}"><div>{section}</div></div>')
     return "".join(parts)
 
 
@@ -243,7 +244,7 @@ def bin_ranges(bins: Sequence[Mapping], min_digits: int = 3, max_digits: int = 1
         digits += 1
     out = []
     for b in bins:
-        low, high = _num(b.get("confidence_min"), digits), _num(b.get("confidence_max"), digits)
+        low, high = number(b.get("confidence_min"), digits), number(b.get("confidence_max"), digits)
         out.append(low if low == high else f"{low} &ndash; {high}")
     return out, digits
 
@@ -257,17 +258,17 @@ def _calibration_section(report: Mapping) -> str:
                     "records each map's confidence.</p>")
         return "<p>No headline images with a confidence score.</p>"
     ranges, digits = bin_ranges(bins)
-    rows = [[_num(b["bin"]), _num(b["n"]), text, _num(b["confidence_mean"], digits), _num(b["jaccard_bg"]),
-             _num(b["jaccard_ignore"])] for b, text in zip(bins, ranges)]
+    rows = [[number(b["bin"]), number(b["n"]), text, number(b["confidence_mean"], digits), number(b["jaccard_bg"]),
+             number(b["jaccard_ignore"])] for b, text in zip(bins, ranges)]
     verdict = ""
     if len(bins) >= 2 and bins[0]["jaccard_bg"] is not None and bins[-1]["jaccard_bg"] is not None:
         lower = bins[0]["jaccard_bg"] < bins[-1]["jaccard_bg"]
-        verdict = (f" The least confident bin has mean Jaccard {_num(bins[0]['jaccard_bg'])}, the most confident "
-                   f"{_num(bins[-1]['jaccard_bg'])}: low confidence {'does' if lower else 'does not'} go with "
+        verdict = (f" The least confident bin has mean Jaccard {number(bins[0]['jaccard_bg'])}, the most confident "
+                   f"{number(bins[-1]['jaccard_bg'])}: low confidence {'does' if lower else 'does not'} go with "
                    "low Jaccard here.")
     return (f"<p>Spearman correlation between confidence and Jaccard (255 as background) over {cal['n']} headline "
-            f"images: <b>{_num(cal['spearman'], 3)}</b>.{verdict}</p>"
-            + _table(["bin", "n", "confidence range", "mean confidence", "mean Jaccard",
+            f"images: <b>{number(cal['spearman'], 3)}</b>.{verdict}</p>"
+            + table(["bin", "n", "confidence range", "mean confidence", "mean Jaccard",
                       "mean Jaccard, 255 left out &times; coverage"], rows, table_id="calibration", left=0))
 
 
@@ -277,24 +278,25 @@ def _gallery(ids: Sequence[str], per_image: pd.DataFrame, thumbnails: Mapping[st
     for isic_id in ids:
         row = rows.loc[isic_id]
         uri = thumbnails.get(isic_id)
-        picture = f'<img alt="{_e(isic_id)}" src="{uri}">' if uri else "<p>(image unreadable)</p>"
+        picture = f'<img alt="{escape(isic_id)}" src="{uri}">' if uri else "<p>(image unreadable)</p>"
         figures.append(
-            f"<figure>{picture}<figcaption><b>{_e(isic_id)}</b> Jaccard {_num(row['jaccard_bg'], 3)} "
-            f"(255 left out &times; coverage {_num(row['jaccard_ignore'], 3)}), coverage {_num(row['coverage'], 3)}, "
-            f"confidence {_num(row['confidence'], 3)}, {_e(row['diagnosis'])}</figcaption></figure>")
+            f"<figure>{picture}<figcaption><b>{escape(isic_id)}</b> Jaccard {number(row['jaccard_bg'], 3)} "
+            f"(255 left out &times; coverage {number(row['jaccard_ignore'], 3)}), "
+            f"coverage {number(row['coverage'], 3)}, "
+            f"confidence {number(row['confidence'], 3)}, {escape(row['diagnosis'])}</figcaption></figure>")
     return f'<div class="grid">{"".join(figures)}</div>'
 
 
 def _listing(title: str, records: Sequence[Mapping], key: str) -> str:
     if not records:
         return ""
-    rows = [[_e(r["isic_id"]), _e(r[key])] for r in records[:MAX_LISTED]]
+    rows = [[escape(r["isic_id"]), escape(r[key])] for r in records[:MAX_LISTED]]
     more = f"<p>and {len(records) - MAX_LISTED} more (see per_image.csv).</p>" if len(records) > MAX_LISTED else ""
-    return f"<h2>{_e(title)} ({len(records)})</h2>" + _table(["isic_id", key], rows, left=2) + more
+    return f"<h2>{escape(title)} ({len(records)})</h2>" + table(["isic_id", key], rows, left=2) + more
 
 
 def _codes(values: Sequence[str] | None) -> str:
-    return "<br>".join(f"<code>{_e(v)}</code>" for v in values or []) or "&ndash;"
+    return "<br>".join(f"<code>{escape(v)}</code>" for v in values or []) or "&ndash;"
 
 
 def _provenance(report: Mapping) -> str:
@@ -302,28 +304,28 @@ def _provenance(report: Mapping) -> str:
     maps = report.get("maps") or {}
     made = report.get("maps_provenance") or {}
     if maps.get("pipeline_name"):
-        pipeline = _e(maps["pipeline_name"])
+        pipeline = escape(maps["pipeline_name"])
     elif maps.get("fitting_known", True):
         pipeline = "not recorded in the WSM folder (the pipeline sha256 below identifies the recipe)"
     else:
         pipeline = "unknown: maps made elsewhere (no WSM manifest)"
-    rows = [["report made", _e(report.get("created") or "")],
-            ["wsm version (this report)", _e(report["wsm_version"])],
-            ["command", f"<code>{_e(report['command'])}</code>"],
-            ["maps folder", f"<code>{_e(maps.get('folder', report.get('pred')))}</code>"],
-            ["maps convention", _e(maps.get("convention_description", ""))],
+    rows = [["report made", escape(report.get("created") or "")],
+            ["wsm version (this report)", escape(report["wsm_version"])],
+            ["command", f"<code>{escape(report['command'])}</code>"],
+            ["maps folder", f"<code>{escape(maps.get('folder', report.get('pred')))}</code>"],
+            ["maps convention", escape(maps.get("convention_description", ""))],
             ["pipeline", pipeline],
-            ["bundle", f"<code>{_e(maps['bundle'])}</code>" if maps.get("bundle") else "not recorded"],
+            ["bundle", f"<code>{escape(maps['bundle'])}</code>" if maps.get("bundle") else "not recorded"],
             ["pipeline sha256", _codes(made.get("pipeline_sha256"))],
             ["model sha256", _codes(made.get("model_sha256"))],
             ["maps made by wsm", _codes(made.get("wsm_version"))],
-            ["WSM manifest sha256", f"<code>{_e(report['wsm_manifest_sha256'])}</code>"],
-            ["DATA folder", f"<code>{_e(report.get('data'))}</code>"],
-            ["DATA manifest sha256", f"<code>{_e(report['data_manifest_sha256'])}</code>"],
-            ["DATA gt manifest sha256", f"<code>{_e(report['gt_manifest_sha256'])}</code>"]]
+            ["WSM manifest sha256", f"<code>{escape(report['wsm_manifest_sha256'])}</code>"],
+            ["DATA folder", f"<code>{escape(report.get('data'))}</code>"],
+            ["DATA manifest sha256", f"<code>{escape(report['data_manifest_sha256'])}</code>"],
+            ["DATA gt manifest sha256", f"<code>{escape(report['gt_manifest_sha256'])}</code>"]]
     if report.get("fitted_ids"):
         rows.append(["--fitted-ids", f"{len(report['fitted_ids'])} isic_ids (listed in metrics.json)"])
-    return _table(["", ""], rows, left=2)
+    return table(["", ""], rows, left=2)
 
 
 def render_report(report: Mapping, per_image: pd.DataFrame, thumbnails: Mapping[str, str | None]) -> str:
@@ -353,33 +355,34 @@ def render_report(report: Mapping, per_image: pd.DataFrame, thumbnails: Mapping[
                 f"<b>{counts['excluded_official_source']}</b> because the map is the official mask "
                 "(<code>--prefer-official</code>). Numbers on masks used in fitting do not count.</p>")
     warning = ("" if known else f'<p class="warn" id="not-held-out"><b>Not known to be held out.</b> '
-               f"{_e(maps.get('fitting', ''))}</p>")
-    excluded += "".join(f'<p class="note">{_e(n)}</p>' for n in maps.get("notes") or [])
+               f"{escape(maps.get('fitting', ''))}</p>")
+    excluded += "".join(f'<p class="note">{escape(n)}</p>' for n in maps.get("notes") or [])
     if not report.get("headline"):
         excluded += "<p class=\"note\"><b>No headline numbers:</b> no scored image qualifies.</p>"
-    count_rows = [[_e(k.replace("_", " ")), _num(v)] for k, v in counts.items()]
+    count_rows = [[escape(k.replace("_", " ")), number(v)] for k, v in counts.items()]
     has_scores = counts["scored"] > 0
     band = f"rgba({YELLOW[0]},{YELLOW[1]},{YELLOW[2]},{BAND_ALPHA + 0.2:.2f})"
     legend = (f'<p class="legend">Left: the image; right: the same with the contours of'
               f'<span style="background:rgb{GREEN}"></span>the official mask'
               f'<span style="background:rgb{RED}"></span>the map\'s lesion'
               f'<span style="background:{band};height:10px;outline:1px solid rgb{YELLOW}"></span>the uncertain '
-              f"band (255): a thin outline and a light tint. Chosen from the {_e(gallery['from'])} images by Jaccard "
+              f"band (255): a thin outline and a light tint. Chosen from the {escape(gallery['from'])} images by "
+              "Jaccard "
               "(255 as background).</p>")
     body = [
         "<h1>wsm report</h1>",
-        f"<p>Split <b>{_e(report['split'])}</b>: {counts['scored']} maps scored against their official masks "
+        f"<p>Split <b>{escape(report['split'])}</b>: {counts['scored']} maps scored against their official masks "
         f"with the official ISIC metrics (isic-challenge-scoring 5.6.0), the uncertain pixels (255) both as "
         "background and left out.</p>",
-        f"<p>Maps <code>{_e(maps.get('folder', report.get('pred')))}</code> "
-        f"({_e(maps.get('convention_description', 'ISIC_WSM'))}); official masks from "
-        f"<code>{_e(report.get('data'))}</code>; made {_e(report.get('created', ''))} by wsm "
-        f"{_e(report['wsm_version'])}.</p>",
+        f"<p>Maps <code>{escape(maps.get('folder', report.get('pred')))}</code> "
+        f"({escape(maps.get('convention_description', 'ISIC_WSM'))}); official masks from "
+        f"<code>{escape(report.get('data'))}</code>; made {escape(report.get('created', ''))} by wsm "
+        f"{escape(report['wsm_version'])}.</p>",
         warning,
-        f'<p class="note" id="left-out">{_e(report["uncertain_ignored_definition"])}</p>',
+        f'<p class="note" id="left-out">{escape(report["uncertain_ignored_definition"])}</p>',
         excluded,
         f"<h2>Headline{'' if known else ' (not known to be held out)'}</h2>", _headline_table(report),
-        "<h2>Counts</h2>", _table(["", "images"], count_rows),
+        "<h2>Counts</h2>", table(["", "images"], count_rows),
     ]
     if has_scores:
         body += ["<h2>Per-image Jaccard</h2>", f'<img alt="Jaccard histogram" src="{histogram_uri(per_image)}">',
@@ -391,5 +394,10 @@ def render_report(report: Mapping, per_image: pd.DataFrame, thumbnails: Mapping[
     body += [_listing("Images with a mask but no map", report["missing"], "reason"),
              _listing("Errors", report["errors"], "error"),
              "<h2>Provenance</h2>", _provenance(report)]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>wsm report</title>"
+    return page("wsm report", body)
+
+
+def page(title: str, body: Sequence[str]) -> str:
+    """A self-contained HTML page in the report's style around ``body`` (already escaped HTML parts)."""
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -182,7 +182,7 @@ def image_tensor(image: np.ndarray, guide: np.ndarray | None = None) -> torch.Te
     return torch.cat([x, torch.from_numpy(guide.astype(np.float32) / 255.0)[None]])
 
 
-class _LazyImages(Dataset):
+class LazyImages(Dataset):
     """Shared parts: the DATA root, the working size, the seed and the epoch."""
 
     def __init__(self, data_root: str | os.PathLike, size: int, augment: bool, seed: int):
@@ -206,7 +206,7 @@ class _LazyImages(Dataset):
         return resize_square(read_image(self.data_root / file, min_side=self.size), self.size)
 
 
-class ClassifierDataset(_LazyImages):
+class ClassifierDataset(LazyImages):
     """Images with class labels from the manifest metadata.
 
     Args:
@@ -254,7 +254,7 @@ class ClassifierDataset(_LazyImages):
         return image_tensor(image), torch.tensor(self.labels[index], dtype=torch.int64)
 
 
-class SegmentationDataset(_LazyImages):
+class SegmentationDataset(LazyImages):
     """Images with their lesion masks (the official masks, for the segmentation prior).
 
     Args:
@@ -291,7 +291,7 @@ class SegmentationDataset(_LazyImages):
         return image_tensor(image), torch.from_numpy(mask.astype(np.float32))[None]
 
 
-class LabelMapDataset(_LazyImages):
+class LabelMapDataset(LazyImages):
     """Images with label maps of any source, uncertain pixels kept as an ignore value (for ``wsm train``).
 
     Args:

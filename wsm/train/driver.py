@@ -42,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 
 from wsm.errors import WsmError
-from wsm.io.atomic import write_json, write_text_atomic
+from wsm.io.atomic import json_safe, write_json, write_text_atomic
 from wsm.io.hashing import sha256_file
 from wsm.io.provenance import versions
 from wsm.selection import DataError
@@ -140,9 +140,10 @@ def execute(plan: Plan, train_networks: Callable[..., Trained]) -> TrainSummary 
         seconds["eval"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     summary.seconds = seconds
-    write_json(folder.metrics, {"command": plan.command, "seed": opts.seed, "eval_split": opts.eval_split,
-                                "threshold": opts.threshold, "metrics": summary.metrics, **plan.counts(),
-                                "train_losses": trained.losses, "seconds": seconds, "config": config, **extra})
+    write_json(folder.metrics, json_safe({"command": plan.command, "seed": opts.seed, "eval_split": opts.eval_split,
+                                          "threshold": opts.threshold, "metrics": summary.metrics, **plan.counts(),
+                                          "train_losses": trained.losses, "seconds": seconds, "config": config,
+                                          **extra}))
     return summary
 
 

@@ -12,6 +12,8 @@ Shapes (B images, K classes, H x W pixels):
   ``hybrid``.
 - multi-class (K > 1 channels, softmax): logits ``(B, K, H, W)``; target ``(B, H, W)`` or ``(B, 1, H, W)``, class
   indices 0..K-1 or 255 (ignored). Losses: ``ce`` (class-weighted cross-entropy), ``focal``, ``dice``.
+- multi-label (K channels, one sigmoid each: a pixel may carry several labels, as dermoscopic attributes do):
+  logits ``(B, K, H, W)``; target ``(B, K, H, W)``, values 0, 1 or 255 (ignored). Loss: :class:`MultiLabelFocal`.
 
 Reductions: pixel losses (BCE, focal, CE) are means over the valid pixels of the whole batch; Dice is computed per
 image (per image and class for K > 1) over its valid pixels, then averaged; the rank loss is per image, then
@@ -35,10 +37,12 @@ __all__ = [
     "HybridLoss",
     "IGNORE_INDEX",
     "LOSSES",
+    "MultiLabelFocal",
     "RankLoss",
     "SoftDice",
     "WeightedCrossEntropy",
     "create_loss",
+    "positive_weights",
     "rank_loss",
 ]
 
@@ -173,6 +177,42 @@ class Focal(nn.Module):
                 weight = weight * self.class_weights.to(logits.device, logits.dtype)[index]
         focal = -((1 - log_pt.exp()).clamp(min=0) ** self.gamma) * log_pt
         return _masked_mean(focal, weight)
+
+
+class MultiLabelFocal(nn.Module):
+    """Focal loss over K independent sigmoid channels: ``-(w_k t (1 - p)^gamma log p + (1 - t) p^gamma log(1 - p))``,
+    mean over the valid pixels of every channel; ``pos_weight`` (K,) weighs each channel's positive pixels (rare
+    labels count more: :func:`positive_weights`)."""
+
+    def __init__(self, pos_weight: Sequence[float] | torch.Tensor | None = None, gamma: float = 2.0,
+                 ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.gamma, self.ignore_index = gamma, ignore_index
+        weights = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
+        self.register_buffer("pos_weight", weights, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.ndim != 4 or target.shape != logits.shape:
+            raise ValueError(f"multi-label logits and target must both be (B, K, H, W), got {tuple(logits.shape)} "
+                             f"and {tuple(target.shape)}")
+        valid = target != self.ignore_index
+        t = torch.where(valid, target, 0).to(logits.dtype)
+        log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+        p = log_p.exp()
+        positive = t * (1 - p).clamp(min=0) ** self.gamma * log_p
+        if self.pos_weight is not None:
+            positive = positive * self.pos_weight.to(logits.device, logits.dtype)[None, :, None, None]
+        negative = (1 - t) * p ** self.gamma * log_not_p
+        return _masked_mean(-(positive + negative), valid.to(logits.dtype))
+
+
+def positive_weights(positives: Sequence[float], totals: Sequence[float], cap: float = 100.0) -> list[float]:
+    """Per-channel weights of the positive pixels: sqrt(negatives / positives), within 1..cap (1 for a channel
+    with no positive pixel)."""
+    out = []
+    for pos, total in zip(positives, totals):
+        out.append(1.0 if pos <= 0 else float(min(cap, max(1.0, ((total - pos) / pos) ** 0.5))))
+    return out
 
 
 class WeightedCrossEntropy(nn.Module):
