@@ -16,6 +16,7 @@ A rerun counts files already there with the same bytes as such. Read the manifes
 """
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 from collections.abc import Callable, Iterable
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pandas as pd
 import requests
+from PIL import Image
 
 from wsm.io.atomic import write_bytes_atomic
 from wsm.io.images import UNDECODABLE, decode_problem, image_size
@@ -60,13 +63,19 @@ def unknown_attribute(name: str) -> str | None:
 # --------------------------------------------------------------------------------------------- checks
 
 def check_attribute_mask(path: Path, image_size: tuple[int, int] | None = None) -> MaskCheck:
-    """check_mask, and the values must be 0 and 255 only."""
+    """check_mask, and the values must be 0 and 255 only (a 0/1 mask is taken as 0/255 and re-encoded)."""
     check = check_mask(path, image_size)
-    if check.ok and not np.isin(check.pixels, (0, 255)).all():
-        found = np.unique(check.pixels)
-        shown = ", ".join(str(v) for v in found[:8]) + (" ..." if found.size > 8 else "")
-        return MaskCheck(f"has values other than 0 and 255 (found {shown})", check.width, check.height)
-    return check
+    if not check.ok or np.isin(check.pixels, (0, 255)).all():
+        return check
+    if np.isin(check.pixels, (0, 1)).all():
+        scaled = (check.pixels * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(scaled, mode="L").save(buf, format="PNG")
+        return MaskCheck(None, check.width, check.height, buf.getvalue(), scaled)
+    found = np.unique(check.pixels)
+    shown = ", ".join(str(v) for v in found[:8]) + (" ..." if found.size > 8 else "")
+    return MaskCheck(f"has values other than 0 and 255 (found {shown}); an attribute mask is 0 (absent) and 255 "
+                     "(present), or 0 and 1", check.width, check.height)
 
 
 @dataclass(frozen=True)
@@ -133,13 +142,15 @@ def bring_in_attributes(layout: DataLayout, found: AttributeFiles, challenge: st
     ``require_image``: the image must be in DATA (import), else its masks are checked against it only if it is.
     """
     done = AttributesIn()
+    earlier = _ids_in_data(layout, challenge)
     for isic_id, files in progress_bar(sorted(found.items()), desc="attribute masks", unit="image",
                                        enabled=progress):
         size, why = _image_problem(layout, isic_id, require_image)
         accepted, problems = _check_set(files, size) if why is None else ({}, [why])
         if problems:
+            kept = " DATA keeps the five it already had." if isic_id in earlier else ""
             done.rejected.append((isic_id, f"{'; '.join(problems)}; all {len(files)} of its attribute files were "
-                                           "left out (an image's five masks come in together or not at all)"))
+                                           f"left out (an image's five masks come in together or not at all).{kept}"))
             continue
         split = split_of(isic_id)
         for attribute, mask in accepted.items():
@@ -153,6 +164,14 @@ def bring_in_attributes(layout: DataLayout, found: AttributeFiles, challenge: st
                               "height": mask.height, "positive_pixels": mask.positive_pixels})
         done.images += 1
     return done
+
+
+def _ids_in_data(layout: DataLayout, challenge: str) -> set[str]:
+    """The images whose attribute masks of ``challenge`` DATA already holds."""
+    if not layout.attribute_manifest.exists():
+        return set()
+    rows = pd.read_parquet(layout.attribute_manifest, columns=["isic_id", "challenge"])
+    return set(rows.loc[rows["challenge"] == challenge, "isic_id"])
 
 
 def _write(mask: _Accepted, dest: Path, put: Callable[[Path, Path], None]) -> bool:

@@ -102,7 +102,7 @@ def task_catalog(challenge: str, task: str = "lesion") -> dict[str, ChallengeSpl
         return catalog[challenge]
     if task == "attributes" and challenge in CATALOG:
         raise ValueError(f"{challenge} has no attribute masks: only {', '.join(catalog)} (ISIC 2018 Task 2) has "
-                         f"them; use task lesion for {challenge}'s lesion masks")
+                         f"them; use --task lesion for {challenge}'s lesion masks")
     raise ValueError(f"unknown challenge {challenge!r}; choose one of {', '.join(catalog)}")
 
 

@@ -131,7 +131,10 @@ def data_overview(root: Path | str) -> list[str]:
            f"masks" + (f" ({splits})" if masks else "")]
     if layout.attribute_manifest.exists():
         out.append(_attribute_overview(read_table(layout.attribute_manifest, ATTRIBUTE_MANIFEST)))
-    if not masks:
+    if layout.attribute_manifest.exists():
+        out.append(f"next: wsm train --task attributes --data {layout.root} --out RUN (attribute maps), or "
+                   f"`wsm fit --data {layout.root} --out BUNDLE` (lesion maps)")
+    elif not masks:
         out.append(f"next: add official masks (`wsm download --challenge isic2018 --out {layout.root}`, or "
                    f"`wsm import --masks DIR --out {layout.root}`), then `wsm fit --data {layout.root} --out BUNDLE`")
     else:

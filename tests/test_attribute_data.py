@@ -107,6 +107,13 @@ def test_import_writes_the_masks_and_their_rows_and_a_rerun_changes_nothing(tmp_
     assert (again.attributes_written, again.attributes_skipped, again.attribute_images) == (0, 20, 4)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
+    # a later, broken set of an image already in DATA is refused, and the message says DATA kept the earlier one
+    (attributes / f"{ids[0]}_attribute_streaks.png").unlink()
+    broken = import_folders(data, images=images, attributes=attributes, challenge="isic2018", split="val",
+                            progress=False)
+    assert dict(broken.attributes_rejected)[ids[0]].endswith("DATA keeps the five it already had.")
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
 
 def test_import_takes_an_image_s_masks_all_together_or_not_at_all(tmp_path):
     attributes = tmp_path / "attributes"
@@ -140,7 +147,12 @@ def test_check_attribute_mask(tmp_path):
     assert "is 10x8 but its image is 11x8" in check_attribute_mask(tmp_path / "ok.png", (11, 8)).reason
     mask[0, 0] = 1
     (tmp_path / "one.png").write_bytes(png_bytes(mask))
-    assert check_attribute_mask(tmp_path / "one.png").reason == "has values other than 0 and 255 (found 0, 1, 255)"
+    assert check_attribute_mask(tmp_path / "one.png").reason.startswith(
+        "has values other than 0 and 255 (found 0, 1, 255); an attribute mask is 0 (absent) and 255 (present)")
+    binary = (mask > 0).astype(np.uint8)            # a 0/1 mask means the same as 0/255: taken, re-encoded
+    (tmp_path / "binary.png").write_bytes(png_bytes(binary))
+    check = check_attribute_mask(tmp_path / "binary.png")
+    assert check.ok and set(np.unique(check.pixels).tolist()) == {0, 255} and check.png_bytes is not None
 
 
 # ----------------------------------------------------------------------------------------- the emulator
@@ -272,7 +284,7 @@ def test_cli_download_and_import_of_attributes(emulator, served, tmp_path, capsy
                  emulator.challenge_url, "--out", str(tmp_path / "D2")])
     assert code == 2 and "isic2017 has no attribute masks: only isic2018" in capsys.readouterr().err
     assert main(["-q", "download", "--task", "attributes", "--out", str(tmp_path / "D3")]) == 2
-    assert "--task: only used with --challenge NAME" in capsys.readouterr().err
+    assert "--task attributes needs --challenge isic2018" in capsys.readouterr().err
 
     attributes = tmp_path / "attributes"
     ids = write_attribute_folder(attributes, n_images=2)

@@ -6,6 +6,7 @@ and the files do."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from attribute_factory import make_attribute_data
 from PIL import Image
 
 from archive_client.challenges import ATTRIBUTES
-from wsm.cli import main
+from wsm.cli import build_parser, main
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,11 @@ def test_download_train_and_report_attribute_maps(served, tmp_path, capsys):
     assert metrics["n_train"] == 12 and metrics["n_eval"] == 4
     assert set(metrics["attribute_scores"]) >= {*ATTRIBUTES, "micro_average", "mean_jaccard"}
     assert metrics["config"]["channels"] == [*ATTRIBUTES, "lesion"]
+    # the recorded command is the one to rerun: an attribute run, without the lesion runs' label flags
+    assert metrics["command"].startswith("wsm train --task attributes --with-lesion --data ")
+    assert "--num-classes" not in metrics["command"] and "--labels" not in metrics["command"]
+    parsed = build_parser().parse_args(shlex.split(metrics["command"])[1:])
+    assert (parsed.task, parsed.with_lesion, parsed.encoder, parsed.epochs) == ("attributes", True, "test_resnet", 2)
     val_ids = sorted((run / "eval_ids.txt").read_text().split())
     assert len(val_ids) == 4 and not set(val_ids) & set((run / "train_ids.txt").read_text().split())
     for isic_id in val_ids:     # one 0/255 PNG per image and attribute, at the image's size

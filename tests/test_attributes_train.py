@@ -2,7 +2,6 @@
 dataset (the end-to-end path from the emulator is in test_attributes_end_to_end.py)."""
 from __future__ import annotations
 
-import math
 import shutil
 
 import numpy as np
@@ -42,9 +41,10 @@ def test_the_task2_rule_sums_counts_normalised_by_image_size_over_the_whole_set(
     # per attribute: sums of normalised counts, so the large image weighs no more than the small one
     assert scores["globules"]["jaccard"] == pytest.approx(0.25 / (0.25 + 0.01 + 0.25))
     assert scores["globules"]["dice"] == pytest.approx(0.5 / (0.5 + 0.01 + 0.25))
-    # an image without the attribute and an empty prediction adds nothing; an attribute never seen has no score
-    assert math.isnan(scores["streaks"]["jaccard"])
-    assert scores["mean_jaccard"] == pytest.approx(scores["globules"]["jaccard"])
+    # an image without the attribute and an empty prediction adds nothing; an attribute that nothing shows scores 1,
+    # as the challenge's metrics score an empty truth predicted empty
+    assert scores["streaks"]["jaccard"] == 1.0
+    assert scores["mean_jaccard"] == pytest.approx((scores["globules"]["jaccard"] + 1.0) / 2)
     assert scores["micro_average"]["jaccard"] == pytest.approx(scores["globules"]["jaccard"])
     assert scores["globules"]["images_with_truth"] == 1 and scores["globules"]["images_with_prediction"] == 2
     assert scores["n_images"] == 3
@@ -120,5 +120,20 @@ def test_the_dataset_gives_multi_label_targets_that_move_with_the_image(tmp_path
         assert values <= {0.0, 1.0, 255.0}
         assert (255.0 in values) == (index == 2)     # only the lesion channel without a mask is ignored
         assert moved[:5].eq(1).sum() > 0
-    positives, totals = plain.positive_pixels()
-    assert len(positives) == 6 and totals[5] == 2 * 64 * 64 and all(p > 0 for p in positives[:4])
+
+
+def test_the_loss_weights_come_from_the_manifest_and_favour_rare_attributes(tmp_path):
+    from attribute_factory import make_attribute_data
+
+    from wsm.train.attributes import attribute_weights
+
+    data = make_attribute_data(tmp_path / "DATA", n_images=6)
+    manifest = pd.read_parquet(data / "attribute_manifest.parquet")
+    ids = sorted(manifest["isic_id"].unique())
+    weights = dict(zip([*ATTRIBUTES, "lesion"], attribute_weights(data, ids, with_lesion=True)))
+    assert weights["lesion"] == 1.0 and all(1.0 <= w <= 100.0 for w in weights.values())
+    # milia-like cysts are small spots, pigment network covers a fifth of each lesion: the spots weigh more
+    assert weights["milia_like_cyst"] > weights["pigment_network"] > 1.0
+    pigment = manifest[manifest["attribute"] == "pigment_network"]
+    share = pigment["positive_pixels"].sum() / (pigment["width"] * pigment["height"]).sum()
+    assert weights["pigment_network"] == pytest.approx(((1 - share) / share) ** 0.5)

@@ -1,6 +1,6 @@
-"""`wsm train --arch NAME` end to end for the seed systems' architectures (U-Net+ASPP, SegNet, ConvMixer), on a tiny
-synthetic DATA folder with tiny encoders: binary and multi-class runs, the saved network, and the one-line errors
-for an encoder of the wrong kind and for ImageNet weights that do not exist."""
+"""`wsm train --arch NAME` end to end for the seed systems' architectures (U-Net+ASPP, SegNet, ConvMixer), on tiny
+DATA folders with tiny encoders: binary, multi-class and multi-label (attribute) runs, the saved network, and the
+one-line errors for an encoder of the wrong kind and for ImageNet weights that do not exist."""
 from __future__ import annotations
 
 import json
@@ -76,3 +76,25 @@ def test_mbdcnn_with_segnet(data, tmp_path):
     assert metrics["metrics"]["n_images"] == 8 and set(metrics["train_losses"]) == {"coarse", "classifier", "enhanced"}
     config = json.loads((out / "config.json").read_text())["recipe"]
     assert config["coarse"]["arch"] == config["enhanced"]["arch"] == "segnet"
+
+
+@pytest.fixture(scope="module")
+def attribute_data(tmp_path_factory):
+    from attribute_factory import make_attribute_data
+
+    return make_attribute_data(tmp_path_factory.mktemp("attributes") / "DATA", n_images=12)
+
+
+@pytest.mark.parametrize("arch", sorted(SEED_ARCHITECTURES))
+def test_multi_label_attribute_run(attribute_data, tmp_path, arch):
+    """One sigmoid per dermoscopic attribute (ISIC 2018 Task 2), plus the lesion: `--task attributes`."""
+    out = tmp_path / arch
+    assert _train("--task", "attributes", "--with-lesion", "--data", str(attribute_data), "--out", str(out),
+                  "--arch", arch, "--encoder", SEED_ARCHITECTURES[arch]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_train"] == 8 and metrics["n_eval"] == 2 and np.isfinite(metrics["train_losses"][0])
+    assert len(list((out / "predictions").glob("*_attribute_*.png"))) == 2 * 5
+    model, config = load_model(out)      # rebuilt with one output channel per attribute and the lesion
+    assert config["channels"] == ["globules", "milia_like_cyst", "negative_network", "pigment_network", "streaks",
+                                  "lesion"]
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 6, 64, 64)

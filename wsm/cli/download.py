@@ -6,8 +6,8 @@ from pathlib import Path
 
 from archive_client.api import DEFAULT_API_URL
 from archive_client.challenges import ATTRIBUTE_CATALOG, ATTRIBUTES, CATALOG, DEFAULT_CHALLENGE_URL, SPLITS, TASKS
-from archive_client.ids import comma_choices
 from archive_client.errors import printable
+from archive_client.ids import comma_choices
 from wsm.cli.common import HelpFormatter, UsageError, add_renamed, print_summary
 
 
@@ -83,6 +83,8 @@ def _flags_of_the_other_mode(args) -> str | None:
         return f"{', '.join(unused)}: archive image options, not used with --challenge" if unused else None
     unused = [flag for flag, given in (("--splits", args.splits is not None), ("--inputs", args.inputs),
                                        ("--task", args.task != "lesion")) if given]
+    if args.task == "attributes":
+        return "--task attributes needs --challenge isic2018 (the ISIC 2018 Task 2 attribute masks)"
     return f"{', '.join(unused)}: only used with --challenge NAME" if unused else None
 
 

@@ -131,7 +131,8 @@ def _check_attribute_flags(args) -> None:
     unused = [flag for flag, given in (("--pipeline", args.pipeline), ("--init", args.init),
                                        ("--maps", args.maps), ("--min-confidence", args.min_confidence is not None),
                                        ("--labels", args.labels != "official"),
-                                       ("--num-classes", args.num_classes != 1)) if given]
+                                       ("--num-classes", args.num_classes != 1),
+                                       ("--loss (only focal)", args.loss not in (None, "focal"))) if given]
     if unused:
         raise UsageError(f"{', '.join(unused)}: not used with --task attributes (it trains on DATA's attribute "
                          "masks, one channel per attribute)")

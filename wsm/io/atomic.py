@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
+
 
 def _umask() -> int:
     """The process umask; read from /proc where possible, since setting it (the portable way) briefly gives
@@ -78,7 +80,7 @@ def json_safe(value):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
-    if isinstance(value, bool) or type(value).__name__ == "bool_":     # numpy's bool is no numbers.Integral
+    if isinstance(value, (bool, np.bool_)):         # numpy's bool is no numbers.Integral
         return bool(value)
     if isinstance(value, numbers.Integral):
         return int(value)

@@ -11,8 +11,8 @@ are summed over all images, and Jaccard = TP / (TP + FP + FN), Dice = 2 TP / (2 
 image without the attribute adds only its false positives (nothing when the prediction is empty too), and an
 image is never scored alone (a per-image mean would give every empty-and-empty image a perfect 1). The challenge's
 overall score is the micro average: the normalised counts summed over every image and attribute. wsm also reports
-the mean of the per-attribute Jaccards; an attribute that neither the truths nor the predictions ever show has no
-Jaccard (NaN) and is left out of that mean.
+the mean of the per-attribute Jaccards. An attribute that neither the truths nor the predictions ever show scores
+1, as the challenge's metrics score an empty truth predicted empty.
 """
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def normalised_counts(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def _jaccard_dice(tp: float, fp: float, fn: float) -> tuple[float, float]:
-    if tp + fp + fn == 0:
-        return math.nan, math.nan
+    if tp + fp + fn == 0:      # nothing to find and nothing found: a perfect answer, as the challenge scores it
+        return 1.0, 1.0
     return tp / (tp + fp + fn), 2 * tp / (2 * tp + fp + fn)
 
 
@@ -71,9 +71,8 @@ def task2_scores(per_image: pd.DataFrame, attributes: Sequence[str] = ATTRIBUTES
                              "images_with_prediction": int((rows["pred_pixels"] > 0).sum())}
     jaccard, dice = _jaccard_dice(*(float(per_image[c].sum()) for c in ("tp", "fp", "fn")))
     scores["micro_average"] = {"jaccard": jaccard, "dice": dice}
-    defined = [scores[a] for a in attributes if not math.isnan(scores[a]["jaccard"])]
-    scores["mean_jaccard"] = float(np.mean([s["jaccard"] for s in defined])) if defined else math.nan
-    scores["mean_dice"] = float(np.mean([s["dice"] for s in defined])) if defined else math.nan
+    scores["mean_jaccard"] = float(np.mean([scores[a]["jaccard"] for a in attributes]))
+    scores["mean_dice"] = float(np.mean([scores[a]["dice"] for a in attributes]))
     scores["n_images"] = int(per_image["isic_id"].nunique()) if len(per_image) else 0
     return scores
 
@@ -95,6 +94,9 @@ def read_attribute_truths(data: Path | str, split: str = "all", only_ids: Collec
     masks = pd.read_parquet(layout.attribute_manifest)
     if split not in ("all", "labeled"):
         masks = masks[masks["split"] == split]
+    # one challenge's set per image, the newest (as for lesion masks): attributes never mix sources
+    newest = masks.groupby("isic_id")["challenge"].transform("max")
+    masks = masks[masks["challenge"] == newest]
     wide = masks.pivot_table(index=["isic_id", "split"], columns="attribute", values="mask_file", aggfunc="first")
     wide = wide.reindex(columns=list(ATTRIBUTES)).dropna().add_prefix("mask_").reset_index()
     images = read_manifest(data)[["isic_id", "file"]]
@@ -103,7 +105,10 @@ def read_attribute_truths(data: Path | str, split: str = "all", only_ids: Collec
         rows = rows[rows["isic_id"].isin(set(only_ids))]
     rows = rows.drop_duplicates("isic_id").sort_values("isic_id").reset_index(drop=True)
     if rows.empty:
-        raise DataError(f"no image of split {split!r} in {layout.root} has its five attribute masks and its image")
+        raise DataError(f"no image of split {split!r} in {layout.root} has its five attribute masks and its image"
+                        + (" among the --only ids" if only_ids is not None else "")
+                        + f"; bring the images in with `wsm download --challenge isic2018 --task attributes --inputs "
+                        f"--out {layout.root}` (or `wsm import --images DIR`), or choose another split")
     return rows
 
 
@@ -128,13 +133,18 @@ class AttributeReportSummary:
         out = [f"{s.get('n_images', 0)} images scored as ISIC 2018 Task 2 was: mean Jaccard over the attributes "
                f"{s.get('mean_jaccard', math.nan):.4f}, micro average (the challenge's score) "
                f"{s.get('micro_average', {}).get('jaccard', math.nan):.4f}"]
-        out += [f"  {a}: Jaccard {s[a]['jaccard']:.4f}, Dice {s[a]['dice']:.4f} ({s[a]['images_with_truth']} images "
+        out += [f"  {a}: Jaccard {s[a]['jaccard']:.4f}, Dice {s[a]['dice']:.4f} ({_images(s[a]['images_with_truth'])} "
                 f"with it, {s[a]['images_with_prediction']} predicted)" for a in ATTRIBUTES if a in s]
         if self.missing:
             out.append(f"{len(self.missing)} attribute masks have no map (e.g. {self.missing[0][0]} "
-                       f"{self.missing[0][1]}); they are listed in the report, not scored")
+                       f"{self.missing[0][1]}); they are listed in the report, not scored (a `wsm train --task "
+                       "attributes` run maps its eval split only: give that --split, or --only its eval_ids.txt)")
         out.append(f"outputs: {self.html}, {self.out / 'metrics.json'}, {self.out / 'per_image.csv'}")
         return out
+
+
+def _images(n: int) -> str:
+    return f"{n} image" + ("" if n == 1 else "s")
 
 
 def _score_image(data: Path, maps: Path, row) -> tuple[list[dict], list[tuple[str, str]]]:

@@ -4,10 +4,11 @@ As in the thesis on that task (Caramazana): the five attributes overlap (a pixel
 globules), so the network has one sigmoid channel per attribute (in ``archive_client.challenges.ATTRIBUTES``
 order), and with ``with_lesion`` the Task 1 lesion as a sixth channel (its pixels ignored on images without an
 official lesion mask); any ``--arch`` / ``--encoder`` of `wsm train` serves. The loss is a focal loss (gamma 2)
-whose positive pixels are weighted per channel by sqrt(negatives / positives) over the training maps (capped at
-100): attributes cover from a few percent of a lesion (pigment network) down to a few pixels (milia-like cysts),
-and an unweighted loss learns to predict none. (The thesis names focal loss and class weighting; the square-root
-weighting is this module's choice, and it is what the numbers in docs/RESULTS.md were measured with.)
+whose positive pixels are weighted per attribute by sqrt(negatives / positives) over the training images (capped at
+100; counted from DATA's attribute manifest, at the masks' own size, nothing decoded): attributes cover from a few
+percent of a lesion (pigment network) down to a few pixels (milia-like cysts), and an unweighted loss learns to
+predict none; the lesion channel, common, is not weighted. (The thesis names focal loss and class weighting; the
+square-root weighting is this module's choice.)
 
 Predictions are thresholded at ``threshold``, brought back to the image's size and cleaned with morphology
 (:func:`clean_attribute`: a 3x3 opening, components under ``MIN_AREA`` of the image dropped, and with the lesion
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +42,8 @@ from wsm.train.options import NO_EVAL, TrainOptions, TrainSummary, as_train_erro
 from wsm.train.rows import check_no_overlap
 from wsm.train.run_folder import RunFolder, check_run_folder, run_identity
 
-__all__ = ["AttributeDataset", "MIN_AREA", "attribute_rows", "channel_names", "clean_attribute", "run_attributes"]
+__all__ = ["AttributeDataset", "MIN_AREA", "attribute_command", "attribute_rows", "attribute_weights", "channel_names",
+           "clean_attribute", "run_attributes"]
 
 LESION = "lesion"
 IGNORE = 255
@@ -107,15 +110,20 @@ class AttributeDataset(LazyImages):
                                for k in range(len(target))]).astype(np.uint8)
         return image_tensor(image), torch.from_numpy(target.astype(np.float32))
 
-    def positive_pixels(self) -> tuple[list[float], list[float]]:
-        """Per channel: positive pixels and known pixels over the un-augmented targets (reads every mask once)."""
-        positives, totals = np.zeros(len(self.channels)), np.zeros(len(self.channels))
-        for i in range(len(self)):
-            target = self.read_target(i)
-            known = target != IGNORE
-            positives += ((target == 1) & known).sum(axis=(1, 2))
-            totals += known.sum(axis=(1, 2))
-        return positives.tolist(), totals.tolist()
+
+
+def attribute_weights(data: Path | str, ids, with_lesion: bool) -> list[float]:
+    """The loss's positive-pixel weight of each channel, from the attribute manifest's pixel counts of ``ids``
+    (:func:`wsm.train.losses.positive_weights`); 1 for the lesion channel."""
+    from archive_client.layout import DataLayout
+    from wsm.train.losses import positive_weights
+
+    masks = pd.read_parquet(DataLayout(Path(data)).attribute_manifest)
+    masks = masks[masks["isic_id"].isin(set(ids))].drop_duplicates(["isic_id", "attribute"], keep="last")
+    pixels = masks.assign(total=masks["width"].astype("int64") * masks["height"].astype("int64"))
+    sums = pixels.groupby("attribute")[["positive_pixels", "total"]].sum().reindex(list(ATTRIBUTES), fill_value=0)
+    weights = positive_weights(sums["positive_pixels"].tolist(), sums["total"].tolist())
+    return weights + ([1.0] if with_lesion else [])
 
 
 def clean_attribute(mask: np.ndarray, min_area: float = MIN_AREA, within: np.ndarray | None = None) -> np.ndarray:
@@ -160,19 +168,41 @@ def write_predictions(model, data: Path, rows: pd.DataFrame, size: int, batch_si
             write_label_png(out / attribute_map_name(isic_id, name), pixels)
 
 
+def attribute_command(opts: TrainOptions, with_lesion: bool) -> str:
+    """The `wsm train --task attributes` command line of these options (every value spelled out)."""
+    words = shlex.split(opts.command())
+    kept, skip = [], False
+    for word in words[2:]:                 # the label, class and loss flags of lesion runs do not apply
+        if skip:
+            skip = False
+        elif word in ("--labels", "--maps", "--num-classes", "--loss"):
+            skip = True
+        else:
+            kept.append(word)
+    return shlex.join(["wsm", "train", "--task", "attributes", *(["--with-lesion"] if with_lesion else []), *kept])
+
+
 def run_attributes(opts: TrainOptions, with_lesion: bool = False) -> TrainSummary | None:
     """Train and evaluate an attribute network (see the module doc); the summary on rank 0, else None."""
     if opts.size % 32:
         raise DataError(f"--size must be a multiple of 32, got {opts.size}")
+    if opts.loss not in ("", "focal"):
+        raise DataError(f"--task attributes trains with the focal loss (one sigmoid per attribute); leave out "
+                        f"--loss {opts.loss}")
     identity = run_identity(opts, task="attributes", with_lesion=with_lesion)
-    command = opts.command() + (" --with-lesion" if with_lesion else "")
+    command = attribute_command(opts, with_lesion)
     check_run_folder(opts.out, opts.resume, identity)
     train_rows = attribute_rows(opts.data, opts.split_train)
     test_rows = attribute_rows(opts.data, opts.eval_split)
     check_no_overlap(train_rows, test_rows)
     plan = Plan(opts, RunFolder(Path(opts.out)), identity, command, train_rows.assign(label_source="official"),
                 test_rows)
-    return execute(plan, lambda device, rank, world, start: _train(plan, with_lesion, device, start))
+    summary = execute(plan, lambda device, rank, world, start: _train(plan, with_lesion, device, start))
+    if summary is not None:
+        split = "SPLIT" if opts.eval_split == NO_EVAL else opts.eval_split
+        summary.next_step = (f"score attribute maps the same way with `wsm report --attributes DIR --data "
+                             f"{opts.data} --split {split} --out REPORT`")
+    return summary
 
 
 def _train(plan: Plan, with_lesion: bool, device: str, start: Callable[[dict], None]) -> Trained:
@@ -180,16 +210,13 @@ def _train(plan: Plan, with_lesion: bool, device: str, start: Callable[[dict], N
     from wsm.models.weights import weight_source
     from wsm.report.attributes import build_attribute_report
     from wsm.train.loop import TrainConfig, train
-    from wsm.train.losses import MultiLabelFocal, positive_weights
+    from wsm.train.losses import MultiLabelFocal
 
     opts = plan.opts
     channels = channel_names(with_lesion)
     dataset = AttributeDataset(opts.data, plan.train_rows, opts.size, with_lesion, opts.augment, opts.seed)
-    weights = positive_weights(*dataset.positive_pixels())
+    weights = attribute_weights(opts.data, plan.train_rows["isic_id"], with_lesion)
     with as_train_error():
-        if opts.loss not in ("", "focal"):
-            raise ValueError(f"--task attributes trains with the focal loss (one sigmoid per attribute); "
-                             f"leave out --loss {opts.loss}")
         torch.manual_seed(opts.seed)
         model = create_segmenter(opts.arch, opts.encoder, num_classes=len(channels), pretrained=opts.pretrained,
                                  weights_file=opts.weights_file or None)

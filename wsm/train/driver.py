@@ -231,7 +231,7 @@ def _train_one(plan: Plan, init: Path | None, device: str, start: Callable[[dict
 
 def load_model(run_dir: Path | str, device: str = "cpu"):
     """The trained network of a RUN folder (rebuilt from config.json, weights from model.safetensors), in eval
-    mode, and its config."""
+    mode, and its config (an attribute run's outputs are independent sigmoids, named by its ``channels``)."""
     from wsm.models.segmentation import create_segmenter
     from wsm.train.loop import load_weights
 
@@ -240,6 +240,7 @@ def load_model(run_dir: Path | str, device: str = "cpu"):
     if config is None:
         raise WsmError(f"{run_dir} has no {folder.config.name}: not a `wsm train` run folder")
     opts = config["options"]
-    model = create_segmenter(opts["arch"], opts["encoder"], num_classes=opts["num_classes"]).to(device)
+    outputs = len(config.get("channels") or ()) or opts["num_classes"]    # attribute runs: one per channel
+    model = create_segmenter(opts["arch"], opts["encoder"], num_classes=outputs).to(device)
     load_weights(model, folder.weights)
     return model.eval(), config

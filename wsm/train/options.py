@@ -103,6 +103,7 @@ class TrainSummary:
     losses: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)       # further lines to show (e.g. MB-DCNN's coarse network)
+    next_step: str = ""                             # what to run next ("" : fine-tune it with --init)
 
     def lines(self) -> list[str]:
         out = [f"trained on {self.n_train} images; run folder {self.out}"]
@@ -116,5 +117,5 @@ class TrainSummary:
             out.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
         out.append(f"outputs: {self.out / 'model.safetensors'} (the network), {self.out / 'metrics.json'}"
                    + (f", {self.out / 'per_image.csv'}" if self.metrics else "")
-                   + f"; fine-tune it further with `wsm train --init {self.out} ...`")
+                   + "; " + (self.next_step or f"fine-tune it further with `wsm train --init {self.out} ...`"))
         return out
