@@ -25,8 +25,9 @@ def register(commands) -> None:
         formatter_class=HelpFormatter,
     )
     report.add_argument("-m", "--maps", type=Path, metavar="WSM",
-                        help="the maps to score (required): the folder `wsm generate` wrote, or a folder of "
-                             "ISIC_x.png (0/1/255) or ISIC_x_segmentation.png (0/255) maps made elsewhere")
+                        help="the maps to score (required, unless --attributes): the folder `wsm generate` wrote, "
+                             "or a folder of ISIC_x.png (0/1/255) or ISIC_x_segmentation.png (0/255) maps made "
+                             "elsewhere")
     add_renamed(report, "--pred", "--maps")
     report.add_argument("--attributes", type=Path, metavar="DIR",
                         help="instead of --maps: dermoscopic-attribute maps (ISIC_x_attribute_<name>.png, 0/255, "
