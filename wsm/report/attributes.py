@@ -25,20 +25,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from archive_client.challenges import ATTRIBUTES
+from archive_client.challenges import ATTRIBUTES, attribute_file_name
 from wsm.io.atomic import json_safe, write_json, write_text_atomic
 from wsm.selection import DataError
 
-__all__ = ["AttributeReportSummary", "attribute_map_name", "build_attribute_report", "normalised_counts",
-           "read_attribute_truths", "task2_scores"]
+__all__ = ["AttributeReportSummary", "build_attribute_report", "normalised_counts", "read_attribute_truths",
+           "task2_scores"]
 
 COUNTS = ("tp", "fp", "fn", "tn")
 GALLERY_SIZE = 6          # images per attribute section: those with the most truth (or predicted) pixels
-
-
-def attribute_map_name(isic_id: str, attribute: str) -> str:
-    """The challenge's file name of one attribute map."""
-    return f"{isic_id}_attribute_{attribute}.png"
 
 
 def normalised_counts(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -149,15 +144,16 @@ def _images(n: int) -> str:
 
 def _score_image(data: Path, maps: Path, row) -> tuple[list[dict], list[tuple[str, str]]]:
     from wsm.io.images import read_mask
+    from wsm.report.metrics import binarise
 
     scored, missing = [], []
     for attribute in ATTRIBUTES:
-        truth = read_mask(data / row[f"mask_{attribute}"]) > 128
-        path = maps / attribute_map_name(row["isic_id"], attribute)
+        truth = binarise(read_mask(data / row[f"mask_{attribute}"]))
+        path = maps / attribute_file_name(row["isic_id"], attribute)
         if not path.is_file():
             missing.append((row["isic_id"], attribute))
             continue
-        pred = read_mask(path) > 128
+        pred = binarise(read_mask(path))
         if pred.shape != truth.shape:
             raise DataError(f"{path} is {pred.shape[1]}x{pred.shape[0]} but its truth is "
                             f"{truth.shape[1]}x{truth.shape[0]}: attribute maps must have their image's size")
@@ -178,7 +174,7 @@ def _gallery(data: Path, maps: Path, rows: pd.DataFrame, per_image: pd.DataFrame
         isic_id = record.isic_id
         image = read_image(data / files.loc[isic_id, "file"])
         truth = read_mask(data / files.loc[isic_id, f"mask_{attribute}"])
-        pred = (read_mask(maps / attribute_map_name(isic_id, attribute)) > 128).astype(np.uint8)
+        pred = (read_mask(maps / attribute_file_name(isic_id, attribute)) > 128).astype(np.uint8)
         jaccard, _ = _jaccard_dice(record.tp, record.fp, record.fn)
         figures.append(f'<figure><img alt="{escape(isic_id)}" src="{thumbnail_uri(image, truth, pred)}">'
                        f"<figcaption><b>{escape(isic_id)}</b> Jaccard on this image {number(jaccard, 3)}; "
@@ -242,7 +238,7 @@ def build_attribute_report(maps: Path | str, data: Path | str, out: Path | str, 
     per_image = pd.DataFrame(scored, columns=["isic_id", "attribute", *COUNTS, "truth_pixels", "pred_pixels"])
     if per_image.empty:
         raise DataError(f"{maps} holds no map of the {len(rows)} images with attribute masks (expected names like "
-                        f"{attribute_map_name(rows['isic_id'].iloc[0], ATTRIBUTES[0])})")
+                        f"{attribute_file_name(rows['isic_id'].iloc[0], ATTRIBUTES[0])})")
     scores = task2_scores(per_image)
     report = {"split": split, "maps": str(maps), "data": str(data), "command": command, "rule": RULE,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wsm_version": __version__,

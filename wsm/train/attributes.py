@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from archive_client.challenges import ATTRIBUTES
+from archive_client.challenges import ATTRIBUTES, attribute_file_name
 from wsm.io.images import read_mask, write_label_png
 from wsm.selection import DataError, read_truth
 from wsm.train.augment import SEGMENTER_AUGMENT, augment
@@ -153,7 +153,6 @@ def write_predictions(model, data: Path, rows: pd.DataFrame, size: int, batch_si
     """The cleaned 0/255 attribute maps of ``rows``' images, at each image's size, into ``out``."""
     from wsm.io.images import image_size
     from wsm.io.progress import progress as progress_bar
-    from wsm.report.attributes import attribute_map_name
     from wsm.train.evaluate import batched_predictions
 
     probs = batched_predictions(_sigmoid_batches(model), data, rows["file"].tolist(), size, batch_size)
@@ -165,7 +164,7 @@ def write_predictions(model, data: Path, rows: pd.DataFrame, size: int, batch_si
         lesion = clean_attribute(full[-1], min_area=0.001) if channels[-1] == LESION else None
         for name, mask in zip(ATTRIBUTES, full):
             pixels = clean_attribute(mask, within=lesion).astype(np.uint8) * 255
-            write_label_png(out / attribute_map_name(isic_id, name), pixels)
+            write_label_png(out / attribute_file_name(isic_id, name), pixels)
 
 
 def attribute_command(opts: TrainOptions, with_lesion: bool) -> str:
