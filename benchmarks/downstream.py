@@ -7,13 +7,15 @@ label-efficiency curve (Jaccard against the number of labelled masks, both arms,
         [--encoder tf_efficientnet_lite0] [--no-train-pretrained] [--batch-size 16] [--lr 0.001] [--seed 0]
         [--device cpu] [--threads 0]
         [--source DEV_DATA] [--data DATA] [--work out/bench-downstream]
-        [--set section.key=value ...] [--small] [--teacher fit|student]
+        [--set section.key=value ...] [--small] [--teacher fit|student] [--weak-augment same|strong]
+        [--variant NAME]
         [--curve [--curve-n 50,100,200,400] [--curve-seeds 0,1,2] [--curve-seeds-n 100] [--plot PNG]]
 
 --teacher student: the official-only student is trained first and becomes the prior of the bundle that makes the
 weak maps (`wsm fit --prior-run`, one self-training round), so the teacher is as good as that student by
 construction; the default (fit) fits a bundle on the labelled masks, whose strength the script reports against
-the official-only student ("teacher: ... at least as good" or "WEAKER").
+the official-only student ("teacher: ... at least as good" or "WEAKER"). --weak-augment strong: the student with
+weak maps augments the weak maps' images more (`wsm train --weak-augment strong`).
 
 Steps (each resumes or is reused when the script is run again with the same --work):
 
@@ -53,7 +55,9 @@ GPU-sized settings (the ISIC_WSM paper's question at a useful scale; about 1 h o
 
 (fit and generate then use the default pipeline's [device.cuda] sizes.) ``--small`` is a smoke test that runs
 everything with tiny models from random weights in minutes.
-A WORK folder belongs to one set of settings: the script refuses to reuse it with others.
+A WORK folder belongs to one split (source, seeds, sizes, device): the script refuses to reuse it with another.
+Variants of the teacher and of the student with weak maps (--set, --weak-augment) share its official-only student:
+give each a --variant NAME, which names its bundle, maps, runs and results file (e.g. results-student-NAME.json).
 """
 from __future__ import annotations
 
@@ -61,10 +65,12 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import sys
 import time
 from pathlib import Path
+
 from devdata import ISIC2018_CROPS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,6 +121,20 @@ def source_data(args) -> Path:
         import_folders(data, images=args.source / "images", masks=args.source / "masks", labels=labels,
                        challenge="isic2018", split="train", link=True, progress=True)
     return data
+
+
+def variant_suffix(args) -> str:
+    """What names a teacher / student variant's folders and results file in WORK: "", "-student", "-student-NAME"."""
+    return ("" if args.teacher == "fit" else "-student") + (f"-{args.variant}" if args.variant else "")
+
+
+def check_settings(path: Path, settings: dict, what: str, instead: str) -> None:
+    """Record ``settings`` in ``path``, or refuse to go on where it records others (the keys given are compared)."""
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if {k: saved.get(k) for k in settings} != settings:
+            raise SystemExit(f"{path.parent} holds a benchmark run with other settings ({what}); use {instead}")
+    path.write_text(json.dumps(settings, indent=1))
 
 
 def benchmark_data(source: Path, out: Path, parts: dict[str, list[str]]) -> Path:
@@ -188,6 +208,11 @@ def main() -> None:
     parser.add_argument("--teacher", choices=("fit", "student"), default="fit",
                         help="what makes the weak maps: a bundle fitted on the labelled masks (fit), or the "
                              "official-only student itself as the bundle's prior (student: `wsm fit --prior-run`)")
+    parser.add_argument("--weak-augment", choices=("same", "strong"), default="same",
+                        help="augmentation of the weak maps' images in the student with weak maps (`wsm train "
+                             "--weak-augment`)")
+    parser.add_argument("--variant", default="",
+                        help="a name for this teacher / student variant (its folders and results file carry it)")
     parser.add_argument("--arch", default="unet")
     parser.add_argument("--encoder", default="tf_efficientnet_lite0")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -216,6 +241,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 <= args.confident_fraction <= 1:
         parser.error(f"--confident-fraction must be within (0, 1] (0: no fourth run), got {args.confident_fraction}")
+    if args.variant and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.variant):
+        parser.error(f"--variant names folders: letters, digits, '_', '.', '-' only, got {args.variant!r}")
     if args.weak is None:
         args.weak = -1 if args.curve else 800
     if args.small:
@@ -239,7 +266,8 @@ def curve_points(args) -> list[tuple[int, int]]:
 
 def run_curve(args) -> None:
     """Every point in its own WORK/nNNNN-seedS folder (a finished one is read back, not rerun), then the table,
-    WORK/curve.json and the plot."""
+    WORK/curve.json and the plot. Every variant of the same teacher kind finished at a point (an earlier --curve
+    run with another --variant) joins the table and the plot as its own arm."""
     import copy
 
     rows = []
@@ -248,13 +276,11 @@ def run_curve(args) -> None:
         point.labelled, point.seed, point.curve = n, seed, False
         point.eval_seed = 0 if args.eval_seed is None else args.eval_seed
         point.work = args.work / f"n{n:04d}-seed{seed}"
-        done = point.work / f"results{'' if args.teacher == 'fit' else '-student'}.json"
-        report = json.loads(done.read_text()) if done.exists() else run_point(point)
-        for arm, result in report["results"].items():
-            rows.append({"n": n, "seed": seed, "arm": arm, **{k: result[k] for k in ("jaccard", "threshold_jaccard",
-                                                                                       "dice", "n_train", "epochs")},
-                         "teacher_jaccard": report["weak_map_quality"]["jaccard_255_as_background"],
-                         "teacher_at_least_as_good": report.get("teacher_at_least_as_good")})
+        if not (point.work / f"results{variant_suffix(args)}.json").exists():
+            run_point(point)
+        for done in sorted(point.work.glob("results*.json")):
+            rows += curve_rows(n, seed, json.loads(done.read_text()), args.teacher)
+    rows = list({(r["n"], r["seed"], r["arm"]): r for r in rows}.values())   # the official arm once per point
     summary = curve_summary(rows)
     (args.work / "curve.json").write_text(json.dumps({"command": shlex.join([sys.executable, *sys.argv]),
                                                       "eval_seed": 0 if args.eval_seed is None else args.eval_seed,
@@ -265,6 +291,19 @@ def run_curve(args) -> None:
     for s in summary:
         print(f"{s['n']:5d} {s['arm']:29s} {s['seeds']:5d} {s['jaccard']:8.4f} {s['std']:7.4f}")
     print(f"curve: {args.work / 'curve.json'}, plot: {plot}")
+
+
+def curve_rows(n: int, seed: int, report: dict, teacher: str) -> list[dict]:
+    """The curve's two arms from one point's results file (none when another teacher kind made it; the optional
+    third and fourth runs stay in the point's folder); the arm with weak maps carries the variant's name."""
+    if report.get("teacher", "fit") != teacher:
+        return []
+    variant = report.get("variant", "")
+    return [{"n": n, "seed": seed, "arm": arm if arm == "official" or not variant else f"{arm} [{variant}]",
+             **{k: result[k] for k in ("jaccard", "threshold_jaccard", "dice", "n_train", "epochs")},
+             "teacher_jaccard": report["weak_map_quality"]["jaccard_255_as_background"],
+             "teacher_at_least_as_good": report.get("teacher_at_least_as_good")}
+            for arm, result in report["results"].items() if arm in ("official", "official+weak")]
 
 
 def curve_summary(rows: list[dict]) -> list[dict]:
@@ -287,11 +326,14 @@ def plot_curve(summary: list[dict], path: Path) -> None:
     fig = Figure(figsize=(6, 4), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for arm in dict.fromkeys(s["arm"] for s in summary):
+    for k, arm in enumerate(dict.fromkeys(s["arm"] for s in summary)):
         points = [s for s in summary if s["arm"] == arm]
-        ax.errorbar([s["n"] for s in points], [s["jaccard"] for s in points], yerr=[s["std"] for s in points],
-                    marker="o", capsize=3, label=arm)
+        dodge = 1.0 + 0.025 * k                          # the arms side by side, so that error bars stay apart
+        ax.errorbar([s["n"] * dodge for s in points], [s["jaccard"] for s in points],
+                    yerr=[s["std"] for s in points], marker="o", capsize=3, label=arm)
     ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_title("mean over seeds where several ran (error bars: their standard deviation)", fontsize=8)
     ax.set_xticks(sorted({s["n"] for s in summary}), labels=[str(n) for n in sorted({s["n"] for s in summary})])
     ax.set_xlabel("labelled images (official masks)")
     ax.set_ylabel("Jaccard on the held-out official masks")
@@ -318,13 +360,12 @@ def run_point(args) -> dict:
     source = source_data(args)
     parts = partition(read_manifest(source)["isic_id"].tolist(), args.eval, args.labelled, args.weak, args.seed,
                       args.eval_seed)
-    settings = {"source": str(source.resolve()), "parts": parts, "fit_overrides": args.overrides,
-                "device": args.device}
-    settings_path = args.work / "settings.json"
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        raise SystemExit(f"{args.work} holds a benchmark run with other settings (split, fit overrides or device); "
-                         "use another --work")
-    settings_path.write_text(json.dumps(settings, indent=1))
+    suffix = variant_suffix(args)
+    check_settings(args.work / "settings.json", {"source": str(source.resolve()), "parts": parts,
+                                                 "device": args.device}, "split or device", "another --work")
+    check_settings(args.work / f"settings-teacher{suffix}.json", {"fit_overrides": args.overrides,
+                                                          "weak_augment": args.weak_augment},
+                   "fit overrides or augmentation", "another --variant")
     data = benchmark_data(source, args.work / "data", parts)
     for name, ids in parts.items():
         (args.work / f"{name}_ids.txt").write_text("".join(f"{i}\n" for i in ids))
@@ -354,7 +395,6 @@ def run_point(args) -> dict:
 
     # the teacher: a bundle fitted on the labelled masks, or the official-only student itself (a self-training
     # round: `wsm fit --prior-run`), whose maps are then as good as that student by construction
-    suffix = "" if args.teacher == "fit" else "-student"
     bundle, wsm_dir = args.work / f"bundle{suffix}", args.work / f"wsm{suffix}"
     if args.teacher == "student":
         record("official", official)
@@ -374,7 +414,7 @@ def run_point(args) -> dict:
 
     runs = {"official": official,
             "official+weak": TrainOptions(out=args.work / f"run-official+weak{suffix}", labels="both", wsm=wsm_dir,
-                                          epochs=args.epochs, **common)}
+                                          epochs=args.epochs, weak_augment=args.weak_augment, **common)}
     if args.epochs_finetune:
         runs["weak, then official (+init)"] = TrainOptions(
             out=args.work / f"run-finetune{suffix}", labels="official", init=str(runs["official+weak"].out),
@@ -392,15 +432,19 @@ def run_point(args) -> dict:
         steps = args.epochs * n_both
         runs["official+confident weak"] = TrainOptions(
             out=args.work / f"run-official+confident{suffix}", labels="both", wsm=wsm_dir, min_confidence=threshold,
-            epochs=max(1, round(steps / (args.labelled + n_confident))), **common)
+            epochs=max(1, round(steps / (args.labelled + n_confident))), weak_augment=args.weak_augment, **common)
     for name, opts in runs.items():
         if name not in results:
             record(name, opts)
     seconds["total"] = time.perf_counter() - started
 
     bench_cmd = shlex.join([sys.executable, *sys.argv])
-    teacher_fair = weak_quality["jaccard_255_as_background"] >= results["official"]["jaccard"]
+    # the student as teacher is that student by construction; a fitted teacher is compared by its maps (on the
+    # weak images) against the student (on the eval images): other images, so a difference within ~0.01 is noise
+    teacher_fair = args.teacher == "student" or (weak_quality["jaccard_255_as_background"]
+                                                 >= results["official"]["jaccard"])
     report = {"command": bench_cmd, "seed": args.seed, "eval_seed": args.eval_seed, "teacher": args.teacher,
+              "variant": args.variant, "weak_augment": args.weak_augment, "fit_overrides": args.overrides,
               "split": {k: len(v) for k, v in parts.items()}, "weak_map_quality": weak_quality,
               "teacher_at_least_as_good": teacher_fair, "results": results, "seconds": seconds,
               "fit_command": f"wsm fit --data {data} --out {bundle} --exclude {args.work / 'eval_ids.txt'}"
@@ -420,7 +464,8 @@ def run_point(args) -> dict:
     print(f"  maps: {report['fit_command']} && {report['generate_command']}")
     print(f"teacher: its maps score Jaccard {weak_quality['jaccard_255_as_background']:.4f} on the weak images' "
           f"hidden masks, the official-only student {results['official']['jaccard']:.4f} on the eval masks: "
-          + ("at least as good" if teacher_fair else "WEAKER than the student it is meant to help"))
+          + ("the same network (self-training)" if args.teacher == "student" else
+             "at least as good" if teacher_fair else "WEAKER than the student it is meant to help"))
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     return report
 

@@ -47,3 +47,34 @@ def test_the_curve_summary_and_plot(tmp_path):
     assert at_100["seeds"] == 3 and abs(at_100["jaccard"] - 0.72) < 1e-9 and abs(at_100["std"] - 0.02) < 1e-9
     plot_curve(summary, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_variants_share_the_split_and_are_refused_with_other_settings(tmp_path):
+    import argparse
+
+    import pytest
+    from downstream import check_settings, variant_suffix
+
+    split = {"source": "S", "parts": {"eval": ["ISIC_0000001"]}, "device": "cpu"}
+    check_settings(tmp_path / "settings.json", split, "split", "another --work")
+    check_settings(tmp_path / "settings.json", split, "split", "another --work")       # the same: fine
+    with pytest.raises(SystemExit, match="another --work"):
+        check_settings(tmp_path / "settings.json", {**split, "device": "cuda"}, "split", "another --work")
+    names = {variant_suffix(argparse.Namespace(teacher=t, variant=v))
+             for t in ("fit", "student") for v in ("", "strong")}
+    assert names == {"", "-strong", "-student", "-student-strong"}
+
+
+def test_the_curve_shows_every_variant_of_the_teacher_once():
+    from downstream import curve_rows
+
+    arms = (("official", 0.7), ("official+weak", 0.8), ("official+confident weak", 0.9))
+
+    def report(variant, teacher="student"):
+        return {"teacher": teacher, "variant": variant, "weak_map_quality": {"jaccard_255_as_background": 0.7},
+                "results": {arm: {"jaccard": j, "threshold_jaccard": j, "dice": j, "n_train": 1, "epochs": 1}
+                            for arm, j in arms}}
+
+    rows = curve_rows(100, 0, report(""), "student") + curve_rows(100, 0, report("strong"), "student")
+    assert [r["arm"] for r in rows] == ["official", "official+weak", "official", "official+weak [strong]"]
+    assert curve_rows(100, 0, report("", teacher="fit"), "student") == []

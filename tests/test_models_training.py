@@ -14,7 +14,7 @@ from PIL import Image  # noqa: E402
 
 from wsm.models.classifier import create_classifier  # noqa: E402
 from wsm.models.segmentation import create_segmenter  # noqa: E402
-from wsm.train.augment import AugmentConfig, augment, denormalize, normalize  # noqa: E402
+from wsm.train.augment import WEAK_MAP_AUGMENT, AugmentConfig, augment, denormalize, normalize  # noqa: E402
 from wsm.train.datasets import (ISIC_CLASS_TABLE, ClassifierDataset, ClassMapping, SegmentationDataset,  # noqa: E402
                                 segmentation_rows)
 from wsm.train.loop import (TrainConfig, class_weights, classification_loss, load_weights, save_weights,  # noqa: E402
@@ -103,6 +103,28 @@ def _draws(image, mask, cfg) -> int:
     rng = _CountingRng(3)
     augment(rng, image, mask, cfg=cfg)
     return rng.count
+
+
+def test_colour_jitter_changes_colours_not_labels_and_is_off_by_default():
+    rng = np.random.default_rng(0)
+    image = rng.integers(60, 200, (48, 48, 3), dtype=np.uint8)
+    mask = (rng.random((48, 48)) > 0.5).astype(np.uint8)
+    still = dataclasses.replace(GEOMETRY_ONLY, rotate_deg=(0, 0), mirror_p=0, flip_p=0)
+    for name, change in (("brightness", (1.3, 1.3)), ("contrast", (0.5, 0.5)), ("saturation", (0.0, 0.0)),
+                         ("hue_deg", (90.0, 90.0))):
+        out, out_mask = augment(np.random.default_rng(1), image, mask, cfg=dataclasses.replace(still, **{name: change}))
+        np.testing.assert_array_equal(out_mask, mask)
+        assert np.abs(out.astype(int) - image).mean() > 5, name
+    grey, _ = augment(np.random.default_rng(1), image, None, cfg=dataclasses.replace(still, saturation=(0.0, 0.0)))
+    assert np.abs(grey.astype(int) - grey.mean(axis=2, keepdims=True)).max() <= 1      # no colour left
+    jitter = dataclasses.replace(AugmentConfig(), brightness=(0.9, 1.1), contrast=(0.9, 1.1), saturation=(0.9, 1.1),
+                                 hue_deg=(-5, 5))
+    assert _draws(image, mask, jitter) == _draws(image, mask, AugmentConfig()) + 4   # none when off: runs unchanged
+    # the strong recipe for weak maps keeps the labels on the lesion like the others
+    square, square_mask = _square()
+    for seed in range(10):
+        out, out_mask = augment(np.random.default_rng(seed), square, square_mask, cfg=WEAK_MAP_AUGMENT)
+        assert out_mask.any() and _iou(out.mean(axis=2) > 100, out_mask > 0) > 0.6, seed
 
 
 def test_augment_without_mask_and_input_checks():

@@ -75,8 +75,10 @@ def test_a_student_becomes_the_next_teacher_and_no_number_comes_from_a_mask_that
     # the next student carries the whole lineage, and is still refused an evaluation split that fed a teacher
     second = tmp_path / "S2"
     assert _train("-d", str(data), "-o", str(second), "--labels", "both", "-m", str(tmp_path / "W1"),
-                  "--eval-split", "test") == 0
+                  "--eval-split", "test", "--weak-augment", "strong") == 0
     assert _ids(second / "teacher_ids.txt") >= fitted0
+    config = json.loads((second / "config.json").read_text())
+    assert config["options"]["weak_augment"] == "strong" and "--weak-augment strong" in config["command"]
     assert _train("-d", str(data), "-o", str(tmp_path / "d2"), "--labels", "both", "-m", str(tmp_path / "W1"),
                   "--eval-split", "val") == 2
 

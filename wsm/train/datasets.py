@@ -307,6 +307,8 @@ class LabelMapDataset(LazyImages):
         guides: append each row's ``guide_file`` (an 8-bit map, e.g. a class activation map, 0..255 -> 0..1)
             to the image as a 4th input channel (MB-DCNN's enhanced network).
         ignore_index: the value kept for uncertain / unlabelled pixels (255).
+        augment_cfg: the augmentation of official masks' images; ``weak_augment_cfg`` (default: the same) that of
+            label maps' images (``label_kind`` ``"labels"``), e.g. the stronger :data:`WEAK_MAP_AUGMENT`.
 
     Items: ``(input (3 or 4, size, size) float32, target)``; target ``(1, size, size)`` float32 with values 0, 1
     and ``ignore_index`` for one class, ``(size, size)`` int64 class indices (and ``ignore_index``) for K > 1.
@@ -314,11 +316,12 @@ class LabelMapDataset(LazyImages):
 
     def __init__(self, data_root: str | os.PathLike, rows, size: int, augment: bool = False, seed: int = 0,
                  num_classes: int = 1, guides: bool = False, ignore_index: int = 255,
-                 augment_cfg: AugmentConfig = SEGMENTER_AUGMENT):
+                 augment_cfg: AugmentConfig = SEGMENTER_AUGMENT, weak_augment_cfg: AugmentConfig | None = None):
         super().__init__(data_root, size, augment, seed)
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         self.augment_cfg = augment_cfg
+        self.weak_augment_cfg = weak_augment_cfg or augment_cfg
         self.num_classes, self.guides, self.ignore_index = int(num_classes), bool(guides), int(ignore_index)
         needed = ("file", "label_file", "label_kind") + (("guide_file",) if guides else ())
         records = _records(rows, (*needed, "isic_id"))
@@ -363,7 +366,8 @@ class LabelMapDataset(LazyImages):
             packed = label.astype(np.uint16) << 8
             if guide is not None:
                 packed |= guide.astype(np.uint16)
-            image, packed = augment(self._rng(index), image, packed, cfg=self.augment_cfg)
+            cfg = self.weak_augment_cfg if self.label_kinds[index] == "labels" else self.augment_cfg
+            image, packed = augment(self._rng(index), image, packed, cfg=cfg)
             label = (packed >> 8).astype(np.uint8)
             guide = (packed & 0xFF).astype(np.uint8) if guide is not None else None
         x = image_tensor(image, guide)

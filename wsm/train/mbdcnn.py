@@ -243,6 +243,8 @@ def _command(opts: TrainOptions, pipeline, overrides, given: dict | None) -> str
         args += [f"--{key.replace('_', '-')}", str(value)]
     if not opts.augment:
         args.append("--no-augment")
+    if opts.weak_augment != "same":
+        args += ["--weak-augment", opts.weak_augment]
     if opts.accumulate != 1:
         args += ["--accumulate", str(opts.accumulate)]
     for override in overrides:
@@ -288,6 +290,7 @@ def _train_three(plan: Plan, recipe: MbdcnnRecipe, mapping, labelled: pd.DataFra
     from wsm.models.cam import cam_maps
     from wsm.models.classifier import create_classifier
     from wsm.models.segmentation import create_segmenter, predict_prob
+    from wsm.train.augment import WEAK_AUGMENTS
     from wsm.train.datasets import LabelMapDataset
     from wsm.train.loop import TrainConfig, classification_loss, train
     from wsm.train.losses import create_loss
@@ -315,7 +318,8 @@ def _train_three(plan: Plan, recipe: MbdcnnRecipe, mapping, labelled: pd.DataFra
         torch.manual_seed(opts.seed)
         coarse = create_segmenter(recipe.coarse.arch, recipe.coarse.encoder, pretrained=recipe.coarse.pretrained,
                                   weights_file=recipe.coarse.weights_file or None)
-    dataset = LabelMapDataset(data, train_rows, size, augment=opts.augment, seed=opts.seed)
+    weak_cfg = WEAK_AUGMENTS[opts.weak_augment]
+    dataset = LabelMapDataset(data, train_rows, size, augment=opts.augment, seed=opts.seed, weak_augment_cfg=weak_cfg)
     coarse_result = train(coarse, dataset, seg_loss, cfg(recipe.coarse), out / "coarse", progress=opts.progress)
     coarse.to(device)
     if rank == 0:
@@ -355,7 +359,7 @@ def _train_three(plan: Plan, recipe: MbdcnnRecipe, mapping, labelled: pd.DataFra
                                              pretrained=recipe.enhanced.pretrained,
                                              weights_file=recipe.enhanced.weights_file or None)
     dataset = LabelMapDataset(data, train_rows.assign(guide_file=maps_of("cams", train_rows["isic_id"])), size,
-                              augment=opts.augment, seed=opts.seed, guides=True)
+                              augment=opts.augment, seed=opts.seed, guides=True, weak_augment_cfg=weak_cfg)
     enh_result = train(enhanced, dataset, seg_loss, cfg(recipe.enhanced), out / "enhanced", progress=opts.progress)
     seconds["enhanced"] = time.perf_counter() - t0
 

@@ -47,6 +47,7 @@ class TrainOptions:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     augment: bool = True                 # the DeepHealth recipe (wsm.train.augment)
+    weak_augment: str = "same"           # on the weak maps' images: "same" recipe, or "strong" (WEAK_MAP_AUGMENT)
     seed: int = 0
     device: str = "cpu"
     workers: int = 0                     # DataLoader worker processes
@@ -81,6 +82,8 @@ class TrainOptions:
                  "--device", self.device]
         if not self.augment:
             args.append("--no-augment")
+        if self.weak_augment != "same":
+            args += ["--weak-augment", self.weak_augment]
         if self.accumulate != 1:
             args += ["--accumulate", str(self.accumulate)]
         if not self.pretrained:
