@@ -128,13 +128,14 @@ def variant_suffix(args) -> str:
     return ("" if args.teacher == "fit" else "-student") + (f"-{args.variant}" if args.variant else "")
 
 
-def check_settings(path: Path, settings: dict, what: str, instead: str) -> None:
-    """Record ``settings`` in ``path``, or refuse to go on where it records others (the keys given are compared)."""
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if {k: saved.get(k) for k in settings} != settings:
-            raise SystemExit(f"{path.parent} holds a benchmark run with other settings ({what}); use {instead}")
-    path.write_text(json.dumps(settings, indent=1))
+def check_settings(path: Path, settings: dict, what: str, instead: str, earlier: dict | None = None) -> None:
+    """Record ``settings`` in ``path`` (other keys there are kept), or refuse to go on where it, or ``earlier``
+    when it does not exist yet (what a folder from before variants ran with), records others."""
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    saved = recorded or earlier
+    if saved and {k: saved.get(k) for k in settings} != settings:
+        raise SystemExit(f"{path.parent} holds a benchmark run with other settings ({what}); use {instead}")
+    path.write_text(json.dumps({**recorded, **settings}, indent=1))
 
 
 def benchmark_data(source: Path, out: Path, parts: dict[str, list[str]]) -> Path:
@@ -363,9 +364,14 @@ def run_point(args) -> dict:
     suffix = variant_suffix(args)
     check_settings(args.work / "settings.json", {"source": str(source.resolve()), "parts": parts,
                                                  "device": args.device}, "split or device", "another --work")
-    check_settings(args.work / f"settings-teacher{suffix}.json", {"fit_overrides": args.overrides,
-                                                          "weak_augment": args.weak_augment},
-                   "fit overrides or augmentation", "another --variant")
+    # a folder from before variants kept its fit overrides in settings.json: they hold for its unnamed variant
+    shared = json.loads((args.work / "settings.json").read_text())
+    earlier = ({"teacher": args.teacher, "fit_overrides": shared["fit_overrides"], "weak_augment": "same"}
+               if "fit_overrides" in shared and not args.variant else None)
+    check_settings(args.work / f"settings-teacher{suffix}.json", {"teacher": args.teacher,
+                                                                  "fit_overrides": args.overrides,
+                                                                  "weak_augment": args.weak_augment},
+                   "teacher, fit overrides or augmentation", "another --variant", earlier)
     data = benchmark_data(source, args.work / "data", parts)
     for name, ids in parts.items():
         (args.work / f"{name}_ids.txt").write_text("".join(f"{i}\n" for i in ids))

@@ -60,6 +60,16 @@ def test_variants_share_the_split_and_are_refused_with_other_settings(tmp_path):
     check_settings(tmp_path / "settings.json", split, "split", "another --work")       # the same: fine
     with pytest.raises(SystemExit, match="another --work"):
         check_settings(tmp_path / "settings.json", {**split, "device": "cuda"}, "split", "another --work")
+    # a folder from before variants: its settings.json's fit overrides hold until the variant's file exists
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "settings.json").write_text('{"device": "cpu", "fit_overrides": ["prior.epochs=3"]}')
+    earlier = {"fit_overrides": ["prior.epochs=3"], "weak_augment": "same"}
+    with pytest.raises(SystemExit, match="another --variant"):
+        check_settings(tmp_path / "old" / "settings-teacher.json", {"fit_overrides": [], "weak_augment": "same"},
+                       "fit overrides", "another --variant", earlier)
+    check_settings(tmp_path / "old" / "settings-teacher.json", earlier, "fit overrides", "another --variant", earlier)
+    check_settings(tmp_path / "old" / "settings.json", {"device": "cpu"}, "split", "another --work")
+    assert "fit_overrides" in (tmp_path / "old" / "settings.json").read_text()        # other keys are kept
     names = {variant_suffix(argparse.Namespace(teacher=t, variant=v))
              for t in ("fit", "student") for v in ("", "strong")}
     assert names == {"", "-strong", "-student", "-student-strong"}

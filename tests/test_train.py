@@ -316,6 +316,16 @@ def test_weak_maps_images_take_their_own_augmentation(data, tmp_path):
     torch.testing.assert_close(same[0][0], official_x)
 
 
+def test_weak_augment_names_a_recipe(tmp_path):
+    from wsm.train import TrainOptions
+    from wsm.train.augment import WEAK_AUGMENTS
+    from wsm.train.options import WEAK_AUGMENT_CHOICES, TrainError
+
+    assert set(WEAK_AUGMENT_CHOICES) == set(WEAK_AUGMENTS)
+    with pytest.raises(TrainError, match="weak_augment must be one of same, strong"):
+        TrainOptions(data=tmp_path, out=tmp_path / "RUN", weak_augment="heavy")
+
+
 def test_distributed_batches_are_the_one_process_batches():
     from torch.utils.data import DataLoader
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from wsm.cli.common import (HelpFormatter, UsageError, add_data_and_out, add_renamed, add_set_flag, note_renamed,
                             print_summary)
 from wsm.selection import SPLIT_CHOICES
+from wsm.train.options import WEAK_AUGMENT_CHOICES
 
 # Kept here as literals so that building the parser imports no torch; tests check them against the registries
 # (wsm.models.segmentation.ARCHITECTURES, wsm.train.losses.LOSSES).
@@ -76,7 +77,7 @@ def register(commands) -> None:
     p.add_argument("-j", "--workers", type=int, default=0,
                    help="worker processes that read the images (0: the main one)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no DeepHealth augmentation")
-    p.add_argument("--weak-augment", choices=("same", "strong"), default="same",
+    p.add_argument("--weak-augment", choices=WEAK_AUGMENT_CHOICES, default="same",
                    help="augmentation of the images whose labels are weak maps: the same as the official masks' "
                         "images, or strong (zoom, stretch, colour jitter, more blur: the student cannot copy its "
                         "teacher's answer on a view the teacher saw)")

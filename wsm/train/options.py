@@ -13,6 +13,9 @@ LABEL_CHOICES = ("official", "both")   # or a folder of label maps
 NO_EVAL = "none"                       # --eval-split none: no evaluation
 
 
+WEAK_AUGMENT_CHOICES = ("same", "strong")   # keys of wsm.train.augment.WEAK_AUGMENTS
+
+
 class TrainError(WsmError, ValueError):
     """Options `wsm train` cannot run with (unknown architecture, encoder or loss, a bad combination)."""
 
@@ -60,6 +63,11 @@ class TrainOptions:
     threshold: float = 0.5               # lesion where the probability is above this
     save_predictions: bool = False       # write RUN/predictions/ISIC_x_segmentation.png (0/255)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.weak_augment not in WEAK_AUGMENT_CHOICES:
+            raise TrainError(f"weak_augment must be one of {', '.join(WEAK_AUGMENT_CHOICES)}, "
+                             f"got {self.weak_augment!r}")
 
     def resolved_loss(self) -> str:
         return self.loss or ("bce+dice" if self.num_classes == 1 else "ce")
