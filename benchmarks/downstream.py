@@ -73,6 +73,8 @@ from pathlib import Path
 
 from devdata import ISIC2018_CROPS
 
+from wsm.train.options import WEAK_AUGMENT_CHOICES
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ISIC2018_CROPS
 QUALITY_DATA = REPO / "out" / "bench-quality" / "data"
@@ -128,14 +130,17 @@ def variant_suffix(args) -> str:
     return ("" if args.teacher == "fit" else "-student") + (f"-{args.variant}" if args.variant else "")
 
 
-def check_settings(path: Path, settings: dict, what: str, instead: str, earlier: dict | None = None) -> None:
-    """Record ``settings`` in ``path`` (other keys there are kept), or refuse to go on where it, or ``earlier``
-    when it does not exist yet (what a folder from before variants ran with), records others."""
+def check_settings(path: Path, settings: dict, what: str, instead: str, earlier: dict | None = None) -> dict:
+    """Record ``settings`` in ``path`` (other keys there are kept) and return the record, or refuse to go on
+    where it, or ``earlier`` when it does not exist yet (what a folder from before variants ran with), records
+    others."""
     recorded = json.loads(path.read_text()) if path.exists() else {}
     saved = recorded or earlier
     if saved and {k: saved.get(k) for k in settings} != settings:
         raise SystemExit(f"{path.parent} holds a benchmark run with other settings ({what}); use {instead}")
-    path.write_text(json.dumps({**recorded, **settings}, indent=1))
+    record = {**recorded, **settings}
+    path.write_text(json.dumps(record, indent=1))
+    return record
 
 
 def benchmark_data(source: Path, out: Path, parts: dict[str, list[str]]) -> Path:
@@ -209,7 +214,7 @@ def main() -> None:
     parser.add_argument("--teacher", choices=("fit", "student"), default="fit",
                         help="what makes the weak maps: a bundle fitted on the labelled masks (fit), or the "
                              "official-only student itself as the bundle's prior (student: `wsm fit --prior-run`)")
-    parser.add_argument("--weak-augment", choices=("same", "strong"), default="same",
+    parser.add_argument("--weak-augment", choices=WEAK_AUGMENT_CHOICES, default="same",
                         help="augmentation of the weak maps' images in the student with weak maps (`wsm train "
                              "--weak-augment`)")
     parser.add_argument("--variant", default="",
@@ -362,10 +367,9 @@ def run_point(args) -> dict:
     parts = partition(read_manifest(source)["isic_id"].tolist(), args.eval, args.labelled, args.weak, args.seed,
                       args.eval_seed)
     suffix = variant_suffix(args)
-    check_settings(args.work / "settings.json", {"source": str(source.resolve()), "parts": parts,
-                                                 "device": args.device}, "split or device", "another --work")
+    shared = check_settings(args.work / "settings.json", {"source": str(source.resolve()), "parts": parts,
+                                                          "device": args.device}, "split or device", "another --work")
     # a folder from before variants kept its fit overrides in settings.json: they hold for its unnamed variant
-    shared = json.loads((args.work / "settings.json").read_text())
     earlier = ({"teacher": args.teacher, "fit_overrides": shared["fit_overrides"], "weak_augment": "same"}
                if "fit_overrides" in shared and not args.variant else None)
     check_settings(args.work / f"settings-teacher{suffix}.json", {"teacher": args.teacher,

@@ -306,7 +306,7 @@ def test_weak_maps_images_take_their_own_augmentation(data, tmp_path):
             dict(row, label_file=str(tmp_path / "mask.png"), label_kind="mask")]
     nothing = AugmentConfig(mirror_p=0, flip_p=0, rotate_deg=(0, 0), poisson_lambda=(0, 0), gamma=(1, 1),
                             blur_sigma=(0, 0), dropout_p=(0, 0))
-    mirror = AugmentConfig(**{**nothing.__dict__, "mirror_p": 1.0})
+    mirror = dataclasses.replace(nothing, mirror_p=1.0)
     ds = LabelMapDataset(data, rows, size=64, augment=True, augment_cfg=nothing, weak_augment_cfg=mirror)
     (weak_x, weak_y), (official_x, official_y) = ds[0], ds[1]
     assert weak_y[0, :, -1].eq(1).all() and weak_y[0, :, 0].eq(0).all()           # mirrored with its image

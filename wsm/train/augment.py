@@ -111,17 +111,17 @@ def _coarse_dropout(rng: np.random.Generator, image: np.ndarray, cfg: AugmentCon
 
 
 def _colour_jitter(rng: np.random.Generator, x: np.ndarray, cfg: AugmentConfig) -> np.ndarray:
-    """Brightness, contrast, saturation and hue of a float (H, W, 3) RGB image in 0..255; draws nothing when
-    every range is off, so that the other recipes' draws stay the same."""
-    ranges = (cfg.brightness, cfg.contrast, cfg.saturation)
-    if all(lo == hi == 1.0 for lo, hi in ranges) and cfg.hue_deg == (0.0, 0.0):
-        return x
-    brightness, contrast, saturation = (_uniform(rng, r) for r in ranges)
+    """Brightness, contrast, saturation and hue of a float (H, W, 3) RGB image in 0..255; a range that is off
+    draws nothing (:func:`_uniform`), so that the other recipes' draws stay the same."""
+    brightness, contrast, saturation = (_uniform(rng, r) for r in (cfg.brightness, cfg.contrast, cfg.saturation))
     hue = _uniform(rng, cfg.hue_deg)
+    if (brightness, contrast, saturation, hue) == (1.0, 1.0, 1.0, 0.0):
+        return x
     x = x * brightness
     grey = x @ np.asarray([0.299, 0.587, 0.114], np.float32)
-    x = (x - grey.mean()) * contrast + grey.mean()
-    grey = (grey - grey.mean()) * contrast + grey.mean()
+    mean = grey.mean()
+    x = (x - mean) * contrast + mean
+    grey = (grey - mean) * contrast + mean              # the grey of the image above
     x = grey[..., None] + (x - grey[..., None]) * saturation
     if hue:
         hsv = cv2.cvtColor(np.clip(x, 0, 255).astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)
