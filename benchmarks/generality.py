@@ -1,9 +1,11 @@
 """How maps hold up away from the dev set's 512 px centre crops: whole photographs at full resolution, and the
-held-out crops placed in 3:2 canvases as whole archive photographs are.
+held-out crops placed in 3:2 canvases as whole archive photographs are; the held-out crops themselves beside them.
 
     python benchmarks/generality.py --bundle out/bench-quality/fold0/bundle-default [--bundle OTHER ...]
                                     [--held-out out/bench-quality/fold0/held_out.txt] [--work out/bench-generality]
+                                    [--set prior.flip_tta=false ...]
 
+- crops: the held-out 512x512 crops of the dev data as they are (the quality benchmark's fold, same maps).
 - full-res: the 8 ISIC 2017 validation images of --fullres DIR (2000x3008 to 2848x4288),
   none of which is in the dev set; an image whose mask the bundle was fitted on would be left out and counted.
 - wide: each held-out 512x512 crop of the dev data (--source) centred in a 768x512 canvas filled with
@@ -24,7 +26,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devdata import ISIC2017_FULLRES  # noqa: E402
 from quality import DEFAULT_SOURCE, REPO, score_pairs  # noqa: E402
-
 
 RING = 8  # pixels of the crop's border whose mean colour fills the canvas
 
@@ -62,15 +63,17 @@ def make_wide_set(ids: list[str], source: Path, dest: Path) -> None:
         Image.fromarray(mask).save(mask_path(dest, isic_id))
 
 
-def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str]) -> dict:
-    """Generate maps for a folder of images with `bundle`, score those whose mask it was not fitted on."""
+def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str], overrides: tuple[str, ...] = ()) -> dict:
+    """Generate maps for ``ids`` of a folder of images with `bundle` (and generate-time ``overrides``), score those
+    whose mask it was not fitted on."""
     import pandas as pd
 
     from wsm.fit.bundle import load_bundle
     from wsm.generate import GenerateOptions, generate
 
     fit_ids = set(load_bundle(bundle).provenance.get("fit_mask_ids", []))
-    generate(GenerateOptions(out=out, bundle=bundle, images=images / "images", progress=False))
+    generate(GenerateOptions(out=out, bundle=bundle, images=images / "images", only_ids=frozenset(ids),
+                             overrides=overrides, progress=False))
     manifest = pd.read_parquet(out / "manifest.parquet").set_index("isic_id")
     made = set(manifest.index[manifest["status"] == "ok"])
     scored = [i for i in ids if i not in fit_ids and i in made]
@@ -79,8 +82,9 @@ def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str]) -
             "failed": len([i for i in ids if i not in fit_ids and i not in made])}
 
 
-def bundle_tag(bundle: Path) -> str:
-    """A short name for what makes a bundle's maps (its resolved pipeline and weights), for output folders."""
+def bundle_tag(bundle: Path, overrides: tuple[str, ...] = ()) -> str:
+    """A short name for what makes a bundle's maps (its resolved pipeline, weights and generate-time settings), for
+    output folders."""
     import hashlib
 
     from wsm.config.pipeline import pipeline_hash
@@ -88,6 +92,7 @@ def bundle_tag(bundle: Path) -> str:
 
     loaded = load_bundle(bundle)
     maker = pipeline_hash(loaded.resolved) + repr(sorted(loaded.model_hashes().items()))
+    maker += repr(overrides) if overrides else ""   # no overrides: the tags of earlier runs stay the same
     return hashlib.sha256(maker.encode()).hexdigest()[:10]
 
 
@@ -100,17 +105,21 @@ def main() -> None:
     parser.add_argument("--fullres", type=Path, default=ISIC2017_FULLRES,
                         help="full-resolution images and masks: images/ISIC_x.jpg, masks/ISIC_x_segmentation.png")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-generality")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a generate-time setting for every bundle, e.g. prior.flip_tta=false (repeatable)")
     args = parser.parse_args()
+    overrides = tuple(args.overrides)
 
     fullres_ids = sorted(p.stem for p in (args.fullres / "images").glob("*.jpg"))
     held_out = args.held_out.read_text().split()
     wide = args.work / "wide"
     make_wide_set(held_out, args.source, wide)
     for bundle in args.bundle:
-        name = f"{bundle.name}-{bundle_tag(bundle)}"
-        for test, images, ids in (("full-res", args.fullres, fullres_ids), ("wide", wide, held_out)):
-            scores = score_images_folder(bundle, images, args.work / f"wsm-{test}-{name}", ids)
-            print(json.dumps({"bundle": str(bundle), "test": test, **scores}), flush=True)
+        name = f"{bundle.name}-{bundle_tag(bundle, overrides)}"
+        for test, images, ids in (("crops", args.source, held_out), ("full-res", args.fullres, fullres_ids),
+                                  ("wide", wide, held_out)):
+            scores = score_images_folder(bundle, images, args.work / f"wsm-{test}-{name}", ids, overrides)
+            print(json.dumps({"bundle": str(bundle), "test": test, "set": list(overrides), **scores}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Generation speed: end-to-end images/s, per-stage times, peak memory, and the cost against the bare network.
 
-    python benchmarks/speed.py --bundle BUNDLE [--n 200] [--memory-n 200,2000] [--source DIR] [--workers 1]
+    python benchmarks/speed.py --bundle BUNDLE [--n 200] [--memory-n 200,2000] [--source DIR]
+                               [--set prior.flip_tta=false ...]
 
 1. per-stage times, one image at a time in this process: decode+preprocess, CAM (forward+backward, flip TTA),
    prior, fusion+CRF+morphology+decision, resize back and PNG write (every network's, even one that generate
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from devdata import ISIC2018_CROPS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,13 +64,13 @@ def run_generate(bundle: Path, folder: Path, out: Path, extra: list[str]) -> tup
     return time.perf_counter() - start, peak
 
 
-def stage_times(bundle: Path, files: list[Path]) -> dict[str, float]:
+def stage_times(bundle: Path, files: list[Path], overrides: tuple[str, ...] = ()) -> dict[str, float]:
     from wsm.fit.bundle import load_bundle
     from wsm.generate.maps import label_image, prepare
     from wsm.io.images import encode_label_png
     from wsm.stages.refine import to_original_size
 
-    b = load_bundle(bundle)
+    b = load_bundle(bundle).with_inference_overrides(overrides)
     models = b.load_models("cpu", skip_unweighted=False)
     times = dict.fromkeys(["decode+preprocess", "cam", "prior", "fuse+crf+morphology+decide", "resize+png"], 0.0)
     for path in files:
@@ -149,7 +151,10 @@ def main() -> None:
     parser.add_argument("--memory-n", default="200,2000")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--stage-n", type=int, default=30, help="images for the per-stage times")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a generate-time setting, e.g. prior.flip_tta=false (repeatable)")
     args = parser.parse_args()
+    overrides = tuple(args.overrides)
 
     files = sorted((args.source / "images").glob("ISIC_*.jpg"))
     sizes = sorted({args.n, *(int(s) for s in args.memory_n.split(","))})
@@ -157,17 +162,18 @@ def main() -> None:
         raise SystemExit(f"{args.source} has {len(files)} images, fewer than {max(sizes)}")
     import torch
 
-    print(f"bundle {args.bundle}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
+    print(f"bundle {args.bundle}{''.join(f' --set {o}' for o in overrides)}, {os.cpu_count()} cores, "
+          f"torch threads {torch.get_num_threads()}")
     from wsm.fit.bundle import load_bundle
 
-    bundle = load_bundle(args.bundle)
+    bundle = load_bundle(args.bundle).with_inference_overrides(overrides)
     used, every = bundle.load_models("cpu"), bundle.load_models("cpu", skip_unweighted=False)
     skipped = [name for name, attr in (("cam", "classifier"), ("prior", "prior"))
                if getattr(every, attr) is not None and getattr(used, attr) is None]
     if skipped:
         print(f"note: generate skips {', '.join(skipped)} with this bundle (fusion weight 0); its per-stage time "
               "below is for information")
-    stages = stage_times(args.bundle, files[: args.stage_n])
+    stages = stage_times(args.bundle, files[: args.stage_n], overrides)
     for name, seconds in stages.items():
         print(f"stage {name:28s} {seconds * 1000:8.1f} ms/image")
     with tempfile.TemporaryDirectory(prefix="wsm-speed-") as tmp:
@@ -178,7 +184,8 @@ def main() -> None:
             folder.mkdir()
             for f in files[:n]:
                 os.symlink(f, folder / f.name)
-            results[n] = run_generate(args.bundle, folder, tmp / f"out{n}", [])
+            results[n] = run_generate(args.bundle, folder, tmp / f"out{n}",
+                                      [arg for o in overrides for arg in ("--set", o)])
             seconds, peak = results[n]
             print(f"generate {n:5d} images: {seconds:7.1f} s, {n / seconds:6.2f} images/s, peak RSS {peak:7.0f} MB")
         loop = bare_loop_seconds(args.bundle, files[: args.n], tmp / "bare")

@@ -53,6 +53,7 @@ class PriorConfig(SegmenterConfig):
     flip_tta: bool = False          # average its maps over the four flips of the image (4x the prior's cost)
     augment_scale: tuple[float, float] = (1.0, 1.0)   # training zoom range (wsm.train.augment.AugmentConfig.scale)
     augment_stretch: float = 1.0                      # training stretch (wsm.train.augment.AugmentConfig.stretch)
+    augment_colour: bool = False    # training colour jitter (wsm.train.augment.COLOUR_JITTER)
     min_steps: int = 60             # train at least this many optimiser steps: more epochs when there are few masks
                                     # (40 sample images: Jaccard 0.13 after 12 steps, 0.72 after 60; docs/RESULTS.md)
 
@@ -77,8 +78,8 @@ INFERENCE_ONLY = frozenset({"flip_tta"})   # stage settings that change no train
 @dataclass(frozen=True)
 class CalibrationConfig:
     enabled: bool = True                 # choose fusion weight and mask threshold by agreement with masks
-    holdout_fraction: float = 0.2        # fitting-split masks kept from the prior's training to calibrate on
-    max_images: int = 120                # calibration images at most (each candidate runs the CRF on all)
+    holdout_fraction: float = 0.2        # fitting-split masks kept from the prior's training to calibrate on,
+    max_images: int = 120                # at most this many (each candidate runs the CRF on all); the rest train
     prior_weights: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0)   # weight of the prior; the CAM gets the rest
     mask_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
     crf_choices: tuple[bool, ...] = (True,)                    # dense CRF on and/or off (when [crf] enabled)

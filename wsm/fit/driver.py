@@ -112,10 +112,25 @@ FEW_MASKS = 200
 FEW_STEPS = 60
 
 
-def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
-    """Deterministic, order-free choice of the calibration images."""
+def _unit_hash(isic_id: str, seed: int) -> float:
+    """A number in [0, 1) drawn from the id and the seed: deterministic, order-free choices of images."""
     digest = hashlib.sha256(f"{seed}:{isic_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
+    """Whether an image falls in the share ``fraction`` of images drawn by :func:`_unit_hash`."""
+    return _unit_hash(isic_id, seed) < fraction
+
+
+def calibration_holdout(ids: pd.Series, recipe: Recipe) -> pd.Series:
+    """Which masks are kept from the prior's training to calibrate on: ``[calibration] holdout_fraction`` of them,
+    but no more than calibration uses (``max_images``); every other mask trains the prior."""
+    keys = ids.map(lambda i: _unit_hash(i, recipe.seed))
+    held = keys < recipe.calibration.holdout_fraction
+    if held.sum() > recipe.calibration.max_images:
+        held &= keys <= keys[held].nsmallest(recipe.calibration.max_images).max()
+    return held
 
 
 def work_dir(work: Path, stage: str, cfg, recipe: Recipe, extra: dict | None = None) -> Path:
@@ -182,17 +197,24 @@ def _classifier_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Pa
                              {"classes": recipe.classes, "images": ids_sha256(rows["isic_id"])[:16]}))
 
 
+def prior_augment_config(cfg):
+    """The prior's training augmentation: the segmenter recipe with the ``[prior]`` zoom, stretch and colour."""
+    from wsm.train.augment import COLOUR_JITTER, SEGMENTER_AUGMENT
+
+    return dataclasses.replace(SEGMENTER_AUGMENT, scale=cfg.augment_scale, stretch=cfg.augment_stretch,
+                               **(COLOUR_JITTER if cfg.augment_colour else {}))
+
+
 def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str) -> _Network:
     import torch
 
     from wsm.models.segmentation import create_segmenter
-    from wsm.train.augment import SEGMENTER_AUGMENT
     from wsm.train.datasets import SegmentationDataset
     from wsm.train.losses import BCEDice
 
     cfg = recipe.prior
-    augment_cfg = dataclasses.replace(SEGMENTER_AUGMENT, scale=cfg.augment_scale, stretch=cfg.augment_stretch)
-    dataset = SegmentationDataset(data, rows, cfg.size, augment=True, seed=recipe.seed, augment_cfg=augment_cfg)
+    dataset = SegmentationDataset(data, rows, cfg.size, augment=True, seed=recipe.seed,
+                                  augment_cfg=prior_augment_config(cfg))
     torch.manual_seed(recipe.seed)
     model = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
                              weights_file=cfg.weights_file or None)
@@ -294,7 +316,7 @@ def fit(opts: FitOptions) -> FitSummary:
     evaluation_ids = held_out_for_evaluation(rows, masked, recipe, opts.exclude_ids)
     rows = rows[~rows["isic_id"].isin(evaluation_ids)].reset_index(drop=True)
     masked = masked[~masked["isic_id"].isin(evaluation_ids)]
-    holdout = masked["isic_id"].map(lambda i: in_holdout(i, recipe.calibration.holdout_fraction, recipe.seed))
+    holdout = calibration_holdout(masked["isic_id"], recipe)
     prior_rows, calibration_rows = masked[~holdout], masked[holdout]
     if not recipe.uses_prior or not recipe.calibration.enabled:
         prior_rows = masked if recipe.uses_prior else masked.iloc[:0]

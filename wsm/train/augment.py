@@ -39,6 +39,7 @@ import numpy as np
 __all__ = [
     "AugmentConfig",
     "CLASSIFIER_AUGMENT",
+    "COLOUR_JITTER",
     "ISIC_MEAN",
     "ISIC_STD",
     "SEGMENTER_AUGMENT",
@@ -74,9 +75,9 @@ class AugmentConfig:
 
 CLASSIFIER_AUGMENT = AugmentConfig()
 SEGMENTER_AUGMENT = AugmentConfig(dropout_p=(0.0, 0.3), dropout_size=(0.02, 0.05), dropout_per_channel=0.5)
-WEAK_MAP_AUGMENT = replace(SEGMENTER_AUGMENT, scale=(0.75, 1.25), stretch=1.25, blur_sigma=(0.0, 1.5),
-                           brightness=(0.75, 1.25), contrast=(0.75, 1.25), saturation=(0.6, 1.4),
-                           hue_deg=(-10.0, 10.0))
+COLOUR_JITTER = {"brightness": (0.75, 1.25), "contrast": (0.75, 1.25), "saturation": (0.6, 1.4),
+                 "hue_deg": (-10.0, 10.0)}   # other cameras and lights; `[prior] augment_colour` adds it too
+WEAK_MAP_AUGMENT = replace(SEGMENTER_AUGMENT, scale=(0.75, 1.25), stretch=1.25, blur_sigma=(0.0, 1.5), **COLOUR_JITTER)
 WEAK_AUGMENTS = {"same": None, "strong": WEAK_MAP_AUGMENT}   # `wsm train --weak-augment`: None = the same recipe
 
 
