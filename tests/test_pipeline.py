@@ -106,19 +106,3 @@ def test_prior_augmentation_follows_its_settings():
     assert {name: getattr(cfg, name) for name in COLOUR_JITTER} == COLOUR_JITTER
     assert cfg.dropout_p == SEGMENTER_AUGMENT.dropout_p
 
-
-def test_calibration_holds_out_no_more_masks_than_it_uses():
-    import pandas as pd
-
-    from wsm.fit.driver import calibration_holdout, in_holdout
-
-    recipe = build_recipe(load_pipeline("default", overrides=["calibration.holdout_fraction=0.2",
-                                                              "calibration.max_images=120"]))
-    many = pd.Series([f"ISIC_{i:07d}" for i in range(2000)])
-    held = calibration_holdout(many, recipe)
-    by_fraction = many.map(lambda i: in_holdout(i, 0.2, recipe.seed))
-    assert held.sum() == 120 and by_fraction.sum() > 300
-    assert not (held & ~by_fraction).any()                  # the capped set is part of the uncapped one
-    assert held.equals(calibration_holdout(many[::-1], recipe)[::-1].sort_index())   # order-free
-    few = many.head(40)
-    assert calibration_holdout(few, recipe).equals(by_fraction.head(40))   # below the cap: the fraction alone

@@ -123,16 +123,6 @@ def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
     return _unit_hash(isic_id, seed) < fraction
 
 
-def calibration_holdout(ids: pd.Series, recipe: Recipe) -> pd.Series:
-    """Which masks are kept from the prior's training to calibrate on: ``[calibration] holdout_fraction`` of them,
-    but no more than calibration uses (``max_images``); every other mask trains the prior."""
-    keys = ids.map(lambda i: _unit_hash(i, recipe.seed))
-    held = keys < recipe.calibration.holdout_fraction
-    if held.sum() > recipe.calibration.max_images:
-        held &= keys <= keys[held].nsmallest(recipe.calibration.max_images).max()
-    return held
-
-
 def work_dir(work: Path, stage: str, cfg, recipe: Recipe, extra: dict | None = None) -> Path:
     """Checkpoints of one stage, keyed by everything that shapes its model (settings, seed, and in ``extra`` the
     images it trains on): a changed setting or another set of images starts afresh instead of resuming a
@@ -316,7 +306,7 @@ def fit(opts: FitOptions) -> FitSummary:
     evaluation_ids = held_out_for_evaluation(rows, masked, recipe, opts.exclude_ids)
     rows = rows[~rows["isic_id"].isin(evaluation_ids)].reset_index(drop=True)
     masked = masked[~masked["isic_id"].isin(evaluation_ids)]
-    holdout = calibration_holdout(masked["isic_id"], recipe)
+    holdout = masked["isic_id"].map(lambda i: in_holdout(i, recipe.calibration.holdout_fraction, recipe.seed))
     prior_rows, calibration_rows = masked[~holdout], masked[holdout]
     if not recipe.uses_prior or not recipe.calibration.enabled:
         prior_rows = masked if recipe.uses_prior else masked.iloc[:0]
