@@ -63,7 +63,8 @@ def make_wide_set(ids: list[str], source: Path, dest: Path) -> None:
         Image.fromarray(mask).save(mask_path(dest, isic_id))
 
 
-def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str], overrides: tuple[str, ...] = ()) -> dict:
+def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str],
+                        overrides: tuple[str, ...] = ()) -> dict:
     """Generate maps for ``ids`` of a folder of images with `bundle` (and generate-time ``overrides``), score those
     whose mask it was not fitted on."""
     import pandas as pd

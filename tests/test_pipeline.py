@@ -105,4 +105,3 @@ def test_prior_augmentation_follows_its_settings():
     assert (cfg.scale, cfg.stretch) == ((0.75, 1.25), 1.25)
     assert {name: getattr(cfg, name) for name in COLOUR_JITTER} == COLOUR_JITTER
     assert cfg.dropout_p == SEGMENTER_AUGMENT.dropout_p
-

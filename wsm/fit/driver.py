@@ -112,15 +112,10 @@ FEW_MASKS = 200
 FEW_STEPS = 60
 
 
-def _unit_hash(isic_id: str, seed: int) -> float:
-    """A number in [0, 1) drawn from the id and the seed: deterministic, order-free choices of images."""
-    digest = hashlib.sha256(f"{seed}:{isic_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
-    """Whether an image falls in the share ``fraction`` of images drawn by :func:`_unit_hash`."""
-    return _unit_hash(isic_id, seed) < fraction
+    """Deterministic, order-free choice of the calibration images."""
+    digest = hashlib.sha256(f"{seed}:{isic_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def work_dir(work: Path, stage: str, cfg, recipe: Recipe, extra: dict | None = None) -> Path:
