@@ -17,8 +17,8 @@ from wsm.models.segmentation import create_segmenter  # noqa: E402
 from wsm.train.augment import WEAK_MAP_AUGMENT, AugmentConfig, augment, denormalize, normalize  # noqa: E402
 from wsm.train.datasets import (ISIC_CLASS_TABLE, ClassifierDataset, ClassMapping, SegmentationDataset,  # noqa: E402
                                 segmentation_rows)
-from wsm.train.loop import (TrainConfig, class_weights, classification_loss, load_weights, save_weights,  # noqa: E402
-                            train)
+from wsm.train.loop import (TrainConfig, _param_groups, class_weights, classification_loss, load_weights,  # noqa: E402
+                            lr_factor, save_weights, train)
 from wsm.train.losses import BCEDice  # noqa: E402
 
 torch.set_num_threads(1)
@@ -308,6 +308,32 @@ def test_segmenter_loss_goes_down(seg_data, tmp_path):
     assert result.epoch_losses[1] < result.epoch_losses[0]
 
 
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_zero():
+    total = 100
+    assert [lr_factor(s, total) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0])   # no warm-up
+    warm = [lr_factor(s, total, warmup_fraction=0.1) for s in range(total + 1)]
+    assert warm[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])   # 0.1 ... 1.0 over the first 10 steps
+    assert warm[10] == 1.0 and warm[55] == pytest.approx(0.5) and warm[total] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(warm[9:], warm[10:]))
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        TrainConfig(warmup_fraction=1.0)
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        TrainConfig(encoder_lr_scale=0)
+
+
+def test_encoder_learns_at_its_own_rate_and_every_parameter_is_in_one_group():
+    torch.manual_seed(0)
+    model = create_segmenter("unet", "test_resnet")
+    groups = _param_groups(model, weight_decay=1e-4, lr=1e-3, encoder_lr_scale=0.1)
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert len(rate) == sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    for name, p in model.named_parameters():
+        assert rate[id(p)] == pytest.approx(1e-4 if name.startswith("encoder.") else 1e-3), name
+    assert {g["weight_decay"] for g in groups if all(p.ndim <= 1 for p in g["params"])} == {0.0}
+    # at scale 1 the groups are the two of weight decay, as before the scale existed (old checkpoints resume)
+    assert [g["weight_decay"] for g in _param_groups(model, 1e-4, 1e-3)] == [1e-4, 0.0]
+
+
 def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -342,8 +368,16 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cls_data, tmp_pat
     # a finished run only gives its weights back; other settings refuse to resume
     again = train(model, dataset, loss_fn, CFG, tmp_path / "resumed", progress=False)
     assert again.resumed_from == 2 and again.epoch_losses == full.epoch_losses
+    checkpoint = tmp_path / "resumed" / "checkpoint.pt"   # one written before the warm-up and encoder-rate keys
+    state = torch.load(checkpoint, weights_only=True)
+    del state["config"]["warmup_fraction"], state["config"]["encoder_lr_scale"]
+    torch.save(state, checkpoint)
+    assert train(model, dataset, loss_fn, CFG, tmp_path / "resumed", progress=False).resumed_from == 2
     with pytest.raises(ValueError, match="other settings"):
         train(model, dataset, loss_fn, dataclasses.replace(CFG, lr=1e-2), tmp_path / "resumed", progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        train(model, dataset, loss_fn, dataclasses.replace(CFG, warmup_fraction=0.1), tmp_path / "resumed",
+              progress=False)
 
 
 def test_training_is_deterministic_and_worker_processes_agree(cls_data, tmp_path):

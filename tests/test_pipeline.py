@@ -62,6 +62,8 @@ def test_checkpoints_are_keyed_by_model_settings(tmp_path):
     ("prior.augment_scale=0.8", r"augment_scale = 0.8: expected a list of 2 values"),
     ("prior.augment_scale=[1.0, 0.6]", "0 < low <= high"),
     ("prior.augment_stretch=0.5", "give 1 or more"),
+    ("prior.encoder_lr_scale=0", "encoder_lr_scale = 0.0: give a number > 0"),
+    ("prior.warmup_fraction=1", r"warmup_fraction = 1.0: give a fraction of the steps in \[0, 1\)"),
     ("fusion.weights.cam=-0.5", "finite weight >= 0"),
 ])
 def test_values_of_the_wrong_type_or_range_are_refused_before_any_work(override, message):

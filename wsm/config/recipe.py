@@ -45,6 +45,16 @@ class SegmenterConfig:
     weight_decay: float = 1e-4
     pretrained: bool = True         # ImageNet encoder weights (wsm.models.weights); false: random
     weights_file: str = ""          # or local timm encoder weights
+    encoder_lr_scale: float = 1.0   # the encoder learns at this times lr (the decoder at lr)
+    warmup_fraction: float = 0.0    # of the steps: linear learning-rate warm-up before the cosine decay
+
+    def __post_init__(self):
+        if not self.encoder_lr_scale > 0:
+            raise PipelineError(f"encoder_lr_scale = {self.encoder_lr_scale}: give a number > 0 (1: the encoder "
+                                "learns at lr like the decoder; 0.1: ten times slower)")
+        if not 0 <= self.warmup_fraction < 1:
+            raise PipelineError(f"warmup_fraction = {self.warmup_fraction}: give a fraction of the steps in [0, 1) "
+                                "(0: no warm-up)")
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class PriorConfig(SegmenterConfig):
         return max(self.epochs, -(-self.min_steps // steps_per_epoch))
 
     def __post_init__(self):
+        super().__post_init__()
         low, high = self.augment_scale
         if not 0 < low <= high:
             raise PipelineError(f"[prior] augment_scale = {list(self.augment_scale)}: give [low, high] with "

@@ -132,7 +132,9 @@ def _train_config(cfg, recipe: Recipe, device: str, epochs: int | None = None):
     from wsm.train.loop import TrainConfig
 
     return TrainConfig(epochs=epochs or cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                       num_workers=recipe.fit.num_workers, seed=recipe.seed, device=device)
+                       num_workers=recipe.fit.num_workers, seed=recipe.seed, device=device,
+                       encoder_lr_scale=getattr(cfg, "encoder_lr_scale", 1.0),
+                       warmup_fraction=getattr(cfg, "warmup_fraction", 0.0))
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """One small training loop, for every network wsm trains (`wsm fit`'s classifier and prior, `wsm train`'s).
 
-- AdamW (no weight decay on biases and normalisation weights), cosine learning-rate decay per step to 0.
+- AdamW (no weight decay on biases and normalisation weights), cosine learning-rate decay per step to 0, after an
+  optional linear warm-up (``warmup_fraction`` of the steps). A pretrained encoder (the parameters under a
+  submodule named ``encoder``) can learn at ``encoder_lr_scale`` times the rate of the new layers.
 - Losses: :func:`classification_loss` is cross-entropy weighted by inverse class frequency (``N / (K n_c)``, the
   "balanced" weights). It was chosen over a WeightedRandomSampler because every image is then seen exactly once per
   epoch, epochs stay comparable, and the data order is a plain seeded shuffle. Segmentation losses (255 ignored) are in
@@ -70,7 +72,8 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "train_config.json"
 
 # Settings a checkpoint must share with the run that resumes it (the others, e.g. device or workers, may change).
-_RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "seed")
+_RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "encoder_lr_scale", "warmup_fraction")
+_RESUME_DEFAULTS = {"encoder_lr_scale": 1.0, "warmup_fraction": 0.0}
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class TrainConfig:
     deterministic: bool = True    # torch.use_deterministic_algorithms (warn-only) during training
     accumulate: int = 1           # chunks per batch (gradient accumulation); BatchNorm sees one chunk at a time
     sync_batchnorm: bool = True   # under DDP on CUDA: SyncBatchNorm (statistics over the whole batch); CPU: no
+    encoder_lr_scale: float = 1.0  # learning rate of the ``encoder`` submodule's parameters, times lr
+    warmup_fraction: float = 0.0   # of all steps: the rate rises linearly from 0 before the cosine decay
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every", "accumulate"):
@@ -94,6 +99,10 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers}")
+        if self.encoder_lr_scale <= 0:
+            raise ValueError(f"TrainConfig.encoder_lr_scale must be > 0, got {self.encoder_lr_scale}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"TrainConfig.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
 
 @dataclass
@@ -162,12 +171,26 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(torch.initial_seed() % 2**32)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for p in model.parameters():
+def _param_groups(model: nn.Module, weight_decay: float, lr: float, encoder_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: weight decay on weights only (decayed group first), and with ``encoder_lr_scale`` != 1 the
+    ``encoder`` submodule's parameters in groups of their own at that times lr."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            scaled = encoder_lr_scale != 1.0 and name.startswith("encoder.")
+            groups.setdefault((scaled, p.ndim <= 1), []).append(p)
+    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+             "lr": lr * (encoder_lr_scale if scaled else 1.0)}
+            for (scaled, no_decay), params in sorted(groups.items())]
+
+
+def lr_factor(step: int, total_steps: int, warmup_fraction: float = 0.0) -> float:
+    """The learning rate at ``step`` as a fraction of its peak: linear warm-up, then cosine decay to 0."""
+    warmup = int(warmup_fraction * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(step - warmup, total_steps - warmup) / max(1, total_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _rng_state() -> dict:
@@ -315,9 +338,9 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, t
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.lr, cfg.encoder_lr_scale), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+        optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_fraction))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     config = dict(dataclasses.asdict(cfg), num_items=n_items)
 
@@ -326,6 +349,7 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, t
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
         saved = state["config"]
+        saved = {**_RESUME_DEFAULTS, **saved}   # checkpoints written before a key existed ran at its default
         diff = {k: (saved.get(k), config[k]) for k in (*_RESUME_KEYS, "num_items") if saved.get(k) != config[k]}
         if diff:
             raise ValueError(
