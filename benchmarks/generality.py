@@ -3,7 +3,7 @@ held-out crops placed in 3:2 canvases as whole archive photographs are; the held
 
     python benchmarks/generality.py --bundle out/bench-quality/fold0/bundle-default [--bundle OTHER ...]
                                     [--held-out out/bench-quality/fold0/held_out.txt] [--work out/bench-generality]
-                                    [--set prior.flip_tta=false ...]
+                                    [--set prior.flip_tta=true ...]
 
 - crops: the held-out 512x512 crops of the dev data as they are (the quality benchmark's fold, same maps).
 - full-res: the 8 ISIC 2017 validation images of --fullres DIR (2000x3008 to 2848x4288),
@@ -107,7 +107,7 @@ def main() -> None:
                         help="full-resolution images and masks: images/ISIC_x.jpg, masks/ISIC_x_segmentation.png")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-generality")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="a generate-time setting for every bundle, e.g. prior.flip_tta=false (repeatable)")
+                        help="a generate-time setting for every bundle, e.g. prior.flip_tta=true (repeatable)")
     args = parser.parse_args()
     overrides = tuple(args.overrides)
 

@@ -1,7 +1,7 @@
 """Generation speed: end-to-end images/s, per-stage times, peak memory, and the cost against the bare network.
 
     python benchmarks/speed.py --bundle BUNDLE [--n 200] [--memory-n 200,2000] [--source DIR]
-                               [--set prior.flip_tta=false ...]
+                               [--set prior.flip_tta=true ...]
 
 1. per-stage times, one image at a time in this process: decode+preprocess, CAM (forward+backward, flip TTA),
    prior, fusion+CRF+morphology+decision, resize back and PNG write (every network's, even one that generate
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--stage-n", type=int, default=30, help="images for the per-stage times")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="a generate-time setting, e.g. prior.flip_tta=false (repeatable)")
+                        help="a generate-time setting, e.g. prior.flip_tta=true (repeatable)")
     args = parser.parse_args()
     overrides = tuple(args.overrides)
 

@@ -224,21 +224,21 @@ def test_one_wsm_folder_holds_the_maps_of_one_bundle(sample_data, bundle, tmp_pa
     assert _generate(*source, "--out", str(out)) == 0
     before = _maps(out)
     capsys.readouterr()
-    # the same bundle without the prior's flip TTA makes other maps: refused into the same folder ...
-    assert _generate(*source, "--out", str(out), "--set", "prior.flip_tta=false", "--limit", "8") == 2
+    # the same bundle with the prior's flip TTA makes other maps: refused into the same folder ...
+    assert _generate(*source, "--out", str(out), "--set", "prior.flip_tta=true", "--limit", "8") == 2
     assert "another bundle or other settings" in capsys.readouterr().err
     assert _maps(out) == before
     # ... accepted into a new one, where the manifest says which settings made the maps
-    assert _generate(*source, "--out", str(tmp_path / "no-tta"), "--set", "prior.flip_tta=false") == 0
+    assert _generate(*source, "--out", str(tmp_path / "tta"), "--set", "prior.flip_tta=true") == 0
     hashes = {pq.read_table(folder / "manifest.parquet")["pipeline_sha256"][0].as_py() for folder in
-              (out, tmp_path / "no-tta")}
+              (out, tmp_path / "tta")}
     assert len(hashes) == 2
     # settings that change what fit trained need a new fit
     assert _generate(*source, "--out", str(tmp_path / "x"), "--set", "prior.epochs=3") == 2
     assert "fit a new bundle" in capsys.readouterr().err
     # shards made with different settings are not merged
     assert _generate(*source, "--out", str(mixed), "--shard", "0/2") == 0
-    assert _generate(*source, "--out", str(mixed), "--shard", "1/2", "--set", "prior.flip_tta=false") == 2
+    assert _generate(*source, "--out", str(mixed), "--shard", "1/2", "--set", "prior.flip_tta=true") == 2
     assert main(["-q", "generate", "--out", str(mixed), "--merge"]) == 2
     assert not (mixed / "manifest.parquet").exists()
 
@@ -331,13 +331,13 @@ def test_no_entry_point_mixes_maps_made_otherwise(sample_data, bundle, tmp_path,
     before = _maps(out)
     # shards (and resumes) with other settings are refused before they write a map ...
     for shard in ("0/2", "1/2"):
-        assert _generate(*source, "--out", str(out), "--shard", shard, "--set", "prior.flip_tta=false") == 2
+        assert _generate(*source, "--out", str(out), "--shard", shard, "--set", "prior.flip_tta=true") == 2
         assert "another bundle or other settings" in capsys.readouterr().err
     assert _maps(out) == before and not list(out.glob("manifest-part-*"))
     # ... and so are shards whose folder the first shard claimed with other settings
-    assert _generate(*source, "--out", str(other), "--shard", "0/2", "--set", "prior.flip_tta=false") == 0
+    assert _generate(*source, "--out", str(other), "--shard", "0/2", "--set", "prior.flip_tta=true") == 0
     assert _generate(*source, "--out", str(other), "--shard", "1/2") == 2
-    assert _generate(*source, "--out", str(other), "--shard", "1/2", "--set", "prior.flip_tta=false") == 0
+    assert _generate(*source, "--out", str(other), "--shard", "1/2", "--set", "prior.flip_tta=true") == 0
     # merge refuses parts made otherwise than the folder's maps, even when the parts agree among themselves
     for part in other.glob("manifest-part-*"):
         shutil.copy(part, out / part.name)

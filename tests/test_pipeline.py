@@ -65,6 +65,8 @@ def test_checkpoints_are_keyed_by_model_settings(tmp_path):
     ("prior.encoder_lr_scale=0", "encoder_lr_scale = 0.0: give a number > 0"),
     ("prior.warmup_fraction=1", r"warmup_fraction = 1.0: give a fraction of the steps in \[0, 1\)"),
     ("fusion.weights.cam=-0.5", "finite weight >= 0"),
+    ("crf.size=8", r"\[crf\] size = 8: give 0 \(the image's own size\) or at least 16"),
+    ('decision.band_side="inside"', r"\[decision\] band_side must be 'both' or 'outside'"),
 ])
 def test_values_of_the_wrong_type_or_range_are_refused_before_any_work(override, message):
     with pytest.raises(PipelineError, match=message):

@@ -159,6 +159,19 @@ def test_a_folder_mixing_both_conventions_is_refused(data, tmp_path, capsys):
     assert "one kind" in capsys.readouterr().err and not out.exists() and maps
 
 
+def test_challenge_masks_named_as_isic_wsm_maps_are_refused_not_scored_as_empty(data, tmp_path):
+    misnamed = tmp_path / "misnamed"
+    misnamed.mkdir()
+    for isic_id in IDS[:3]:
+        write_label_png(misnamed / f"{isic_id}.png", make_label_map(_truth(isic_id), "exact") * 255)
+    with pytest.raises(ReportError, match="only 0 and 255: they look like challenge-style masks .*_segmentation.png"):
+        build_report(misnamed, data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # one real ISIC_WSM map among them (a lesion pixel) and the folder is read as ISIC_WSM maps
+    write_label_png(misnamed / f"{IDS[0]}.png", make_label_map(_truth(IDS[0]), "banded"))
+    assert build_report(misnamed, data, tmp_path / "out", only_ids=set(IDS[:3])).counts["scored"] == 3
+
+
 def test_a_folder_with_no_maps_says_what_was_expected(data, tmp_path):
     junk = tmp_path / "junk"
     junk.mkdir()

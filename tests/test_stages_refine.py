@@ -78,6 +78,22 @@ def test_dense_crf_accepts_read_only_and_checks_shapes():
         dense_crf(rgb, np.zeros((64, 48), np.float32))
 
 
+def test_dense_crf_at_a_smaller_size_returns_the_full_size_marginal():
+    rgb, disc, _ = synthetic_dermoscopy(96, 128, frame_r=0)
+    prob = blurred_prob(disc)
+    full = dense_crf(rgb, prob, CrfConfig())
+    small = dense_crf(rgb, prob, CrfConfig(size=64))
+    assert small.shape == prob.shape and small.dtype == np.float32
+    assert small.min() >= 0 and small.max() <= 1
+    # half the size, kernels scaled with it: still snaps to the edge, nearly the full-size CRF's mask
+    assert jaccard(small > 0.5, disc) > jaccard(prob > 0.5, disc)
+    assert jaccard(small > 0.5, full > 0.5) > 0.95
+    assert not np.array_equal(small, full)  # it did run smaller
+    assert np.array_equal(dense_crf(rgb, prob, CrfConfig(size=128)), full)  # not smaller than the image: as is
+    with pytest.raises(ValueError, match="at least 16"):
+        CrfConfig(size=8)
+
+
 # ------------------------------------------------------------------------------------------------- morphology
 
 

@@ -40,8 +40,8 @@ def register(commands) -> None:
     gen.add_argument("--prefer-official", action="store_true",
                      help="where an official mask exists, write it instead of a weak map (source=official)")
     add_pipeline_flags(gen, generating=True, note="; with --bundle only the inference settings prior.flip_tta and "
-            "cam.flip_tta, e.g. --set prior.flip_tta=false for ~2x faster CPU generation; without, the settings of "
-            "the fit it runs")
+            "cam.flip_tta, e.g. --set prior.flip_tta=true (4 flipped views, ~2.5x the CPU time); without, the "
+            "settings of the fit it runs")
     gen.set_defaults(run=run_generate)
 
 

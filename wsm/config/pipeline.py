@@ -101,7 +101,12 @@ def stage_config(cls: type[T], table: dict | None, section: str) -> T:
             table[name] = _typed(value, hints[name])
         except TypeError as err:
             raise PipelineError(f"[{section}] {name} = {value!r}: expected {err}") from None
-    return cls(**table)
+    try:
+        return cls(**table)
+    except PipelineError:
+        raise
+    except ValueError as err:       # a stage's own check of its values
+        raise PipelineError(f"[{section}] {err}") from None
 
 
 def _typed(value: Any, hint: Any) -> Any:

@@ -141,6 +141,8 @@ def read_maps(pred: Path | str, data: Path | str | None = None) -> MapsFolder:
         held = f"it holds {', '.join(sorted(others))}{' ...' if len(others) == 5 else ''}" if others else "it is empty"
         raise ReportError(f"{pred} holds no maps ({held}); expected {_EXPECTED}. Write maps with {generate}")
     convention = ISIC_WSM if wsm_maps else CHALLENGE
+    if wsm_maps:
+        _refuse_misnamed_challenge_masks(pred, wsm_maps)
     names = wsm_maps or challenge_maps
     ids = sorted(names)
     rows = pd.DataFrame({"isic_id": ids, "path": [names[i] for i in ids], "status": "ok", "source": "weak",
@@ -152,6 +154,25 @@ def read_maps(pred: Path | str, data: Path | str | None = None) -> MapsFolder:
                      "yet): rerun that command to finish it; its manifest says which maps were fitted to their mask")
     return MapsFolder(pred, convention, rows, None, tuple(notes))
 
+
+def _refuse_misnamed_challenge_masks(pred: Path, wsm_maps: dict[str, str], sample: int = 20) -> None:
+    """Challenge-style 0/255 masks saved as ISIC_x.png would read as ISIC_WSM maps whose lesion is all uncertain
+    (255) and score as empty: refuse them when none of the first ``sample`` readable maps has a lesion pixel (1)
+    and some have 255. Unreadable files are left to the scoring, which reports them as ``error`` rows."""
+    values: set[int] = set()
+    for isic_id in sorted(wsm_maps)[:sample]:
+        try:
+            values |= set(np.unique(read_label_map(pred / wsm_maps[isic_id])).tolist())
+        except (OSError, ValueError, WsmError):
+            continue
+        if 1 in values:
+            return
+    if 255 in values:
+        raise ReportError(
+            f"{pred}: none of the first {min(sample, len(wsm_maps))} ISIC_x.png maps has a lesion pixel (1), only "
+            "0 and 255: they look like challenge-style masks (0 background, 255 lesion) named as ISIC_WSM maps, "
+            "where 255 means uncertain. Rename them ISIC_x_segmentation.png (for f in ISIC_*.png; do mv \"$f\" "
+            "\"${f%.png}_segmentation.png\"; done) so that 255 reads as lesion")
 
 
 def read_map(path: Path | str, convention: str = ISIC_WSM) -> np.ndarray:

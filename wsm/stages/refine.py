@@ -12,6 +12,7 @@ Shapes: ``rgb`` ``uint8`` ``(H, W, 3)``; ``prob`` ``float32`` ``(H, W)`` in [0, 
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -114,6 +115,12 @@ class CrfConfig:
     # (bilateral defaults: the best of a 27-point grid on 30 ISIC 2018 images with blurred-ellipse "CAMs" made
     # from their masks, +0.8 Jaccard points over no CRF; the pydensecrf README's 80/13/10 lost 7 points there)
     unary_clip: float = 1e-4  # clip probabilities to [clip, 1 - clip] before -log (keeps unaries finite)
+    size: int = 0  # longer side the CRF runs at (widths above are scaled with it), its marginal resized back;
+    #                0 or more than the image's: the image's own size. Its cost grows with the pixel count.
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or 0 < self.size < 16:
+            raise ValueError(f"size = {self.size}: give 0 (the image's own size) or at least 16 pixels")
 
 
 def dense_crf(rgb: np.ndarray, prob: np.ndarray, cfg: CrfConfig = CrfConfig()) -> np.ndarray:
@@ -121,13 +128,27 @@ def dense_crf(rgb: np.ndarray, prob: np.ndarray, cfg: CrfConfig = CrfConfig()) -
 
     Unaries are ``-log`` of ``(1 - prob, prob)``; pairwise terms are a Gaussian smoothness kernel and a bilateral
     appearance kernel on the RGB image, so the lesion probability snaps to colour edges. Uses the ``pydensecrf``
-    API (installed from the ``pydensecrf2`` distribution). Returns the lesion marginal, ``float32`` ``(H, W)``.
+    API (installed from the ``pydensecrf2`` distribution). With ``cfg.size`` below the image's longer side, it
+    runs on the image and probability shrunk to that size (area averaging) with the kernel widths scaled alike,
+    and its marginal is resized back (bilinear). Returns the lesion marginal, ``float32`` ``(H, W)``.
     """
+    rgb = check_rgb(rgb)
+    prob = check_prob(prob, "prob", rgb.shape[:2])
+    h, w = prob.shape
+    scale = cfg.size / max(h, w)
+    if not 0 < scale < 1:
+        return _dense_crf(rgb, prob, cfg)
+    small = (max(1, round(w * scale)), max(1, round(h * scale)))
+    cfg = dataclasses.replace(cfg, gaussian_sxy=cfg.gaussian_sxy * scale, bilateral_sxy=cfg.bilateral_sxy * scale)
+    q = _dense_crf(cv2.resize(rgb, small, interpolation=cv2.INTER_AREA),
+                   cv2.resize(prob, small, interpolation=cv2.INTER_AREA), cfg)
+    return np.clip(cv2.resize(q, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+
+
+def _dense_crf(rgb: np.ndarray, prob: np.ndarray, cfg: CrfConfig) -> np.ndarray:
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
-    rgb = check_rgb(rgb)
-    prob = check_prob(prob, "prob", rgb.shape[:2])
     h, w = prob.shape
     softmax = np.stack([1.0 - prob, prob]).astype(np.float32)
     softmax = np.clip(softmax, cfg.unary_clip, 1.0 - cfg.unary_clip)
