@@ -12,9 +12,8 @@ Shapes: ``rgb`` ``uint8`` ``(H, W, 3)``; ``prob`` ``float32`` ``(H, W)`` in [0, 
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import cv2
@@ -139,7 +138,7 @@ def dense_crf(rgb: np.ndarray, prob: np.ndarray, cfg: CrfConfig = CrfConfig()) -
     if not 0 < scale < 1:
         return _dense_crf(rgb, prob, cfg)
     small = (max(1, round(w * scale)), max(1, round(h * scale)))
-    cfg = dataclasses.replace(cfg, gaussian_sxy=cfg.gaussian_sxy * scale, bilateral_sxy=cfg.bilateral_sxy * scale)
+    cfg = replace(cfg, gaussian_sxy=cfg.gaussian_sxy * scale, bilateral_sxy=cfg.bilateral_sxy * scale)
     q = _dense_crf(cv2.resize(rgb, small, interpolation=cv2.INTER_AREA),
                    cv2.resize(prob, small, interpolation=cv2.INTER_AREA), cfg)
     return np.clip(cv2.resize(q, (w, h), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
