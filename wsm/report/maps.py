@@ -187,7 +187,6 @@ def read_map(path: Path | str, convention: str = ISIC_WSM) -> np.ndarray:
     return (mask == 255).astype(np.uint8)
 
 
-
 def made_with(pred: Path) -> dict:
     """The pipeline name and bundle folder that made a WSM folder's maps, as `wsm generate` recorded them, or as
     the bundle `generate` fitted into WSM/bundle says ({} when nothing says: the manifest's pipeline_sha256 still
