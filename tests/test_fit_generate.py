@@ -69,6 +69,20 @@ def test_fit_is_deterministic_on_cpu(sample_data, bundle, tmp_path):
         assert (again / name).read_bytes() == (bundle / name).read_bytes(), name
 
 
+def test_progressive_resizing_trains_early_epochs_smaller(sample_data, tmp_path, capsys):
+    plain = [s for s in TINY if not s.startswith("classifier.")] + ["classifier.enabled=false", "prior.epochs=2",
+                                                                    "prior.size=96"]
+    early = [*plain, "prior.early_size=64", "prior.early_fraction=0.5"]
+    assert main(["fit", "--data", str(sample_data), "--out", str(tmp_path / "early"), *_sets(early)]) == 0
+    assert "2 epochs (the first 1 at 64 px)" in capsys.readouterr().err
+    assert main(["-q", "fit", "--data", str(sample_data), "--out", str(tmp_path / "plain"), *_sets(plain)]) == 0
+    weights = [(tmp_path / name / "prior.safetensors").read_bytes() for name in ("early", "plain")]
+    assert weights[0] != weights[1]
+    assert _generate("--data", str(sample_data), "--bundle", str(tmp_path / "early"), "--out",
+                     str(tmp_path / "maps")) == 0
+    assert len(_maps(tmp_path / "maps")) == len(list((SAMPLE / "images").glob("ISIC_*")))
+
+
 def test_generate_writes_isic_wsm_maps(sample_data, bundle, tmp_path):
     out = tmp_path / "wsm"
     assert _generate("--data", str(sample_data), "--bundle", str(bundle), "--out", str(out),

@@ -253,6 +253,20 @@ def test_classifier_dataset(cls_data):
     assert float(plain[0][0].mean()) < float(plain[1][0].mean())  # dark class 0, bright class 1
 
 
+def test_segmentation_dataset_reads_early_epochs_at_the_early_size(seg_data):
+    root, rows = seg_data
+    ds = SegmentationDataset(root, rows, size=64, augment=True, seed=0, early_size=32, early_epochs=2)
+    sides = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        x, mask = ds[0]
+        assert x.shape[1:] == mask.shape[1:]
+        sides.append(x.shape[-1])
+    assert sides == [32, 32, 64]
+    ds.set_epoch(0)
+    assert ds.size == 32
+
+
 def test_segmentation_dataset_keeps_masks_aligned(seg_data):
     root, rows = seg_data
     assert len(rows) == 14 and {"file", "mask_file"} <= set(rows.columns)

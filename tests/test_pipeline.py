@@ -64,6 +64,10 @@ def test_checkpoints_are_keyed_by_model_settings(tmp_path):
     ("prior.augment_stretch=0.5", "give 1 or more"),
     ("prior.encoder_lr_scale=0", "encoder_lr_scale = 0.0: give a number > 0"),
     ("prior.warmup_fraction=1", r"warmup_fraction = 1.0: give a fraction of the steps in \[0, 1\)"),
+    ("prior.early_size=100", r"early_size = 100: give a multiple of 32 from 64 to size"),
+    ("prior.early_size=32", r"early_size = 32: give a multiple of 32 from 64 to size"),
+    ("prior.early_size=256", r"early_size = 256: give a multiple of 32 from 64 to size"),
+    ("prior.early_fraction=1", r"early_fraction = 1.0: give the fraction of the epochs in \[0, 1\)"),
     ("fusion.weights.cam=-0.5", "finite weight >= 0"),
     ("crf.size=8", r"\[crf\] size = 8: give 0 \(the image's own size\) or at least 16"),
     ('decision.band_side="inside"', r"\[decision\] band_side must be 'both' or 'outside'"),
@@ -77,6 +81,14 @@ def test_values_are_coerced_to_the_field_type():
     recipe = build_recipe(load_pipeline("default", overrides=["prior.lr=1", "prior.augment_scale=[0.6, 1]"]))
     assert recipe.prior.lr == 1.0 and isinstance(recipe.prior.lr, float)
     assert recipe.prior.augment_scale == (0.6, 1.0)
+
+
+def test_early_epochs_leave_the_last_epoch_at_the_full_size():
+    prior = build_recipe(load_pipeline("default", overrides=["prior.size=192", "prior.early_size=128",
+                                                             "prior.early_fraction=0.8"])).prior
+    assert [prior.early_epochs(n) for n in (15, 10, 3, 1)] == [12, 8, 2, 0]
+    off = dataclasses.replace(prior, early_size=0)
+    assert off.early_epochs(15) == 0
 
 
 def test_a_missing_fusion_weight_is_a_pipeline_error():

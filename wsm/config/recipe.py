@@ -66,11 +66,19 @@ class PriorConfig(SegmenterConfig):
     augment_colour: bool = False    # training colour jitter (wsm.train.augment.COLOUR_JITTER)
     min_steps: int = 60             # train at least this many optimiser steps: more epochs when there are few masks
                                     # (40 sample images: Jaccard 0.13 after 12 steps, 0.72 after 60; docs/RESULTS.md)
+    early_size: int = 0             # progressive resizing: the first early_fraction of the epochs train at this
+    early_fraction: float = 0.0     # smaller input side (cheaper steps), the rest at size; 0: size throughout
 
     def epochs_for(self, n_images: int) -> int:
         """The epochs to train on ``n_images`` masks: ``epochs``, or more to reach ``min_steps``."""
         steps_per_epoch = max(1, -(-n_images // self.batch_size))
         return max(self.epochs, -(-self.min_steps // steps_per_epoch))
+
+    def early_epochs(self, epochs: int) -> int:
+        """How many of ``epochs`` train at ``early_size`` (the last one always trains at ``size``)."""
+        if not self.early_size:
+            return 0
+        return min(int(self.early_fraction * epochs), epochs - 1)
 
     def __post_init__(self):
         super().__post_init__()
@@ -81,6 +89,12 @@ class PriorConfig(SegmenterConfig):
         if self.augment_stretch < 1:
             raise PipelineError(f"[prior] augment_stretch = {self.augment_stretch}: give 1 or more "
                                 "(1: no stretch; 1.5: up to 1.5x wider than high, or higher than wide)")
+        if self.early_size and not (64 <= self.early_size <= self.size and self.early_size % 32 == 0):
+            raise PipelineError(f"[prior] early_size = {self.early_size}: give a multiple of 32 from 64 to size "
+                                f"({self.size}), or 0 to train at size throughout")
+        if not 0 <= self.early_fraction < 1:
+            raise PipelineError(f"[prior] early_fraction = {self.early_fraction}: give the fraction of the epochs "
+                                "in [0, 1) that train at early_size (0: none)")
 
 
 INFERENCE_ONLY = frozenset({"flip_tta"})   # stage settings that change no training: `generate --set` may change them

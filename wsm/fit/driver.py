@@ -153,12 +153,26 @@ class _Network:
         return train(self.model, self.dataset, self.loss, self.cfg, self.folder, progress=progress,
                      phase=f"{self.name} ")
 
+    def describe(self) -> str:
+        """What it trains on, for the plan: "on 1656 images, 15 epochs (the first 12 at 128 px)"."""
+        epochs, early = self.cfg.epochs, getattr(self.dataset, "early_epochs", 0)
+        text = f"on {len(self.dataset)} images, {epochs} epoch{'s' * (epochs != 1)}"
+        return text + (f" (the first {early} at {self.dataset.early_size} px)" if early else "")
+
     def estimate_s(self) -> float:
-        """Seconds its whole training will take here, from one measured step (a resumed run takes less)."""
+        """Seconds its whole training will take here, from one measured step at each input size (a resumed run
+        takes less)."""
         from wsm.train.loop import seconds_per_step
 
-        steps = -(-len(self.dataset) // self.cfg.batch_size) * self.cfg.epochs
-        return steps * seconds_per_step(self.model, self.dataset, self.loss, self.cfg)
+        steps_per_epoch = -(-len(self.dataset) // self.cfg.batch_size)
+        early = min(getattr(self.dataset, "early_epochs", 0), self.cfg.epochs)
+        seconds = 0.0
+        for first_epoch, epochs in ((0, early), (early, self.cfg.epochs - early)):
+            if epochs:
+                self.dataset.set_epoch(first_epoch)
+                seconds += epochs * steps_per_epoch * seconds_per_step(self.model, self.dataset, self.loss, self.cfg)
+        self.dataset.set_epoch(0)
+        return seconds
 
 
 def _classifier_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str) -> _Network:
@@ -200,13 +214,14 @@ def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, d
     from wsm.train.losses import BCEDice
 
     cfg = recipe.prior
+    epochs = cfg.epochs_for(len(rows))
     dataset = SegmentationDataset(data, rows, cfg.size, augment=True, seed=recipe.seed,
-                                  augment_cfg=prior_augment_config(cfg))
+                                  augment_cfg=prior_augment_config(cfg), early_size=cfg.early_size,
+                                  early_epochs=cfg.early_epochs(epochs))
     torch.manual_seed(recipe.seed)
     model = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
                              weights_file=cfg.weights_file or None)
-    return _Network("prior", model, dataset, BCEDice(),
-                    _train_config(cfg, recipe, device, epochs=cfg.epochs_for(len(dataset))),
+    return _Network("prior", model, dataset, BCEDice(), _train_config(cfg, recipe, device, epochs=epochs),
                     work_dir(work, "prior", cfg, recipe,
                              {"size": recipe.preprocess.working_size, "images": ids_sha256(rows["isic_id"])[:16]}))
 
@@ -382,8 +397,7 @@ def _announce_plan(opts: FitOptions, recipe: Recipe, data: Path, networks: list,
     phases (name, what, estimated seconds; none without progress output)."""
     if not opts.progress:
         return []
-    estimates = [(n.name, f"on {len(n.dataset)} images, {n.cfg.epochs} epoch{'s' * (n.cfg.epochs != 1)}",
-                  n.estimate_s()) for n in networks]
+    estimates = [(n.name, n.describe(), n.estimate_s()) for n in networks]
     if calibration_rows is not None:
         estimates.append(("calibration", f"on {min(len(calibration_rows), recipe.calibration.max_images)} masks",
                           _calibration_estimate_s(recipe, data, calibration_rows, models)))

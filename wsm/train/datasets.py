@@ -183,20 +183,28 @@ def image_tensor(image: np.ndarray, guide: np.ndarray | None = None) -> torch.Te
 
 
 class LazyImages(Dataset):
-    """Shared parts: the DATA root, the working size, the seed and the epoch."""
+    """Shared parts: the DATA root, the working size, the seed and the epoch.
 
-    def __init__(self, data_root: str | os.PathLike, size: int, augment: bool, seed: int):
-        if size <= 0:
-            raise ValueError(f"size must be a positive number of pixels, got {size}")
+    Progressive resizing: epochs before ``early_epochs`` read their items at ``early_size``, later ones at ``size``
+    (``self.size`` is the current epoch's side)."""
+
+    def __init__(self, data_root: str | os.PathLike, size: int, augment: bool, seed: int,
+                 early_size: int = 0, early_epochs: int = 0):
+        if size <= 0 or early_size < 0:
+            raise ValueError(f"sizes must be positive numbers of pixels, got {size} (and early {early_size})")
         self.data_root = Path(data_root)
-        self.size = int(size)
+        self.final_size = int(size)
+        self.early_size = int(early_size) or self.final_size
+        self.early_epochs = int(early_epochs)
         self.augment = bool(augment)
         self.seed = int(seed)
-        self.epoch = 0
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation draws of ``epoch`` (the training loop calls this before each epoch)."""
+        """Select the input size and the augmentation draws of ``epoch`` (the training loop calls this before each
+        epoch)."""
         self.epoch = int(epoch)
+        self.size = self.early_size if self.epoch < self.early_epochs else self.final_size
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, int(index)])
@@ -261,14 +269,15 @@ class SegmentationDataset(LazyImages):
         data_root: the DATA folder; ``file`` and ``mask_file`` are relative to it.
         rows: rows with ``file`` and ``mask_file`` (see :func:`segmentation_rows`).
         size, augment, seed: as for :class:`ClassifierDataset`; geometric augmentation moves the mask with the image.
+        early_size, early_epochs: the first ``early_epochs`` epochs read items at ``early_size`` (see LazyImages).
 
     Items: ``(image (3, size, size) float32 normalised, mask (1, size, size) float32 in {0, 1})``; a mask pixel is
     lesion when its stored value is > 128, as the official scorer binarises.
     """
 
     def __init__(self, data_root: str | os.PathLike, rows, size: int, augment: bool = False, seed: int = 0,
-                 augment_cfg: AugmentConfig = SEGMENTER_AUGMENT):
-        super().__init__(data_root, size, augment, seed)
+                 augment_cfg: AugmentConfig = SEGMENTER_AUGMENT, early_size: int = 0, early_epochs: int = 0):
+        super().__init__(data_root, size, augment, seed, early_size, early_epochs)
         self.augment_cfg = augment_cfg
         records = _records(rows, ("file", "mask_file", "isic_id"))
         for row in records:
