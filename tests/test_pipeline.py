@@ -87,6 +87,7 @@ def test_early_epochs_leave_the_last_epoch_at_the_full_size():
     prior = build_recipe(load_pipeline("default", overrides=["prior.size=192", "prior.early_size=128",
                                                              "prior.early_fraction=0.8"])).prior
     assert [prior.early_epochs(n) for n in (15, 10, 3, 1)] == [12, 8, 2, 0]
+    assert dataclasses.replace(prior, early_fraction=0.29).early_epochs(100) == 29
     off = dataclasses.replace(prior, early_size=0)
     assert off.early_epochs(15) == 0
 

@@ -78,7 +78,7 @@ class PriorConfig(SegmenterConfig):
         """How many of ``epochs`` train at ``early_size`` (the last one always trains at ``size``)."""
         if not self.early_size:
             return 0
-        return min(int(self.early_fraction * epochs), epochs - 1)
+        return min(int(round(self.early_fraction * epochs, 6)), epochs - 1)   # 0.29 x 100: 29, not 28
 
     def __post_init__(self):
         super().__post_init__()
