@@ -267,6 +267,26 @@ def test_segmentation_dataset_reads_early_epochs_at_the_early_size(seg_data):
     assert ds.size == 32
 
 
+def test_datasets_show_networks_the_preprocessing_generate_applies(seg_data, cls_data):
+    from wsm.generate.maps import to_batch
+    from wsm.io.images import read_image
+    from wsm.stages.preprocess import PreprocessConfig, preprocess
+
+    root, rows = seg_data
+    balanced = PreprocessConfig(working_size=48, vignette=False, colour_constancy=True)
+    ds = SegmentationDataset(root, rows, size=32, pixels=balanced)
+    raw = SegmentationDataset(root, rows, size=32)
+    expected = to_batch([preprocess(read_image(root / rows["file"].iloc[0]), balanced).image], 32, "cpu")[0]
+    torch.testing.assert_close(ds[0][0], expected)               # what generate's prior sees, exactly
+    assert not torch.allclose(ds[0][0], raw[0][0], atol=0.05)   # the skin's pink cast is balanced away
+    torch.testing.assert_close(ds[0][1], raw[0][1])               # the mask is untouched
+    croot, crows = cls_data
+    mapping = ClassMapping.from_table(ISIC_CLASS_TABLE)
+    cls = ClassifierDataset(croot, crows, size=32, mapping=mapping, pixels=balanced)
+    expected = to_batch([preprocess(read_image(croot / cls.files[0]), balanced).image], 32, "cpu")[0]
+    torch.testing.assert_close(cls[0][0], expected)
+
+
 def test_segmentation_dataset_keeps_masks_aligned(seg_data):
     root, rows = seg_data
     assert len(rows) == 14 and {"file", "mask_file"} <= set(rows.columns)

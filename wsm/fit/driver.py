@@ -127,6 +127,21 @@ def work_dir(work: Path, stage: str, cfg, recipe: Recipe, extra: dict | None = N
     return work / f"{stage}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
+def training_pixels(recipe: Recipe):
+    """The preprocessing the networks' training images go through: the recipe's, when it alters pixels (colour
+    constancy, hair removal), so that they learn on images like those generate shows them; else None (resized
+    files)."""
+    from wsm.stages.preprocess import changes_pixels
+
+    return recipe.preprocess if changes_pixels(recipe.preprocess) else None
+
+
+def pixels_key(recipe: Recipe) -> dict:
+    """What the training preprocessing adds to a checkpoint folder's key (nothing when it leaves pixels alone)."""
+    pixels = training_pixels(recipe)
+    return {"pixels": dataclasses.asdict(pixels)} if pixels is not None else {}
+
+
 def _train_config(cfg, recipe: Recipe, device: str, epochs: int | None = None):
     """The training loop's settings for one network of the recipe (classifier or prior)."""
     from wsm.train.loop import TrainConfig
@@ -184,7 +199,8 @@ def _classifier_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Pa
 
     mapping = ClassMapping.from_table(recipe.classes)
     cfg = recipe.classifier
-    dataset = ClassifierDataset(data, rows, cfg.size, mapping, augment=True, seed=recipe.seed)
+    dataset = ClassifierDataset(data, rows, cfg.size, mapping, augment=True, seed=recipe.seed,
+                                pixels=training_pixels(recipe))
     if len(dataset) == 0:
         raise DataError(
             "no image in DATA has a diagnosis that the recipe's [classes] table maps to a class; add labels with "
@@ -195,7 +211,8 @@ def _classifier_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Pa
     return _Network("classifier", model, dataset, classification_loss(dataset.class_counts()),
                     _train_config(cfg, recipe, device),
                     work_dir(work, "classifier", cfg, recipe,
-                             {"classes": recipe.classes, "images": ids_sha256(rows["isic_id"])[:16]}))
+                             {"classes": recipe.classes, "images": ids_sha256(rows["isic_id"])[:16],
+                              **pixels_key(recipe)}))
 
 
 def prior_augment_config(cfg):
@@ -217,13 +234,14 @@ def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, d
     epochs = cfg.epochs_for(len(rows))
     dataset = SegmentationDataset(data, rows, cfg.size, augment=True, seed=recipe.seed,
                                   augment_cfg=prior_augment_config(cfg), early_size=cfg.early_size,
-                                  early_epochs=cfg.early_epochs(epochs))
+                                  early_epochs=cfg.early_epochs(epochs), pixels=training_pixels(recipe))
     torch.manual_seed(recipe.seed)
     model = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
                              weights_file=cfg.weights_file or None)
     return _Network("prior", model, dataset, BCEDice(), _train_config(cfg, recipe, device, epochs=epochs),
                     work_dir(work, "prior", cfg, recipe,
-                             {"size": recipe.preprocess.working_size, "images": ids_sha256(rows["isic_id"])[:16]}))
+                             {"size": recipe.preprocess.working_size, "images": ids_sha256(rows["isic_id"])[:16],
+                              **pixels_key(recipe)}))
 
 
 def _samples(recipe: Recipe, data: Path, rows: pd.DataFrame, models, bar=None) -> list:

@@ -16,6 +16,7 @@ from scipy import ndimage
 __all__ = [
     "PreprocessConfig",
     "Preprocessed",
+    "changes_pixels",
     "preprocess",
     "remove_hair",
     "shades_of_grey",
@@ -39,6 +40,12 @@ class PreprocessConfig:
     hair_inpaint_radius: int = 5  # cv2.inpaint neighbourhood radius in pixels
     colour_constancy: bool = False  # shades-of-grey white balance, estimated on the valid (non-frame) pixels
     colour_constancy_p: int = 6  # Minkowski norm of shades of grey (1 = grey world, large = max-RGB)
+
+
+def changes_pixels(cfg: PreprocessConfig) -> bool:
+    """Whether preprocessing alters the image's pixels (hair removal, colour constancy), beyond resizing: the
+    networks must then learn on images preprocessed the same way as those they will see."""
+    return cfg.hair_removal or cfg.colour_constancy
 
 
 class Preprocessed(NamedTuple):

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from wsm.io.images import read_image, read_mask
+from wsm.stages.preprocess import PreprocessConfig, preprocess
 from wsm.train.augment import CLASSIFIER_AUGMENT, SEGMENTER_AUGMENT, AugmentConfig, augment, normalize
 
 __all__ = [
@@ -186,10 +187,12 @@ class LazyImages(Dataset):
     """Shared parts: the DATA root, the working size, the seed and the epoch.
 
     Progressive resizing: epochs before ``early_epochs`` read their items at ``early_size``, later ones at ``size``
-    (``self.size`` is the current epoch's side)."""
+    (``self.size`` is the current epoch's side). ``pixels``: images go through this preprocessing (at its working
+    size, then resized) as ``wsm generate`` will show them to the network, when it alters pixels (colour constancy,
+    hair removal); None: the file's pixels, resized."""
 
     def __init__(self, data_root: str | os.PathLike, size: int, augment: bool, seed: int,
-                 early_size: int = 0, early_epochs: int = 0):
+                 early_size: int = 0, early_epochs: int = 0, pixels: PreprocessConfig | None = None):
         if size <= 0 or early_size < 0:
             raise ValueError(f"sizes must be positive numbers of pixels, got {size} (and early {early_size})")
         self.data_root = Path(data_root)
@@ -198,6 +201,7 @@ class LazyImages(Dataset):
         self.early_epochs = int(early_epochs)
         self.augment = bool(augment)
         self.seed = int(seed)
+        self.pixels = pixels
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -211,7 +215,10 @@ class LazyImages(Dataset):
 
     def _read_image(self, file: str) -> np.ndarray:
         # min_side lets a large JPEG decode at 1/2..1/8 scale when it will be shrunk to the working size anyway
-        return resize_square(read_image(self.data_root / file, min_side=self.size), self.size)
+        if self.pixels is None:
+            return resize_square(read_image(self.data_root / file, min_side=self.size), self.size)
+        rgb = read_image(self.data_root / file, min_side=self.pixels.working_size)
+        return resize_square(preprocess(rgb, self.pixels).image, self.size)
 
 
 class ClassifierDataset(LazyImages):
@@ -225,13 +232,15 @@ class ClassifierDataset(LazyImages):
         mapping: the diagnosis -> class mapping.
         augment: apply the DeepHealth recipe (``augment_cfg``).
         seed: with the epoch and the index, determines the augmentation.
+        pixels: the preprocessing the images go through (see LazyImages).
 
     Items: ``(image (3, size, size) float32 normalised, label int64 scalar)``.
     """
 
     def __init__(self, data_root: str | os.PathLike, rows, size: int, mapping: ClassMapping, augment: bool = False,
-                 seed: int = 0, augment_cfg: AugmentConfig = CLASSIFIER_AUGMENT):
-        super().__init__(data_root, size, augment, seed)
+                 seed: int = 0, augment_cfg: AugmentConfig = CLASSIFIER_AUGMENT,
+                 pixels: PreprocessConfig | None = None):
+        super().__init__(data_root, size, augment, seed, pixels=pixels)
         self.mapping = mapping
         self.augment_cfg = augment_cfg
         files, labels, ids = [], [], []
@@ -270,14 +279,16 @@ class SegmentationDataset(LazyImages):
         rows: rows with ``file`` and ``mask_file`` (see :func:`segmentation_rows`).
         size, augment, seed: as for :class:`ClassifierDataset`; geometric augmentation moves the mask with the image.
         early_size, early_epochs: the first ``early_epochs`` epochs read items at ``early_size`` (see LazyImages).
+        pixels: the preprocessing the images go through (see LazyImages).
 
     Items: ``(image (3, size, size) float32 normalised, mask (1, size, size) float32 in {0, 1})``; a mask pixel is
     lesion when its stored value is > 128, as the official scorer binarises.
     """
 
     def __init__(self, data_root: str | os.PathLike, rows, size: int, augment: bool = False, seed: int = 0,
-                 augment_cfg: AugmentConfig = SEGMENTER_AUGMENT, early_size: int = 0, early_epochs: int = 0):
-        super().__init__(data_root, size, augment, seed, early_size, early_epochs)
+                 augment_cfg: AugmentConfig = SEGMENTER_AUGMENT, early_size: int = 0, early_epochs: int = 0,
+                 pixels: PreprocessConfig | None = None):
+        super().__init__(data_root, size, augment, seed, early_size, early_epochs, pixels)
         self.augment_cfg = augment_cfg
         records = _records(rows, ("file", "mask_file", "isic_id"))
         for row in records:
