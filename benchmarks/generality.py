@@ -1,9 +1,10 @@
 """How maps hold up away from the dev set's 512 px centre crops: whole photographs at full resolution, and the
-held-out crops placed in 3:2 canvases as whole archive photographs are; the held-out crops themselves beside them.
+held-out crops placed in 3:2 canvases as whole archive photographs are, or under colour casts; the held-out crops
+themselves beside them.
 
     python benchmarks/generality.py --bundle out/bench-quality/fold0/bundle-default [--bundle OTHER ...]
                                     [--held-out out/bench-quality/fold0/held_out.txt] [--work out/bench-generality]
-                                    [--set prior.flip_tta=true ...]
+                                    [--set prior.flip_tta=true ...] [--bare]
 
 - crops: the held-out 512x512 crops of the dev data as they are (the quality benchmark's fold, same maps).
 - full-res: the 8 ISIC 2017 validation images of --fullres DIR (2000x3008 to 2848x4288),
@@ -11,14 +12,20 @@ held-out crops placed in 3:2 canvases as whole archive photographs are; the held
 - wide: each held-out 512x512 crop of the dev data (--source) centred in a 768x512 canvas filled with
   the mean colour of the crop's outer ring (mask padded with background). The networks see the whole canvas squashed
   to their square, as they see every 3:2 archive photograph; the dev set's crops never show them that.
+- recoloured: each held-out crop as another camera or light might render it: per-channel gains in [0.75, 1.25]
+  and a gamma in [0.8, 1.25], drawn from its id (colour casts the dev set's clinics rarely show).
 Scores are the official ISIC metrics (benchmarks/quality.py's score_pairs), with 255 as background and left out
-(weighted by coverage: wsm.report.metrics.LEFT_OUT_DEFINITION).
+(weighted by coverage: wsm.report.metrics.LEFT_OUT_DEFINITION). With --bare, each set is also scored with the
+bundle's prior alone, as benchmarks/speed.py's bare loop runs it (one forward, threshold 0.5): what calibration and
+refinement add on that kind of image.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +55,17 @@ def widen(image: np.ndarray, mask: np.ndarray, aspect: float = 1.5) -> tuple[np.
     return canvas, wide_mask
 
 
-def make_wide_set(ids: list[str], source: Path, dest: Path) -> None:
+def recolour(image: np.ndarray, isic_id: str) -> np.ndarray:
+    """The image under another camera's colour response: per-channel gains in [0.75, 1.25] and a gamma in
+    [0.8, 1.25], drawn from the id (the same every run)."""
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"recolour:{isic_id}".encode()).digest()[:8], "big"))
+    gains, gamma = rng.uniform(0.75, 1.25, 3), rng.uniform(0.8, 1.25)
+    return np.clip(np.power(image / 255.0, gamma) * gains * 255.0, 0, 255).round().astype(np.uint8)
+
+
+def make_set(ids: list[str], source: Path, dest: Path,
+             change: Callable[[np.ndarray, np.ndarray, str], tuple[np.ndarray, np.ndarray]]) -> None:
+    """DEST/images and DEST/masks: each source image and mask changed by ``change(image, mask, isic_id)``."""
     from PIL import Image
 
     from wsm.io.images import read_image, read_mask
@@ -58,9 +75,28 @@ def make_wide_set(ids: list[str], source: Path, dest: Path) -> None:
     for isic_id in ids:
         if mask_path(dest, isic_id).exists():
             continue
-        image, mask = widen(read_image(source / "images" / f"{isic_id}.jpg"), read_mask(mask_path(source, isic_id)))
+        image, mask = change(read_image(source / "images" / f"{isic_id}.jpg"), read_mask(mask_path(source, isic_id)),
+                             isic_id)
         Image.fromarray(image).save(dest / "images" / f"{isic_id}.jpg", quality=95)
         Image.fromarray(mask).save(mask_path(dest, isic_id))
+
+
+def fitted_on(bundle: Path) -> set[str]:
+    from wsm.fit.bundle import load_bundle
+
+    return set(load_bundle(bundle).provenance.get("fit_mask_ids", []))
+
+
+def score_bare_prior(bundle: Path, images: Path, out: Path, ids: list[str]) -> dict:
+    """The bundle's prior alone, as a user would run it without wsm (benchmarks/speed.py's bare loop: one forward,
+    threshold 0.5), on ``ids`` of a folder of images whose mask it was not fitted on."""
+    from speed import bare_loop_seconds
+
+    fit_ids = fitted_on(bundle)
+    scored = [i for i in ids if i not in fit_ids]
+    bare_loop_seconds(bundle, [images / "images" / f"{i}.jpg" for i in scored], out)
+    return {**score_pairs([(mask_path(images, i), out / f"{i}.png") for i in scored]),
+            "left_out_fitted_on": len(ids) - len(scored), "failed": 0}
 
 
 def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str],
@@ -69,10 +105,9 @@ def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str],
     whose mask it was not fitted on."""
     import pandas as pd
 
-    from wsm.fit.bundle import load_bundle
     from wsm.generate import GenerateOptions, generate
 
-    fit_ids = set(load_bundle(bundle).provenance.get("fit_mask_ids", []))
+    fit_ids = fitted_on(bundle)
     generate(GenerateOptions(out=out, bundle=bundle, images=images / "images", only_ids=frozenset(ids),
                              overrides=overrides, progress=False))
     manifest = pd.read_parquet(out / "manifest.parquet").set_index("isic_id")
@@ -86,8 +121,6 @@ def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str],
 def bundle_tag(bundle: Path, overrides: tuple[str, ...] = ()) -> str:
     """A short name for what makes a bundle's maps (its resolved pipeline, weights and generate-time settings), for
     output folders."""
-    import hashlib
-
     from wsm.config.pipeline import pipeline_hash
     from wsm.fit.bundle import load_bundle
 
@@ -108,19 +141,25 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-generality")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a generate-time setting for every bundle, e.g. prior.flip_tta=true (repeatable)")
+    parser.add_argument("--bare", action="store_true",
+                        help="also score each bundle's prior alone (one forward, threshold 0.5) on every set")
     args = parser.parse_args()
     overrides = tuple(args.overrides)
 
     fullres_ids = sorted(p.stem for p in (args.fullres / "images").glob("*.jpg"))
     held_out = args.held_out.read_text().split()
-    wide = args.work / "wide"
-    make_wide_set(held_out, args.source, wide)
+    wide, recoloured = args.work / "wide", args.work / "recoloured"
+    make_set(held_out, args.source, wide, lambda image, mask, _: widen(image, mask))
+    make_set(held_out, args.source, recoloured, lambda image, mask, isic_id: (recolour(image, isic_id), mask))
     for bundle in args.bundle:
         name = f"{bundle.name}-{bundle_tag(bundle, overrides)}"
         for test, images, ids in (("crops", args.source, held_out), ("full-res", args.fullres, fullres_ids),
-                                  ("wide", wide, held_out)):
+                                  ("wide", wide, held_out), ("recoloured", recoloured, held_out)):
             scores = score_images_folder(bundle, images, args.work / f"wsm-{test}-{name}", ids, overrides)
             print(json.dumps({"bundle": str(bundle), "test": test, "set": list(overrides), **scores}), flush=True)
+            if args.bare:
+                scores = score_bare_prior(bundle, images, args.work / f"bare-{test}-{name}", ids)
+                print(json.dumps({"bundle": str(bundle), "test": f"{test}, bare prior", **scores}), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py [--folds 1] [--k 5] [--seed 0] [--pipelines classic,cam-only,default]
                                  [--source DEV_DATA] [--work out/bench-quality]
-                                 [--set section.key=value ...] [--no-bare]
+                                 [--set section.key=value ...] [--no-bare] [--bar]
 
 The folds are drawn by isic_id (a hash with the seed), so no image of the scored fold, nor its mask, is used by
 `fit`; scores use the official ISIC metrics (wsm.report.metrics, equal to isic-challenge-scoring) with 255 counted as
@@ -10,7 +10,9 @@ background and left out (left out: weighted by coverage, wsm.report.metrics.LEFT
 pays), plus the certain-pixel coverage. `--folds 1` (the quick mode) runs the first fold only.
 The equivalent commands are printed with the numbers. After the default pipeline, a "bare prior" row scores its
 bundle's prior alone as a user would run it without wsm (benchmarks/speed.py's bare loop: one forward at the
-prior's size, threshold 0.5, no TTA, calibration or refinement) on the same held-out images.
+prior's size, threshold 0.5, no TTA, calibration or refinement) on the same held-out images. With --bar, a "bar" row
+scores what a user would train instead of running wsm: `wsm train`'s U-Net with the packaged ImageNet Lite0 encoder,
+BCE + Dice, flips, 192 px, 6 epochs, on the same fitting masks (its fit s is its training time).
 """
 from __future__ import annotations
 
@@ -90,6 +92,34 @@ def score_bare_prior(data: Path, bundle: Path, ids: list[str], out: Path) -> dic
     return {"generate_s": round(time.perf_counter() - started), **score_pairs(pairs), "missing": 0}
 
 
+# The plain alternative a user would train instead of running wsm: a U-Net with the packaged ImageNet Lite0 encoder,
+# BCE + Dice, flips, 192 px, on the official masks alone (`wsm train`'s defaults otherwise).
+BAR = {"arch": "unet", "encoder": "tf_efficientnet_lite0", "size": 192, "loss": "bce+dice", "epochs": 6,
+       "batch_size": 16}
+
+
+def score_bar(data: Path, fold_dir: Path, held_out: list[str], seed: int) -> dict:
+    """`wsm train` (BAR) on every fitting mask of the fold, scored on the held-out fold's official masks."""
+    from downstream import benchmark_data
+
+    from wsm.selection import read_truth
+    from wsm.train import TrainOptions, run
+
+    fitting = sorted(set(read_truth(data)["isic_id"]) - set(held_out))
+    bar_data = benchmark_data(data, fold_dir / "bar-data", {"eval": held_out, "labelled": fitting, "weak": []})
+    opts = TrainOptions(data=bar_data, out=fold_dir / "bar-run", labels="official", split_train="train",
+                        eval_split="test", seed=seed, resume=True, **BAR)
+    summary = run(opts)
+    metrics = summary.metrics   # binary maps: no uncertain pixel, so 255 as background = 255 left out
+    print(f"  reproduce: {opts.command().replace(' --resume', '')}", flush=True)
+    return {"fit_s": round(summary.seconds.get("train", 0)), "generate_s": round(summary.seconds.get("eval", 0)),
+            "n": summary.n_eval, "jaccard_255_as_background": metrics["jaccard"],
+            "threshold_jaccard_255_as_background": metrics["threshold_jaccard"],
+            "dice_255_as_background": metrics["dice"], "jaccard_255_left_out": metrics["jaccard"],
+            "threshold_jaccard_255_left_out": metrics["threshold_jaccard"], "dice_255_left_out": metrics["dice"],
+            "certain_coverage": 1.0, "missing": 0}
+
+
 def score_pairs(pairs: list[tuple[Path, Path]]) -> dict:
     """Official metrics over (official mask, ISIC_WSM map) files, with 255 as background and left out."""
     from wsm.io.images import read_mask
@@ -120,6 +150,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="score at most N held-out images per fold")
     parser.add_argument("--no-bare", dest="bare", action="store_false",
                         help="skip the bare-prior row (the default bundle's prior alone: one forward, threshold 0.5)")
+    parser.add_argument("--bar", action="store_true",
+                        help="add the plain alternative's row: `wsm train`'s U-Net with the packaged Lite0 encoder, "
+                             "192 px, BCE+Dice, 6 epochs, on the fold's fitting masks alone (~30 min on 2 cores)")
     args = parser.parse_args()
 
     from wsm.fit import FitOptions, fit
@@ -164,6 +197,12 @@ def main() -> None:
                 results.append(row)
                 (args.work / "results.json").write_text(json.dumps(results, indent=2, default=str))
                 print(json.dumps(row, default=str), flush=True)
+        if args.bar:
+            row = {"pipeline": "bar", "fold": fold, "k": args.k, "seed": args.seed,
+                   **score_bar(data, fold_dir, held_out, args.seed)}
+            results.append(row)
+            (args.work / "results.json").write_text(json.dumps(results, indent=2, default=str))
+            print(json.dumps(row, default=str), flush=True)
     print(f"\n{'pipeline':10s} {'fold':>4s} {'n':>5s} {'J(255=bg)':>10s} {'J(255 out)':>10s} {'TJ(255=bg)':>10s} "
           f"{'coverage':>9s} {'fit s':>7s} {'gen s':>6s}")
     for r in results:

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from generality import widen  # noqa: E402
+from generality import recolour, widen  # noqa: E402
 
 
 def test_widen_centres_the_crop_on_its_ring_colour_and_pads_the_mask_with_background():
@@ -21,6 +21,16 @@ def test_widen_centres_the_crop_on_its_ring_colour_and_pads_the_mask_with_backgr
     fill = canvas[0, 0]
     assert np.all(canvas[:, :7] == fill) and np.all(canvas[:, 37:] == fill)
     assert 50 < fill[0] < 200  # the ring's mean, not black nor a copy of an edge
+
+
+def test_recolour_casts_each_image_its_own_way_the_same_every_run():
+    image = np.full((4, 4, 3), 128, np.uint8)
+    first, again = recolour(image, "ISIC_0000001"), recolour(image, "ISIC_0000001")
+    other = recolour(image, "ISIC_0000002")
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    channels = first[0, 0].astype(int)
+    assert channels.max() - channels.min() > 5            # a colour cast, not only a brightness change
+    assert np.all((channels >= 80) & (channels <= 184))  # 128 / 255 to a power in [0.8, 1.25], x [0.75, 1.25]
 
 
 def test_the_curve_keeps_one_eval_set_and_draws_the_rest_per_seed():
