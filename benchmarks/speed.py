@@ -9,8 +9,9 @@
 2. `wsm generate` end to end on N images (its default workers), in a subprocess: images/s;
 3. peak memory (the summed RSS of generate and its workers, sampled every 0.2 s) at each --memory-n;
 4. the bare loop a user would write instead, on the same N images in this process: decode (PIL), resize to the
-   prior's size, one forward of the same prior (no TTA), threshold 0.5, resize back, PNG; wsm's throughput as a
-   fraction of it, and its stages beside wsm's (the cost of TTA, CRF, journal and manifest);
+   prior's size, shades-of-grey white balance of the whole image when the bundle's recipe has colour constancy (the
+   prior learnt on white-balanced images), one forward of the same prior (no TTA), threshold 0.5, resize back, PNG;
+   wsm's throughput as a fraction of it, and its stages beside wsm's (the cost of TTA, CRF, journal and manifest);
 5. the bare classifier forward+backward on the same N images at the same size and batch: the unavoidable cost of
    a gradient-based CAM (only when generate computes the CAM with this bundle).
 """
@@ -111,26 +112,34 @@ def bare_classifier_seconds(bundle: Path, files: list[Path], batch: int = 16) ->
 
 
 def bare_loop_seconds(bundle: Path, files: list[Path], out: Path, batch: int = 16) -> dict[str, float]:
-    """What a user would write without wsm: decode, resize, one forward of the prior, threshold, resize back, PNG.
-    Returns the seconds of each stage over all files."""
+    """What a user would write without wsm: decode, resize, (white balance, when the prior learnt on white-balanced
+    images), one forward of the prior, threshold, resize back, PNG. Returns the seconds of each stage over all
+    files."""
     import numpy as np
     import torch
     from PIL import Image
 
     from wsm.fit.bundle import load_bundle
+    from wsm.stages.preprocess import shades_of_grey
     from wsm.train.augment import normalize
 
     b = load_bundle(bundle)
     net, size = b.load_models("cpu", skip_unweighted=False).prior, b.recipe.prior.size
     if net is None:
         raise SystemExit(f"{bundle} has no prior: the bare loop needs one")
+    pre = b.recipe.preprocess
+
+    def network_input(image) -> np.ndarray:
+        rgb = np.asarray(image.resize((size, size), Image.BILINEAR))
+        rgb = shades_of_grey(rgb, pre.colour_constancy_p) if pre.colour_constancy else rgb
+        return normalize(rgb).transpose(2, 0, 1)
+
     out.mkdir(parents=True, exist_ok=True)
     times = dict.fromkeys(["decode+resize", "forward", "threshold+resize+png"], 0.0)
     for i in range(0, len(files), batch):
         t = time.perf_counter()
         images = [Image.open(f).convert("RGB") for f in files[i:i + batch]]
-        x = torch.from_numpy(np.stack([normalize(np.asarray(im.resize((size, size), Image.BILINEAR))).transpose(
-            2, 0, 1) for im in images]))
+        x = torch.from_numpy(np.stack([network_input(im) for im in images]))
         times["decode+resize"] += time.perf_counter() - t
         t = time.perf_counter()
         with torch.inference_mode():

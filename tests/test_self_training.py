@@ -66,6 +66,10 @@ def test_a_student_becomes_the_next_teacher_and_no_number_comes_from_a_mask_that
     learnt = _ids(student / "train_ids.txt") | fitted0
     assert set(provenance["fit_mask_ids"]) >= learnt and provenance["prior_run"] == str(student.resolve())
     assert provenance["initial_weights"]["prior"]["source"] == "run"
+    from wsm.fit.bundle import load_bundle
+    from wsm.stages.preprocess import changes_pixels
+
+    assert not changes_pixels(load_bundle(tmp_path / "B1").recipe.preprocess)   # the files' pixels, as it learnt
     assert main(["-q", "generate", "-d", str(data), "--bundle", str(tmp_path / "B1"), "-o", str(tmp_path / "W1"),
                  "-j", "1"]) == 0
     maps = pd.read_parquet(tmp_path / "W1" / "manifest.parquet").set_index("isic_id")

@@ -1,7 +1,8 @@
 """A `wsm train` RUN as a bundle's prior: the student of one self-training round becomes the teacher of the next.
 
 ``wsm fit --prior-run RUN`` trains no prior: the RUN's network (one lesion class) is the prior, at the size it
-was trained at, and fit only calibrates it (on masked images the RUN never learnt from) and writes the bundle.
+was trained at and on the pixels it learnt from (the files' own: no colour constancy or hair removal), and fit
+only calibrates it (on masked images the RUN never learnt from) and writes the bundle.
 Every image the RUN learnt from, directly or through the runs and maps it came from
 (:func:`wsm.train.run_folder.trained_ids`), counts as fitted: generate marks those maps ``mask_used_in_fit``, and
 report never scores them. A RUN that keeps no record of its training images cannot be a teacher.
@@ -38,7 +39,9 @@ def prior_run_settings(run: Path | str) -> tuple[tuple[str, ...], frozenset[str]
         raise PriorRunError(f"--prior-run {run} keeps no record of the images its network learnt from (it started "
                             "from unrecorded weights or maps); its maps could never be scored honestly")
     overrides = (f'prior.arch="{options["arch"]}"', f'prior.encoder="{options["encoder"]}"',
-                 f"prior.size={options['size']}", "prior.enabled=true")
+                 f"prior.size={options['size']}", "prior.enabled=true",
+                 # `wsm train` networks learn from the files' own pixels: show them the same
+                 "preprocess.colour_constancy=false", "preprocess.hair_removal=false")
     return overrides, frozenset(lineage)
 
 
