@@ -95,12 +95,11 @@ def test_early_epochs_leave_the_last_epoch_at_the_full_size():
 def test_networks_train_on_pixels_preprocessed_as_generate_shows_them():
     from wsm.fit.driver import pixels_key, training_pixels
 
-    plain = build_recipe(load_pipeline("default", overrides=["preprocess.colour_constancy=false"]))
-    assert training_pixels(plain) is None and pixels_key(plain) == {}      # resized files: the key of earlier fits
-    balanced = build_recipe(load_pipeline("default"))                       # white-balanced by default
+    plain = build_recipe(load_pipeline("default"))
+    assert training_pixels(plain) is None and pixels_key(plain) == {}      # resized files: the default's key stays
+    balanced = build_recipe(load_pipeline("default", overrides=["preprocess.colour_constancy=true"]))
     assert training_pixels(balanced) == balanced.preprocess
-    hairless = build_recipe(load_pipeline("default", overrides=["preprocess.colour_constancy=false",
-                                                                 "preprocess.hair_removal=true"]))
+    hairless = build_recipe(load_pipeline("default", overrides=["preprocess.hair_removal=true"]))
     assert training_pixels(hairless).hair_removal
     assert pixels_key(balanced) != pixels_key(hairless) != {}          # a checkpoint folder per preprocessing
 
