@@ -327,6 +327,19 @@ def test_shades_of_grey_removes_a_colour_cast():
         shades_of_grey(grey, 0)
 
 
+def test_shades_of_grey_equals_its_definition_computed_on_every_pixel():
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)[:, ::-1]   # a non-contiguous view
+    mask = np.zeros((40, 50), bool)
+    mask[5:30, 10:45] = True
+    for p, within in ((6, mask), (1, None)):
+        pixels = (rgb.astype(np.float64) / 255.0)[within if within is not None else np.ones_like(mask)]
+        illum = np.power(np.mean(np.power(pixels, p), axis=0), 1.0 / p)
+        gain = 1.0 / (illum / np.linalg.norm(illum) * np.sqrt(3.0))
+        expected = np.round(np.clip(rgb / 255.0 * gain * 255.0, 0, 255)).astype(np.uint8)
+        assert np.array_equal(shades_of_grey(rgb, p, mask=within), expected)
+    assert np.array_equal(shades_of_grey(rgb, 6, mask=np.zeros_like(mask)), rgb)   # no pixel to estimate on
+
+
 def test_preprocess_contract_on_non_square_input():
     rgb, _, _ = synthetic_dermoscopy(120, 160)
     for cfg in (PreprocessConfig(working_size=96), PreprocessConfig(96, hair_removal=True, colour_constancy=True)):
