@@ -115,12 +115,20 @@ def _resize_prob(prob: np.ndarray, size: int) -> np.ndarray:
 
 def prepare(path, cfg, max_pixels: int | None = None) -> Preprocessed:
     """Decode an image file and preprocess it (the I/O edge of the per-image work)."""
-    from wsm.io.images import DEFAULT_MAX_PIXELS, image_size, read_image
+    from wsm.io.images import image_size
+
+    # the label map goes back to the file's true size, not to that of a JPEG decoded at a smaller scale
+    return preprocessed_file(path, cfg, max_pixels)._replace(original_size=image_size(path))
+
+
+def preprocessed_file(path, cfg, max_pixels: int | None = None) -> Preprocessed:
+    """An image file decoded and preprocessed as the networks see it, in generate and in training alike
+    (``original_size`` is the decoded size: see :func:`prepare`)."""
+    from wsm.io.images import DEFAULT_MAX_PIXELS, read_image
     from wsm.stages.preprocess import preprocess
 
-    # min_side lets a large JPEG decode at 1/2..1/8 scale; the label map goes back to the file's true size
-    rgb = read_image(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, min_side=cfg.working_size)
-    return preprocess(rgb, cfg)._replace(original_size=image_size(path))
+    # min_side lets a large JPEG decode at 1/2..1/8 scale
+    return preprocess(read_image(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, min_side=cfg.working_size), cfg)
 
 
 def truth_at(path, size: int) -> np.ndarray:

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from wsm.io.images import read_image, read_mask
-from wsm.stages.preprocess import PreprocessConfig, preprocess
+from wsm.stages.preprocess import PreprocessConfig
 from wsm.train.augment import CLASSIFIER_AUGMENT, SEGMENTER_AUGMENT, AugmentConfig, augment, normalize
 
 __all__ = [
@@ -217,8 +217,9 @@ class LazyImages(Dataset):
         # min_side lets a large JPEG decode at 1/2..1/8 scale when it will be shrunk to the working size anyway
         if self.pixels is None:
             return resize_square(read_image(self.data_root / file, min_side=self.size), self.size)
-        rgb = read_image(self.data_root / file, min_side=self.pixels.working_size)
-        return resize_square(preprocess(rgb, self.pixels).image, self.size)
+        from wsm.generate.maps import preprocessed_file
+
+        return resize_square(preprocessed_file(self.data_root / file, self.pixels).image, self.size)
 
 
 class ClassifierDataset(LazyImages):
