@@ -13,13 +13,15 @@ import hashlib
 import math
 import tomllib
 import types
+from importlib import resources
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 from wsm.errors import WsmError
 
-PIPELINES_DIR = Path(__file__).resolve().parents[2] / "pipelines"
+# The recipes ship inside the package (pipelines/ at the top of a checkout is a link to them).
+PIPELINES_DIR = Path(str(resources.files("wsm") / "pipelines"))
 T = TypeVar("T")
 
 
