@@ -3,12 +3,19 @@
 Base URL https://api.isic-archive.com/api/v2/ (configurable). Search pages look like
 ``{"count", "next", "previous", "results"}``; ``limit`` is clamped to 100 by the server, ``count`` is only on
 the first page and ``next`` is followed verbatim. A bad query gets HTTP 400 ``{"message": ...}``.
+
+What a broken or hostile server can make of this is bounded: an answer larger than MAX_ANSWER_BYTES is not
+read, a request gets at most RetryPolicy.api_budget_s, and paging stops past the pages the first page's
+``count`` needs (plus some slack), at a ``next`` already followed, or at a page that brings no new image.
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from urllib.parse import urljoin
 
@@ -16,12 +23,14 @@ import requests
 
 from .errors import ArchiveResponseError, ArchiveUnreachableError, QueryError
 from .ids import check_http_url, check_isic_id
-from .transfer import RetryPolicy
+from .transfer import RetryPolicy, read_body
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.isic-archive.com/api/v2/"
 PAGE_LIMIT = 100           # the server's maximum page size
+MAX_ANSWER_BYTES = 32 << 20    # a page of 100 image records is a few hundred KB
+LICENSES = ("CC-0", "CC-BY", "CC-BY-NC")
 
 
 class _Retryable(Exception):
@@ -33,31 +42,33 @@ class _Retryable(Exception):
 
 
 def _get_once(session: requests.Session, url: str, params: dict | None, timeout: tuple[float, float],
-              parse: Callable[[requests.Response], object]) -> object:
-    """One GET: parse(response), QueryError for HTTP 400, _Retryable for what may go better on another try."""
+              deadline: float, parse: Callable[[bytes], object]) -> object:
+    """One GET: parse(body), QueryError for HTTP 400, _Retryable for what may go better on another try."""
     try:
-        response = session.get(url, params=params, timeout=timeout)
+        with session.get(url, params=params, timeout=timeout, stream=True) as response:
+            status, body = response.status_code, read_body(response, MAX_ANSWER_BYTES, deadline)
     except requests.ConnectionError as err:
         raise _Retryable(_no_connection(err), unreachable=True) from err
     except requests.RequestException as err:
         raise _Retryable(f"no answer ({err.__class__.__name__}: {err})") from err
-    if response.status_code == 400:
-        raise QueryError(f"the archive refused the request: {_message(response)}")
-    if not response.ok:
-        raise _Retryable(f"HTTP {response.status_code}: {_message(response)}")
+    if status == 400:
+        raise QueryError(f"the archive refused the request: {_message(body)}")
+    if status >= 400:
+        raise _Retryable(f"HTTP {status}: {_message(body)}")
     try:
-        return parse(response)
+        return parse(body)
     except ValueError as err:
-        raise _Retryable(f"malformed answer ({err}); first bytes {response.content[:80]!r}") from err
+        raise _Retryable(f"malformed answer ({err}); first bytes {body[:80]!r}") from err
 
 
 def _get(session: requests.Session, url: str, params: dict | None, policy: RetryPolicy,
-         parse: Callable[[requests.Response], object]) -> object:
-    """GET ``url`` and return ``parse(response)``; 400 becomes QueryError.
+         parse: Callable[[bytes], object]) -> object:
+    """GET ``url`` and return ``parse(body)``; 400 becomes QueryError, a body over MAX_ANSWER_BYTES
+    ArchiveResponseError.
 
     No connection, an error status or an answer ``parse`` rejects (ValueError) is retried with backoff, for at
-    most ``policy.attempts`` tries and ``policy.api_budget_s`` seconds; then ArchiveUnreachableError (no
-    connection on the last try) or ArchiveResponseError.
+    most ``policy.attempts`` tries and ``policy.api_budget_s`` seconds (answers that trickle in included); then
+    ArchiveUnreachableError (no connection on the last try) or ArchiveResponseError.
     """
     check_http_url(url)
     started = time.monotonic()
@@ -65,7 +76,7 @@ def _get(session: requests.Session, url: str, params: dict | None, policy: Retry
         left = policy.api_budget_s - (time.monotonic() - started)
         timeout = (max(0.1, min(policy.connect_timeout_s, left)), policy.read_timeout_s)
         try:
-            return _get_once(session, url, params, timeout, parse)
+            return _get_once(session, url, params, timeout, started + policy.api_budget_s, parse)
         except _Retryable as err:
             failure = err
         wait = min(policy.backoff_s * 2 ** (attempt - 1), policy.backoff_max_s)
@@ -89,15 +100,15 @@ def _no_connection(err: requests.ConnectionError) -> str:
 
 def _get_json(session: requests.Session, url: str, params: dict | None = None,
               policy: RetryPolicy = RetryPolicy()) -> object:
-    return _get(session, url, params, policy, lambda response: response.json())
+    return _get(session, url, params, policy, json.loads)
 
 
-def _message(response: requests.Response) -> str:
+def _message(body: bytes) -> str:
     try:
-        body = response.json()
-        return str(body.get("message") or body.get("detail") or body)
-    except ValueError:
-        return response.text[:200]
+        answer = json.loads(body)
+        return str(answer.get("message") or answer.get("detail") or answer)
+    except (ValueError, AttributeError):
+        return body[:200].decode("utf8", "replace")
 
 
 def _check_page(page: object, url: str) -> dict:
@@ -118,20 +129,36 @@ def normalise_api_url(api_url: str) -> str:
     return api_url if api_url.endswith("/") else api_url + "/"
 
 
+def _max_pages(first: dict) -> int | None:
+    """How many pages the first page's ``count`` needs at its page size, plus slack for results added while
+    paging; None when it gives no count."""
+    count = first.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return None
+    needed = math.ceil(count / max(1, len(first["results"])))
+    return max(1, needed) + 2 + needed // 10
+
+
 def iter_pages(session: requests.Session, url: str, params: dict | None = None,
                policy: RetryPolicy = RetryPolicy()) -> Iterator[dict]:
-    """Yield each page of a cursor-paged route, following ``next`` verbatim; a ``next`` that points back to a
-    page already read is an ArchiveResponseError (it would loop forever)."""
+    """Yield each page of a cursor-paged route, following ``next`` verbatim. A ``next`` that points back to a
+    page already read, or more pages than the first page's ``count`` needs, is an ArchiveResponseError (the
+    paging would never end)."""
     page = _check_page(_get_json(session, url, params, policy), url)
     yield page
-    seen = set()
+    count, max_pages, pages, seen = page.get("count"), _max_pages(page), 1, set()
     while page["next"]:
         next_url = urljoin(url, page["next"])
         if next_url in seen:
             raise ArchiveResponseError(f"the archive's 'next' link {next_url!r} points back to a page already read; "
                                        "stopping rather than looping (its paging is broken: rerun later)")
+        if max_pages is not None and pages >= max_pages:
+            raise ArchiveResponseError(f"the archive announced {count} results but still links to more after "
+                                       f"{pages} pages; stopping rather than paging forever (its paging is broken: "
+                                       "rerun later)")
         seen.add(next_url)
         page = _check_page(_get_json(session, next_url, policy=policy), next_url)
+        pages += 1
         yield page
 
 
@@ -140,17 +167,22 @@ def search_params(query: str = "", collections: str = "", limit: int = PAGE_LIMI
 
 
 def search_images(session, api_url: str, query: str = "", collections: str = "",
-                  policy: RetryPolicy = RetryPolicy()) -> Iterator[dict]:
-    """Every image record matching the query, in the archive's order, each isic_id once. A page that brings
-    no new isic_id but links to a next one is an ArchiveResponseError (the paging would never end)."""
+                  policy: RetryPolicy = RetryPolicy(), repeated: Counter | None = None) -> Iterator[dict]:
+    """Every image record matching the query, in the archive's order, each isic_id once; the isic_ids listed
+    again are counted in ``repeated`` (a Counter of the extra times each was listed). A page that brings no new
+    isic_id but links to a next one is an ArchiveResponseError (the paging would never end)."""
     seen: set = set()
+    repeated = Counter() if repeated is None else repeated
     for page in iter_pages(session, urljoin(api_url, "images/search/"), search_params(query, collections), policy):
         before = len(seen)
         for record in page["results"]:
             key = _record_key(record)
-            if key not in seen:
-                seen.add(key)
-                yield record
+            if key in seen:
+                repeated[key] += 1
+                log.debug("the search lists %s again; taken once", key)
+                continue
+            seen.add(key)
+            yield record
         if len(seen) == before and page["next"]:
             raise ArchiveResponseError(f"a search page brought no new image but links to another ({page['next']!r}); "
                                        "stopping rather than looping (the archive's paging is broken: rerun later)")
@@ -188,7 +220,7 @@ def iter_collections(session, api_url: str) -> Iterator[dict]:
 
 
 def get_license_text(session, api_url: str, license_name: str, policy: RetryPolicy = RetryPolicy()) -> str:
-    if license_name not in ("CC-0", "CC-BY", "CC-BY-NC"):
+    if license_name not in LICENSES:
         raise ArchiveResponseError(f"unknown license {license_name!r} in an image record")
     url = urljoin(api_url, f"zip-download/license-file/{license_name}/")
-    return _get(session, url, None, policy, lambda response: response.text)
+    return _get(session, url, None, policy, lambda body: body.decode("utf8", "replace"))

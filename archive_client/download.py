@@ -4,8 +4,9 @@ How it stays consistent whatever kills it:
 - each image goes through transfer.fetch_file (partial file, Range resume, size check, atomic rename), then
   is decoded all through: the archive gives no checksum, so a file that does not decode is never recorded
   (one resumed from an earlier partial file is first fetched again whole);
-- a record's file must come from the archive's own host (or one given with allow_hosts) and declare a size
-  from 1 byte to max_image_bytes; a bad record fails alone, with its reason;
+- a record's file must come from the archive's own host (or one given with allow_hosts), and so must every
+  redirect on the way to it; it must declare a size from 1 byte to max_image_bytes (and, where the record
+  gives one, its sha256 is checked); a bad record fails alone, with its reason;
 - after the rename, its manifest row is appended to DATA/.wsm/download-journal.jsonl;
 - at the end (also after Ctrl-C or an error) the journal is merged into DATA/manifest.parquet, written
   atomically, then the journal is emptied. A rerun replays any journal left by a killed run, and adopts
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
+import requests
 
 from wsm.errors import ManifestUnreadableError
 from wsm.io.atomic import write_text_atomic
@@ -86,6 +90,7 @@ class DownloadSummary:
     skipped: int = 0                      # listed in the manifest and complete (not re-hashed)
     verified: int = 0                     # listed, re-hashed with --verify and intact
     adopted: int = 0                      # on disk from a killed run but not listed: hashed and added
+    repeated: int = 0                     # records the search listed again under an isic_id already taken
     failed: dict[str, str] = field(default_factory=dict)
     bytes_downloaded: int = 0
     seconds: float = 0.0
@@ -104,6 +109,9 @@ class DownloadSummary:
             f"failed {len(self.failed)}",
             f"{self.bytes_downloaded / 1e6:.1f} MB in {self.seconds:.1f} s ({rate:.1f} MB/s)",
         ]
+        if self.repeated:
+            out.append(f"the search listed {self.repeated} record(s) again under an isic_id it had already listed: "
+                       "each image was taken once")
         out += [f"  failed {isic_id}: {reason}" for isic_id, reason in sorted(self.failed.items())[:50]]
         if len(self.failed) > 50:
             out.append(f"  ... and {len(self.failed) - 50} more (see the log with -v)")
@@ -125,7 +133,7 @@ class _Outcome:
 def plan_action(dest: Path, expected_size: int, known: Mapping | None, verify: bool) -> str:
     """skip (listed and complete), verify (listed and complete, --verify: re-hash it), adopt (complete on disk
     but unlisted: hash it) or fetch."""
-    if not dest.exists():
+    if not dest.is_file() or dest.is_symlink():      # a link is replaced, never followed
         return "fetch"
     size = dest.stat().st_size
     if size != expected_size:
@@ -154,12 +162,16 @@ def _check_on_disk(action: str, dest: Path, known: Mapping | None) -> tuple[str,
     return digest, size
 
 
-def _fetch_image(session, url: str, dest: Path, expected: int, partial: Path, policy: RetryPolicy, *,
-                 last_try: bool = False) -> tuple[FetchResult, tuple[int, int]]:
+def _fetch_image(session, url: str, dest: Path, expected: int, partial: Path, opts: DownloadOptions, *,
+                 sha256: str | None = None, last_try: bool = False) -> tuple[FetchResult, tuple[int, int]]:
     """fetch_file, then decode the file all through (the archive gives no checksum to check it against).
     A file that does not decode is removed; if part of it came from an earlier partial file, it is fetched
     whole once more before it is given up."""
-    result = fetch_file(session, url, dest, expected_size=expected, partial=partial, policy=policy)
+    def allowed(target: str) -> str:
+        return check_file_host(target, opts.api_url, opts.file_hosts())
+
+    result = fetch_file(session, url, dest, expected_size=expected, expected_sha256=sha256, partial=partial,
+                        check_url=allowed, policy=opts.policy)
     try:
         return result, decoded_size(dest)
     except UNDECODABLE as err:
@@ -170,7 +182,13 @@ def _fetch_image(session, url: str, dest: Path, expected: int, partial: Path, po
                                 "nothing was kept, rerun later to retry") from err
     log.warning("%s: resumed from an earlier partial file but does not decode (%s); fetching it whole again",
                 dest, why)
-    return _fetch_image(session, url, dest, expected, partial, policy, last_try=True)
+    return _fetch_image(session, url, dest, expected, partial, opts, sha256=sha256, last_try=True)
+
+
+def _record_sha256(full: Mapping) -> str | None:
+    """The sha256 a record gives for its file, if it gives a well-formed one."""
+    digest = full.get("sha256")
+    return digest.lower() if isinstance(digest, str) and re.fullmatch(r"[0-9a-fA-F]{64}", digest) else None
 
 
 def _process(record: Mapping, layout: DataLayout, known: Mapping[str, dict], session,
@@ -185,7 +203,8 @@ def _process(record: Mapping, layout: DataLayout, known: Mapping[str, dict], ses
         action = plan_action(dest, expected, known.get(isic_id), opts.verify)
         found, nbytes = _check_on_disk(action, dest, known.get(isic_id)), 0
         if found is None:
-            result, size = _fetch_image(session, url, dest, expected, layout.partial_path(dest), opts.policy)
+            result, size = _fetch_image(session, url, dest, expected, layout.partial_path(dest), opts,
+                                        sha256=_record_sha256(full))
             found, nbytes, action = (result.sha256, size), result.bytes, "downloaded"
         sha256, (width, height) = found
         row = manifest_row(record, file=dest.relative_to(layout.root).as_posix(), nbytes=expected,
@@ -193,7 +212,7 @@ def _process(record: Mapping, layout: DataLayout, known: Mapping[str, dict], ses
         return _Outcome(isic_id, _DONE[action], row, nbytes=nbytes)
     except DiskFullError:
         raise
-    except (ArchiveError, KeyError, TypeError, ValueError) as err:
+    except (ArchiveError, requests.RequestException, KeyError, TypeError, ValueError) as err:
         return _Outcome(isic_id, "failed", reason=f"{err.__class__.__name__}: {err}")
 
 
@@ -251,7 +270,8 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
 
         summary.matched = api.count_images(session, opts.api_url, opts.query, opts.collections, opts.policy)
         total = min(summary.matched, opts.limit) if opts.limit else summary.matched
-        records = api.search_images(session, opts.api_url, opts.query, opts.collections, opts.policy)
+        repeated: Counter = Counter()
+        records = api.search_images(session, opts.api_url, opts.query, opts.collections, opts.policy, repeated)
         records = map(_as_record, islice(records, opts.limit) if opts.limit else records)
         images_bar = progress_bar(total=total, unit="img", desc="images", enabled=opts.progress, position=0)
         bytes_bar = progress_bar(unit="B", unit_scale=True, desc="bytes ", enabled=opts.progress, position=1)
@@ -287,16 +307,29 @@ def download_images(data_root: Path | str, opts: DownloadOptions = DownloadOptio
                 manifest = builder.write()
                 journal.clear()
             summary.seconds = time.monotonic() - started
+            summary.repeated = sum(repeated.values())
+        if summary.repeated:
+            log.warning("the search listed %d record(s) again under an isic_id already taken (%s); each image was "
+                        "taken once", summary.repeated, ", ".join(sorted(repeated)[:5]))
         _write_isic_files(layout, manifest, session, opts)
     return summary
 
 
 def _write_isic_files(layout: DataLayout, manifest: pa.Table, session, opts: DownloadOptions) -> None:
-    """metadata.csv, attribution.txt and licenses/ for every image in the manifest, as isic-cli writes them."""
+    """metadata.csv, attribution.txt and licenses/ for every image in the manifest, as isic-cli writes them.
+    Images whose record names no attribution or no known licence are counted in a warning, not guessed."""
     if not manifest.num_rows:
         return
     write_metadata_csv(layout.metadata_csv, manifest)
-    write_attribution(layout.attribution, manifest)
-    for license_name in sorted(set(manifest["copyright_license"].drop_null().to_pylist())):
+    unattributed = write_attribution(layout.attribution, manifest)
+    if unattributed:
+        log.warning("%d image(s) have no attribution in their archive record (see metadata.csv); attribution.txt "
+                    "lists the others: find whom to credit on the archive before publishing them", unattributed)
+    licenses = Counter(manifest["copyright_license"].to_pylist())
+    for license_name in sorted(name for name in licenses if name in api.LICENSES):
         text = api.get_license_text(session, opts.api_url, license_name, opts.policy)
         write_text_atomic(layout.licenses / f"{license_name}.txt", text)
+    unknown = {name or "none": n for name, n in licenses.items() if name not in api.LICENSES}
+    if unknown:
+        log.warning("image(s) without a known licence (%s): no licence text was written for them; check their "
+                    "terms on the archive before reusing them", ", ".join(f"{k}: {n}" for k, n in unknown.items()))

@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import urlparse
 
+from urllib3.util import parse_url
+
 from .errors import ArchiveResponseError, InvalidIdError, InvalidInputError, InvalidUrlError
 
 ISIC_ID = re.compile(r"ISIC_[0-9]{7}")  # ASCII digits only: \d also matches other scripts' digits
@@ -20,11 +22,23 @@ def check_isic_id(isic_id: object) -> str:
     return isic_id
 
 
+# A backslash, whitespace or a control character: parsers disagree on where the host ends (``http://A\@B/`` is
+# host A for urllib3, which makes the connection, and host B for urllib.parse)
+_AMBIGUOUS = re.compile(r"[\\\s\x00-\x1f\x7f]")
+
+
 def check_http_url(url: object) -> str:
-    """Return url unchanged if it is an absolute http(s) URL, else raise InvalidUrlError."""
-    parsed = urlparse(url) if isinstance(url, str) else None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
+    """Return url unchanged if it is an absolute http(s) URL whose host every parser reads alike, else raise
+    InvalidUrlError. User info (``user@host``) and characters that parsers split differently are refused."""
+    try:
+        parsed, host = (urlparse(url), parse_url(url).host) if isinstance(url, str) else (None, None)
+    except ValueError:        # urllib3's LocationParseError is a ValueError too
+        parsed, host = None, None
+    if parsed is None or parsed.scheme not in ("http", "https") or not host:
         raise InvalidUrlError(f"refusing URL {url!r}: only absolute http:// or https:// URLs are fetched")
+    if _AMBIGUOUS.search(url) or "@" in parsed.netloc or host.strip("[]").lower() != parsed.hostname:
+        raise InvalidUrlError(f"refusing URL {url!r}: user info, a backslash, a space or a control character makes "
+                              "its host ambiguous")
     return url
 
 
@@ -43,8 +57,10 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _host_port(url: str) -> tuple[str, int]:
-    parsed = urlparse(url)
-    return (parsed.hostname or "").lower(), parsed.port or _DEFAULT_PORTS.get(parsed.scheme, 0)
+    """The host and port a connection to url goes to, parsed as urllib3 (which makes it) parses them."""
+    parsed = parse_url(url)
+    host = (parsed.host or "").lower().strip("[]")
+    return host, parsed.port or _DEFAULT_PORTS.get(parsed.scheme or "", 0)
 
 
 def parse_host(text: str) -> tuple[str, int | None]:
@@ -80,6 +96,14 @@ def check_file_host(url: str, api_url: str, allowed: Iterable[tuple[str, int | N
         return url
     raise InvalidUrlError(f"refusing URL {url!r}: its host {host}:{port} is not the archive's "
                           f"({_host_port(api_url)[0]}); pass --allow-host {host}:{port} if you trust it")
+
+
+def check_same_host(url: str, origin: str) -> str:
+    """Return url if a connection to it goes where one to origin goes (host and port), else raise InvalidUrlError:
+    the rule for a redirect when nothing else says which hosts a file may come from."""
+    if _host_port(url) != _host_port(origin):
+        raise InvalidUrlError(f"refusing URL {url!r}: a redirect away from {_host_port(origin)[0]}")
+    return url
 
 
 def file_extension(url: str, default: str = "jpg") -> str:

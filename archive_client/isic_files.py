@@ -37,14 +37,20 @@ def write_metadata_csv(path: Path, table: pa.Table, batch_rows: int = 10_000) ->
                 writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
 
 
-def attributions(names: Iterable[str]) -> list[str]:
-    """Distinct attributions, most images first, then by name, "Anonymous" last."""
-    counts = Counter(names)
+def _named(name: object) -> bool:
+    return isinstance(name, str) and bool(name.strip())
+
+
+def attributions(names: Iterable[str | None]) -> list[str]:
+    """Distinct attributions, most images first, then by name, "Anonymous" last; none or blank is left out."""
+    counts = Counter(name for name in names if _named(name))
     ordered = sorted(counts.most_common(), key=lambda item: (-item[1], item[0]))
     ordered = sorted(ordered, key=lambda item: item[0] == "Anonymous")
     return [name for name, _ in ordered]
 
 
-def write_attribution(path: Path, table: pa.Table) -> None:
-    write_text_atomic(path, "\n\n".join(attributions(table["attribution"].to_pylist())))
-
+def write_attribution(path: Path, table: pa.Table) -> int:
+    """Write attribution.txt; the number of images it could not credit (no attribution in their record)."""
+    names = table["attribution"].to_pylist()
+    write_text_atomic(path, "\n\n".join(attributions(names)))
+    return sum(not _named(name) for name in names)

@@ -400,16 +400,20 @@ def test_truncated_bodies_resume_with_range(tmp_path, served_data):
     assert_complete(tmp_path, served_files(served_data))
 
 
-def test_disk_full_is_a_clear_error_and_nothing_is_half_written(tmp_path, emulator):
-    from archive_client.errors import DiskFullError
-    from archive_client.transfer import fetch_file, make_session
+def test_disk_full_is_a_clear_error_and_nothing_is_half_written(tmp_path, emulator, monkeypatch):
+    import errno
 
-    if not Path("/dev/full").exists():
-        pytest.skip("needs /dev/full to produce a real ENOSPC")
+    from archive_client import transfer
+    from archive_client.errors import DiskFullError
+
+    def full(*args):               # what writing answers on a full disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transfer, "_write_body", full)
     record = json.loads(__import__("requests").get(emulator.api_url + "images/search/?limit=1").text)["results"][0]
     dest = tmp_path / "ISIC_x.jpg"
     with pytest.raises(DiskFullError, match="free space and rerun"):
-        fetch_file(make_session(1), record["files"]["full"]["url"], dest, partial=Path("/dev/full"), policy=FAST)
+        transfer.fetch_file(transfer.make_session(1), record["files"]["full"]["url"], dest, policy=FAST)
     assert not dest.exists()
 
 
@@ -482,7 +486,8 @@ def test_a_damaged_manifest_is_kept_aside_and_rebuilt_from_verified_files(tmp_pa
 
 
 @pytest.mark.parametrize("flags, message", [(["--connections", "0"], "--connections 0: give at least 1"),
-                                            (["--limit", "-1"], "--limit -1: give a number of images")])
+                                            (["--limit", "-1"], "--limit -1: give a number of images"),
+                                            (["--min-rate", "-1"], "--min-rate -1: give a rate in kB/s")])
 def test_bad_numbers_are_one_line_errors(tmp_path, emulator, capsys, flags, message):
     assert main(["-q", "download", "--out", str(tmp_path), "--api-url", emulator.api_url, *flags]) == 2
     err = capsys.readouterr().err

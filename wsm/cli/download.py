@@ -35,6 +35,9 @@ def register(commands) -> None:
     download.add_argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="HOST[:PORT]",
                           help="also fetch image files from this host (repeatable); by default only the archive's "
                                "own host (and its sibling hosts, e.g. content.isic-archive.com) is trusted")
+    download.add_argument("--min-rate", type=float, default=16.0, metavar="KB/S",
+                          help="give up on a file (it resumes on the next run) that averages less than this many "
+                               "kB/s after a grace of two minutes, retries included; 0: never (default 16)")
     download.add_argument("--challenge", choices=sorted(CATALOG), help="download this challenge's official masks")
     download.add_argument("--splits", type=comma_choices(SPLITS, "split(s)"),
                           help=f"with --challenge: which splits, comma-separated (default: {','.join(SPLITS)})")
@@ -89,20 +92,26 @@ def _flags_of_the_other_mode(args) -> str | None:
 
 
 def run_download(args) -> int:
+    from archive_client.transfer import RetryPolicy
+
     conflict = _flags_of_the_other_mode(args)
     if conflict:
         raise UsageError(conflict)
+    if not args.min_rate >= 0:
+        raise UsageError(f"--min-rate {args.min_rate:g}: give a rate in kB/s, or 0 for no limit")
+    policy = RetryPolicy(min_rate_bps=args.min_rate * 1000)
     if args.challenge:
         from archive_client.challenge_data import download_challenge
 
         summary = download_challenge(args.out, args.challenge, splits=args.splits or SPLITS, inputs=args.inputs,
-                                     base_url=args.challenge_url, progress=not args.quiet, task=args.task)
+                                     base_url=args.challenge_url, progress=not args.quiet, task=args.task,
+                                     policy=policy)
     else:
         from archive_client.download import DownloadOptions, download_images
 
         opts = DownloadOptions(api_url=args.api_url, query=args.search, collections=args.collections,
                                limit=args.limit, workers=args.connections, verify=args.verify, progress=not args.quiet,
-                               allow_hosts=tuple(args.allow_hosts))
+                               allow_hosts=tuple(args.allow_hosts), policy=policy)
         summary = download_images(args.out, opts)
     return _closing(summary, args.out)
 
