@@ -138,6 +138,7 @@ def bring_in_attributes(layout: DataLayout, found: AttributeFiles, challenge: st
                         progress: bool = False) -> AttributesIn:
     """Check each image's attribute files as a set and write the accepted ones to DATA/attributes/<challenge>/.
 
+    ``split_of(isic_id)`` gives the split, or raises ValueError (the image's files are then rejected);
     ``put(src, dest)`` writes a file taken as it is (moved from staging, or copied / linked by import);
     ``require_image``: the image must be in DATA (import), else its masks are checked against it only if it is.
     """
@@ -147,12 +148,15 @@ def bring_in_attributes(layout: DataLayout, found: AttributeFiles, challenge: st
                                        enabled=progress):
         size, why = _image_problem(layout, isic_id, require_image)
         accepted, problems = _check_set(files, size) if why is None else ({}, [why])
+        try:
+            split = split_of(isic_id)
+        except ValueError as err:      # no split is known for it: nothing of it is written
+            problems = [*problems, str(err)]
         if problems:
             kept = " DATA keeps the five it already had." if isic_id in earlier else ""
             done.rejected.append((isic_id, f"{'; '.join(problems)}; all {len(files)} of its attribute files were "
                                            f"left out (an image's five masks come in together or not at all).{kept}"))
             continue
-        split = split_of(isic_id)
         for attribute, mask in accepted.items():
             dest = layout.attribute_path(isic_id, challenge, attribute)
             if _write(mask, dest, put):

@@ -83,6 +83,8 @@ def _as_l(im: Image.Image) -> Image.Image | None:
         return None
     if im.mode == "1":
         return im.convert("L")
+    if im.mode in _WIDE_MODES:
+        return _wide_as_l(np.asarray(im))
     if im.mode in ("P", "PA", "LA", "RGB", "RGBA"):
         rgba = np.asarray(im.convert("RGBA"))
         if (rgba[..., 3] != 255).any():
@@ -93,21 +95,37 @@ def _as_l(im: Image.Image) -> Image.Image | None:
     raise _Refused(f"mode {im.mode} is not 8-bit single channel; expected L (0 background, 255 lesion)")
 
 
-def check_mask(path: Path, image_size: tuple[int, int] | None = None) -> MaskCheck:
-    """Decode a mask completely and check it is an 8-bit single-channel PNG of ``image_size`` (w, h) if given;
-    an accepted mask comes with its pixels, so that nothing decodes it twice."""
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def _wide_as_l(values: np.ndarray) -> Image.Image:
+    """A 16- or 32-bit mask as 'L': 0/65535 as 0/255, values up to 255 as they are; other values are refused."""
+    if np.isin(values, (0, 65535)).all():
+        values = values // 257
+    elif values.min() < 0 or values.max() > 255:
+        raise _Refused(f"16-bit values up to {values.max()}; expected 0/1, 0/255 or 0/65535")
+    return Image.fromarray(values.astype(np.uint8), mode="L")
+
+
+def check_mask(path: Path, image_size: tuple[int, int] | None = None,
+               formats: tuple[str, ...] = ("PNG",)) -> MaskCheck:
+    """Decode a mask completely and check it is a single-channel file of one of ``formats`` (lossless: PNG, BMP,
+    TIFF, GIF) of ``image_size`` (w, h) if given; an accepted mask comes with its pixels, so that nothing decodes it
+    twice, and with an 8-bit PNG of them when the file is not one already."""
     try:
         with Image.open(path) as im:
-            if im.format != "PNG":
-                return MaskCheck(f"is a {im.format} file, expected a PNG")
+            if im.format not in formats:
+                return MaskCheck(f"is a {im.format} file, expected {' or '.join(formats)}")
             im.load()
             converted = _as_l(im)
+            if converted is None and im.format != "PNG":
+                converted = im.copy()
             width, height = im.size
             pixels = np.asarray(converted if converted is not None else im, dtype=np.uint8)
     except _Refused as why:
         return MaskCheck(f"has {why}")
     except UNDECODABLE as err:
-        return MaskCheck(f"does not decode as a PNG ({decode_problem(err)})")
+        return MaskCheck(f"does not decode as a {' or '.join(formats)} ({decode_problem(err)})")
     if image_size is not None and (width, height) != tuple(image_size):
         return MaskCheck(f"is {width}x{height} but its image is {image_size[0]}x{image_size[1]} (as displayed, "
                          "after any EXIF rotation)", width, height)

@@ -22,6 +22,26 @@ def check_isic_id(isic_id: object) -> str:
     return isic_id
 
 
+# Ids of images a user brings (PH2's IMD002, an atlas's AMM1): kept as given, but only as safe file names.
+IMAGE_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,99}")
+
+
+def check_image_id(image_id: object) -> str:
+    """Return image_id unchanged if it is an ISIC id or a safe file name (ASCII letters, digits, ``_``, ``-`` and
+    single dots, starting with a letter or digit, at most 100 characters, not ending with a dot, and not a
+    malformed ISIC id); else raise InvalidIdError. DATA folders hold archive images and a user's own under one
+    rule."""
+    if not isinstance(image_id, str) or not IMAGE_ID.fullmatch(image_id) or image_id.endswith("."):
+        raise InvalidIdError(
+            f"refusing image id {image_id!r}: use ASCII letters, digits, '_', '-' and single dots, starting with a "
+            "letter or digit (at most 100 characters), e.g. ISIC_0000000 or IMD002"
+        )
+    if image_id[:5].upper() == "ISIC_" and not ISIC_ID.fullmatch(image_id):   # a mistyped archive id
+        raise InvalidIdError(f"refusing image id {image_id!r}: an id starting with ISIC_ is an archive id, "
+                             "ISIC_ followed by 7 digits (e.g. ISIC_0000000)")
+    return image_id
+
+
 # A backslash, whitespace or a control character: parsers disagree on where the host ends (``http://A\@B/`` is
 # host A for urllib3, which makes the connection, and host B for urllib.parse)
 _AMBIGUOUS = re.compile(r"[\\\s\x00-\x1f\x7f]")

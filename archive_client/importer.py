@@ -1,23 +1,29 @@
-"""`wsm import`: the DATA layout built from local folders, for users who already have the challenge data.
+"""`wsm import`: the DATA layout built from local folders: the challenge data, or any lesion dataset of your own.
 
-    images/  ISIC_ddddddd.(jpg|jpeg|png)                 -> DATA/images/ISIC_x.<ext>   (copied, or hard-linked)
-    masks/   ISIC_ddddddd_segmentation.png (_Segmentation) -> DATA/masks/<challenge>/ISIC_x_segmentation.png
+    images/  <id>.(jpg|jpeg|png|bmp|tif|tiff)              -> DATA/images/<id>.<ext> (JPEG and PNG copied or
+             hard-linked; BMP and TIFF stored as PNG)
+    masks/   <id>_segmentation.png, or _Segmentation, _lesion, _contour, _mask; PNG, BMP, TIFF or GIF; 1-bit,
+             8-bit 0/1 or 0/255, grey palette or 16-bit        -> DATA/masks/<challenge>/<id>_segmentation.png (0/255)
     attributes/  ISIC_ddddddd_attribute_<name>.png        -> DATA/attributes/<challenge>/ (ISIC 2018 Task 2; all
              five of an image or none, checked as archive_client.attribute_data checks the zips' files)
-    labels   CSV with isic_id (or image_id) and either the archive's diagnosis_1..5 and other metadata columns,
-             or the ISIC 2017 Part 3 columns melanoma, seborrheic_keratosis (0/1, empty = unknown)
+    labels   a CSV or .xlsx of per-image metadata (archive_client.labels); with image and mask columns it can
+             name the files instead of the folders
 
-Files are found by name only (other names are skipped and reported; licence files and the like silently),
-checked (an image must decode; a mask must be an 8-bit single-channel PNG of its image's size holding 0/255,
-or 0/1 which is written as 0/255) and written atomically; nothing that fails a check is written.
+Ids are the file names without extension (and without the mask suffix, or an image's ``_orig``, as the Waterloo
+set names its photographs): ISIC_0000000, IMD002, AMM1; kept as given, refused unless they are safe file names
+(archive_client.ids.check_image_id). Folders are searched recursively; PH2's own layout (IMDnnn/
+IMDnnn_Dermoscopic_Image/IMDnnn.bmp, IMDnnn/IMDnnn_lesion/IMDnnn_lesion.bmp) imports as it is, its colour-region
+folders (IMDnnn_roi) left out. Files are checked (an image must decode and be at most 120 megapixels; a mask must
+be two-valued and the size of its image) and written atomically; nothing that fails a check is written.
 DATA/manifest.parquet, DATA/gt_manifest.parquet, DATA/attribute_manifest.parquet, DATA/metadata.csv and
-DATA/attribution.txt are merged with what is there. A rerun skips files already present with the same sha256 and leaves the manifests untouched when
-nothing changed.
+DATA/attribution.txt are merged with what is there. A rerun skips files already present with the same content and
+leaves the manifests untouched when nothing changed.
 """
 from __future__ import annotations
 
 import csv
 import errno
+import io
 import logging
 import os
 import re
@@ -26,6 +32,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +40,8 @@ from PIL import Image
 
 from wsm.io.atomic import atomic_path, fsync_dir, write_bytes_atomic
 from wsm.io.hashing import sha256_file
-from wsm.io.images import (UNDECODABLE, ImageDecodeError, check_decodes, decode_problem, displayed_size,
-                           encode_label_png, image_size, official_mask)
+from wsm.io.images import (DEFAULT_MAX_PIXELS, UNDECODABLE, ImageDecodeError, check_decodes, decode_problem,
+                           displayed_size, encode_label_png, image_size, official_mask, read_image)
 from wsm.io.lock import exclusive_lock
 from wsm.io.progress import progress as progress_bar
 from wsm.io.tables import merge_rows, read_table, write_table_atomic
@@ -42,9 +49,10 @@ from wsm.io.tables import merge_rows, read_table, write_table_atomic
 from .attribute_data import AttributeFiles, bring_in_attributes, merge_attribute_rows, unknown_attribute
 from .challenge_data import MaskCheck, check_mask, find_image, merge_into
 from .challenges import ATTRIBUTE_FILE, ATTRIBUTES
-from .errors import InvalidInputError
-from .ids import check_isic_id
+from .errors import InvalidIdError, InvalidInputError
+from .ids import ISIC_ID, check_image_id
 from .isic_files import write_attribution, write_metadata_csv
+from .labels import PART3_DIAGNOSIS, Labels, part3_diagnosis, read_labels
 from .layout import DataLayout
 from .manifest import DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row
 from .safezip import is_benign
@@ -54,29 +62,49 @@ __all__ = ["ImportSummary", "PART3_DIAGNOSIS", "SPLITS_REFERENCE", "import_folde
 
 log = logging.getLogger(__name__)
 
-# The checked-in reference of which archive images have official masks, and in which split.
-SPLITS_REFERENCE = Path(__file__).resolve().parents[1] / "manifests" / "challenge_splits.csv"
+# The reference of which archive images have official masks, and in which split (shipped inside the package).
+SPLITS_REFERENCE = Path(str(resources.files("wsm") / "manifests" / "challenge_splits.csv"))
 
-IMAGE_NAME = re.compile(r"(ISIC_[0-9]{7})\.([A-Za-z]{3,4})")
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
-MASK_NAME = re.compile(r"(ISIC_[0-9]{7})_[Ss]egmentation\.[Pp][Nn][Gg]")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
+STORED_AS_IS = ("JPEG", "PNG")         # other image formats are stored as PNG (lossless)
+MASK_SUFFIXES = ("segmentation", "lesion", "contour", "mask")   # any case: 2016's _Segmentation, PH2's _lesion
+MASK_EXTENSIONS = ("png", "bmp", "tif", "tiff", "gif")
+MASK_FORMATS = ("PNG", "BMP", "TIFF", "GIF")
+IMAGE_SUFFIXES = ("_orig",)            # the Waterloo set's photographs: AMM1_orig.jpg beside AMM1_contour.png
+SKIPPED_FOLDERS = re.compile(r".*_roi")  # PH2's colour-region masks (IMD002_roi/IMD002_R1_Label4.bmp)
+IMAGE_NAME = re.compile(rf"(.+)\.({'|'.join(IMAGE_EXTENSIONS)})", re.IGNORECASE)
+MASK_NAME = re.compile(rf"(.+)_({'|'.join(MASK_SUFFIXES)})\.({'|'.join(MASK_EXTENSIONS)})", re.IGNORECASE)
 CHALLENGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SPLIT_CHOICES = ("auto", "train", "val", "test")
+ISIC_CHALLENGES = ("isic2016", "isic2017", "isic2018")
 
 DEFAULT_LICENSE = "CC-0"
 DEFAULT_ATTRIBUTION = "ISIC challenge data"
 
-# ISIC 2017 Part 3 labels -> the archive's diagnosis hierarchy (diagnosis_1, diagnosis_2, diagnosis_3).
-PART3_DIAGNOSIS = {
-    "melanoma": ("Malignant", "Malignant melanocytic proliferations (Melanoma)", "Melanoma, NOS"),
-    "seborrheic_keratosis": ("Benign", "Benign epidermal proliferations", "Seborrheic keratosis"),
-    "neither": ("Benign", "Benign melanocytic proliferations", "Nevus"),
-}
-_PART3_COLUMNS = ("melanoma", "seborrheic_keratosis")
-_DIAGNOSIS_COLUMN = re.compile(r"diagnosis_[1-5]")
-_ID_COLUMNS = ("isic_id", "image_id")        # ISIC 2017's ground-truth CSVs call it image_id
-# Label columns that would overwrite what import measures on the file itself.
-_FILE_COLUMNS = {"file", "bytes", "sha256", "width", "height", "source_url", "pixels_x", "pixels_y"}
+
+def _safe_id(candidate: str) -> str | None:
+    try:
+        return check_image_id(candidate)
+    except InvalidIdError:
+        return None
+
+
+def image_id_of(file_name: str) -> str | None:
+    """The image id of an image file name (``IMD002.bmp`` -> IMD002, ``AMM1_orig.jpg`` -> AMM1), or None."""
+    match = IMAGE_NAME.fullmatch(file_name)
+    if not match or MASK_NAME.fullmatch(file_name):
+        return None
+    stem = match.group(1)
+    for suffix in IMAGE_SUFFIXES:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            stem = stem[:-len(suffix)]
+    return _safe_id(stem)
+
+
+def mask_id_of(file_name: str) -> str | None:
+    """The image id of a mask file name (``IMD002_lesion.bmp`` -> IMD002), or None."""
+    match = MASK_NAME.fullmatch(file_name)
+    return _safe_id(match.group(1)) if match else None
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -125,7 +153,7 @@ class ImportSummary:
             if hint in skipped:
                 out.append(f"{len(skipped[hint])} files skipped ({_examples(skipped[hint])}): {hint}")
         if None in skipped:
-            out.append(f"{len(skipped[None])} files skipped (not ISIC_ddddddd images or masks): "
+            out.append(f"{len(skipped[None])} files skipped (not named like images or masks): "
                        f"{_examples(skipped[None])}")
         if self.labels_unmatched:
             out.append(f"{self.labels_unmatched} label rows have no imported image")
@@ -146,12 +174,11 @@ def _misplaced_hint(name: str) -> str | None:
     """For a skipped file named like a mask, an attribute mask or an image, where such files go; None for other
     names."""
     base = name.rsplit("/", 1)[-1]
-    if MASK_NAME.fullmatch(base):
+    if mask_id_of(base):
         return _MASKS_HINT
     if ATTRIBUTE_FILE.fullmatch(base):
         return _UNKNOWN_ATTRIBUTE_HINT if unknown_attribute(base) else _ATTRIBUTES_HINT
-    image = IMAGE_NAME.fullmatch(base)
-    if image and image.group(2).lower() in IMAGE_EXTENSIONS:
+    if image_id_of(base):
         return _IMAGES_HINT
     return None
 
@@ -161,99 +188,14 @@ def _examples(names: list[str], shown: int = 5) -> str:
     return ", ".join(repr(n) for n in names[:shown]) + (" ..." if len(names) > shown else "")
 
 
-# --------------------------------------------------------------------------------------------- labels
-
-def _flag(value: str | None, column: str) -> int | None:
-    """0 / 1 from '0', '1', '0.0', '1.0'; None when empty; ValueError otherwise."""
-    text = (value or "").strip()
-    if text == "" or text.lower() == "nan":
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        number = -1.0
-    if number not in (0.0, 1.0):
-        raise ValueError(f"{column}={value!r}, expected 0, 1 or empty")
-    return int(number)
-
-
-def part3_diagnosis(melanoma: int | None, seborrheic_keratosis: int | None) -> tuple[str, str, str] | None:
-    """diagnosis_1..3 for ISIC 2017 Part 3 labels; None when unknown; ValueError when both are 1."""
-    if melanoma == 1 and seborrheic_keratosis == 1:
-        raise ValueError("melanoma and seborrheic_keratosis are both 1; the 2017 classes are exclusive")
-    if melanoma == 1:
-        return PART3_DIAGNOSIS["melanoma"]
-    if seborrheic_keratosis == 1:
-        return PART3_DIAGNOSIS["seborrheic_keratosis"]
-    if melanoma == 0 and seborrheic_keratosis == 0:
-        return PART3_DIAGNOSIS["neither"]
-    return None
-
-
-@dataclass
-class Labels:
-    by_id: dict[str, dict[str, str]] = field(default_factory=dict)   # isic_id -> metadata fields
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-    ignored_columns: list[str] = field(default_factory=list)
-
-
-def read_labels(path: Path) -> Labels:
-    """Per-image metadata from a labels CSV (see the module doc); bad rows are listed, not fatal; a file that is
-    not a UTF-8 CSV with an id column raises InvalidInputError."""
-    if not path.is_file():
-        raise InvalidInputError(f"the labels file {path} does not exist or is not a file; pass a CSV to --labels")
-    try:
-        return _parse_labels(path)
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise InvalidInputError(f"the labels file {path} is not a UTF-8 CSV ({err}); save it as CSV, UTF-8") from err
-
-
-def _parse_labels(path: Path) -> Labels:
-    labels = Labels()
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c for c in (reader.fieldnames or [])]
-        id_column = next((c for c in _ID_COLUMNS if c in columns), None)
-        if id_column is None:
-            raise InvalidInputError(f"{path}: no isic_id (or image_id) column; its columns are {columns}; "
-                                    "name the image id column isic_id")
-        archive_style = any(_DIAGNOSIS_COLUMN.fullmatch(c) for c in columns)
-        part3 = not archive_style and all(c in columns for c in _PART3_COLUMNS)
-        others = [c for c in columns if c not in _ID_COLUMNS and c is not None]
-        if part3:
-            keep = [c for c in others if c in ("image_type", "copyright_license", "attribution")]
-        else:
-            keep = [c for c in others if c not in _FILE_COLUMNS]
-        labels.ignored_columns = [c for c in others if c not in keep and not (part3 and c in _PART3_COLUMNS)]
-        for line, row in enumerate(reader, start=2):
-            where = f"{path.name}:{line}"
-            try:
-                isic_id = check_isic_id((row.get(id_column) or "").strip())
-                if not isic_id.isascii():
-                    raise ValueError(f"refusing isic_id {isic_id!r}: non-ASCII digits")
-                fields = {c: row[c].strip() for c in keep if isinstance(row.get(c), str) and row[c].strip()}
-                if part3:
-                    diagnosis = part3_diagnosis(*(_flag(row.get(c), c) for c in _PART3_COLUMNS))
-                    if diagnosis:
-                        fields.update(zip(("diagnosis_1", "diagnosis_2", "diagnosis_3"), diagnosis))
-            except ValueError as err:
-                labels.rejected.append((where, str(err)))
-                continue
-            if isic_id in labels.by_id:
-                labels.rejected.append((where, f"second row for {isic_id}; the first one is used"))
-                continue
-            labels.by_id[isic_id] = fields
-    return labels
-
-
 # --------------------------------------------------------------------------------------------- splits
 
 @lru_cache(maxsize=4)
 def _reference(path: Path) -> dict[str, dict[str, str]]:
+    if not path.is_file():
+        raise InvalidInputError(f"the reference split list {path} is missing from this installation of wsm; "
+                                "reinstall wsm, or give the split with --assign-split")
     table: dict[str, dict[str, str]] = {}
-    if not path.exists():
-        log.warning("no reference split file at %s; split 'auto' gives 'train' to every image", path)
-        return table
     with open(path, newline="", encoding="utf8") as fh:
         for row in csv.DictReader(fh):
             table.setdefault(row["isic_id"], {})[row["challenge"]] = row["split"]
@@ -261,11 +203,16 @@ def _reference(path: Path) -> dict[str, dict[str, str]]:
 
 
 def reference_split(isic_id: str, challenge: str, reference: Path = SPLITS_REFERENCE) -> str:
-    """The split of isic_id in ``challenge`` per the reference file; else its split in the most recent challenge
-    that has it; else "train"."""
+    """The split of an image's mask when none is given: its split in ``challenge`` per the reference list (the
+    ISIC 2017 sets and the ISIC 2018 training set); for a dataset of your own (any other challenge name) its split
+    in the newest challenge that has it, else train. ValueError when ``challenge`` is an ISIC challenge the
+    reference does not place the image in: no split is guessed for the archive's own challenges."""
     known = _reference(reference).get(isic_id, {})
     if challenge in known:
         return known[challenge]
+    if challenge in ISIC_CHALLENGES:
+        raise ValueError(f"its split in {challenge} is not in wsm's reference list; give it with --assign-split "
+                         "(train, val or test), or fetch the masks with `wsm download --challenge`")
     if known:
         return known[max(known)]
     return "train"
@@ -274,9 +221,11 @@ def reference_split(isic_id: str, challenge: str, reference: Path = SPLITS_REFER
 # --------------------------------------------------------------------------------------------- files
 
 def _walk(folder: Path) -> Iterator[tuple[str, Path]]:
-    """(relative posix name, path) of the files under folder, sorted; hidden and __MACOSX folders left out."""
+    """(relative posix name, path) of the files under folder, sorted; hidden, __MACOSX and PH2's colour-region
+    folders left out."""
     for current, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        dirs[:] = sorted(d for d in dirs
+                         if not d.startswith(".") and d != "__MACOSX" and not SKIPPED_FOLDERS.fullmatch(d))
         for name in sorted(files):
             path = Path(current) / name
             yield path.relative_to(folder).as_posix(), path
@@ -337,19 +286,27 @@ def _scan(folders: dict[str, Path | None], summary: ImportSummary) -> _Found:
             kinds_of.setdefault(os.path.abspath(folder), (folder, set()))[1].add(kind)
     for folder, kinds in kinds_of.values():
         for name, path in _walk(folder):
-            image = IMAGE_NAME.fullmatch(path.name)
-            mask = MASK_NAME.fullmatch(path.name)
+            image, mask = image_id_of(path.name), mask_id_of(path.name)
             attribute = ATTRIBUTE_FILE.fullmatch(path.name)
-            if image and image.group(2).lower() in IMAGE_EXTENSIONS and "image" in kinds:
-                _add(found.images, image.group(1), name, path, summary.images_rejected)
+            if image and "image" in kinds:
+                _add(found.images, image, name, path, summary.images_rejected)
             elif mask and "mask" in kinds:
-                _add(found.masks, mask.group(1), name, path, summary.masks_rejected)
+                _add(found.masks, mask, name, path, summary.masks_rejected)
             elif attribute and attribute.group(2) in ATTRIBUTES and "attribute" in kinds:
                 _add(found.attributes.setdefault(attribute.group(1), {}), attribute.group(2), name, path,
                      summary.attributes_rejected)
             elif not is_benign(name):
                 summary.unexpected.append(f"{folder.name}/{name}")
     return found
+
+
+def _listed(labels: Labels, found: _Found, summary: ImportSummary) -> None:
+    """The images and masks a labels file names in its image and mask columns, where no folder gives them."""
+    for image_id, (image, mask) in sorted(labels.files.items()):
+        for path, table, rejected in ((image, found.images, summary.images_rejected),
+                                      (mask, found.masks, summary.masks_rejected)):
+            if path is not None:
+                _add(table, image_id, path.name, path, rejected)
 
 
 def _add(table: dict, key: str, name: str, path: Path, rejected: list) -> None:
@@ -363,7 +320,7 @@ def _add(table: dict, key: str, name: str, path: Path, rejected: list) -> None:
 
 def import_folders(
     out: Path | str,
-    images: Path | str,
+    images: Path | str | None = None,
     masks: Path | str | None = None,
     labels: Path | str | None = None,
     challenge: str = "local",
@@ -375,11 +332,11 @@ def import_folders(
     """Import local images (and masks, attribute masks and labels) into the DATA folder ``out``; see the module doc.
 
     ``challenge`` names the mask folders DATA/masks/<challenge> and DATA/attributes/<challenge> and their manifest
-    rows; ``split`` is train, val, test or auto (the reference file manifests/challenge_splits.csv, else train).
-    Attribute masks need their image in DATA or imported in the same call. ``link`` hard-links
-    files instead of copying them where the file system allows (DATA then shares the files with the source:
-    editing one edits the other). Raises InvalidInputError (a ValueError) for bad arguments, LockedError if
-    another wsm writes ``out``.
+    rows (the dataset's name: isic2018, ph2, ...); ``split`` is train, val, test or auto (see :func:`split_of`).
+    Without ``images`` the labels file's image (and mask) columns name the files. Attribute masks need their image
+    in DATA or imported in the same call. ``link`` hard-links files instead of copying them where the file system
+    allows (DATA then shares the files with the source: editing one edits the other). Raises InvalidInputError (a
+    ValueError) for bad arguments or when nothing importable is found, LockedError if another wsm writes ``out``.
     """
     if not CHALLENGE_NAME.fullmatch(challenge or ""):
         raise InvalidInputError(f"challenge name {challenge!r} becomes a folder name: use letters, digits, '.', '_' "
@@ -393,10 +350,17 @@ def import_folders(
             raise InvalidInputError(f"the {what} folder {folder} does not exist or is not a folder; "
                                     f"pass an existing folder to --{what}")
     label_table = read_labels(Path(labels)) if labels is not None else Labels()
+    if images is None and not label_table.files:
+        raise InvalidInputError("nothing to import: pass --images DIR, or --labels with a CSV whose image column "
+                                "names the image files")
     layout = DataLayout(Path(out))
     summary = ImportSummary(labels_rejected=list(label_table.rejected),
                             labels_ignored_columns=list(label_table.ignored_columns))
     found = _scan(folders, summary)
+    if images is None:
+        _listed(label_table, found, summary)
+    if not (found.images or found.masks or found.attributes):
+        raise InvalidInputError(_nothing_found(folders, summary))
     bar = dict(enabled=progress)
     layout.root.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(layout.root):
@@ -409,11 +373,17 @@ def import_folders(
     return summary
 
 
+def _nothing_found(folders: dict[str, Path | None], summary: ImportSummary) -> str:
+    searched = ", ".join(f"{kind}s in {folder}" for kind, folder in folders.items() if folder is not None)
+    seen = f"; it holds {_examples(summary.unexpected)}" if summary.unexpected else "; it holds no files"
+    return (f"no image or mask found ({searched}){seen}. Images are <id>.jpg/.jpeg/.png/.bmp/.tif, masks "
+            f"<id>_{{{','.join(MASK_SUFFIXES)}}}.png/.bmp/.tif/.gif; or pass --labels with a CSV whose image and "
+            "mask columns name the files")
+
+
 def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: ImportSummary, bar) -> list[dict]:
     rows = []
-    for isic_id, (name, src) in progress_bar(sorted(found.images.items()), desc="images", unit="file", **bar):
-        ext = src.suffix[1:].lower()
-        dest = layout.image_path(isic_id, ext)
+    for image_id, (name, src) in progress_bar(sorted(found.images.items()), desc="images", unit="file", **bar):
         try:
             with Image.open(src) as im:
                 width, height = displayed_size(im)
@@ -422,31 +392,70 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
         except UNDECODABLE as err:
             summary.images_rejected.append((name, f"does not decode as an image ({decode_problem(err)})"))
             continue
-        if kind not in ("JPEG", "PNG"):
-            summary.images_rejected.append((name, f"is a {kind} file, expected JPEG or PNG"))
+        problem = _image_problem(kind, width, height)
+        if problem:
+            summary.images_rejected.append((name, problem))
             continue
-        other = find_image(layout, isic_id)
+        dest = layout.image_path(image_id, src.suffix[1:].lower() if kind in STORED_AS_IS else "png")
+        other = find_image(layout, image_id)
         if other is not None and other != dest:
-            summary.images_rejected.append((name, f"DATA already has {other.name} for {isic_id}; remove it to "
+            summary.images_rejected.append((name, f"DATA already has {other.name} for {image_id}; remove it to "
                                                   "import this file instead"))
             continue
+        try:
+            sha256 = _bring_in_image(src, dest, kind, link, summary)
+        except ImageDecodeError as err:
+            summary.images_rejected.append((name, f"{err.reason}. {err.fix}"))
+            continue
+        rows.append(_image_row(layout, image_id, src, dest, sha256, width, height, labels.by_id.get(image_id, {})))
+    return rows
+
+
+def _image_problem(kind: str | None, width: int, height: int) -> str | None:
+    if kind not in ("JPEG", "PNG", "BMP", "TIFF"):
+        return f"is a {kind} file, expected JPEG, PNG, BMP or TIFF"
+    if width * height > DEFAULT_MAX_PIXELS:
+        return (f"is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than the "
+                f"{DEFAULT_MAX_PIXELS / 1e6:.0f} wsm decodes; downscale it first")
+    return None
+
+
+def _bring_in_image(src: Path, dest: Path, kind: str, link: bool, summary: ImportSummary) -> str:
+    """Copy, link or (BMP, TIFF) convert src onto dest unless dest has that content already; its sha256."""
+    if kind in STORED_AS_IS:
         sha256 = sha256_file(src)
         if dest.is_file() and (_same_file(src, dest) or sha256_file(dest) == sha256):
             summary.images_skipped += 1
         else:
             summary.images_linked += _place(src, dest, link)
             summary.images_written += 1
-        fields = dict(labels.by_id.get(isic_id, {}))
-        license_ = fields.pop("copyright_license", None) or DEFAULT_LICENSE
-        attribution = fields.pop("attribution", None) or DEFAULT_ATTRIBUTION
-        image_type = fields.pop("image_type", None) or "dermoscopic"
-        record = {"isic_id": isic_id, "copyright_license": license_, "attribution": attribution,
-                  "metadata": {"acquisition": {"image_type": image_type, "pixels_x": width, "pixels_y": height},
-                               "clinical": fields}}
-        rows.append(manifest_row(record, file=dest.relative_to(layout.root).as_posix(), nbytes=dest.stat().st_size,
-                                 sha256=sha256, width=width, height=height,
-                                 source_url=Path(os.path.abspath(src)).as_uri()))
-    return rows
+        return sha256
+    png = _png_bytes(read_image(src))
+    if dest.is_file() and dest.read_bytes() == png:
+        summary.images_skipped += 1
+    else:
+        write_bytes_atomic(dest, png)
+        summary.images_written += 1
+    return sha256_file(dest)
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _image_row(layout, image_id: str, src: Path, dest: Path, sha256: str, width: int, height: int,
+               labels: dict[str, str]) -> dict:
+    fields = dict(labels)
+    license_ = fields.pop("copyright_license", None) or DEFAULT_LICENSE
+    attribution = fields.pop("attribution", None) or DEFAULT_ATTRIBUTION
+    image_type = fields.pop("image_type", None) or "dermoscopic"
+    record = {"isic_id": image_id, "copyright_license": license_, "attribution": attribution,
+              "metadata": {"acquisition": {"image_type": image_type, "pixels_x": width, "pixels_y": height},
+                           "clinical": fields}}
+    return manifest_row(record, file=dest.relative_to(layout.root).as_posix(), nbytes=dest.stat().st_size,
+                        sha256=sha256, width=width, height=height, source_url=Path(os.path.abspath(src)).as_uri())
 
 
 def _import_masks(layout, found: _Found, challenge: str, split: str, link: bool, summary: ImportSummary,
@@ -458,11 +467,16 @@ def _import_masks(layout, found: _Found, challenge: str, split: str, link: bool,
             summary.masks_rejected.append((name, f"no image {isic_id} was imported or is in {layout.images}"))
             continue
         try:
+            chosen = _split_of(isic_id, challenge, split)
+        except ValueError as err:
+            summary.masks_rejected.append((name, str(err)))
+            continue
+        try:
             size = image_size(image)
         except UNDECODABLE as err:
             summary.masks_rejected.append((name, f"its image {image} does not decode ({decode_problem(err)})"))
             continue
-        check = check_mask(src, size)
+        check = check_mask(src, size, formats=MASK_FORMATS)
         if not check.ok:
             summary.masks_rejected.append((name, f"mask {check.reason}"))
             continue
@@ -483,7 +497,6 @@ def _import_masks(layout, found: _Found, challenge: str, split: str, link: bool,
         else:
             _place(src, dest, link)
             summary.masks_written += 1
-        chosen = _split_of(isic_id, challenge, split)
         summary.splits[chosen] = summary.splits.get(chosen, 0) + 1
         rows.append({"isic_id": isic_id, "challenge": challenge, "split": chosen,
                      "mask_file": dest.relative_to(layout.root).as_posix(),

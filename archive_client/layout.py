@@ -1,7 +1,8 @@
 """The DATA folder that `wsm download`, `wsm download --challenge` and `wsm import` write.
 
     DATA/
-      images/ISIC_x.<ext>               archive images, named as isic-cli names them
+      images/ISIC_x.<ext>               archive images, named as isic-cli names them (a user's own
+                                        images by their own ids: IMD002.png)
       metadata.csv, attribution.txt     the same content and columns as isic-cli writes
       licenses/<license>.txt
       manifest.parquet                  one row per image (schema: manifests/schemas/data_manifest.json)
@@ -21,7 +22,7 @@ from pathlib import Path
 from wsm.io.lock import STATE
 
 from .challenges import attribute_file_name
-from .ids import check_isic_id
+from .ids import check_image_id
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,14 @@ class DataLayout:
         return self.root / STATE
 
     def image_path(self, isic_id: str, ext: str) -> Path:
-        return self.images / f"{check_isic_id(isic_id)}.{ext}"
+        return self.images / f"{check_image_id(isic_id)}.{ext}"
 
     def mask_path(self, isic_id: str, challenge: str) -> Path:
-        return self.masks / challenge / f"{check_isic_id(isic_id)}_segmentation.png"
+        return self.masks / challenge / f"{check_image_id(isic_id)}_segmentation.png"
 
     def attribute_path(self, isic_id: str, challenge: str, attribute: str) -> Path:
         """DATA/attributes/<challenge>/ISIC_x_attribute_<attribute>.png; a ValueError for an unknown attribute."""
-        return self.attributes / challenge / attribute_file_name(check_isic_id(isic_id), attribute)
+        return self.attributes / challenge / attribute_file_name(check_image_id(isic_id), attribute)
 
     def partial_path(self, final: Path) -> Path:
         """Where a download in progress lives: hidden, in the same folder, so the rename is atomic."""

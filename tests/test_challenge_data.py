@@ -133,7 +133,8 @@ def test_check_mask_modes(tmp_path):
         "p.png": (png_bytes(m, "P"), "converted"),
         "rgb_colour.png": (png_bytes(np.stack([m, m * 0, m], -1)), "coloured"),
         "rgba_clear.png": (png_bytes(np.stack([m, m, m, m], -1)), "transparent"),
-        "i16.png": (png_bytes(m.astype(np.uint16) * 257), "not 8-bit"),
+        "i16.png": (png_bytes(m.astype(np.uint16) * 257), "converted"),          # 0/65535 is 0/255
+        "i16_other.png": (png_bytes(m.astype(np.uint16) * 3), "16-bit values up to 765"),
         "jpeg.png": (jpeg_bytes(10, 8), "JPEG"),
         "junk.png": (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "does not decode"),
     }

@@ -330,7 +330,7 @@ def test_archive_style_labels(tmp_path):
     assert manifest["ISIC_0000002"]["diagnosis_1"] == "Benign"  # first row wins
     assert manifest["ISIC_0000003"]["diagnosis_1"] is None
     assert [row for row, _ in summary.labels_rejected] == ["labels.csv:4", "labels.csv:5"]
-    assert "refusing isic_id '../etc/passwd'" in summary.labels_rejected[1][1]
+    assert "refusing image id '../etc/passwd'" in summary.labels_rejected[1][1]
     assert summary.labels_unmatched == 1 and summary.labels_ignored_columns == ["width"]
     with open(data / "metadata.csv", newline="", encoding="utf8") as fh:
         header = next(csv.reader(fh))
@@ -406,7 +406,7 @@ def test_cli_exit_code_says_whether_everything_was_imported(tmp_path, capsys):
     assert main(args + ["--out", str(tmp_path / "DATA2")]) == 1
     assert "rejected 'ISIC_0000002_segmentation.png': no image" in capsys.readouterr().err
     labels = tmp_path / "labels.csv"
-    labels.write_text("isic_id,diagnosis_1\nISIC_0000001,Benign\nnot-an-id,Benign\n", encoding="utf8")
+    labels.write_text("isic_id,diagnosis_1\nISIC_0000001,Benign\n../not-an-id,Benign\n", encoding="utf8")
     (tmp_path / "msk/ISIC_0000002_segmentation.png").unlink()
     assert main(args + ["--labels", str(labels), "--out", str(tmp_path / "DATA3")]) == 1
     assert "label row labels.csv:3" in capsys.readouterr().err
@@ -445,7 +445,7 @@ def test_masks_given_as_images_are_pointed_to_masks(tmp_path):
     text = "\n".join(alone.lines())
     assert "2 files skipped ('msk/ISIC_0000001_segmentation.png', 'msk/ISIC_0000002_segmentation.png'): these " \
            "look like masks: pass their folder with --masks DIR" in text
-    assert "1 files skipped (not ISIC_ddddddd images or masks): 'msk/readme.pdf'" in text
+    assert "1 files skipped (not named like images or masks): 'msk/readme.pdf'" in text
     # and the other way round: an image in the masks folder
     jpeg(tmp_path / "img/ISIC_0000001.jpg", 8, 8)
     swapped = import_folders(tmp_path / "DATA2", tmp_path / "img", tmp_path / "msk", progress=False)

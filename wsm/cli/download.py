@@ -52,26 +52,38 @@ def register(commands) -> None:
 
     imp = commands.add_parser(
         "import",
-        help="build a DATA folder from local image / mask folders",
-        description="Build the DATA layout from folders you already have (e.g. extracted challenge zips): "
-        "images named ISIC_ddddddd.jpg, masks ISIC_ddddddd_segmentation.png, ISIC 2018 Task 2 attribute masks "
-        "ISIC_ddddddd_attribute_<name>.png, optional labels CSV "
-        "(isic_id plus diagnosis_1..5, or the ISIC 2017 melanoma / seborrheic_keratosis columns).",
+        help="build a DATA folder from your own images and masks (challenge data, PH2, a clinic's own)",
+        description="Build the DATA layout from folders you already have: extracted challenge zips (ISIC_ddddddd.jpg, "
+        "ISIC_ddddddd_segmentation.png, ISIC 2018 Task 2 ISIC_ddddddd_attribute_<name>.png) or any lesion dataset "
+        "(IMD002.bmp with IMD002_lesion.bmp, AMM1_orig.jpg with AMM1_contour.png, ...: the file name is the image "
+        "id, kept as given), with an optional labels CSV or .xlsx of diagnoses. Masks may be 1-bit, 8-bit 0/1 or "
+        "0/255, a grey palette or 16-bit, in PNG, BMP, TIFF or GIF; they are stored as 0/255 PNG. A folder in "
+        "PH2's own layout imports as it is.",
         formatter_class=HelpFormatter,
     )
-    imp.add_argument("-i", "--images", required=True, type=Path, metavar="DIR",
-                     help="a folder (searched recursively) of ISIC_xxxxxxx.jpg / .png images")
-    imp.add_argument("--masks", type=Path, metavar="DIR", help="a folder of ISIC_xxxxxxx_segmentation.png masks")
+    imp.add_argument("-i", "--images", type=Path, metavar="DIR",
+                     help="a folder (searched recursively) of images: <id>.jpg, .jpeg, .png, .bmp or .tif (an "
+                          "image's _orig suffix is dropped from its id); optional when --labels names the files")
+    imp.add_argument("--masks", type=Path, metavar="DIR",
+                     help="a folder of lesion masks <id>_segmentation, _lesion, _contour or _mask (.png, .bmp, "
+                          ".tif, .gif); may be the same folder as --images")
     imp.add_argument("--attributes", type=Path, metavar="DIR",
                      help="a folder of ISIC 2018 Task 2 attribute masks, ISIC_xxxxxxx_attribute_<name>.png with name "
                           f"{', '.join(ATTRIBUTES)}: all five of an image or none, its image in --images or in DATA")
-    imp.add_argument("--labels", type=Path, metavar="CSV",
-                     help="diagnoses: a CSV with isic_id and the archive's diagnosis_1..5 columns (metadata.csv), or "
-                          "the ISIC 2017 Part 3 ground truth (melanoma, seborrheic_keratosis)")
-    imp.add_argument("--challenge", default="local",
-                     help="name the masks are filed under in DATA/masks/ and DATA/attributes/")
-    imp.add_argument("--split", default="auto", choices=["auto", *SPLITS],
-                     help="split of the masks (auto: the checked-in manifests/challenge_splits.csv, else train)")
+    imp.add_argument("--labels", type=Path, metavar="FILE",
+                     help="a CSV or .xlsx with one row per image: an id column (isic_id, image_id or Image Name) "
+                          "and diagnoses (the archive's diagnosis_1..5, a plain diagnosis column, one X-marked "
+                          "column per diagnosis, or the ISIC 2017 melanoma / seborrheic_keratosis columns), "
+                          "image_type, other metadata; image and mask columns (paths relative to the file) name "
+                          "the files when --images is not given")
+    imp.add_argument("--challenge", default="local", metavar="NAME",
+                     help="the dataset's name: masks go to DATA/masks/NAME/ and reports name it (isic2018, ph2, "
+                          "mine; default local)")
+    imp.add_argument("--assign-split", default="auto", choices=["auto", *SPLITS],
+                     help="the split the imported masks are put in; auto: their official split for ISIC "
+                          "challenges (an error where wsm's reference list does not know it), train for a dataset "
+                          "of your own (wsm fit holds out some of them by itself)")
+    add_renamed(imp, "--split", "--assign-split")
     imp.add_argument("--link", action="store_true", help="hard-link instead of copying where possible")
     imp.add_argument("-o", "--out", required=True, type=Path, metavar="DATA", help="the DATA folder to fill")
     imp.set_defaults(run=run_import)
@@ -120,7 +132,7 @@ def run_import(args) -> int:
     from archive_client.importer import import_folders
 
     summary = import_folders(args.out, images=args.images, masks=args.masks, labels=args.labels,
-                             challenge=args.challenge, split=args.split, link=args.link, progress=not args.quiet,
+                             challenge=args.challenge, split=args.assign_split, link=args.link, progress=not args.quiet,
                              attributes=args.attributes)
     return _closing(summary, args.out)
 

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from wsm.cli.common import HelpFormatter, add_data_and_out, add_set_flag, print_summary
+from wsm.config.pipeline import known_pipelines
 
 
 def register(commands) -> None:
@@ -40,7 +41,8 @@ def register(commands) -> None:
 
 def add_pipeline_flags(parser, note: str = "", generating: bool = False) -> None:
     parser.add_argument("--pipeline", default="default",
-                        help="a pipelines/*.toml name (default, cam-only, classic) or a path" + (
+                        help=f"a recipe that ships with wsm ({', '.join(known_pipelines())}; wsm/pipelines/) or the "
+                             "path of a .toml of your own" + (
                             "; with no --bundle, the recipe of the fit it runs" if generating else ""))
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     add_set_flag(parser, note=note)

@@ -37,8 +37,13 @@ def find_pipeline(name_or_path: str | Path) -> Path:
     named = PIPELINES_DIR / f"{name_or_path}.toml"
     if named.exists():
         return named
-    known = sorted(p.stem for p in PIPELINES_DIR.glob("*.toml"))
-    raise PipelineError(f"no pipeline file {str(name_or_path)!r}; give a path or one of {', '.join(known)}")
+    raise PipelineError(f"no pipeline file {str(name_or_path)!r}; give a path or one of "
+                        f"{', '.join(known_pipelines())}")
+
+
+def known_pipelines() -> list[str]:
+    """The names of the recipes that ship with wsm (wsm/pipelines/*.toml)."""
+    return sorted(p.stem for p in PIPELINES_DIR.glob("*.toml"))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
