@@ -167,9 +167,11 @@ def test_challenge_masks_named_as_isic_wsm_maps_are_refused_not_scored_as_empty(
     with pytest.raises(ReportError, match="only 0 and 255: they look like challenge-style masks .*_segmentation.png"):
         build_report(misnamed, data, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    # one real ISIC_WSM map among them (a lesion pixel) and the folder is read as ISIC_WSM maps
+    # one real ISIC_WSM map among them (a lesion pixel) does not make the others ISIC_WSM maps: the folder mixes two
     write_label_png(misnamed / f"{IDS[0]}.png", make_label_map(_truth(IDS[0]), "banded"))
-    assert build_report(misnamed, data, tmp_path / "out", only_ids=set(IDS[:3])).counts["scored"] == 3
+    with pytest.raises(ReportError, match="mixes 1 ISIC_WSM maps .* and 2 maps with only 0 and 255"):
+        build_report(misnamed, data, tmp_path / "out", only_ids=set(IDS[:3]))
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_folder_with_no_maps_says_what_was_expected(data, tmp_path):

@@ -265,6 +265,7 @@ def test_multiclass_maps(data, class_maps, tmp_path, loss):
 
 
 def test_label_map_dataset_keeps_255_and_moves_the_guide_with_the_label(data, tmp_path):
+    from wsm.io.images import ImageDecodeError
     from wsm.train.datasets import LabelMapDataset
 
     label = np.zeros((64, 64), np.uint8)
@@ -289,7 +290,7 @@ def test_label_map_dataset_keeps_255_and_moves_the_guide_with_the_label(data, tm
     assert x.shape == (3, 32, 32) and y.shape == (32, 32) and y.dtype == torch.int64
     assert multi.class_pixel_counts().sum() == (y != 255).sum()
     Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "grey.png")   # not a label map
-    with pytest.raises(ValueError, match="label_kind 'mask'"):
+    with pytest.raises(ImageDecodeError, match="but this one holds 128"):
         LabelMapDataset(data, [dict(rows[0], label_file=str(tmp_path / "grey.png"))], size=32)[0]
 
 

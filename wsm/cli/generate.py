@@ -47,6 +47,7 @@ def register(commands) -> None:
 
 def run_generate(args) -> int:
     from wsm.generate import GenerateOptions, generate, merge_parts
+    from wsm.generate.folder import check_out_folder
     from wsm.generate.plan import parse_shard
     from wsm.selection import read_id_list
 
@@ -55,6 +56,7 @@ def run_generate(args) -> int:
         return 0
     if args.data is not None and args.images is not None:
         raise UsageError("give --data DATA (with --split) or --images DIR, not both")
+    check_out_folder(args.out, data=args.data, images=args.images, bundle=args.bundle)   # before a fit writes
     bundle = args.bundle
     if bundle is None:
         if args.split != "all" or args.data is None:

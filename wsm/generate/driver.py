@@ -25,16 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from wsm import __version__
 from wsm.config.pipeline import pipeline_hash
 from wsm.fit.bundle import Bundle, load_bundle
 from wsm.generate import workers as W
-from wsm.generate.folder import MAKER, WSM_MANIFEST, WsmFolder, claim_folder
+from wsm.generate.folder import MAKER, WSM_MANIFEST, WsmFolder, check_out_folder, claim_folder
 from wsm.generate.maps import MapModels
 from wsm.generate.plan import batches, cpu_split, folder_rows, heavy_net_on_cpu, plan_rows, usable_cores
+from wsm.generate.resume import check_same_images, file_bytes, intact_maps, recorded_maps
 from wsm.io.atomic import write_json
 from wsm.io.journal import Journal, ManifestBuilder, fold_journal
 from wsm.io.lock import exclusive_lock
@@ -94,12 +93,6 @@ class GenerateSummary:
 
 # --------------------------------------------------------------------------------------------- the driver
 
-def _done_ids(previous: pa.Table, out: Path) -> set[str]:
-    """Ids whose map is listed as ok and is on disk (a rerun skips them)."""
-    return {r["isic_id"] for r in previous.select(["isic_id", "path", "status"]).to_pylist()
-            if r["status"] == "ok" and r["path"] and (out / r["path"]).exists()}
-
-
 class _Recorder:
     """Journals a map's manifest row (flushed) and adds it to the manifest as soon as the map is written.
 
@@ -107,13 +100,16 @@ class _Recorder:
     thread; a lock keeps the two apart, and an error in the callback thread is raised again in the main one.
     """
 
-    def __init__(self, journal: Journal, builder: ManifestBuilder, provenance: dict, fit_ids: frozenset[str]):
+    def __init__(self, journal: Journal, builder: ManifestBuilder, provenance: dict, fit_ids: frozenset[str],
+                 image_bytes: dict[str, int | None]):
         self.journal, self.builder, self.provenance, self.fit_ids = journal, builder, provenance, fit_ids
+        self.image_bytes = image_bytes
         self.lock = threading.Lock()
         self.error: BaseException | None = None
 
     def __call__(self, row: dict) -> None:
-        row = {**self.provenance, **row, "mask_used_in_fit": row["isic_id"] in self.fit_ids}
+        row = {**self.provenance, **row, "mask_used_in_fit": row["isic_id"] in self.fit_ids,
+               "image_bytes": self.image_bytes.get(row["isic_id"])}
         with self.lock:
             self.journal.append(row)
             self.builder.add(row)
@@ -170,6 +166,7 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
 
     started = time.perf_counter()
     out = Path(opts.out)
+    check_out_folder(out, data=opts.data, images=opts.images, bundle=opts.bundle)
     bundle = load_bundle(opts.bundle).with_inference_overrides(opts.overrides)
     selected = _source_rows(opts)           # wrong inputs fail here, before WSM exists
     out.mkdir(parents=True, exist_ok=True)
@@ -185,11 +182,12 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
             rows = rows.head(opts.limit)
         provenance, fit_ids = _provenance(bundle)
         claim_folder(folder, tuple(provenance[column] for column in MAKER))
+        image_bytes = {i: file_bytes(f) for i, f in zip(rows["isic_id"], rows["file"])}
+        recorded = recorded_maps(manifest_path)
+        check_same_images(folder, recorded, image_bytes, dict(zip(rows["isic_id"], rows["file"])))
         write_json(folder.bundle_file, {"bundle": str(Path(opts.bundle).resolve()), "pipeline": bundle.recipe.name,
                                         "fit_mask_ids": sorted(fit_ids)})
-        previous = (pq.read_table(manifest_path, columns=["isic_id", "path", "status"])
-                    if manifest_path.exists() else WSM_MANIFEST.empty_table())
-        done = _done_ids(previous, out)
+        done = intact_maps(folder, recorded, set(rows["isic_id"]))
         summary.total, summary.skipped = len(rows), int(rows["isic_id"].isin(done).sum())
         rows = rows[~rows["isic_id"].isin(done)]
         networks = bundle.recipe.method != "classic" and len(rows) > 0
@@ -197,7 +195,7 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         heavy = heavy_net_on_cpu(models, bundle.recipe, opts.device)
         workers, threads = cpu_split(usable_cores(), heavy, opts.workers)
         torch.set_num_threads(threads)
-        record = _Recorder(journal, ManifestBuilder(manifest_path, WSM_MANIFEST), provenance, fit_ids)
+        record = _Recorder(journal, ManifestBuilder(manifest_path, WSM_MANIFEST), provenance, fit_ids, image_bytes)
         bar = progress(total=summary.total, initial=summary.skipped, unit="img", desc="generate",
                        enabled=opts.progress)
         try:

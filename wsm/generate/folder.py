@@ -44,6 +44,7 @@ WSM_MANIFEST = pa.schema(
         ("pipeline_sha256", pa.string()),     # provenance of the run
         ("model_sha256", pa.string()),        # "classifier=...;prior=..."
         ("wsm_version", pa.string()),
+        ("image_bytes", pa.int64()),          # the size of the image file the map was made from (checked on resume)
     ]
 )
 MAKER = ("pipeline_sha256", "model_sha256")   # what made a map: the resolved pipeline and the weights
@@ -83,6 +84,20 @@ class WsmFolder:
     def map_name(self, isic_id: str) -> str:
         return f"{isic_id}.png"
 
+    def inside(self, relative: str) -> Path:
+        """WSM/``relative``, a map path from the manifest or a file name of the folder; refused (DataError) when
+        it is absolute, climbs out with '..', or is a link to a file outside the folder: nothing outside WSM is
+        read as one of its maps."""
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise DataError(f"{self.manifest} names the map {relative!r}, outside {self.root}: a WSM manifest names "
+                            f"files inside its folder; make the maps again with `wsm generate --out NEW`")
+        path = self.root / relative
+        target = path.resolve()
+        if not target.is_relative_to(self.root.resolve()):
+            raise DataError(f"{path} is a link to {target}, outside {self.root}: maps are read from inside their "
+                            f"folder only; copy the file in (cp -L) instead of linking it")
+        return path
+
     def challenge_mask(self, isic_id: str) -> Path:
         return self.root / "challenge" / f"{isic_id}_segmentation.png"
 
@@ -95,6 +110,22 @@ class WsmFolder:
             raise DataError(f"{self.root} holds shard manifests but no manifest.parquet; join them first with "
                             f"`wsm generate --out {self.root} --merge`")
         return None
+
+
+def check_out_folder(out: Path, **sources: Path | None) -> None:
+    """Refuse an ``--out`` that is, or lies inside, a folder the run reads (``sources``: flag name -> folder, e.g.
+    ``data=DATA, images=DIR, bundle=BUNDLE``): maps are named like the images (ISIC_x.png) and would overwrite or
+    mix with its files. Links are followed, so a link to DATA/images is refused as DATA/images is."""
+    target = Path(out).resolve()
+    for flag, folder in sources.items():
+        if folder is None:
+            continue
+        source = Path(folder).resolve()
+        if target.is_relative_to(source):
+            where = "is" if target == source else "is inside"
+            raise DataError(f"--out {out} {where} --{flag} {folder}: maps are named like the images (ISIC_x.png) and "
+                            f"would overwrite or mix with the files there; give --out a folder of its own, outside "
+                            f"{folder}")
 
 
 # ------------------------------------------------------------------------------------------- one maker per folder

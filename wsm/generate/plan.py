@@ -53,6 +53,15 @@ def folder_rows(folder: Path) -> pd.DataFrame:
     if bad:
         log.warning("skipping %d files whose names are not safe ids (letters, digits, _ . -): %s", len(bad), bad[:5])
     files = [p for p in files if ID_PATTERN.fullmatch(p.stem)]
+    by_id: dict[str, list[str]] = {}
+    for p in files:
+        by_id.setdefault(p.stem, []).append(p.name)
+    twice = {i: names for i, names in by_id.items() if len(names) > 1}
+    if twice:
+        first = min(twice)
+        raise DataError(f"--images {folder} holds more than one file for {len(twice)} id(s) (e.g. "
+                        f"{' and '.join(twice[first])} are both {first}); a map is named by its id: keep one file "
+                        "per id (move the others out of the folder)")
     return pd.DataFrame({"isic_id": [p.stem for p in files], "file": [str(p.resolve()) for p in files],
                          "mask_file": [None] * len(files)})
 

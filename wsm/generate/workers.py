@@ -72,7 +72,7 @@ def _agreement(label_map: np.ndarray, mask_path: str | None) -> float | None:
     return image_metrics(confusion_counts(truth > 128, label_map == 1))["jaccard"]
 
 
-def _stats(label_map: np.ndarray) -> dict:
+def map_stats(label_map: np.ndarray) -> dict:
     n = label_map.size
     return {"width": label_map.shape[1], "height": label_map.shape[0],
             "lesion_fraction": float((label_map == 1).sum() / n),
@@ -87,7 +87,7 @@ def finish(isic_id: str, pre, maps: dict, mask_path: str | None) -> dict:
     label_map = to_original_size(labelled.label_map, pre.original_size)
     agreement = _agreement(label_map, mask_path)
     path = _write_maps(isic_id, label_map)
-    return {"isic_id": isic_id, "path": path, **_stats(label_map), "confidence": labelled.confidence,
+    return {"isic_id": isic_id, "path": path, **map_stats(label_map), "confidence": labelled.confidence,
             "source": "weak", "agreement": agreement, "status": "ok"}
 
 
@@ -96,7 +96,7 @@ def official(isic_id: str, mask_path: str) -> dict:
 
     label_map = (read_mask(mask_path) > 128).astype(np.uint8)
     path = _write_maps(isic_id, label_map)
-    return {"isic_id": isic_id, "path": path, **_stats(label_map), "confidence": 1.0, "source": "official",
+    return {"isic_id": isic_id, "path": path, **map_stats(label_map), "confidence": 1.0, "source": "official",
             "agreement": 1.0, "status": "ok"}
 
 

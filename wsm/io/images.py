@@ -6,6 +6,9 @@ Every stage works on arrays; this module turns files into them and back:
 - :func:`read_mask`: a lesion mask -> ``uint8`` ``(H, W)`` (not binarised; scorers binarise at > 128).
 - :func:`read_official_mask`: an official mask, 0/255 or 0/1 as stored -> ``uint8`` 0/255; other values refused.
 - :func:`read_label_map`: an ISIC_WSM label map -> ``uint8`` 0/1/255 as stored; other values refused.
+- :func:`read_lesion_map`: a map of either convention (ISIC_WSM, or a challenge-style 0/255 mask) -> 0/1/255,
+  optionally checked against its image's size: what `wsm report` scores and `wsm train` learns from;
+  :func:`read_class_map`: a class-index map (0..K-1, 255) as stored.
 - :func:`image_size` / :func:`decoded_size`: ``(width, height)`` as displayed, from the header only / after a
   full decode (:func:`check_decodes`).
 - :func:`encode_label_png` / :func:`write_label_png`: an ISIC_WSM label map as a deterministic 8-bit PNG.
@@ -31,10 +34,14 @@ from wsm.errors import WsmError
 from wsm.io.atomic import atomic_path
 
 __all__ = [
+    "CHALLENGE",
     "DEFAULT_MAX_PIXELS",
+    "ISIC_WSM",
     "LABEL_PNG_COMPRESS_LEVEL",
     "ImageDecodeError",
+    "MapSizeError",
     "UNDECODABLE",
+    "check_map_size",
     "check_decodes",
     "decode_problem",
     "decoded_size",
@@ -42,8 +49,11 @@ __all__ = [
     "encode_label_png",
     "image_size",
     "official_mask",
+    "png_is_complete",
     "read_image",
+    "read_class_map",
     "read_label_map",
+    "read_lesion_map",
     "read_mask",
     "read_official_mask",
     "write_label_png",
@@ -58,6 +68,7 @@ LABEL_PNG_COMPRESS_LEVEL = 6
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _LABEL_VALUES = (0, 1, 255)  # ISIC_WSM: background, lesion, uncertain
+ISIC_WSM, CHALLENGE = "ISIC_WSM", "challenge"          # the two conventions a map file can follow
 
 
 EXIF_ORIENTATION_TAG = 0x0112
@@ -382,6 +393,68 @@ def read_label_map(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS
             f"{_found(values)}", "Write label maps with `wsm generate` or wsm.io.images.write_label_png.",
         )
     return values.astype(np.uint8)
+
+
+def read_lesion_map(path: Path | str, convention: str = ISIC_WSM,
+                    size: tuple[int, int] | None = None) -> np.ndarray:
+    """One map as an ISIC_WSM label map (0/1/255): an ISIC_WSM file as :func:`read_label_map` reads it, a
+    challenge-style 0/255 mask (:data:`CHALLENGE`) as 0/1 by :func:`official_mask`'s rules.
+
+    ``size``: the ``(width, height)`` of the map's image; a map of another size is refused (:class:`MapSizeError`),
+    never stretched. Other values than the convention's raise :class:`ImageDecodeError` with the values found.
+    """
+    if convention == ISIC_WSM:
+        label_map = read_label_map(path)
+    else:
+        try:
+            label_map = (read_official_mask(path) == 255).astype(np.uint8)
+        except ImageDecodeError as err:
+            raise ImageDecodeError(err.path, err.reason.replace("an official mask", "a challenge-style map"),
+                                   "Save it with 0 for background and 255 for lesion.") from None
+    return _of_size(label_map, size, path)
+
+
+def read_class_map(path: Path | str, size: tuple[int, int] | None = None,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A class-index map (0..K-1, 255 unlabelled) as stored, ``uint8`` ``(H, W)``; ``size`` as for
+    :func:`read_lesion_map`. Values above 255 are refused."""
+    values = _stored_values(Path(path), max_pixels)
+    if values.max() > 255:
+        raise ImageDecodeError(path, f"a class-index map holds 0..K-1 and 255 but this one holds {_found(values)}",
+                               "Save it as an 8-bit single-channel PNG of class indices.")
+    return _of_size(values.astype(np.uint8), size, path)
+
+
+def _of_size(label_map: np.ndarray, size: tuple[int, int] | None, path: Path | str) -> np.ndarray:
+    check_map_size(path, (label_map.shape[1], label_map.shape[0]), size)
+    return label_map
+
+
+class MapSizeError(WsmError, ValueError):
+    """A map whose width and height are not its image's."""
+
+
+def check_map_size(path: Path | str, found: tuple[int, int], size: tuple[int, int] | None) -> None:
+    """Refuse the map at ``path`` when its ``(width, height)`` ``found`` is not its image's ``size`` (None: not
+    known): a map of another size is never stretched onto its image."""
+    if size is not None and tuple(found) != tuple(size):
+        raise MapSizeError(f"{path} is {found[0]}x{found[1]} but its image is {size[0]}x{size[1]} (width x height): "
+                           "a map has its image's size; make it again from this image (`wsm generate`), or leave "
+                           "it out")
+
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"     # the IEND chunk that closes every PNG file
+
+
+def png_is_complete(path: Path | str) -> bool:
+    """Whether a PNG file ends with its closing IEND chunk: a file cut short can still decode to the right pixels
+    (the image data precede their checksums), so decoding alone does not show it was written whole."""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        if fh.tell() < len(_PNG_END):
+            return False
+        fh.seek(-len(_PNG_END), 2)
+        return fh.read() == _PNG_END
 
 
 def image_size(path: Path | str) -> tuple[int, int]:

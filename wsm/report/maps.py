@@ -11,13 +11,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from archive_client.layout import DataLayout
 from wsm.errors import WsmError
 from wsm.generate.folder import WsmFolder
-from wsm.io.images import ImageDecodeError, read_label_map, read_official_mask
+from wsm.io.images import CHALLENGE, ISIC_WSM, read_label_map
+from wsm.io.images import read_lesion_map as read_map  # noqa: F401 - the one reader of maps, for the report's modules
 from wsm.selection import DataError
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,6 @@ class ReportError(WsmError, ValueError):
     """A WSM or DATA folder that a report cannot be made from."""
 
 
-
-ISIC_WSM, CHALLENGE = "ISIC_WSM", "challenge"          # the two conventions a folder of maps can follow
-
 CONVENTIONS = {
     ISIC_WSM: "ISIC_WSM maps: ISIC_x.png, 0 background, 1 lesion, 255 uncertain",
     CHALLENGE: "challenge-style masks: ISIC_x_segmentation.png, 0 background, 255 lesion (no uncertain pixels)",
@@ -38,6 +35,7 @@ CONVENTIONS = {
 _MAP_NAME = re.compile(r"(ISIC_[0-9]+)(_[Ss]egmentation)?\.[Pp][Nn][Gg]")
 
 MAP_COLUMNS = ["isic_id", "path", "status", "source", "confidence", "mask_used_in_fit", "error"]
+SCORED_COLUMNS = frozenset(MAP_COLUMNS) - {"error"}   # what a report needs of a WSM manifest (train: less)
 
 _BUNDLE_FILES = ("pipeline.toml", "provenance.json")   # what `wsm fit` writes into every BUNDLE (wsm.fit.bundle)
 
@@ -69,8 +67,9 @@ def images_phrase(n: int) -> str:
 
 
 
-def read_wsm_manifest(pred: Path) -> pd.DataFrame:
-    """WSM/manifest.parquet, one row per isic_id (the last one where a merge left several)."""
+def read_wsm_manifest(pred: Path, needed: frozenset[str] = SCORED_COLUMNS) -> pd.DataFrame:
+    """WSM/manifest.parquet, one row per isic_id (the last one where a merge left several); ``needed``: the
+    columns it must have."""
     try:
         manifest = WsmFolder(pred).merged_manifest()
     except DataError as err:
@@ -79,7 +78,6 @@ def read_wsm_manifest(pred: Path) -> pd.DataFrame:
         raise ReportError(f"{WsmFolder(pred).manifest} does not exist; write maps with `wsm generate --out {pred}` "
                           "first")
     rows = pd.read_parquet(manifest)
-    needed = {"isic_id", "path", "status", "source", "confidence", "mask_used_in_fit"}
     if not needed <= set(rows.columns):
         layout = DataLayout(pred)
         if layout.images.is_dir() or layout.gt_manifest.exists():
@@ -94,15 +92,18 @@ def read_wsm_manifest(pred: Path) -> pd.DataFrame:
 
 
 
-def read_maps(pred: Path | str, data: Path | str | None = None) -> MapsFolder:
+def read_maps(pred: Path | str, data: Path | str | None = None,
+              needed: frozenset[str] = SCORED_COLUMNS) -> MapsFolder:
     """The maps of a folder: a WSM folder (its manifest), or a folder of maps made elsewhere, in either convention.
 
-    Without a manifest, every ``ISIC_x.png`` (ISIC_WSM) or every ``ISIC_x_segmentation.png`` (challenge) at the top
-    of the folder is a map, ``source`` "weak", with no confidence and unknown fitting (``mask_used_in_fit`` null).
+    ``needed``: the columns a WSM manifest must have. Without a manifest, every ``ISIC_x.png`` (ISIC_WSM) or every
+    ``ISIC_x_segmentation.png`` (challenge) at the top of the folder is a map, ``source`` "weak", with no confidence
+    and unknown fitting (``mask_used_in_fit`` null).
 
     Raises:
         ReportError: the folder is absent, a BUNDLE, a DATA folder, holds only shards' manifests, mixes the two
-            conventions, or holds no maps; each message says what to give instead.
+            conventions (by name, or challenge-style masks named ISIC_x.png), holds no maps, or names maps outside
+            itself (a link out, ``../x`` or an absolute path in the manifest); each message says what to do.
     """
     pred = Path(pred)
     generate = f"`wsm generate --data {data or 'DATA'} --bundle BUNDLE --out {pred}`"
@@ -116,7 +117,9 @@ def read_maps(pred: Path | str, data: Path | str | None = None) -> MapsFolder:
     except DataError as err:
         raise ReportError(str(err)) from None
     if manifest is not None:
-        return MapsFolder(pred, ISIC_WSM, read_wsm_manifest(pred), manifest)
+        rows = read_wsm_manifest(pred, needed)
+        _check_inside(WsmFolder(pred), rows["path"].dropna())
+        return MapsFolder(pred, ISIC_WSM, rows, manifest)
     if all((pred / name).is_file() for name in _BUNDLE_FILES):
         data_flag = data or "DATA"
         raise ReportError(f"{pred} is a BUNDLE written by `wsm fit` ({', '.join(_BUNDLE_FILES)}), not maps: make "
@@ -132,6 +135,7 @@ def read_maps(pred: Path | str, data: Path | str | None = None) -> MapsFolder:
             elif len(others) < 5 and not entry.name.startswith("."):
                 others.append(entry.name)
     wsm_maps, challenge_maps = found[ISIC_WSM], found[CHALLENGE]
+    _check_inside(WsmFolder(pred), [*wsm_maps.values(), *challenge_maps.values()])
     if wsm_maps and challenge_maps:
         raise ReportError(
             f"{pred} mixes two conventions: {len(wsm_maps)} ISIC_WSM maps (e.g. {min(wsm_maps.values())}: 0/1/255) "
@@ -142,7 +146,7 @@ def read_maps(pred: Path | str, data: Path | str | None = None) -> MapsFolder:
         raise ReportError(f"{pred} holds no maps ({held}); expected {_EXPECTED}. Write maps with {generate}")
     convention = ISIC_WSM if wsm_maps else CHALLENGE
     if wsm_maps:
-        _refuse_misnamed_challenge_masks(pred, wsm_maps)
+        _check_one_convention(pred, wsm_maps)
     names = wsm_maps or challenge_maps
     ids = sorted(names)
     rows = pd.DataFrame({"isic_id": ids, "path": [names[i] for i in ids], "status": "ok", "source": "weak",
@@ -155,36 +159,44 @@ def read_maps(pred: Path | str, data: Path | str | None = None) -> MapsFolder:
     return MapsFolder(pred, convention, rows, None, tuple(notes))
 
 
-def _refuse_misnamed_challenge_masks(pred: Path, wsm_maps: dict[str, str], sample: int = 20) -> None:
-    """Challenge-style 0/255 masks saved as ISIC_x.png would read as ISIC_WSM maps whose lesion is all uncertain
-    (255) and score as empty: refuse them when none of the first ``sample`` readable maps has a lesion pixel (1)
-    and some have 255. Unreadable files are left to the scoring, which reports them as ``error`` rows."""
-    values: set[int] = set()
-    for isic_id in sorted(wsm_maps)[:sample]:
+def _check_inside(folder: WsmFolder, paths) -> None:
+    """Refuse a folder whose manifest or files point outside it (``../x``, an absolute path, a link out)."""
+    try:
+        for path in paths:
+            folder.inside(path)
+    except DataError as err:
+        raise ReportError(str(err)) from None
+
+
+def _check_one_convention(pred: Path, wsm_maps: dict[str, str]) -> None:
+    """ISIC_x.png maps made elsewhere are read as ISIC_WSM maps, where 255 means uncertain: refuse a folder whose
+    maps are, all or in part, challenge-style masks (0 background, 255 lesion) under that name, which would score
+    as empty. Every map is read: a map with a lesion pixel (1) is an ISIC_WSM map, one with 255 and no 1 looks
+    like a challenge mask. Unreadable files are left to the scoring, which reports them as ``error`` rows."""
+    lesion, mask_like = [], []
+    for isic_id in sorted(wsm_maps):
         try:
-            values |= set(np.unique(read_label_map(pred / wsm_maps[isic_id])).tolist())
+            values = read_label_map(pred / wsm_maps[isic_id])
         except (OSError, ValueError, WsmError):
             continue
-        if 1 in values:
-            return
-    if 255 in values:
+        if (values == 1).any():
+            lesion.append(wsm_maps[isic_id])
+        elif (values == 255).any():
+            mask_like.append(wsm_maps[isic_id])
+    rename = ("rename them ISIC_x_segmentation.png (for f in ISIC_*.png; do mv \"$f\" \"${f%.png}_segmentation.png\"; "
+              "done) so that 255 reads as lesion")
+    if mask_like and not lesion:
         raise ReportError(
-            f"{pred}: none of the first {min(sample, len(wsm_maps))} ISIC_x.png maps has a lesion pixel (1), only "
-            "0 and 255: they look like challenge-style masks (0 background, 255 lesion) named as ISIC_WSM maps, "
-            "where 255 means uncertain. Rename them ISIC_x_segmentation.png (for f in ISIC_*.png; do mv \"$f\" "
-            "\"${f%.png}_segmentation.png\"; done) so that 255 reads as lesion")
-
-
-def read_map(path: Path | str, convention: str = ISIC_WSM) -> np.ndarray:
-    """One map as an ISIC_WSM label map (0/1/255): an ISIC_WSM file as it is, a challenge-style 0/255 mask as 0/1."""
-    if convention == ISIC_WSM:
-        return read_label_map(path)
-    try:
-        mask = read_official_mask(path)
-    except ImageDecodeError as err:
-        raise ImageDecodeError(err.path, err.reason.replace("an official mask", "a challenge-style map"),
-                               "Save it with 0 for background and 255 for lesion.") from None
-    return (mask == 255).astype(np.uint8)
+            f"{pred}: none of its {len(mask_like)} ISIC_x.png maps with 255 has a lesion pixel (1), only 0 and 255: "
+            "they look like challenge-style masks (0 background, 255 lesion) named as ISIC_WSM maps, where 255 "
+            f"means uncertain. If they are, {rename}")
+    if mask_like:
+        raise ReportError(
+            f"{pred} mixes {len(lesion)} ISIC_WSM maps with a lesion pixel (1; e.g. {lesion[0]}) and "
+            f"{len(mask_like)} maps with only 0 and 255 (e.g. {mask_like[0]}), which look like challenge-style "
+            "masks (255 lesion) but would read as ISIC_WSM maps (255 uncertain): a folder holds one kind. Move "
+            "the 0/255 masks to a folder of their own and rename them ISIC_x_segmentation.png; if they are "
+            "ISIC_WSM maps without lesion, score the folder with the manifest `wsm generate` wrote beside them")
 
 
 def made_with(pred: Path) -> dict:

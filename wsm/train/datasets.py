@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from wsm.io.images import read_image, read_mask
+from wsm.io.images import ISIC_WSM, image_size, read_class_map, read_image, read_lesion_map, read_mask
 from wsm.stages.preprocess import PreprocessConfig
 from wsm.train.augment import CLASSIFIER_AUGMENT, SEGMENTER_AUGMENT, AugmentConfig, augment, normalize
 
@@ -321,7 +321,9 @@ class LabelMapDataset(LazyImages):
 
             - ``label_kind`` ``"mask"``: an official mask (0/255), lesion where > 128 (as the official scorer);
             - ``label_kind`` ``"labels"``: an ISIC_WSM label map (0 background, 1 lesion, 255 uncertain), or a
-              class-index map (0..K-1, 255 ignored) for ``num_classes`` K > 1; values are kept as stored.
+              challenge-style 0/255 mask where the row's ``label_format`` is ``"challenge"``, read as `wsm report`
+              reads them (:func:`wsm.io.images.read_lesion_map`); or a class-index map (0..K-1, 255 ignored) for
+              ``num_classes`` K > 1, values as stored. A map of another size than its image is refused.
         size, augment, seed: as for :class:`SegmentationDataset`; the label map (and the guide map) move with
             the image, nearest-neighbour; pixels rotated in from outside the frame are background (0).
         num_classes: 1 (binary lesion map) or K > 1.
@@ -345,7 +347,7 @@ class LabelMapDataset(LazyImages):
         self.weak_augment_cfg = weak_augment_cfg or augment_cfg
         self.num_classes, self.guides, self.ignore_index = int(num_classes), bool(guides), int(ignore_index)
         needed = ("file", "label_file", "label_kind") + (("guide_file",) if guides else ())
-        records = _records(rows, (*needed, "isic_id"))
+        records = _records(rows, (*needed, "isic_id", "label_format"))
         for row in records:
             missing = [c for c in needed if _text(row.get(c)) is None]
             if missing:
@@ -356,6 +358,7 @@ class LabelMapDataset(LazyImages):
         self.files = [str(r["file"]) for r in records]
         self.label_files = [str(r["label_file"]) for r in records]
         self.label_kinds = [str(r["label_kind"]) for r in records]
+        self.label_formats = [_text(r.get("label_format")) or ISIC_WSM for r in records]
         self.guide_files = [str(r["guide_file"]) for r in records] if guides else None
         self.isic_ids = [_text(r.get("isic_id")) for r in records]
 
@@ -365,16 +368,17 @@ class LabelMapDataset(LazyImages):
     def read_label(self, index: int) -> np.ndarray:
         """The label map of item ``index`` at the working size, un-augmented: uint8 (size, size), values 0, 1
         (or class indices) and ``ignore_index``."""
-        raw = resize_square(read_mask(self.data_root / self.label_files[index]), self.size, nearest=True)
+        path = self.data_root / self.label_files[index]
         if self.label_kinds[index] == "mask":
-            return (raw > 128).astype(np.uint8)
+            return (resize_square(read_mask(path), self.size, nearest=True) > 128).astype(np.uint8)
+        size = image_size(self.data_root / self.files[index])
         if self.num_classes == 1:
-            bad = np.setdiff1d(np.unique(raw), [0, 1, self.ignore_index])
-            if bad.size:
-                raise ValueError(f"{self.label_files[index]}: a lesion label map holds 0, 1 and "
-                                 f"{self.ignore_index} only, found {bad[:5].tolist()}; an official 0/255 mask "
-                                 "should be given with label_kind 'mask'")
-        return raw
+            raw = read_lesion_map(path, self.label_formats[index], size)
+            if self.ignore_index != 255:
+                raw[raw == 255] = self.ignore_index
+        else:
+            raw = read_class_map(path, size)
+        return resize_square(raw, self.size, nearest=True)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self._read_image(self.files[index])

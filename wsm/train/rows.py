@@ -5,9 +5,9 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
-from wsm.generate.folder import WsmFolder
+from wsm.io.images import check_map_size, image_size
+from wsm.report.maps import read_maps
 from wsm.selection import SPLIT_CHOICES, DataError, read_manifest, read_truth, select_split, with_truth
 from wsm.train.options import NO_EVAL
 
@@ -15,37 +15,38 @@ log = logging.getLogger(__name__)
 
 
 def weak_maps(folder: Path | str, min_confidence: float | None = None) -> pd.DataFrame:
-    """``isic_id`` and absolute ``label_file`` of every label map in a WSM folder (its manifest's ``ok`` rows, or
-    every ``*.png`` when it has no manifest); with ``min_confidence``, only the maps whose manifest confidence is
-    at least that."""
+    """``isic_id``, absolute ``label_file`` and ``label_format`` (its convention, :data:`wsm.io.images.ISIC_WSM` or
+    ``CHALLENGE``) of every map in a folder, listed and checked as `wsm report` lists them
+    (:func:`wsm.report.maps.read_maps`): a WSM folder's ``ok`` manifest rows, or the ISIC_x.png (or
+    ISIC_x_segmentation.png) maps of a folder made elsewhere; with ``min_confidence``, only the maps whose manifest
+    confidence is at least that."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"map folder {folder} does not exist; give --maps the folder `wsm generate --out` wrote, "
                         "or train on --labels official")
-    manifest = WsmFolder(folder).merged_manifest()
-    if manifest is not None:
-        columns = ["isic_id", "path", "status"]
-        if min_confidence is not None:
-            if "confidence" not in pq.read_schema(manifest).names:
-                raise DataError(f"{manifest} has no confidence column (not written by `wsm generate`); "
-                                "leave out --min-confidence")
-            columns.append("confidence")
-        table = pd.read_parquet(manifest, columns=columns)
-        table = table[(table["status"] == "ok") & table["path"].notna()]
-        if min_confidence is not None:
-            table = table[table["confidence"] >= min_confidence]
-        files = [str((folder / p).resolve()) for p in table["path"]]
-        out = pd.DataFrame({"isic_id": table["isic_id"].astype(str).tolist(), "label_file": files})
-    else:
-        if min_confidence is not None:
+    maps = read_maps(folder, needed=frozenset({"isic_id", "path", "status"}))
+    table = maps.rows[(maps.rows["status"] == "ok") & maps.rows["path"].notna()]
+    if min_confidence is not None:
+        if not maps.fitting_known:
             raise DataError(f"--min-confidence needs the confidences of {folder}/manifest.parquet "
                             "(written by `wsm generate`); this folder has none")
-        paths = sorted(folder.glob("*.png"))
-        out = pd.DataFrame({"isic_id": [p.stem for p in paths], "label_file": [str(p.resolve()) for p in paths]})
+        if "confidence" not in table.columns:
+            raise DataError(f"{maps.manifest} has no confidence column (not written by `wsm generate`); "
+                            "leave out --min-confidence")
+        table = table[table["confidence"] >= min_confidence]
+    out = pd.DataFrame({"isic_id": table["isic_id"].astype(str).tolist(),
+                        "label_file": [str((folder / p).resolve()) for p in table["path"]],
+                        "label_format": maps.convention})
     if out.empty:
         hint = f" with confidence >= {min_confidence}" if min_confidence is not None else ""
         raise DataError(f"{folder} holds no label maps (ISIC_x.png){hint}")
     return out.drop_duplicates("isic_id").reset_index(drop=True)
+
+
+def check_map_sizes(data: Path | str, rows: pd.DataFrame) -> None:
+    """Refuse, before any training, a map whose size is not its image's (from the files' headers, no decoding)."""
+    for row in rows.itertuples(index=False):
+        check_map_size(row.label_file, image_size(row.label_file), image_size(Path(data) / row.file))
 
 
 def _check_split(name: str, what: str, allow_none: bool = False) -> None:
@@ -81,12 +82,11 @@ def training_rows(data: Path | str, labels: str, split_train: str = "train", wsm
         candidates = pd.concat([in_split, select_split(rows, "unlabeled")]).drop_duplicates("isic_id")
         weak = candidates.merge(maps, on="isic_id", how="inner")
         weak = pd.DataFrame({"isic_id": weak["isic_id"], "file": weak["file"], "label_file": weak["label_file"],
-                             "label_kind": "labels", "label_source": "weak"})
+                             "label_kind": "labels", "label_source": "weak", "label_format": weak["label_format"]})
         if labels == "both":
             weak = weak[~weak["isic_id"].isin(official["isic_id"])]
-            out = pd.concat([official, weak])
-        else:
-            out = weak
+        check_map_sizes(data, weak)
+        out = pd.concat([official, weak]) if labels == "both" else weak
     out = out.sort_values("isic_id", kind="stable").reset_index(drop=True)
     if out.empty:
         hint = ("no image of that split has an official mask" if labels == "official"
