@@ -66,3 +66,17 @@ def class_maps(data, tmp_path_factory):
         label[band] = 255
         Image.fromarray(label).save(folder / mask_path.name.replace("_segmentation", ""))
     return folder
+
+
+@pytest.fixture(scope="module")
+def classic_maps(tmp_path_factory) -> dict[str, Path]:
+    """DATA (10 images with masks), a BUNDLE of the no-learning classic pipeline, and the WSM folder it made."""
+    from datafactory import make_data
+    from wsm.fit import FitOptions, fit
+    from wsm.generate import GenerateOptions, generate
+
+    root = tmp_path_factory.mktemp("classic")
+    data = make_data(root / "DATA", n_images=10, with_masks=True, seed=0)
+    fit(FitOptions(data=data, out=root / "BUNDLE", pipeline="classic", progress=False))
+    generate(GenerateOptions(out=root / "WSM", bundle=root / "BUNDLE", data=data, workers=1, progress=False))
+    return {"data": data, "bundle": root / "BUNDLE", "wsm": root / "WSM"}

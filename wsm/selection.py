@@ -9,6 +9,7 @@ import pandas as pd
 
 from archive_client.layout import DataLayout
 from wsm.errors import WsmError
+from wsm.io.tables import read_frame
 
 log = logging.getLogger(__name__)
 
@@ -19,11 +20,29 @@ class DataError(WsmError, ValueError):
     """A DATA folder that lacks what the command needs."""
 
 
+REWRITE_GT_MANIFEST = ("move it aside and rerun the `wsm download --challenge` or `wsm import --masks` command that "
+                       "wrote it")
+REWRITE_ATTRIBUTE_MANIFEST = ("move it aside and rerun the `wsm download --challenge isic2018 --task attributes` or "
+                              "`wsm import --attributes` command that wrote it")
+
+
 def read_manifest(data_root: Path | str) -> pd.DataFrame:
     layout = DataLayout(Path(data_root))
     if not layout.manifest.exists():
         raise DataError(f"{layout.manifest} does not exist; fill {layout.root} with `wsm download` or `wsm import`")
-    return pd.read_parquet(layout.manifest).sort_values("isic_id", ignore_index=True)
+    rows = read_frame(layout.manifest)
+    if not {"isic_id", "file"} <= set(rows.columns):
+        raise DataError(_not_data(layout, rows.columns))
+    return rows.sort_values("isic_id", ignore_index=True)
+
+
+def _not_data(layout: DataLayout, columns) -> str:
+    """Why a manifest.parquet without DATA's columns is no DATA manifest (a WSM folder's, most likely)."""
+    if "path" in columns and "status" in columns:
+        return (f"{layout.root} is a folder of maps written by `wsm generate`, not DATA: give -d/--data the folder "
+                "`wsm download` or `wsm import` wrote (the one the maps were made from)")
+    return (f"{layout.manifest} has no isic_id and file columns: it is not a DATA manifest; give -d/--data the "
+            "folder `wsm download` or `wsm import` wrote")
 
 
 def read_truth(data_root: Path | str) -> pd.DataFrame:
@@ -32,9 +51,15 @@ def read_truth(data_root: Path | str) -> pd.DataFrame:
     columns = ["isic_id", "challenge", "split", "mask_file", "mask_width", "mask_height"]
     if not layout.gt_manifest.exists():
         return pd.DataFrame(columns=columns)
-    gt = pd.read_parquet(layout.gt_manifest).rename(columns={"width": "mask_width", "height": "mask_height"})
+    gt = read_frame(layout.gt_manifest, remedy=REWRITE_GT_MANIFEST)
+    gt = gt.rename(columns={"width": "mask_width", "height": "mask_height"})
     gt = gt.sort_values(["isic_id", "challenge"]).drop_duplicates("isic_id", keep="last")
     return gt[columns].reset_index(drop=True)
+
+
+def read_attribute_manifest(data_root: Path | str) -> pd.DataFrame:
+    """DATA/attribute_manifest.parquet (see archive_client.attribute_data); it must exist."""
+    return read_frame(DataLayout(Path(data_root)).attribute_manifest, remedy=REWRITE_ATTRIBUTE_MANIFEST)
 
 
 def with_truth(manifest: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:

@@ -10,10 +10,10 @@ import sys
 
 from archive_client.errors import ArchiveError, printable
 from wsm import __version__
-from wsm.errors import WsmError
+from wsm.errors import WsmError, disk_error
 
 from . import demo, download, fit, generate, report, train
-from .common import check_device
+from .common import check_device, os_error_line
 
 COMMAND_GROUPS = [download, fit, generate, report, train, demo]
 
@@ -57,7 +57,10 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:     # a usage error (code 2) or --help, already printed
+        return done.code
     _configure_logging(args.verbose, args.quiet)
     try:
         check_device(getattr(args, "device", "cpu"))
@@ -69,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wsm: error: {printable(err.filename)} is a file; give a folder path (new or existing) instead",
               file=sys.stderr)
         return 2
-    except PermissionError as err:
-        print(f"wsm: error: permission denied on {printable(err.filename)}; make it readable and writable by you, "
-              "or give another folder", file=sys.stderr)
-        return 2
     except (ArchiveError, WsmError, FileNotFoundError, NotADirectoryError) as err:
         print(f"wsm: error: {printable(err)}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        disk = err if isinstance(err, PermissionError) else disk_error(err)  # full or read-only, however wrapped
+        if disk is None:
+            raise
+        print(f"wsm: error: {printable(os_error_line(disk, getattr(args, 'out', None)))}", file=sys.stderr)
         return 2
 
 

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import math
+import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -33,6 +38,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def number(kind: type = int, minimum: float = 1, *, multiple_of: int = 1, hint: str = ""):
+    """An argparse ``type=``: a number of ``kind`` (int or float) of at least ``minimum`` and a multiple of
+    ``multiple_of``; anything else is a one-line usage error (exit code 2) that says what to give."""
+    what = "a whole number" if kind is int else "a number"
+    bound = f"of at least {minimum}" + (f" that is a multiple of {multiple_of}" if multiple_of > 1 else "")
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < minimum or (multiple_of > 1 and value % multiple_of):
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what} {bound}{hint}")
+        return value
+
+    return parse
+
+
 def add_data_and_out(parser, holds: str, out: str, out_help: str) -> None:
     """--data DATA (what the command reads from it) and --out FOLDER (what it writes), both required."""
     parser.add_argument("-d", "--data", required=True, type=Path, metavar="DATA",
@@ -44,6 +67,38 @@ def add_set_flag(parser, what: str = "pipeline", note: str = "") -> None:
     """--set SECTION.KEY=VALUE (repeatable): override one value of the recipe."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help=f"override a {what} value, e.g. --set classifier.epochs=3 (repeatable){note}")
+
+
+def os_error_line(err: OSError, out: Path | None) -> str:
+    """One line for a full or read-only disk or a permission refused: which path (the command's ``--out`` when the
+    error names none), the space left, and what to do."""
+    path = _final_name(err.filename) if err.filename else out
+    where = path or "the output folder"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = "no space left" if err.errno == errno.ENOSPC else "disk quota exceeded"
+        free = f" ({_free_space(Path(path))})" if path else ""
+        return (f"{full} writing {where}{free}; free some space or give --out a folder on another disk, then rerun "
+                "the same command (completed work is kept)")
+    if err.errno == errno.EROFS:
+        return f"{where} is on a read-only file system; give --out a folder on a writable disk"
+    return f"permission denied on {where}; make it readable and writable by you, or give another folder"
+
+
+def _final_name(path) -> Path:
+    """The file an atomic write's temporary file (``.NAME.XXXXXXXX.tmp``, wsm.io.atomic) was to become."""
+    path = Path(os.fsdecode(path))
+    temporary = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", path.name)
+    return path.with_name(temporary[1]) if temporary else path
+
+
+def _free_space(path: Path) -> str:
+    """'12.3 MB free' on the file system of ``path`` (or of its nearest existing parent)."""
+    for folder in (path, *path.parents):
+        try:
+            return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+        except OSError:
+            continue
+    return "free space unknown"
 
 
 def check_device(device: str) -> None:

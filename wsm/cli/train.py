@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from wsm.cli.common import (HelpFormatter, UsageError, add_data_and_out, add_renamed, add_set_flag, note_renamed,
-                            print_summary)
+                            number, print_summary)
 from wsm.selection import SPLIT_CHOICES
 from wsm.train.options import WEAK_AUGMENT_CHOICES
 
@@ -66,12 +66,13 @@ def register(commands) -> None:
     add_renamed(p, "--split-train", "--train-split")
     p.add_argument("--eval-split", default="val", choices=(*SPLIT_CHOICES, "none"),
                    help="the DATA split whose official masks evaluate (never trained on)")
-    p.add_argument("-e", "--epochs", type=int, help="(default: 20)")
-    p.add_argument("--size", type=int, help="square working size, a multiple of 32 (default: 192)")
-    p.add_argument("-b", "--batch-size", type=int, help="images per step over all processes (default: 16)")
-    p.add_argument("--lr", type=float, help="AdamW peak learning rate, cosine decay (default: 0.001)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation chunks per batch")
+    p.add_argument("-e", "--epochs", type=number(int), help="(default: 20)")
+    p.add_argument("--size", type=number(int, 32, multiple_of=32, hint=" (the networks halve it 5 times), e.g. 192"),
+                   help="square working size, a multiple of 32 (default: 192)")
+    p.add_argument("-b", "--batch-size", type=number(int), help="images per step over all processes (default: 16)")
+    p.add_argument("--lr", type=number(float, 0), help="AdamW peak learning rate, cosine decay (default: 0.001)")
+    p.add_argument("--weight-decay", type=number(float, 0), default=1e-4, help="AdamW weight decay")
+    p.add_argument("--accumulate", type=number(int), default=1, help="gradient accumulation chunks per batch")
     p.add_argument("--seed", type=int, default=0, help="seeds initialisation, augmentation and batch order")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("-j", "--workers", type=int, default=0,

@@ -25,6 +25,7 @@ from wsm.fit import bundle as B
 from wsm.fit.prior_run import load_prior, prior_run_settings
 from wsm.io.atomic import write_json
 from wsm.io.hashing import ids_sha256, sha256_file
+from wsm.io.lock import locks_output
 from wsm.io.progress import announce
 from wsm.io.progress import progress as progress_bar
 from wsm.io.provenance import versions
@@ -312,6 +313,7 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
+@locks_output("opts.out")
 def fit(opts: FitOptions) -> FitSummary:
     """Train, calibrate and write the bundle; see the module doc."""
     import torch
@@ -337,6 +339,7 @@ def fit(opts: FitOptions) -> FitSummary:
     rows = rows[~rows["isic_id"].isin(evaluation_ids)].reset_index(drop=True)
     masked = masked[~masked["isic_id"].isin(evaluation_ids)]
     holdout = masked["isic_id"].map(lambda i: in_holdout(i, recipe.calibration.holdout_fraction, recipe.seed))
+    holdout = holdout.astype(bool)      # also when empty: an empty object Series would select columns, not rows
     prior_rows, calibration_rows = masked[~holdout], masked[holdout]
     if not recipe.uses_prior or not recipe.calibration.enabled:
         prior_rows = masked if recipe.uses_prior else masked.iloc[:0]
@@ -359,6 +362,11 @@ def fit(opts: FitOptions) -> FitSummary:
             models.prior = networks[-1].model
     except ValueError as err:       # the registries' "unknown ...; valid ones: ..." for a --set arch or encoder
         raise PipelineError(f"pipeline {opts.pipeline!r}: {err}") from err
+    if recipe.method != "classic" and models.prior is None and models.classifier is None:
+        raise DataError(f"pipeline {opts.pipeline!r} has no network to fit: {data} has no official masks in the "
+                        f"fitting splits ({', '.join(recipe.fit.splits)}) outside --exclude to train its prior on; "
+                        "add masks (`wsm download --challenge isic2018`, `wsm import --masks DIR`), or use the "
+                        "no-learning pipeline: --pipeline classic")
 
     out.mkdir(parents=True, exist_ok=True)
     requested = pipeline_hash(resolved)

@@ -15,12 +15,11 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from wsm import __version__
 from wsm.config.pipeline import pipeline_hash
 from wsm.fit.bundle import Bundle, load_bundle
 from wsm.generate import workers as W
-from wsm.generate.folder import MAKER, WSM_MANIFEST, WsmFolder, check_out_folder, claim_folder
+from wsm.generate.folder import MAKER, REWRITE_WSM_MANIFEST, WSM_MANIFEST, WsmFolder, check_out_folder, claim_folder
 from wsm.generate.maps import MapModels
 from wsm.generate.plan import batches, cpu_split, folder_rows, heavy_net_on_cpu, plan_rows, usable_cores
 from wsm.generate.resume import check_same_images, file_bytes, intact_maps, recorded_maps
@@ -176,7 +175,7 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
                               shards=opts.shard[1])
     with exclusive_lock(out, f"generate-{opts.shard[0]}-of-{opts.shard[1]}.lock"):
         journal = Journal(folder.journal(*opts.shard), flush_s=0.0)
-        fold_journal(journal, manifest_path, WSM_MANIFEST)
+        fold_journal(journal, manifest_path, WSM_MANIFEST, REWRITE_WSM_MANIFEST)
         rows = plan_rows(selected, opts.shard, opts.batch_size)
         if opts.limit:
             rows = rows.head(opts.limit)
@@ -195,7 +194,8 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         heavy = heavy_net_on_cpu(models, bundle.recipe, opts.device)
         workers, threads = cpu_split(usable_cores(), heavy, opts.workers)
         torch.set_num_threads(threads)
-        record = _Recorder(journal, ManifestBuilder(manifest_path, WSM_MANIFEST), provenance, fit_ids, image_bytes)
+        builder = ManifestBuilder(manifest_path, WSM_MANIFEST, remedy=REWRITE_WSM_MANIFEST)
+        record = _Recorder(journal, builder, provenance, fit_ids, image_bytes)
         bar = progress(total=summary.total, initial=summary.skipped, unit="img", desc="generate",
                        enabled=opts.progress)
         try:
@@ -227,10 +227,8 @@ def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: Gen
          out: Path, record: _Recorder) -> Iterator[dict]:
     """Yield one manifest row per image, in no particular order, with bounded work in flight; ``record`` gets the
     row of each map as soon as the map is written."""
-    context = multiprocessing.get_context("spawn")
     window = max(2, 2 * workers)     # batches prepared ahead of the networks
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=W.init_worker,
-                             initargs=(bundle.recipe, out, opts.export_challenge)) as pool:
+    with W.worker_pool(workers, bundle.recipe, out, opts.export_challenge) as pool:
         prepared: deque = deque()
         finishing: set[Future] = set()
         pending = iter(batches(rows))

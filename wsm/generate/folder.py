@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from wsm.io.atomic import fsync_dir
 from wsm.io.journal import Journal
 from wsm.io.lock import STATE
-from wsm.io.tables import merge_tables, write_table_atomic
+from wsm.io.tables import merge_tables, read_table, write_table_atomic
 from wsm.selection import DataError
 
 WSM_MANIFEST = pa.schema(
@@ -47,6 +46,8 @@ WSM_MANIFEST = pa.schema(
         ("image_bytes", pa.int64()),          # the size of the image file the map was made from (checked on resume)
     ]
 )
+REWRITE_WSM_MANIFEST = ("move it aside and rerun the `wsm generate` command that wrote it (the maps it no longer lists "
+                        "are made again), or `wsm generate --out WSM --merge` for a manifest merged from shards' parts")
 MAKER = ("pipeline_sha256", "model_sha256")   # what made a map: the resolved pipeline and the weights
 _PART = re.compile(r"manifest-part-(\d+)-of-(\d+)\.parquet")
 
@@ -143,7 +144,7 @@ def known_makers(folder: WsmFolder) -> set[tuple]:
     """Every maker the folder knows of: the recorded one, and those of the ok maps that manifest.parquet, every
     shard's part and every killed run's journal list (folders written before makers were recorded have only these)."""
     manifests = [p for p in (folder.manifest, *folder.parts()) if p.exists()]
-    makers = map_makers([pq.read_table(p, columns=["status", *MAKER]) for p in manifests])
+    makers = map_makers([read_table(p, WSM_MANIFEST, ["status", *MAKER], REWRITE_WSM_MANIFEST) for p in manifests])
     for journal in folder.journals():
         makers |= {tuple(r.get(c) for c in MAKER) for r in Journal(journal).replay() if r.get("status") == "ok"}
     if folder.maker_file.exists():
@@ -204,6 +205,6 @@ def merge_parts(out: Path | str) -> Path:
     check_one_maker(known_makers(folder), folder)
     merged = WSM_MANIFEST.empty_table()
     for part in parts:
-        merged = merge_tables(merged, pq.read_table(part), ("isic_id",))
+        merged = merge_tables(merged, read_table(part, WSM_MANIFEST, remedy=REWRITE_WSM_MANIFEST), ("isic_id",))
     write_table_atomic(merged, folder.manifest)
     return folder.manifest

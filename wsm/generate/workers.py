@@ -2,15 +2,21 @@
 map (each worker runs one thread; the networks run in the main process between the two)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.context
 import os
+import signal
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from wsm.errors import disk_error
 from wsm.generate.folder import WsmFolder
 
 log = logging.getLogger(__name__)
@@ -19,9 +25,39 @@ log = logging.getLogger(__name__)
 _WORKER: dict = {}
 
 
+class _SpawnIgnoringCtrlC(multiprocessing.context.SpawnContext):
+    """The spawn start method, with Ctrl-C ignored in the new process from its first instruction (an ignored signal
+    stays ignored across exec): a terminal sends Ctrl-C to the workers too, and only the parent should answer it."""
+
+    class Process(multiprocessing.context.SpawnProcess):
+        def start(self) -> None:
+            if threading.current_thread() is not threading.main_thread():   # only it may change signal handlers
+                return super().start()
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                super().start()
+            finally:
+                signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, recipe, out: Path, export_challenge: bool) -> Iterator[ProcessPoolExecutor]:
+    """The pool of worker processes, which ignore Ctrl-C: the parent stops the run and says so, once. On Ctrl-C or
+    an error the work not yet started is cancelled, not waited for."""
+    pool = ProcessPoolExecutor(workers, mp_context=_SpawnIgnoringCtrlC(), initializer=init_worker,
+                               initargs=(recipe, out, export_challenge))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def init_worker(recipe, out: Path, export_challenge: bool) -> None:
     import cv2
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # also in a worker started from another thread
     cv2.setNumThreads(1)
     _WORKER.update(recipe=recipe, folder=WsmFolder(Path(out)), export_challenge=export_challenge)
     threading.Thread(target=_exit_with_parent, daemon=True, name="wsm-parent-watch").start()
@@ -101,5 +137,9 @@ def official(isic_id: str, mask_path: str) -> dict:
 
 
 def failed(isic_id: str, err: BaseException) -> dict:
+    """The manifest row of an image that failed. A full or read-only disk is no fault of the image: it is raised
+    again, to stop the run instead of failing every image that follows."""
+    if disk_error(err) is not None:
+        raise err
     return {"isic_id": isic_id, "path": None, "source": "failed", "status": "failed",
             "error": f"{err.__class__.__name__}: {err}"[:500]}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from wsm.io.tables import merge_tables, read_table, rows_to_table, write_table_atomic
+from wsm.io.tables import REWRITE_DATA_MANIFEST, merge_tables, read_table, rows_to_table, write_table_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ class Journal:
 class ManifestBuilder:
     """Collects new rows compactly (Arrow batches) and merges them into a manifest, atomically, by key."""
 
-    def __init__(self, path: Path, core: pa.Schema, key: tuple[str, ...] = ("isic_id",)):
-        self.path, self.core, self.key = Path(path), core, key
+    def __init__(self, path: Path, core: pa.Schema, key: tuple[str, ...] = ("isic_id",),
+                 remedy: str = REWRITE_DATA_MANIFEST):
+        self.path, self.core, self.key, self.remedy = Path(path), core, key, remedy   # remedy: see read_table
         self.pending: list[dict] = []
         self.tables: list[pa.Table] = []
 
@@ -83,7 +84,7 @@ class ManifestBuilder:
 
     def write(self) -> pa.Table:
         self._pack()
-        old = read_table(self.path, self.core)
+        old = read_table(self.path, self.core, remedy=self.remedy)
         if not self.tables:
             if not self.path.exists():
                 write_table_atomic(old, self.path)
@@ -94,11 +95,11 @@ class ManifestBuilder:
         return merged
 
 
-def fold_journal(journal: Journal, builder_path: Path, core: pa.Schema) -> int:
+def fold_journal(journal: Journal, builder_path: Path, core: pa.Schema, remedy: str = REWRITE_DATA_MANIFEST) -> int:
     """Merge what a killed run left in its journal into the manifest; returns the rows recovered."""
     rows = journal.replay()
     if rows:
-        builder = ManifestBuilder(builder_path, core)
+        builder = ManifestBuilder(builder_path, core, remedy=remedy)
         for row in rows:
             builder.add(row)
         builder.write()

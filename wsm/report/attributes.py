@@ -27,6 +27,7 @@ import pandas as pd
 
 from archive_client.challenges import ATTRIBUTES, attribute_file_name
 from wsm.io.atomic import json_safe, write_json, write_text_atomic
+from wsm.io.lock import locks_output
 from wsm.selection import DataError
 
 __all__ = ["AttributeReportSummary", "build_attribute_report", "normalised_counts", "read_attribute_truths",
@@ -79,14 +80,14 @@ def read_attribute_truths(data: Path | str, split: str = "all", only_ids: Collec
     """One row per image with every attribute mask: isic_id, split, file (the image) and one
     ``mask_<attribute>`` column per attribute (paths relative to DATA), sorted by isic_id."""
     from archive_client.layout import DataLayout
-    from wsm.selection import read_manifest
+    from wsm.selection import read_attribute_manifest, read_manifest
 
     layout = DataLayout(Path(data))
     if not layout.attribute_manifest.exists():
         raise DataError(f"{layout.root} has no attribute masks ({layout.attribute_manifest.name}); get them with "
                         f"`wsm download --challenge isic2018 --task attributes --out {layout.root}` or "
                         f"`wsm import --images DIR --attributes DIR --out {layout.root}`")
-    masks = pd.read_parquet(layout.attribute_manifest)
+    masks = read_attribute_manifest(layout.root)
     if split not in ("all", "labeled"):
         masks = masks[masks["split"] == split]
     # one challenge's set per image, the newest (as for lesion masks): attributes never mix sources
@@ -217,6 +218,7 @@ RULE = ("Scored as ISIC 2018 Task 2 was ranked (isic-challenge-scoring task2): p
         "all images; the challenge's overall score is the micro average over every image and attribute.")
 
 
+@locks_output("out")
 def build_attribute_report(maps: Path | str, data: Path | str, out: Path | str, split: str = "all",
                            only_ids: Collection[str] | None = None, command: str = "",
                            progress: bool = True) -> AttributeReportSummary:

@@ -47,6 +47,7 @@ from wsm.generate.folder import WsmFolder
 from wsm.io.atomic import json_safe, write_json, write_text_atomic
 from wsm.io.hashing import sha256_file
 from wsm.io.images import ImageDecodeError, read_official_mask
+from wsm.io.lock import locks_output
 from wsm.report.maps import (CONVENTIONS, ISIC_WSM, MAP_COLUMNS, MapsFolder, ReportError, images_phrase, made_with,
                              read_map, read_maps)
 from wsm.report.metrics import LEFT_OUT_DEFINITION
@@ -302,6 +303,7 @@ def _headline_rule(maps: MapsFolder) -> str:
 
 
 
+@locks_output("out")
 def build_report(pred: Path | str, data: Path | str, out: Path | str, split: str = "all",
                  only_ids: Collection[str] | None = None, *, command: str | None = None,
                  fitted_ids: Collection[str] | None = None) -> ReportSummary:

@@ -15,9 +15,10 @@ import pandas as pd
 
 from archive_client.layout import DataLayout
 from wsm.errors import WsmError
-from wsm.generate.folder import WsmFolder
+from wsm.generate.folder import REWRITE_WSM_MANIFEST, WsmFolder
 from wsm.io.images import CHALLENGE, ISIC_WSM, read_label_map
 from wsm.io.images import read_lesion_map as read_map  # noqa: F401 - the one reader of maps, for the report's modules
+from wsm.io.tables import read_frame
 from wsm.selection import DataError
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def read_wsm_manifest(pred: Path, needed: frozenset[str] = SCORED_COLUMNS) -> pd
     if manifest is None:
         raise ReportError(f"{WsmFolder(pred).manifest} does not exist; write maps with `wsm generate --out {pred}` "
                           "first")
-    rows = pd.read_parquet(manifest)
+    rows = read_frame(manifest, remedy=REWRITE_WSM_MANIFEST)
     if not needed <= set(rows.columns):
         layout = DataLayout(pred)
         if layout.images.is_dir() or layout.gt_manifest.exists():

@@ -34,6 +34,7 @@ import torch
 
 from archive_client.challenges import ATTRIBUTES, attribute_file_name
 from wsm.io.images import read_mask, write_label_png
+from wsm.io.lock import locks_output
 from wsm.selection import DataError, read_truth
 from wsm.train.augment import SEGMENTER_AUGMENT, augment
 from wsm.train.datasets import LazyImages, image_tensor, resize_square
@@ -115,10 +116,10 @@ class AttributeDataset(LazyImages):
 def attribute_weights(data: Path | str, ids, with_lesion: bool) -> list[float]:
     """The loss's positive-pixel weight of each channel, from the attribute manifest's pixel counts of ``ids``
     (:func:`wsm.train.losses.positive_weights`); 1 for the lesion channel."""
-    from archive_client.layout import DataLayout
+    from wsm.selection import read_attribute_manifest
     from wsm.train.losses import positive_weights
 
-    masks = pd.read_parquet(DataLayout(Path(data)).attribute_manifest)
+    masks = read_attribute_manifest(data)
     masks = masks[masks["isic_id"].isin(set(ids))].drop_duplicates(["isic_id", "attribute"], keep="last")
     pixels = masks.assign(total=masks["width"].astype("int64") * masks["height"].astype("int64"))
     sums = pixels.groupby("attribute")[["positive_pixels", "total"]].sum().reindex(list(ATTRIBUTES), fill_value=0)
@@ -181,6 +182,7 @@ def attribute_command(opts: TrainOptions, with_lesion: bool) -> str:
     return shlex.join(["wsm", "train", "--task", "attributes", *(["--with-lesion"] if with_lesion else []), *kept])
 
 
+@locks_output("opts.out", torchrun=True)
 def run_attributes(opts: TrainOptions, with_lesion: bool = False) -> TrainSummary | None:
     """Train and evaluate an attribute network (see the module doc); the summary on rank 0, else None."""
     if opts.size % 32:

@@ -44,6 +44,7 @@ import pandas as pd
 from wsm.errors import WsmError
 from wsm.io.atomic import json_safe, write_json, write_text_atomic
 from wsm.io.hashing import sha256_file
+from wsm.io.lock import locks_output
 from wsm.io.provenance import versions
 from wsm.selection import DataError
 from wsm.train.distributed import distributed
@@ -170,6 +171,7 @@ def _load_init(model, weights: Path, opts: TrainOptions) -> None:
                          f"{opts.num_classes} class(es): {str(err).splitlines()[0]}") from err
 
 
+@locks_output("opts.out", torchrun=True)
 def run(opts: TrainOptions) -> TrainSummary | None:
     """Train one segmentation network and evaluate it; see the module doc. The summary on rank 0, else None."""
     _check_options(opts)

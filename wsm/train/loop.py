@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -141,9 +142,22 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
     """Write the model's state dict as safetensors, atomically; ``metadata`` (str -> str) goes in the header."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, _os_error_of_safetensors(path):
         save_model(_unwrap(model), str(tmp), metadata=dict(metadata) if metadata else None)
     return path
+
+
+@contextlib.contextmanager
+def _os_error_of_safetensors(path: Path):
+    """safetensors reports a failed write (a full disk) as a SafetensorError with the errno only in its text: raise
+    the OSError it stands for."""
+    try:
+        yield
+    except SafetensorError as err:
+        code = re.search(r"os error (\d+)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from err
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, str]:
@@ -434,8 +448,8 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, t
                     "rng": _rng_state(),
                     "config": config,
                 }
-                with atomic_path(ckpt_path) as tmp:
-                    torch.save(state, tmp)
+                with atomic_path(ckpt_path) as tmp, open(tmp, "wb") as fh:
+                    torch.save(state, fh)    # through a Python file: a full disk raises OSError (under torch's error)
     finally:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(previous_det[0], warn_only=previous_det[1])

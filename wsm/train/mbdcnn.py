@@ -44,6 +44,7 @@ from wsm.config.pipeline import PipelineError, load_pipeline, stage_config  # no
 from wsm.config.recipe import CamConfig, ClassifierConfig, SegmenterConfig  # noqa: E402
 from wsm.io.atomic import write_text_atomic  # noqa: E402
 from wsm.io.hashing import ids_sha256  # noqa: E402
+from wsm.io.lock import locks_output  # noqa: E402
 from wsm.selection import DataError  # noqa: E402
 from wsm.train.distributed import barrier  # noqa: E402
 from wsm.train.driver import Evaluation, Plan, Trained, execute, plan_run  # noqa: E402
@@ -252,6 +253,7 @@ def _command(opts: TrainOptions, pipeline, overrides, given: dict | None) -> str
     return shlex.join(args)
 
 
+@locks_output("opts.out", torchrun=True)
 def train_mbdcnn(opts: TrainOptions, pipeline: str | Path = "mbdcnn", overrides: tuple[str, ...] = (),
                  given: dict | None = None) -> TrainSummary | None:
     """Train the three networks in turn and evaluate the enhanced one (and the coarse one) on the official masks

@@ -147,10 +147,9 @@ def teacher_ids(maps: Path | str) -> set[str] | None:
     """Every image whose official mask fed what made a folder of weak maps: the fit of the bundle `wsm generate`
     recorded (its ``fit_mask_ids``, a RUN prior's lineage included), else the maps the WSM manifest marks
     ``mask_used_in_fit``, with a warning (a lower bound); None for maps made elsewhere (no record at all)."""
-    import pyarrow.parquet as pq
-
     from wsm.fit.bundle import BundleFolder
-    from wsm.generate.folder import WsmFolder
+    from wsm.generate.folder import REWRITE_WSM_MANIFEST, WsmFolder
+    from wsm.io.tables import read_frame, table_columns
 
     folder = WsmFolder(Path(maps))
     recorded = folder.made_with()
@@ -160,9 +159,9 @@ def teacher_ids(maps: Path | str) -> set[str] | None:
     if provenance is not None and provenance.get("fit_mask_ids") is not None:
         return set(provenance["fit_mask_ids"])
     manifest = folder.merged_manifest()
-    if manifest is None or "mask_used_in_fit" not in pq.read_schema(manifest).names:
+    if manifest is None or "mask_used_in_fit" not in table_columns(manifest, REWRITE_WSM_MANIFEST):
         return None
-    rows = pq.read_table(manifest, columns=["isic_id", "mask_used_in_fit"]).to_pandas()
+    rows = read_frame(manifest, ["isic_id", "mask_used_in_fit"], REWRITE_WSM_MANIFEST)
     log.warning("%s does not record its bundle (or the bundle is gone): only the maps its manifest marks as fitted "
                 "are known to have fed the teacher", maps)
     return set(rows.loc[rows["mask_used_in_fit"].fillna(True).astype(bool), "isic_id"])
