@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from wsm.generate.folder import WSM_MANIFEST, WsmFolder
+from wsm.generate.folder import REWRITE_WSM_MANIFEST, WSM_MANIFEST, WsmFolder
 from wsm.generate.workers import map_stats
 from wsm.io.images import UNDECODABLE, decode_problem, png_is_complete, read_label_map
 from wsm.io.tables import read_table
@@ -36,7 +36,7 @@ def recorded_maps(manifest: Path) -> list[dict]:
     its image (a manifest written before ``image_bytes`` was recorded has it null)."""
     if not manifest.exists():
         return []
-    table = read_table(manifest, WSM_MANIFEST)
+    table = read_table(manifest, WSM_MANIFEST, remedy=REWRITE_WSM_MANIFEST)
     table = table.select([c for c in _RECORDED if c in table.column_names])
     rows = table.filter(pc.equal(table["status"], "ok")).to_pylist()
     return [{c: row.get(c) for c in _RECORDED} for row in rows]
