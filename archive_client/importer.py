@@ -367,7 +367,7 @@ def import_folders(
         rows = _import_images(layout, found, label_table, link, summary, bar)
         gt_rows = _import_masks(layout, found, challenge, split, link, summary, bar)
         attribute_rows = _import_attributes(layout, found, challenge, split, link, summary, progress)
-        summary.labels_unmatched = len(set(label_table.by_id) - {r["isic_id"] for r in rows})
+        summary.labels_unmatched = len(set(label_table.by_id) - set(found.images))
         _write_manifests(layout, rows, gt_rows)
         merge_attribute_rows(layout, attribute_rows)
     return summary
@@ -382,7 +382,10 @@ def _nothing_found(folders: dict[str, Path | None], summary: ImportSummary) -> s
 
 
 def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: ImportSummary, bar) -> list[dict]:
+    """The manifest rows of the images brought in; an image already in DATA with the same content and no labels
+    given for it keeps the row it has (a rerun without --labels does not wipe its diagnoses)."""
     rows = []
+    known = dict(zip(*read_table(layout.manifest, DATA_MANIFEST_CORE, ["isic_id", "sha256"]).to_pydict().values()))
     for image_id, (name, src) in progress_bar(sorted(found.images.items()), desc="images", unit="file", **bar):
         try:
             with Image.open(src) as im:
@@ -407,7 +410,8 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
         except ImageDecodeError as err:
             summary.images_rejected.append((name, f"{err.reason}. {err.fix}"))
             continue
-        rows.append(_image_row(layout, image_id, src, dest, sha256, width, height, labels.by_id.get(image_id, {})))
+        if image_id in labels.by_id or known.get(image_id) != sha256:
+            rows.append(_image_row(layout, image_id, src, dest, sha256, width, height, labels.by_id.get(image_id, {})))
     return rows
 
 

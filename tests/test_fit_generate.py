@@ -118,6 +118,19 @@ def test_shards_merged_equal_an_unsharded_run(sample_data, bundle, tmp_path):
     assert a == b
 
 
+def test_no_worker_processes_make_the_same_maps_in_the_main_process(sample_data, bundle, tmp_path):
+    """-j means the same in every command: N worker processes, 0 none, auto chosen from the cores."""
+    runs = {}
+    for workers in ("1", "0", "auto"):
+        out = tmp_path / f"j{workers}"
+        assert main(["-q", "generate", "-j", workers, "--batch-size", "8", "--data", str(sample_data), "--bundle",
+                     str(bundle), "--out", str(out), "--limit", "6"]) == 0
+        runs[workers] = _maps(out)
+    assert len(runs["1"]) == 6 and runs["0"] == runs["1"] == runs["auto"]
+    assert main(["-q", "generate", "-j", "-1", "--data", str(sample_data), "--bundle", str(bundle), "--out",
+                 str(tmp_path / "bad")]) == 2
+
+
 def test_bad_images_fail_alone(bundle, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -230,6 +243,7 @@ def test_cpu_split_gives_the_workers_the_cores_the_networks_do_not_need():
     assert cpu_split(2, heavy_net_on_cpu=False) == (2, 1)
     assert cpu_split(16, heavy_net_on_cpu=False) == (16, 4)
     assert cpu_split(16, heavy_net_on_cpu=True, workers=4) == (4, 12)
+    assert cpu_split(16, heavy_net_on_cpu=False, workers=0) == (0, 16)    # -j 0: all in the main process
 
 
 def test_one_wsm_folder_holds_the_maps_of_one_bundle(sample_data, bundle, tmp_path, capsys):

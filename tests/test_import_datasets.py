@@ -3,6 +3,7 @@ commands after it on such a DATA."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -289,6 +290,15 @@ def ph2_data(shared_data, tmp_path_factory) -> Path:
     summary = import_folders(data, subset / "images", subset / "masks", labels=ph2 / "pairs.csv", challenge="ph2",
                              progress=False)
     assert summary.ok and summary.masks_written == 16 and summary.labels_unmatched == 84
+    held_out = subset / "held-out"
+    held_out.mkdir()
+    for pair in pairs[12:]:
+        shutil.copy(ph2 / pair["mask"], held_out)
+    again = import_folders(data, subset / "images", held_out, challenge="ph2", split="test", progress=False)
+    assert again.splits == {"test": 4} and again.images_skipped == 16
+    # a rerun without --labels keeps the diagnoses the first import stored
+    assert rows(data / "manifest.parquet")[pairs[0]["image_id"]]["diagnosis"] == pairs[0]["diagnosis"]
+    assert sorted(r["split"] for r in rows(data / "gt_manifest.parquet").values()) == ["test"] * 4 + ["train"] * 12
     return data
 
 
@@ -301,10 +311,25 @@ def test_fit_generate_report_and_train_on_a_users_dataset(ph2_data, tmp_path, ca
     assert main(["-q", "generate", "-d", str(ph2_data), "--bundle", str(bundle), "--split", "all",
                  "-o", str(maps), "-j", "0", "-b", "8"]) == 0
     assert sorted(p.stem for p in maps.glob("*.png")) == sorted(rows(ph2_data / "manifest.parquet"))
-    assert main(["-q", "report", "-d", str(ph2_data), "-m", str(maps), "-o", str(report)]) == 0
+    assert main(["report", "-d", str(ph2_data), "-m", str(maps), "--split", "test", "-o", str(report)]) == 0
     err = capsys.readouterr().err
-    assert "ph2" in err
-    assert "ph2" in (report / "report.html").read_text(encoding="utf8")
-    assert main(["-q", "train", "-d", str(ph2_data), "--labels", "official", "-o", str(run), "--epochs", "1",
-                 "--size", "64", "--encoder", "test_resnet", "--no-pretrained", "-b", "4",
-                 "--eval-split", "train"]) == 0
+    assert "4 images scored against their official masks (ph2 4)" in err
+    assert "official masks of ph2 (4)" in (report / "report.html").read_text(encoding="utf8")
+    assert f"--maps {maps} --out RUN --eval-split test" in err          # the next command can be scored
+    assert main(["-q", "train", "-d", str(ph2_data), "--labels", "both", "-m", str(maps), "-o", str(run),
+                 "--epochs", "1", "--size", "64", "--encoder", "test_resnet", "--no-pretrained", "-b", "4",
+                 "--eval-split", "test"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["n_eval"] == 4
+
+
+def test_maps_of_a_users_dataset_made_elsewhere_are_read_by_their_ids(tmp_path):
+    from wsm.io.images import ISIC_WSM, write_label_png
+    from wsm.report.maps import read_maps
+
+    label = np.zeros((6, 8), np.uint8)
+    label[2:4, 2:5] = 1
+    for name in ("IMD002.png", "AMM1.png", "ISIC_01.png"):       # the last: a mistyped archive id, not a map
+        write_label_png(tmp_path / name, label)
+    (tmp_path / "notes.txt").write_text("x")
+    maps = read_maps(tmp_path)
+    assert sorted(maps.rows["isic_id"]) == ["AMM1", "IMD002"] and maps.convention == ISIC_WSM

@@ -53,17 +53,31 @@ def test_multiclass_run(data, class_maps, tmp_path):
 
 
 def test_wrong_encoder_kind_and_missing_weights_are_one_line_errors(data, tmp_path, capsys):
-    # --arch segnet with the default (timm) encoder: the valid SegNet encoders are named
+    # --arch segnet with a timm encoder: the valid SegNet encoders are named
     assert main(["-q", "train", "--data", str(data), "--out", str(tmp_path / "a"), "--arch", "segnet",
-                 "--no-pretrained", "--size", "64"]) == 2
+                 "--encoder", "tf_efficientnet_lite0", "--no-pretrained", "--size", "64"]) == 2
     err = capsys.readouterr().err
     assert "unknown SegNet encoder 'tf_efficientnet_lite0'" in err and "segnet_small" in err
     assert len(err.strip().splitlines()) == 1
-    # pretrained is the default; ConvMixer has no ImageNet weights: say so, and what to do
+    # ImageNet weights asked for where none exist: say so, and what to do
     assert main(["-q", "train", "--data", str(data), "--out", str(tmp_path / "b"), "--arch", "convmixer",
-                 "--encoder", "convmixer_16_2", "--size", "64"]) == 2
+                 "--encoder", "convmixer_16_2", "--size", "64", "--pretrained"]) == 2
     err = capsys.readouterr().err
     assert "no ImageNet weights for the ConvMixer encoder 'convmixer_16_2'" in err and "--no-pretrained" in err
+
+
+def test_each_architecture_starts_with_an_encoder_it_can_build(data, tmp_path, capsys):
+    """--arch segnet alone runs (segnet_small, from random weights, said so); a ConvMixer named without
+    --pretrained starts from random weights too."""
+    for arch, extra in (("segnet", []), ("convmixer", ["--encoder", "convmixer_16_2"])):
+        out = tmp_path / arch
+        assert main(["train", "--data", str(data), "--out", str(out), "--arch", arch, *extra, "--size", "64",
+                     "--epochs", "1", "--eval-split", "none"]) == 0
+        err = capsys.readouterr().err
+        encoder = extra[-1] if extra else "segnet_small"
+        assert f"{encoder} has no ImageNet weights; it starts from random weights" in err
+        options = json.loads((out / "config.json").read_text())["options"]
+        assert (options["encoder"], options["pretrained"]) == (encoder, False)
 
 
 @pytest.mark.slow

@@ -217,8 +217,13 @@ def test_counts_missing_and_errors(report):
     counts = metrics["counts"]
     assert counts == {"split_images": len(CASE_IDS), "with_mask": len(CASE_IDS) - 2, "map_without_mask": 2,
                       "maps_outside_split": 1, "scored": 13, "headline": 10, "excluded_mask_used_in_fit": 2,
-                      "excluded_official_source": 1, "missing_map": 3, "errors": 1}
+                      "excluded_official_source": 1, "missing_map": 3, "errors": 1,
+                      "datasets": {"isic2018": len(CASE_IDS) - 2}}
     assert summary.counts == counts
+    headline = metrics["headline"]["uncertain_as_background"]
+    low, high = headline["jaccard_ci95"]
+    assert low < headline["jaccard"] < high and headline["n_images"] == 10
+    assert f"n {headline['n_images']}" in summary.lines()[1]
     missing = {r["isic_id"]: r["reason"] for r in metrics["missing"]}
     assert set(missing) == {NO_ROW, FAILED, GONE}
     assert "no row" in missing[NO_ROW] and "truncated" in missing[FAILED] and "absent" in missing[GONE]
@@ -495,3 +500,13 @@ def test_chromium_renders_the_page(report, tmp_path):
                    timeout=120, check=True)
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
     assert pixels.shape[:2] == (3000, 1200) and pixels.std() > 10
+
+
+def test_the_headline_interval_is_reproducible_and_wide_on_few_images():
+    from wsm.report.scoring import bootstrap_interval
+
+    few, many = [0.2, 0.9, 0.5, 0.7, 0.8, 0.3, 0.95, 0.6], [0.2, 0.9, 0.5, 0.7, 0.8, 0.3, 0.95, 0.6] * 40
+    assert bootstrap_interval(few) == bootstrap_interval(few)
+    (a, b), (c, d) = bootstrap_interval(few), bootstrap_interval(many)
+    assert a < c < sum(few) / len(few) < d < b and (b - a) > 4 * (d - c)
+    assert bootstrap_interval([0.5]) is None and bootstrap_interval([0.5, float("nan")]) is None

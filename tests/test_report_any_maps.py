@@ -248,8 +248,16 @@ def test_the_summary_ends_with_the_report_and_the_next_command(data, tmp_path):
     out = tmp_path / "report"
     lines = build_report(tmp_path / "maps", data, out, only_ids=set(maps)).lines()
     assert lines[-2].startswith(f"report: {out / 'report.html'}")
+    train = f"wsm train --data {data} --labels both --maps {tmp_path / 'maps'} --out RUN --eval-split"
     assert lines[-1] == (f"next: open {out / 'report.html'} in a browser; to train a segmentation network on these "
-                         f"maps: wsm train --data {data} --labels both --maps {tmp_path / 'maps'} --out RUN")
+                         "maps (DATA has no val or test masks to score it on: import some with `wsm import "
+                         f"--assign-split test`): {train} none")
+    # with held-out masks in DATA, the command trains on the maps and is scored on them
+    from datafactory import make_data
+    from wsm.report.driver import train_hint
+
+    with_val = make_data(tmp_path / "with-val", n_images=5, with_masks=True, seed=0)
+    assert train_hint(with_val, tmp_path / "maps").endswith("--eval-split val")
 
 
 # ------------------------------------------------------------------------------------------ the page

@@ -95,13 +95,14 @@ def test_official_masks_run_writes_everything(data, tmp_path, capsys):
     model, cfg = load_model(out)
     assert cfg["options"]["encoder"] == "test_resnet" and not model.training
 
-    # an existing run is not overwritten without --resume; with it, the finished run is re-evaluated
-    assert _train("--data", str(data), "--out", str(out), "--epochs", "2") == 2
-    assert _train("--data", str(data), "--out", str(out), "--epochs", "2", "--resume", "--loss", "dice") == 2
+    # an existing run is never overwritten: with other settings it is refused; with the same ones (the old
+    # --resume flag or not) the finished run is re-evaluated
+    assert _train("--data", str(data), "--out", str(out), "--epochs", "2", "--loss", "dice") == 2
     assert "other settings" in capsys.readouterr().err
-    assert _train("--data", str(data), "--out", str(out), "--epochs", "2", "--resume") == 0
-    again = json.loads((out / "metrics.json").read_text())
-    assert again["resumed_from_epoch"] == 2 and again["metrics"] == pytest.approx(m)
+    for again in ([], ["--resume"]):
+        assert _train("--data", str(data), "--out", str(out), "--epochs", "2", *again) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["resumed_from_epoch"] == 2 and metrics["metrics"] == pytest.approx(m)
 
 
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(data, tmp_path, monkeypatch):
@@ -132,9 +133,9 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(data, tmp_pat
     monkeypatch.setattr(wsm.train.losses, "create_loss", real)
     from wsm.errors import WsmError
 
-    with pytest.raises(WsmError, match="--resume"):
-        run(cut)
-    resumed = run(dataclasses.replace(cut, resume=True))
+    with pytest.raises(WsmError, match="already holds a training run"):
+        run(dataclasses.replace(cut, resume=False))
+    resumed = run(cut)
     assert resumed.losses == full.losses and resumed.metrics == full.metrics
     for key, value in load_model(cut.out)[0].state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)

@@ -1,4 +1,5 @@
-"""`wsm demo`: the whole flow, offline, on the embedded sample (wsm/sample: 40 ISIC 2018 images, CC-0).
+"""`wsm demo`: the whole flow, offline, on the embedded sample (wsm/sample: 40 ISIC 2018 images, CC-0), with a
+progress bar on every long step.
 
 The sample is served by the local archive emulator, downloaded from it like the real archive, its official
 masks fetched as challenge zips (8 images in a `test` split), then: fit (never sees the test images), generate,
@@ -23,6 +24,7 @@ class DemoContext:
     api_url: str = ""
     challenge_url: str = ""
     report: Path | None = None
+    progress: bool = True          # progress bars on stderr for the long steps
 
     @property
     def served(self) -> Path:
@@ -54,7 +56,7 @@ def build_served_archive(ctx: DemoContext) -> str:
 def download_from_emulator(ctx: DemoContext) -> str:
     from archive_client.download import DownloadOptions, download_images
 
-    summary = download_images(ctx.data, DownloadOptions(api_url=ctx.api_url, progress=False))
+    summary = download_images(ctx.data, DownloadOptions(api_url=ctx.api_url, progress=ctx.progress))
     if not summary.ok:
         raise RuntimeError("; ".join(summary.lines()))
     return summary.lines()[0]
@@ -64,7 +66,7 @@ def download_masks(ctx: DemoContext) -> str:
     from archive_client.challenge_data import download_challenge
 
     summary = download_challenge(ctx.data, "isic2018", splits=("train", "test"), base_url=ctx.challenge_url,
-                                 progress=False)
+                                 progress=ctx.progress)
     return summary.lines()[0]
 
 
@@ -79,7 +81,7 @@ def fit_bundle(ctx: DemoContext) -> str:
     from wsm.fit import FitOptions, fit
 
     summary = fit(FitOptions(data=ctx.data, out=ctx.out / "bundle", exclude_ids=frozenset(held_out_ids()),
-                             progress=False))
+                             progress=ctx.progress))
     return "; ".join(summary.lines()[1:])
 
 
@@ -87,7 +89,7 @@ def generate_maps(ctx: DemoContext) -> str:
     from wsm.generate import GenerateOptions, generate
 
     summary = generate(GenerateOptions(out=ctx.out / "wsm", bundle=ctx.out / "bundle", data=ctx.data,
-                                       export_challenge=True, progress=False))
+                                       export_challenge=True, progress=ctx.progress))
     return summary.lines()[0]
 
 
@@ -105,7 +107,7 @@ def train_on_maps(ctx: DemoContext) -> str:
     from wsm.train import TrainOptions, run
 
     summary = run(TrainOptions(data=ctx.data, out=ctx.out / "train", labels=str(ctx.out / "wsm"), split_train="train",
-                               eval_split="test", epochs=6, size=128, batch_size=8, progress=False, resume=True))
+                               eval_split="test", epochs=6, size=128, batch_size=8, progress=ctx.progress))
     return "; ".join(summary.lines())
 
 
@@ -119,10 +121,10 @@ STEPS: list[tuple[str, Callable[[DemoContext], str]]] = [
 ]
 
 
-def run_demo(out: Path, echo: Callable[[str], None] = print) -> DemoContext:
+def run_demo(out: Path, echo: Callable[[str], None] = print, progress: bool = True) -> DemoContext:
     from archive_client.emulator import EmulatorServer
 
-    ctx = DemoContext(Path(out))
+    ctx = DemoContext(Path(out), progress=progress)
     echo(f"[demo] {build_served_archive(ctx)}")
     with EmulatorServer(ctx.served) as server:
         ctx.api_url, ctx.challenge_url = server.api_url, server.challenge_url

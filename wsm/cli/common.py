@@ -56,6 +56,19 @@ def number(kind: type = int, minimum: float = 1, *, multiple_of: int = 1, hint: 
     return parse
 
 
+def add_workers_flag(parser, does: str, auto: str, default: int | None = None) -> None:
+    """-j/--workers, one meaning in every command: N worker processes, 0 none (the main process does the work),
+    auto (None) a number chosen from the cores, as ``auto`` says."""
+    count = number(int, 0)
+
+    def parse(text: str) -> int | None:
+        return None if text == "auto" else count(text)
+
+    parser.add_argument("-j", "--workers", type=parse, default=default, metavar="N|auto",
+                        help=f"worker processes that {does}; 0: none, the main process does it; auto: {auto} "
+                             f"(default: {'auto' if default is None else default})")
+
+
 def add_data_and_out(parser, holds: str, out: str, out_help: str) -> None:
     """--data DATA (what the command reads from it) and --out FOLDER (what it writes), both required."""
     parser.add_argument("-d", "--data", required=True, type=Path, metavar="DATA",

@@ -23,5 +23,5 @@ def register(commands) -> None:
 def run(args) -> int:
     from wsm.demo import run_demo
 
-    run_demo(args.out, echo=lambda line: print(line, file=sys.stderr))
+    run_demo(args.out, echo=lambda line: print(line, file=sys.stderr), progress=not args.quiet)
     return 0

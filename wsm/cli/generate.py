@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from wsm.cli.common import HelpFormatter, UsageError, number, print_summary
+from wsm.cli.common import HelpFormatter, UsageError, add_workers_flag, number, print_summary
 from wsm.cli.fit import add_pipeline_flags, fit_overrides
 from wsm.selection import SPLIT_CHOICES
 
@@ -29,9 +29,8 @@ def register(commands) -> None:
                      help="where the maps and manifest.parquet go; one folder holds the maps of one bundle")
     gen.add_argument("--shard", metavar="I/N", help="this machine's share (default: RANK/WORLD_SIZE, Slurm, or 0/1)")
     gen.add_argument("--merge", action="store_true", help="only join the shards' manifest parts in WSM")
-    gen.add_argument("-j", "--workers", type=number(int, 0, hint=" (0: chosen from the cores)"), default=0,
-                     help="CPU worker processes for decode, CRF and PNG (0: every core, or half of them when a CAM "
-                          "or a flip-TTA prior runs on the CPU)")
+    add_workers_flag(gen, "decode, refine and write the maps",
+                     "every core, or half of them when a CAM or a flip-TTA prior runs on the CPU")
     gen.add_argument("-b", "--batch-size", type=number(int), default=16, help="images per network batch")
     gen.add_argument("--limit", type=number(int, 0), default=0, help="at most N images (0: all)")
     gen.add_argument("--only", type=Path, metavar="IDS", help="only these isic_ids (one per line, or a CSV)")

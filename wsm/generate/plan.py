@@ -85,8 +85,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 2
 
 
-def cpu_split(cores: int, heavy_net_on_cpu: bool, workers: int = 0) -> tuple[int, int]:
-    """(worker processes, torch threads of the main process) for ``cores`` CPU cores.
+def cpu_split(cores: int, heavy_net_on_cpu: bool, workers: int | None = None) -> tuple[int, int]:
+    """(worker processes, torch threads of the main process) for ``cores`` CPU cores; ``workers`` as asked (0: none,
+    the main process runs every stage with all the cores), or None to choose.
 
     The workers run decode, CRF, morphology and PNG (~100 ms per image on one core); the main process runs the
     networks. A heavy network on the CPU (the CAM: forward + backward on 4 flipped views; the prior with flip
@@ -95,7 +96,9 @@ def cpu_split(cores: int, heavy_net_on_cpu: bool, workers: int = 0) -> tuple[int
     with 2 workers against 7.0 with 1; TTA prior 300 images in 52.7 s with 1 worker against 56.0 s with 2;
     docs/RESULTS.md).
     """
-    if not workers:
+    if workers == 0:                    # no worker processes: the main process does everything
+        return 0, cores
+    if workers is None:
         workers = max(1, cores // 2) if heavy_net_on_cpu else cores
     threads = max(1, cores - workers) if heavy_net_on_cpu else max(1, cores // 4)
     return workers, threads

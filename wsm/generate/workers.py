@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +40,26 @@ class _SpawnIgnoringCtrlC(multiprocessing.context.SpawnContext):
                 signal.signal(signal.SIGINT, previous)
 
 
+class InProcess(Executor):
+    """The main process standing in for the pool (``-j 0``): each task runs when it is submitted."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as err:            # as a worker's error reaches the parent: through the future
+            future.set_exception(err)
+        return future
+
+
 @contextlib.contextmanager
-def worker_pool(workers: int, recipe, out: Path, export_challenge: bool) -> Iterator[ProcessPoolExecutor]:
+def worker_pool(workers: int, recipe, out: Path, export_challenge: bool) -> Iterator[Executor]:
     """The pool of worker processes, which ignore Ctrl-C: the parent stops the run and says so, once. On Ctrl-C or
-    an error the work not yet started is cancelled, not waited for."""
+    an error the work not yet started is cancelled, not waited for. With no workers, the main process."""
+    if workers == 0:
+        _WORKER.update(recipe=recipe, folder=WsmFolder(Path(out)), export_challenge=export_challenge)
+        yield InProcess()
+        return
     pool = ProcessPoolExecutor(workers, mp_context=_SpawnIgnoringCtrlC(), initializer=init_worker,
                                initargs=(recipe, out, export_challenge))
     try:

@@ -62,6 +62,13 @@ GALLERY_PIXELS = 256                                       # longest side of a g
 
 
 
+def _interval(means: dict) -> str:
+    """``95% CI 0.52-0.75, n 8``: how far a mean over few images can be trusted."""
+    ci = means.get("jaccard_ci95")
+    span = f"95% CI {ci[0]:.2f}-{ci[1]:.2f}, " if ci else ""
+    return f"{span}n {means['n_images']}"
+
+
 @dataclass
 class ReportSummary:
     out: Path
@@ -85,7 +92,8 @@ class ReportSummary:
 
     def lines(self) -> list[str]:
         c = self.counts
-        out = [f"{c['scored']} images scored against their official masks; headline on {c['headline']} "
+        datasets = ", ".join(f"{name} {n}" for name, n in c.get("datasets", {}).items())
+        out = [f"{c['scored']} images scored against their official masks ({datasets}); headline on {c['headline']} "
                f"(excluded: {c['excluded_mask_used_in_fit']} whose mask fit used or may have used, "
                f"{c['excluded_official_source']} official masks copied as maps)"]
         if not self.fitting_known:
@@ -98,7 +106,7 @@ class ReportSummary:
         if self.headline:
             bg, ign = self.headline["uncertain_as_background"], self.headline["uncertain_ignored"]
             flag = "" if self.fitting_known else " -- NOT KNOWN to be held out"
-            out.append(f"headline Jaccard {bg['jaccard']:.4f} (255 as background), {ign['jaccard']:.4f} "
+            out.append(f"headline Jaccard {bg['jaccard']:.4f} ({_interval(bg)}; 255 as background), {ign['jaccard']:.4f} "
                        f"(255 left out, weighted by coverage {ign['coverage']:.1%}), threshold Jaccard "
                        f"{bg['threshold_jaccard']:.4f}, Dice {bg['dice']:.4f}{flag}")
         elif self.fitting_known:
@@ -118,10 +126,21 @@ class ReportSummary:
     def _next(self) -> str:
         text = f"next: open {self.html} in a browser"
         if self.convention == ISIC_WSM and self.maps is not None and self.data is not None:
-            train = shlex.join(["wsm", "train", "--data", str(self.data), "--labels", "both", "--maps",
-                                str(self.maps), "--out", "RUN"])
-            text += f"; to train a segmentation network on these maps: {train}"
+            text += f"; {train_hint(self.data, self.maps)}"
         return text
+
+
+def train_hint(data: Path, maps: Path) -> str:
+    """The `wsm train` command that trains on the maps and can be evaluated: on DATA's val or test masks (which
+    `wsm fit` leaves alone), or, where DATA has none, without evaluation and saying why."""
+    splits = set(read_truth(data)["split"].dropna())
+    held_out = next((split for split in ("val", "test") if split in splits), None)
+    train = ["wsm", "train", "--data", str(data), "--labels", "both", "--maps", str(maps), "--out", "RUN",
+             "--eval-split", held_out or "none"]
+    if held_out:
+        return f"to train a segmentation network on these maps, scored on the {held_out} masks: {shlex.join(train)}"
+    return ("to train a segmentation network on these maps (DATA has no val or test masks to score it on: import "
+            f"some with `wsm import --assign-split test`): {shlex.join(train)}")
 
 
 
@@ -223,6 +242,7 @@ def collect_rows(pred: Path, data: Path, split: str = "all", only_ids: Collectio
         "with_mask": int(has_mask.sum()),
         "map_without_mask": int((map_ok & ~has_mask).sum()),
         "maps_outside_split": int((~maps.rows["isic_id"].isin(set(images["isic_id"]))).sum()),
+        "datasets": {str(k): int(v) for k, v in sorted(merged.loc[has_mask, "challenge"].value_counts().items())},
     }
     expected_name = "{}.png" if convention == ISIC_WSM else "{}_segmentation.png"
     rows = []

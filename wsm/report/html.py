@@ -197,7 +197,14 @@ def _headline_table(report: Mapping) -> str:
     rows.append(["uncertain fraction"] + [cell(w, t, "uncertain_fraction") for w, t in columns])
     rows.append(["coverage"] + [cell(w, t, "coverage") for w, t in columns])
     rows.append(["images"] + [cell(w, t, "n_images") for w, t in columns])
+    rows.append(["jaccard 95% interval"] + [_ci_cell((report.get(w) or {}).get(t) or {}) for w, t in columns])
     return table(headers, rows, table_id="headline")
+
+
+def _ci_cell(means: Mapping) -> str:
+    """The bootstrap interval of the mean Jaccard (wsm.report.scoring.bootstrap_interval), or a dash."""
+    ci = means.get("jaccard_ci95")
+    return f"{number(ci[0], 3)}&ndash;{number(ci[1], 3)}" if ci else number(None)
 
 
 def _breakdown_section(report: Mapping) -> str:
@@ -359,7 +366,7 @@ def render_report(report: Mapping, per_image: pd.DataFrame, thumbnails: Mapping[
     excluded += "".join(f'<p class="note">{escape(n)}</p>' for n in maps.get("notes") or [])
     if not report.get("headline"):
         excluded += "<p class=\"note\"><b>No headline numbers:</b> no scored image qualifies.</p>"
-    count_rows = [[escape(k.replace("_", " ")), number(v)] for k, v in counts.items()]
+    count_rows = [[escape(k.replace("_", " ")), number(v)] for k, v in counts.items() if not isinstance(v, dict)]
     has_scores = counts["scored"] > 0
     band = f"rgba({YELLOW[0]},{YELLOW[1]},{YELLOW[2]},{BAND_ALPHA + 0.2:.2f})"
     legend = (f'<p class="legend">Left: the image; right: the same with the contours of'
@@ -375,8 +382,8 @@ def render_report(report: Mapping, per_image: pd.DataFrame, thumbnails: Mapping[
         f"with the official ISIC metrics (isic-challenge-scoring 5.6.0), the uncertain pixels (255) both as "
         "background and left out.</p>",
         f"<p>Maps <code>{escape(maps.get('folder', report.get('pred')))}</code> "
-        f"({escape(maps.get('convention_description', 'ISIC_WSM'))}); official masks from "
-        f"<code>{escape(report.get('data'))}</code>; made {escape(report.get('created', ''))} by wsm "
+        f"({escape(maps.get('convention_description', 'ISIC_WSM'))}); official masks of "
+        f"{escape(_datasets(counts))} from <code>{escape(report.get('data'))}</code>; made {escape(report.get('created', ''))} by wsm "
         f"{escape(report['wsm_version'])}.</p>",
         warning,
         f'<p class="note" id="left-out">{escape(report["uncertain_ignored_definition"])}</p>',
@@ -401,3 +408,8 @@ def page(title: str, body: Sequence[str]) -> str:
     """A self-contained HTML page in the report's style around ``body`` (already escaped HTML parts)."""
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _datasets(counts: dict) -> str:
+    """The datasets the masks come from, with how many each (``ph2 (16)``); older reports have no such count."""
+    return ", ".join(f"{name} ({n})" for name, n in (counts.get("datasets") or {}).items()) or "the DATA folder"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from archive_client.errors import InvalidIdError
+from archive_client.ids import IMAGE_ID, check_image_id
 from archive_client.layout import DataLayout
 from wsm.errors import WsmError
 from wsm.generate.folder import REWRITE_WSM_MANIFEST, WsmFolder
@@ -33,7 +35,9 @@ CONVENTIONS = {
     CHALLENGE: "challenge-style masks: ISIC_x_segmentation.png, 0 background, 255 lesion (no uncertain pixels)",
 }
 
-_MAP_NAME = re.compile(r"(ISIC_[0-9]+)(_[Ss]egmentation)?\.[Pp][Nn][Gg]")
+# <id>.png or <id>_segmentation.png, for archive ids and a dataset's own (IMD002.png); the shortest id first, so
+# that a _segmentation suffix is read as the challenge convention
+_MAP_NAME = re.compile(rf"({IMAGE_ID.pattern}?)(_[Ss]egmentation)?\.[Pp][Nn][Gg]")
 
 MAP_COLUMNS = ["isic_id", "path", "status", "source", "confidence", "mask_used_in_fit", "error"]
 SCORED_COLUMNS = frozenset(MAP_COLUMNS) - {"error"}   # what a report needs of a WSM manifest (train: less)
@@ -131,7 +135,7 @@ def read_maps(pred: Path | str, data: Path | str | None = None,
     with os.scandir(pred) as entries:
         for entry in entries:
             match = _MAP_NAME.fullmatch(entry.name)
-            if match and entry.is_file():
+            if match and _is_image_id(match.group(1)) and entry.is_file():
                 found[CHALLENGE if match.group(2) else ISIC_WSM][match.group(1)] = entry.name
             elif len(others) < 5 and not entry.name.startswith("."):
                 others.append(entry.name)
@@ -212,3 +216,11 @@ def made_with(pred: Path) -> dict:
         except (OSError, ValueError, KeyError) as err:      # tomllib's decode errors are ValueErrors
             log.warning("%s: cannot read the pipeline's name (%s)", inner, err)
     return {k: str(recorded[k]) for k in ("pipeline", "bundle") if recorded.get(k)}
+
+
+def _is_image_id(name: str) -> bool:
+    try:
+        check_image_id(name)
+    except InvalidIdError:
+        return False
+    return True

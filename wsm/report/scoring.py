@@ -155,6 +155,19 @@ def calibration(ids: Sequence[str], confidence: Sequence[float], jaccard: Sequen
 
 
 
+def bootstrap_interval(values: Iterable[float], level: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> list[float] | None:
+    """The percentile bootstrap interval of the mean of ``values`` (NaN left out), seeded so that a report is the
+    same every time; None for fewer than two values. On a few images it is wide: that is the point."""
+    finite = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if finite.size < 2:
+        return None
+    draws = np.random.default_rng(seed).integers(0, finite.size, (resamples, finite.size))
+    means = finite[draws].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
 def _aggregate(rows: pd.DataFrame) -> dict | None:
     """Both treatments' means over ``rows`` (NaN skipped, as the official scorer), or None when there are none."""
     if rows.empty:
@@ -165,6 +178,7 @@ def _aggregate(rows: pd.DataFrame) -> dict | None:
         means["uncertain_fraction"] = _mean(rows["uncertain_fraction"])
         means["coverage"] = _mean(rows["coverage"])
         means["n_images"] = int(len(rows))
+        means["jaccard_ci95"] = bootstrap_interval(rows[f"jaccard_{suffix}"])
         out[name] = means
     return out
 

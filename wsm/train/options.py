@@ -31,6 +31,26 @@ def as_train_error() -> Iterator[None]:
         raise TrainError(str(err)) from err
 
 
+# The encoder each architecture starts with when none is named: segnet and convmixer build encoders of their own
+# kind, the others take a timm CNN (this one's ImageNet weights ship with wsm).
+DEFAULT_ENCODERS = {"segnet": "segnet_small", "convmixer": "convmixer_256_8"}
+TIMM_DEFAULT_ENCODER = "tf_efficientnet_lite0"
+
+
+def default_encoder(arch: str | None) -> str:
+    return DEFAULT_ENCODERS.get(arch or "unet", TIMM_DEFAULT_ENCODER)
+
+
+def has_imagenet_weights(encoder: str) -> bool:
+    """Whether ImageNet weights exist for an encoder: not for wsm's own ConvMixers nor its small SegNets (only
+    segnet_vgg16 takes VGG-16-BN's); timm's names have them (packaged, or from the hub)."""
+    if encoder.startswith("convmixer_"):
+        return False
+    if encoder.startswith("segnet_"):
+        return encoder == "segnet_vgg16"
+    return True
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     data: Path                           # the DATA folder (images, manifests, official masks)
@@ -59,7 +79,7 @@ class TrainOptions:
     pretrained: bool = True              # ImageNet encoder weights (wsm.models.weights); False: random
     weights_file: str = ""               # or from a local timm weights file
     init: str = ""                       # start from an earlier RUN's whole network (fine-tuning), see check_init
-    resume: bool = False                 # continue the checkpoint in RUN (otherwise a RUN with one is refused)
+    resume: bool = True                  # continue a checkpoint in RUN made with the same settings (False: refuse)
     threshold: float = 0.5               # lesion where the probability is above this
     save_predictions: bool = False       # write RUN/predictions/ISIC_x_segmentation.png (0/255)
     progress: bool = True

@@ -70,14 +70,14 @@ def run_identity(opts: TrainOptions, **extra) -> dict:
 
 
 def check_run_folder(out: Path, resume: bool, identity: dict | None = None) -> None:
-    """A RUN folder that holds a checkpoint (of any stage) is only continued with resume=True, and only with the
-    settings it was started with (``identity``, compared with the one in its config.json)."""
+    """A RUN folder that holds a checkpoint (of any stage) is continued (never overwritten) when resume is True,
+    and only with the settings it was started with (``identity``, compared with the one in its config.json)."""
     folder = RunFolder(Path(out))
     if not folder.has_checkpoint():
         return
     if not resume:
-        raise WsmError(f"{out} already holds a training run (checkpoint.pt); pass --resume to continue it, or "
-                       "choose another --out")
+        raise WsmError(f"{out} already holds a training run (checkpoint.pt); continue it (resume), or choose "
+                       "another --out")
     saved = (folder.read_config() or {}).get("identity") if identity is not None else None
     if saved is None:
         return
