@@ -391,11 +391,12 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
             with Image.open(src) as im:
                 width, height = displayed_size(im)
                 kind = im.format
-                check_decodes(im)
+                problem = _image_problem(kind, width, height)     # from the header, before a costly decode
+                if problem is None:
+                    check_decodes(im)
         except UNDECODABLE as err:
             summary.images_rejected.append((name, f"does not decode as an image ({decode_problem(err)})"))
             continue
-        problem = _image_problem(kind, width, height)
         if problem:
             summary.images_rejected.append((name, problem))
             continue

@@ -14,6 +14,10 @@ themselves beside them.
   to their square, as they see every 3:2 archive photograph; the dev set's crops never show them that.
 - recoloured: each held-out crop as another camera or light might render it: per-channel gains in [0.75, 1.25]
   and a gamma in [0.8, 1.25], drawn from its id (colour casts the dev set's clinics rarely show).
+- ph2-half: 100 PH2 dermoscopic whole frames from another clinic and device (--ph2), never fitted on.
+- clinical-dermis: 69 clinical photographs of the DermIS atlas (--dermis), never fitted on.
+Every set also says how well the WSM manifest's predicted_jaccard and confidence rank its maps (Spearman, AUROC
+for the maps under 0.65, the mean Jaccard of the 80% ranked best, AURC beside a perfect and a random ranking's).
 Scores are the official ISIC metrics (benchmarks/quality.py's score_pairs), with 255 as background and left out
 (weighted by coverage: wsm.report.metrics.LEFT_OUT_DEFINITION). With --bare, each set is also scored with the
 bundle's prior alone, as benchmarks/speed.py's bare loop runs it (one forward, threshold 0.5): what calibration and
@@ -31,14 +35,24 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devdata import ISIC2017_FULLRES  # noqa: E402
-from quality import DEFAULT_SOURCE, REPO, score_pairs  # noqa: E402
+from devdata import CLINICAL_DERMIS, ISIC2017_FULLRES, PH2_HALF  # noqa: E402
+from quality import DEFAULT_SOURCE, REPO, manifest_rankers, score_pairs  # noqa: E402
 
 RING = 8  # pixels of the crop's border whose mean colour fills the canvas
 
 
 def mask_path(source: Path, isic_id: str) -> Path:
     return source / "masks" / f"{isic_id}_segmentation.png"
+
+
+def paired_set(root: Path) -> tuple[list[str], Callable[[Path, str], Path]]:
+    """A dataset laid out with a pairs.csv (image, mask columns): the ids `wsm generate -i` gives its images (their
+    file names' stems) and where each one's mask is."""
+    import csv
+
+    with open(root / "pairs.csv", newline="", encoding="utf8") as fh:
+        masks = {Path(row["image"]).stem: root / row["mask"] for row in csv.DictReader(fh)}
+    return sorted(masks), lambda _images, image_id: masks[image_id]
 
 
 def widen(image: np.ndarray, mask: np.ndarray, aspect: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
@@ -87,33 +101,37 @@ def fitted_on(bundle: Path) -> set[str]:
     return set(load_bundle(bundle).provenance.get("fit_mask_ids", []))
 
 
-def score_bare_prior(bundle: Path, images: Path, out: Path, ids: list[str]) -> dict:
+def score_bare_prior(bundle: Path, images: Path, out: Path, ids: list[str],
+                     masks: Callable[[Path, str], Path] = None) -> dict:
     """The bundle's prior alone, as a user would run it without wsm (benchmarks/speed.py's bare loop: one forward,
     threshold 0.5), on ``ids`` of a folder of images whose mask it was not fitted on."""
     from speed import bare_loop_seconds
 
+    masks = masks or mask_path
     fit_ids = fitted_on(bundle)
     scored = [i for i in ids if i not in fit_ids]
     bare_loop_seconds(bundle, [images / "images" / f"{i}.jpg" for i in scored], out)
-    return {**score_pairs([(mask_path(images, i), out / f"{i}.png") for i in scored]),
+    return {**score_pairs([(masks(images, i), out / f"{i}.png") for i in scored]),
             "left_out_fitted_on": len(ids) - len(scored), "failed": 0}
 
 
 def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str],
-                        overrides: tuple[str, ...] = ()) -> dict:
+                        overrides: tuple[str, ...] = (), masks: Callable[[Path, str], Path] = None) -> dict:
     """Generate maps for ``ids`` of a folder of images with `bundle` (and generate-time ``overrides``), score those
     whose mask it was not fitted on."""
     import pandas as pd
 
     from wsm.generate import GenerateOptions, generate
 
+    masks = masks or mask_path
     fit_ids = fitted_on(bundle)
     generate(GenerateOptions(out=out, bundle=bundle, images=images / "images", only_ids=frozenset(ids),
                              overrides=overrides, progress=False))
     manifest = pd.read_parquet(out / "manifest.parquet").set_index("isic_id")
     made = set(manifest.index[manifest["status"] == "ok"])
     scored = [i for i in ids if i not in fit_ids and i in made]
-    return {**score_pairs([(mask_path(images, i), out / manifest.loc[i, "path"]) for i in scored]),
+    return {**score_pairs([(masks(images, i), out / manifest.loc[i, "path"]) for i in scored],
+                          manifest_rankers(manifest, scored)),
             "left_out_fitted_on": len([i for i in ids if i in fit_ids]),
             "failed": len([i for i in ids if i not in fit_ids and i not in made])}
 
@@ -138,6 +156,10 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the dev data (512 px crops)")
     parser.add_argument("--fullres", type=Path, default=ISIC2017_FULLRES,
                         help="full-resolution images and masks: images/ISIC_x.jpg, masks/ISIC_x_segmentation.png")
+    parser.add_argument("--ph2", type=Path, default=PH2_HALF,
+                        help="PH2 whole frames from another clinic, with pairs.csv (skipped when absent)")
+    parser.add_argument("--dermis", type=Path, default=CLINICAL_DERMIS,
+                        help="clinical photographs with masks, with pairs.csv (skipped when absent)")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-generality")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a generate-time setting for every bundle, e.g. prior.flip_tta=true (repeatable)")
@@ -151,14 +173,18 @@ def main() -> None:
     wide, recoloured = args.work / "wide", args.work / "recoloured"
     make_set(held_out, args.source, wide, lambda image, mask, _: widen(image, mask))
     make_set(held_out, args.source, recoloured, lambda image, mask, isic_id: (recolour(image, isic_id), mask))
+    sets = [("crops", args.source, held_out, None), ("full-res", args.fullres, fullres_ids, None),
+            ("wide", wide, held_out, None), ("recoloured", recoloured, held_out, None)]
+    for test, root in (("ph2-half", args.ph2), ("clinical-dermis", args.dermis)):
+        if (root / "pairs.csv").exists():
+            sets.append((test, root, *paired_set(root)))
     for bundle in args.bundle:
         name = f"{bundle.name}-{bundle_tag(bundle, overrides)}"
-        for test, images, ids in (("crops", args.source, held_out), ("full-res", args.fullres, fullres_ids),
-                                  ("wide", wide, held_out), ("recoloured", recoloured, held_out)):
-            scores = score_images_folder(bundle, images, args.work / f"wsm-{test}-{name}", ids, overrides)
+        for test, images, ids, masks in sets:
+            scores = score_images_folder(bundle, images, args.work / f"wsm-{test}-{name}", ids, overrides, masks)
             print(json.dumps({"bundle": str(bundle), "test": test, "set": list(overrides), **scores}), flush=True)
             if args.bare:
-                scores = score_bare_prior(bundle, images, args.work / f"bare-{test}-{name}", ids)
+                scores = score_bare_prior(bundle, images, args.work / f"bare-{test}-{name}", ids, masks)
                 print(json.dumps({"bundle": str(bundle), "test": f"{test}, bare prior", **scores}), flush=True)
 
 

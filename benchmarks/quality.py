@@ -67,14 +67,23 @@ def score_fold(data: Path, wsm_dir: Path, ids: list[str]) -> dict:
 
     truth = read_truth(data).set_index("isic_id")
     manifest = pd.read_parquet(wsm_dir / "manifest.parquet").set_index("isic_id")
-    pairs, missing = [], 0
+    pairs, scored, missing = [], [], 0
     for isic_id in ids:
         row = manifest.loc[isic_id] if isic_id in manifest.index else None
         if row is None or row["status"] != "ok":
             missing += 1
             continue
         pairs.append((data / truth.loc[isic_id, "mask_file"], wsm_dir / row["path"]))
-    return {**score_pairs(pairs), "missing": missing}
+        scored.append(isic_id)
+    return {**score_pairs(pairs, manifest_rankers(manifest, scored)), "missing": missing}
+
+
+RANKERS = ("predicted_jaccard", "confidence")    # the WSM manifest's per-map scores of how good a map is
+
+
+def manifest_rankers(manifest, ids: list[str]) -> dict[str, list[float]]:
+    """The WSM manifest's ranking scores of ``ids`` (those of its columns it has)."""
+    return {name: manifest.loc[ids, name].astype(float).tolist() for name in RANKERS if name in manifest.columns}
 
 
 def score_bare_prior(data: Path, bundle: Path, ids: list[str], out: Path) -> dict:
@@ -120,10 +129,14 @@ def score_bar(data: Path, fold_dir: Path, held_out: list[str], seed: int) -> dic
             "certain_coverage": 1.0, "missing": 0}
 
 
-def score_pairs(pairs: list[tuple[Path, Path]]) -> dict:
-    """Official metrics over (official mask, ISIC_WSM map) files, with 255 as background and left out."""
+def score_pairs(pairs: list[tuple[Path, Path]], rankers: dict[str, list[float]] | None = None) -> dict:
+    """Official metrics over (official mask, ISIC_WSM map) files, with 255 as background and left out; with
+    ``rankers`` (a name -> one score per pair, e.g. the manifest's predicted_jaccard and confidence), how well each
+    ranks the maps by their Jaccard (wsm.report.scoring.quality_assessment: Spearman, AUROC for the maps under
+    0.65, mean Jaccard of the 80% ranked best, AURC beside a perfect and a random ranking's)."""
     from wsm.io.images import read_mask
     from wsm.report.metrics import aggregate, score_label_map
+    from wsm.report.scoring import quality_assessment
 
     as_background, left_out = [], []
     for mask_path, map_path in pairs:
@@ -131,7 +144,13 @@ def score_pairs(pairs: list[tuple[Path, Path]]) -> dict:
         as_background.append(score_label_map(mask, label_map, uncertain="background"))
         left_out.append(score_label_map(mask, label_map, uncertain="ignore"))
     bg, ig = aggregate(as_background), aggregate(left_out)
-    return {"n": len(as_background),
+    jaccards = [r["jaccard"] for r in as_background]
+    ranking = {}
+    for name, scores in (rankers or {}).items():
+        assessed = quality_assessment(scores, jaccards) or {}
+        ranking[name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in assessed.items()
+                         if not k.startswith("curve")}
+    return {"n": len(as_background), **({"ranking": ranking} if ranking else {}),
             "jaccard_255_as_background": bg["jaccard"], "threshold_jaccard_255_as_background": bg["threshold_jaccard"],
             "dice_255_as_background": bg["dice"], "jaccard_255_left_out": ig["jaccard"],
             "threshold_jaccard_255_left_out": ig["threshold_jaccard"], "dice_255_left_out": ig["dice"],

@@ -131,6 +131,39 @@ def test_no_worker_processes_make_the_same_maps_in_the_main_process(sample_data,
                  str(tmp_path / "bad")]) == 2
 
 
+def test_the_quality_model_learns_from_the_calibration_masks_only(sample_data, bundle, tmp_path, monkeypatch):
+    """Every map gets a predicted Jaccard from a model fit learnt on its calibration masks: never on an image the
+    report scores (those fit holds out) nor on the prior's training masks."""
+    import json
+
+    import wsm.fit.calibrate as calibrate
+    from wsm.fit.bundle import load_bundle
+
+    learnt_from = []
+    real = calibrate.learn_quality
+
+    def spy(samples, recipe):
+        learnt_from.extend(s.isic_id for s in samples)
+        return real(samples, recipe)
+
+    monkeypatch.setattr(calibrate, "learn_quality", spy)
+    out = tmp_path / "bundle"
+    assert main(["-q", "fit", "--data", str(sample_data), "--out", str(out), *_sets(TINY)]) == 0
+    provenance = json.loads((out / "provenance.json").read_text())
+    calibration_ids = json.loads((out / "calibration.json").read_text())["isic_ids"]
+    assert learnt_from == calibration_ids and len(learnt_from) == 6
+    assert not set(learnt_from) & set(provenance["evaluation_ids"])
+    quality = load_bundle(out).recipe.quality
+    assert quality.enabled and quality.n_images == 6
+    assert (out / "pipeline.toml").read_bytes() == (bundle / "pipeline.toml").read_bytes()   # deterministic
+
+    maps = tmp_path / "maps"
+    assert _generate("--data", str(sample_data), "--bundle", str(out), "--out", str(maps)) == 0
+    manifest = pq.read_table(maps / "manifest.parquet").to_pandas()
+    assert manifest["predicted_jaccard"].between(0, 1).all()
+    assert (manifest["predicted_fail"] == (manifest["predicted_jaccard"] < 0.65)).all()
+
+
 def test_bad_images_fail_alone(bundle, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

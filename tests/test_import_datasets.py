@@ -333,3 +333,20 @@ def test_maps_of_a_users_dataset_made_elsewhere_are_read_by_their_ids(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     maps = read_maps(tmp_path)
     assert sorted(maps.rows["isic_id"]) == ["AMM1", "IMD002"] and maps.convention == ISIC_WSM
+
+
+def test_an_image_over_the_pixel_cap_is_refused_at_import(tmp_path):
+    """wsm decodes at most 120 megapixels: a larger image is refused where it comes in, not in generate."""
+    import warnings
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        Image.new("1", (12000, 12000)).save(folder / "huge.png")      # 144 megapixels, a few kB on disk
+    photo(folder / "small.png")
+    summary = import_folders(tmp_path / "DATA", folder, progress=False)
+    assert summary.images_written == 1
+    assert "is 12000x12000 (144 megapixels), more than the 120 wsm decodes" in dict(summary.images_rejected)[
+        "huge.png"]
+    assert not (tmp_path / "DATA/images/huge.png").exists()

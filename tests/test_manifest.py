@@ -42,3 +42,10 @@ def test_merge_replaces_by_key_and_keeps_the_rest(tmp_path):
     assert [(r["isic_id"], r["sha256"]) for r in merged.to_pylist()] == [
         ("ISIC_0000001", "a"), ("ISIC_0000002", "B"), ("ISIC_0000003", "c")]
     assert read_table(tmp_path / "missing.parquet", DATA_MANIFEST_CORE).num_rows == 0
+
+
+def test_the_checked_in_wsm_manifest_schema_matches_the_code():
+    from wsm.generate.folder import WSM_MANIFEST
+
+    checked_in = json.loads((REPO / "manifests" / "schemas" / "wsm_manifest.json").read_text())
+    assert checked_in == schema_description(WSM_MANIFEST, None), "regenerate manifests/schemas/wsm_manifest.json"

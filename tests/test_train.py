@@ -178,8 +178,16 @@ def test_min_confidence_keeps_the_confident_weak_maps(half_labelled, tmp_path):
     both = training_rows(root, "both", "train", wsm=scored, min_confidence=0.5)
     assert set(both[both["label_source"] == "weak"]["isic_id"]) == set(unlabelled) & confident
     assert (both["label_source"] == "official").sum() == 16          # official masks are never filtered
-    with pytest.raises(DataError, match="no confidence column"):
+    with pytest.raises(DataError, match="no confidence values"):
         training_rows(root, "both", "train", wsm=wsm, min_confidence=0.5)
+    # the maps predicted good, by the bundle's quality model
+    manifest["predicted_jaccard"] = np.linspace(0.9, 0.0, len(manifest))
+    manifest.to_parquet(scored / "manifest.parquet")
+    good = set(manifest[manifest["predicted_jaccard"] >= 0.6]["isic_id"])
+    kept = training_rows(root, "both", "train", wsm=scored, min_predicted_jaccard=0.6)
+    assert set(kept[kept["label_source"] == "weak"]["isic_id"]) == set(unlabelled) & good
+    with pytest.raises(DataError, match="no predicted_jaccard values"):
+        training_rows(root, "both", "train", wsm=wsm, min_predicted_jaccard=0.5)
     with pytest.raises(DataError, match="confidence >= 0.95"):
         training_rows(root, str(scored), "train", min_confidence=0.95)
     with pytest.raises(DataError, match="within 0..1"):

@@ -49,6 +49,9 @@ def register(commands) -> None:
     p.add_argument("--min-confidence", type=float, metavar="C",
                    help="train only on the weak maps whose confidence (WSM manifest) is at least C (0..1); "
                         "with --labels both the official masks are always kept")
+    p.add_argument("--min-predicted-jaccard", type=float, metavar="X",
+                   help="train only on the weak maps whose predicted Jaccard (WSM manifest, from the bundle's quality "
+                        "model) is at least X (0..1); with --labels both the official masks are always kept")
     p.add_argument("--pipeline", metavar="mbdcnn|PATH", help="a multi-network recipe instead of one network: "
                    "a pipelines/<name>.toml name or a path (method = \"mbdcnn\")")
     add_set_flag(p, "--pipeline")
@@ -125,7 +128,8 @@ def options(args):
     pretrained = _pretrained(args, given.get("encoder", default_encoder(args.arch)))
     maps = args.maps if args.labels == "both" else None        # weak: the folder is the labels (as it always was)
     return TrainOptions(data=args.data, out=args.out, labels=_labels(args), wsm=maps,
-                        min_confidence=args.min_confidence, num_classes=args.num_classes,
+                        min_confidence=args.min_confidence, min_predicted_jaccard=args.min_predicted_jaccard,
+                        num_classes=args.num_classes,
                         split_train=args.train_split, eval_split=args.eval_split,
                         weight_decay=args.weight_decay, augment=args.augment, weak_augment=args.weak_augment,
                         seed=args.seed, device=args.device,
@@ -164,6 +168,7 @@ def _check_attribute_flags(args) -> None:
         return
     unused = [flag for flag, given in (("--pipeline", args.pipeline), ("--init", args.init),
                                        ("--maps", args.maps), ("--min-confidence", args.min_confidence is not None),
+                                       ("--min-predicted-jaccard", args.min_predicted_jaccard is not None),
                                        ("--labels", args.labels != "official"),
                                        ("--weak-augment", args.weak_augment != "same"),
                                        ("--num-classes", args.num_classes != 1),

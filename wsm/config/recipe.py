@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from wsm.config.pipeline import PipelineError, stage_config
 from wsm.stages.classic import ClassicConfig
 from wsm.stages.preprocess import PreprocessConfig
+from wsm.stages.quality import QualityConfig
 from wsm.stages.refine import CrfConfig, DecisionConfig, FusionConfig, MorphologyConfig, RefineConfig
 
 METHODS = ("weak", "cam-only", "classic")
@@ -136,6 +137,7 @@ class Recipe:
     classic: ClassicConfig = field(default_factory=ClassicConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)   # learnt by fit (wsm.stages.quality)
 
     @property
     def uses_classifier(self) -> bool:
@@ -184,4 +186,5 @@ def build_recipe(resolved: dict) -> Recipe:
         classic=stage_config(ClassicConfig, resolved.get("classic"), "classic"),
         calibration=stage_config(CalibrationConfig, resolved.get("calibration"), "calibration"),
         fit=stage_config(FitConfig, resolved.get("fit"), "fit"),
+        quality=stage_config(QualityConfig, resolved.get("quality"), "quality"),
     )

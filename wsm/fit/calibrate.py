@@ -13,6 +13,7 @@ import numpy as np
 from wsm.config.recipe import Recipe
 from wsm.report.metrics import confusion_counts, image_metrics
 from wsm.stages.preprocess import Preprocessed
+from wsm.stages.quality import QualityConfig, fit_quality
 from wsm.stages.refine import clean_mask, decide, dense_crf, fuse, refine
 
 MARGINS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4)   # decision thresholds: mask threshold -/+ a margin
@@ -24,6 +25,7 @@ class Sample:
     pre: Preprocessed
     maps: dict            # evidence maps at the working size
     truth: np.ndarray     # bool (S, S): the official mask at the working size
+    isic_id: str = ""     # whose mask it is (what calibration and the quality model learnt from)
 
 
 @dataclass(frozen=True)
@@ -144,3 +146,16 @@ def _with_margin(samples, recipe, w, crf, t, jaccard, grid) -> Calibration:
     return Calibration(prior_weight=w, crf=crf, mask_threshold=t, lesion_threshold=lt, background_threshold=bt,
                        jaccard=jaccard, certain_accuracy=right / certain if certain else 0.0,
                        certain_fraction=certain / total, n_images=len(samples), grid=grid)
+
+
+def learn_quality(samples: list[Sample], recipe: Recipe) -> QualityConfig:
+    """The quality model (wsm.stages.quality) learnt on the calibration samples as the calibrated ``recipe`` labels
+    them: each map's signals against its true Jaccard (255 as background) at the working size."""
+    from wsm.generate.maps import label_image
+
+    signals, jaccards = [], []
+    for sample in samples:
+        labelled = label_image(sample.pre, sample.maps, recipe, with_signals=True)
+        signals.append(labelled.signals)
+        jaccards.append(_jaccard(sample.truth, labelled.label_map == 1))
+    return fit_quality(signals, jaccards)

@@ -30,6 +30,8 @@ from wsm.io.progress import announce
 from wsm.io.progress import progress as progress_bar
 from wsm.io.provenance import versions
 from wsm.selection import DataError, read_manifest, read_truth, warn_unknown_ids, with_truth
+from wsm.stages.quality import FAIL_BELOW
+from wsm.stages.quality import as_table as quality_table
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class FitSummary:
     classifier_images: int = 0
     prior_images: int = 0
     calibration: object = None
+    quality: object = None         # wsm.stages.quality.QualityConfig learnt on the calibration masks
     held_out: int = 0               # masked images kept out of everything, for an honest report
     data: Path | None = None
     prior_steps: int = 0            # the prior's optimiser steps
@@ -73,6 +76,10 @@ class FitSummary:
                        f"threshold {c.mask_threshold}, Jaccard {c.jaccard:.3f}, certain pixels "
                        f"{c.certain_fraction:.1%} at accuracy {c.certain_accuracy:.3f}")
             out += self.warnings()
+            if self.quality is not None:
+                out.append(f"quality model learnt on the same {self.quality.n_images} masks: every map gets a "
+                           f"predicted Jaccard, and those predicted below {FAIL_BELOW} are flagged (manifest columns "
+                           "predicted_jaccard, predicted_fail)")
         elif self.prior_run is not None:
             out.append(f"warning: every mask in the fitting splits fed {self.prior_run} (or is held out): nothing was "
                        "left to calibrate on, so the pipeline's default thresholds apply")
@@ -254,20 +261,23 @@ def _samples(recipe: Recipe, data: Path, rows: pd.DataFrame, models, bar=None) -
         chunk = rows.iloc[start:start + batch]
         pres = [prepare(data / f, recipe.preprocess) for f in chunk["file"]]
         maps = models.evidence([p.image for p in pres])
-        samples += [Sample(p, m, truth_at(data / mf, size)) for p, m, mf in zip(pres, maps, chunk["mask_file"])]
+        samples += [Sample(p, m, truth_at(data / mf, size), i)
+                    for p, m, mf, i in zip(pres, maps, chunk["mask_file"], chunk["isic_id"])]
         if bar is not None:
             bar.update(len(chunk))
     return samples
 
 
 def _calibrate(recipe: Recipe, data: Path, rows: pd.DataFrame, models, progress: bool):
+    """The calibration, and the samples it was chosen on."""
     from wsm.fit.calibrate import calibrate
 
     rows = rows.head(recipe.calibration.max_images)
     bar = progress_bar(total=2 * len(rows), desc="calibrate", unit="img", enabled=progress)
-    result = calibrate(_samples(recipe, data, rows, models, bar), recipe, progress=bar)
+    samples = _samples(recipe, data, rows, models, bar)
+    result = calibrate(samples, recipe, progress=bar)
     bar.close()
-    return result
+    return result, samples
 
 
 def _calibration_estimate_s(recipe: Recipe, data: Path, rows: pd.DataFrame, models) -> float:
@@ -402,8 +412,12 @@ def fit(opts: FitOptions) -> FitSummary:
     if calibrating:
         phases.begin()
         started = time.perf_counter()
-        summary.calibration = _calibrate(recipe, data, calibration_rows, models, opts.progress)
+        from wsm.fit.calibrate import learn_quality
+
+        summary.calibration, samples = _calibrate(recipe, data, calibration_rows, models, opts.progress)
         resolved = summary.calibration.apply(resolved)
+        summary.quality = learn_quality(samples, build_recipe(resolved))
+        resolved["quality"] = quality_table(summary.quality)
         write_json(folder.calibration, {**summary.calibration.__dict__,
                                         "isic_ids": calibration_rows["isic_id"].tolist()[:recipe.calibration.max_images]})
         summary.seconds["calibration"] = time.perf_counter() - started

@@ -37,8 +37,10 @@ from wsm.io.atomic import write_json
 from wsm.io.journal import Journal, ManifestBuilder, fold_journal
 from wsm.io.lock import exclusive_lock
 from wsm.io.progress import progress
+from wsm.io.tables import read_frame
 from wsm.selection import (SPLIT_CHOICES, DataError, read_manifest, read_truth, select_split, warn_unknown_ids,
                            with_truth)
+from wsm.stages.quality import FAIL_BELOW
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class GenerateSummary:
     manifest: Path | None = None
     data: Path | None = None           # the DATA folder the images came from (None: --images)
     shards: int = 1
+    quality: dict | None = None        # predicted_quality of the manifest this run wrote
 
     @property
     def ok(self) -> bool:
@@ -83,6 +86,11 @@ class GenerateSummary:
         out = [f"{self.total} images: {self.done} maps written, {self.skipped} already complete, "
                f"{len(self.failed)} failed ({rate:.1f} images/s)", f"manifest: {self.manifest}"]
         out += [f"  failed {k}: {v}" for k, v in list(self.failed.items())[:20]]
+        if self.quality:
+            q = self.quality
+            out.append(f"predicted Jaccard of the {q['n']} maps: median {q['median']:.2f} (quartiles {q['q1']:.2f}-"
+                       f"{q['q3']:.2f}); {q['flagged']} predicted below {FAIL_BELOW} are flagged (predicted_fail in "
+                       "the manifest): look at those first")
         if self.shards > 1:
             out.append(f"next: when every shard is done, wsm generate --out {self.out} --merge")
         elif self.data is not None:
@@ -212,7 +220,21 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
             bar.close()
             record.write()
             summary.seconds = time.perf_counter() - started
+    summary.quality = predicted_quality(manifest_path)
     return summary
+
+
+def predicted_quality(manifest: Path) -> dict | None:
+    """How the maps of a manifest are predicted to score: n, quartiles of predicted_jaccard and how many are flagged
+    to fail; None when no map has a prediction (a bundle without a quality model)."""
+    if not manifest.exists():
+        return None
+    predicted = read_frame(manifest, ["predicted_jaccard"], REWRITE_WSM_MANIFEST)["predicted_jaccard"].dropna()
+    if predicted.empty:
+        return None
+    q1, median, q3 = (float(v) for v in predicted.quantile([0.25, 0.5, 0.75]))
+    return {"n": int(len(predicted)), "q1": q1, "median": median, "q3": q3,
+            "flagged": int((predicted < FAIL_BELOW).sum())}
 
 
 def _provenance(bundle: Bundle) -> tuple[dict, frozenset[str]]:

@@ -44,6 +44,8 @@ WSM_MANIFEST = pa.schema(
         ("model_sha256", pa.string()),        # "classifier=...;prior=..."
         ("wsm_version", pa.string()),
         ("image_bytes", pa.int64()),          # the size of the image file the map was made from (checked on resume)
+        ("predicted_jaccard", pa.float64()),  # the map's Jaccard as the bundle's quality model predicts it, in [0, 1]
+        ("predicted_fail", pa.bool_()),       # predicted_jaccard below 0.65 (wsm.stages.quality.FAIL_BELOW)
     ]
 )
 REWRITE_WSM_MANIFEST = ("move it aside and rerun the `wsm generate` command that wrote it (the maps it no longer lists "

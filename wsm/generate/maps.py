@@ -15,6 +15,7 @@ from wsm.config.pipeline import PipelineError
 from wsm.config.recipe import Recipe
 from wsm.stages.classic import lesion_prob_classic
 from wsm.stages.preprocess import Preprocessed
+from wsm.stages.quality import predicted_jaccard, quality_signals
 from wsm.stages.refine import confidence, decide, fuse, refine
 
 
@@ -22,6 +23,9 @@ class Labelled(NamedTuple):
     label_map: np.ndarray    # uint8 (S, S) at the working size: 0 / 1 / 255
     prob: np.ndarray         # float32 (S, S): the fused probability the decision used
     confidence: float
+    mask: np.ndarray         # bool (S, S): the refined lesion mask
+    signals: dict | None     # wsm.stages.quality.quality_signals, when asked for or the recipe has a quality model
+    predicted_jaccard: float | None   # the recipe's quality model on the signals (None without a model)
 
 
 def fusion_weights(recipe: Recipe, names) -> dict[str, float]:
@@ -50,13 +54,19 @@ def cpu_evidence(pre: Preprocessed, recipe: Recipe) -> dict[str, np.ndarray]:
     return {}
 
 
-def label_image(pre: Preprocessed, maps: dict[str, np.ndarray], recipe: Recipe) -> Labelled:
-    """Fuse, refine (CRF + morphology) and decide, at the working size."""
+def label_image(pre: Preprocessed, maps: dict[str, np.ndarray], recipe: Recipe,
+                with_signals: bool = False) -> Labelled:
+    """Fuse, refine (CRF + morphology) and decide, at the working size; with the quality signals and the predicted
+    Jaccard when the recipe has a quality model (or ``with_signals``)."""
     maps = {**maps, **cpu_evidence(pre, recipe)}
     prob = fuse(maps, fusion_weights(recipe, maps))
     refined = refine(pre.image, prob, pre.valid_mask, recipe.refine)
     label_map = decide(prob, refined.mask, pre.valid_mask, recipe.decision)
-    return Labelled(label_map, prob, confidence(prob, label_map))
+    signals = None
+    if with_signals or recipe.quality.enabled:
+        signals = quality_signals(pre.image, pre.valid_mask, prob, refined.mask, label_map, recipe.classic)
+    predicted = predicted_jaccard(recipe.quality, signals) if signals is not None else None
+    return Labelled(label_map, prob, confidence(prob, label_map), refined.mask, signals, predicted)
 
 
 @dataclass

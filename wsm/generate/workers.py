@@ -18,6 +18,7 @@ import numpy as np
 
 from wsm.errors import disk_error
 from wsm.generate.folder import WsmFolder
+from wsm.stages.quality import FAIL_BELOW
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,10 @@ def finish(isic_id: str, pre, maps: dict, mask_path: str | None) -> dict:
     label_map = to_original_size(labelled.label_map, pre.original_size)
     agreement = _agreement(label_map, mask_path)
     path = _write_maps(isic_id, label_map)
+    predicted = labelled.predicted_jaccard
     return {"isic_id": isic_id, "path": path, **map_stats(label_map), "confidence": labelled.confidence,
-            "source": "weak", "agreement": agreement, "status": "ok"}
+            "source": "weak", "agreement": agreement, "status": "ok", "predicted_jaccard": predicted,
+            "predicted_fail": None if predicted is None else predicted < FAIL_BELOW}
 
 
 def official(isic_id: str, mask_path: str) -> dict:

@@ -162,7 +162,8 @@ def report_command(maps: Path, data: Path, out: Path, split: str, only: str | No
 
 
 _ROW_COLUMNS = ["isic_id", "status", *metric_columns("bg"), *metric_columns("ignore"), "uncertain_fraction",
-                "coverage", "truth_lesion_fraction", "confidence", "source", "mask_used_in_fit", "headline",
+                "coverage", "truth_lesion_fraction", "confidence", "predicted_jaccard", "source", "mask_used_in_fit",
+                "headline",
                 "diagnosis", "image_type", "size_bin", "error"]
 
 _PATH_COLUMNS = ["_image", "_mask", "_map"]   # where the files are, for the galleries (not written to the CSV)
@@ -251,6 +252,7 @@ def collect_rows(pred: Path, data: Path, split: str = "all", only_ids: Collectio
         base = {
             "isic_id": row.isic_id,
             "confidence": float(row.confidence) if pd.notna(row.confidence) else math.nan,
+            "predicted_jaccard": float(row.predicted_jaccard) if pd.notna(row.predicted_jaccard) else math.nan,
             "source": row.source if isinstance(row.source, str) else None,
             "mask_used_in_fit": True if row.isic_id in fitted else used,
             "diagnosis": image_group(getattr(row, "diagnosis_3", None), getattr(row, "diagnosis_1", None)),

@@ -29,6 +29,7 @@ GAP = 6                      # pixels between the plain image and its overlay
 HEADLINE_COLOUR = "#2b6cb0"
 OTHER_COLOUR = "#b8b8b8"
 MAX_GROUPS = 15              # bars per breakdown chart (the largest groups; the table lists all)
+QUALITY_MISSES = 10          # the maps whose predicted quality missed most, listed
 MAX_LISTED = 200             # rows of the missing and error tables shown (metrics.json and per_image.csv have all)
 
 
@@ -279,6 +280,50 @@ def _calibration_section(report: Mapping) -> str:
                       "mean Jaccard, 255 left out &times; coverage"], rows, table_id="calibration", left=0))
 
 
+def quality_uri(per_image: pd.DataFrame, assessment: Mapping) -> str:
+    """Predicted against actual Jaccard of the headline maps, and the risk-coverage curve beside a perfect
+    ranking's and a random one's."""
+    honest = per_image[(per_image["status"] == "scored") & per_image["headline"].astype(bool)]
+    fig = _figure(9, 3.6)
+    scatter, curve = fig.subplots(1, 2)
+    scatter.scatter(honest["predicted_jaccard"], honest["jaccard_bg"], s=8, color=HEADLINE_COLOUR, alpha=0.6)
+    scatter.plot([0, 1], [0, 1], color="k", linewidth=0.8, linestyle=":")
+    scatter.axhline(assessment["fail_below"], color="k", linestyle="--", linewidth=0.8)
+    scatter.set(xlabel="predicted Jaccard", ylabel="Jaccard (255 as background)", xlim=(0, 1), ylim=(0, 1))
+    coverage = np.arange(1, assessment["n"] + 1) / assessment["n"]
+    curve.plot(coverage, assessment["curve"], color=HEADLINE_COLOUR, label=f"predicted (AURC {assessment['aurc']:.3f})")
+    curve.plot(coverage, assessment["curve_oracle"], color="k", linestyle=":",
+               label=f"perfect ranking ({assessment['aurc_oracle']:.3f})")
+    curve.axhline(assessment["aurc_random"], color=OTHER_COLOUR, label=f"random ({assessment['aurc_random']:.3f})")
+    curve.set(xlabel="coverage (maps kept, best predicted first)", ylabel="mean risk (1 - Jaccard)", xlim=(0, 1))
+    curve.legend(fontsize=8, frameon=False)
+    return figure_uri(fig)
+
+
+def _predicted_quality_section(report: Mapping, per_image: pd.DataFrame) -> str:
+    q = report.get("predicted_quality")
+    if not q:
+        return ("<p>No predicted quality: the maps' bundle has no quality model (<code>wsm fit</code> learns one "
+                "when it calibrates on masks), or the maps have no WSM manifest.</p>")
+    kept = f"{q['keep']:.0%}"
+    honest = per_image[(per_image["status"] == "scored") & per_image["headline"].astype(bool)].dropna(
+        subset=["predicted_jaccard"])
+    miss = (honest["predicted_jaccard"] - honest["jaccard_bg"]).abs()
+    wrong = honest.assign(miss=miss).nlargest(QUALITY_MISSES, "miss")
+    rows = [[escape(r.isic_id), number(r.predicted_jaccard, 3), number(r.jaccard_bg, 3)] for r in wrong.itertuples()]
+    return (f"<p>Each map's Jaccard as the bundle's quality model predicts it (learnt by <code>wsm fit</code> on its "
+            f"calibration masks), against the truth, over {q['n']} headline maps: Spearman "
+            f"<b>{number(q['spearman'], 3)}</b>; flagging the {q['failing']} maps under {q['fail_below']} "
+            f"(<code>predicted_fail</code>): AUROC <b>{number(q['auroc_fail'], 3)}</b>. Keeping the {kept} predicted "
+            f"best gives mean Jaccard <b>{number(q['mean_kept'], 3)}</b> (all maps {number(q['mean_all'], 3)}, a "
+            f"perfect ranking {number(q['mean_kept_oracle'], 3)}); area under the risk-coverage curve "
+            f"<b>{number(q['aurc'], 3)}</b> (perfect {number(q['aurc_oracle'], 3)}, random "
+            f"{number(q['aurc_random'], 3)}).</p>"
+            f'<img alt="predicted quality" src="{quality_uri(per_image, q)}">'
+            "<p>The maps the estimate got most wrong:</p>"
+            + table(["map", "predicted Jaccard", "Jaccard"], rows, table_id="quality-misses"))
+
+
 def _gallery(ids: Sequence[str], per_image: pd.DataFrame, thumbnails: Mapping[str, str | None]) -> str:
     rows = per_image.set_index("isic_id")
     figures = []
@@ -395,6 +440,7 @@ def render_report(report: Mapping, per_image: pd.DataFrame, thumbnails: Mapping[
         body += ["<h2>Per-image Jaccard</h2>", f'<img alt="Jaccard histogram" src="{histogram_uri(per_image)}">',
                  "<h2>Breakdowns</h2>", _breakdown_section(report),
                  "<h2>Confidence calibration</h2>", _calibration_section(report),
+                 "<h2>Predicted quality</h2>", _predicted_quality_section(report, per_image),
                  f"<h2>Best {len(gallery['best'])}</h2>", legend, _gallery(gallery["best"], per_image, thumbnails),
                  f"<h2>Worst {len(gallery['worst'])}</h2>", legend,
                  _gallery(gallery["worst"], per_image, thumbnails)]

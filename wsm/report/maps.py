@@ -39,8 +39,9 @@ CONVENTIONS = {
 # that a _segmentation suffix is read as the challenge convention
 _MAP_NAME = re.compile(rf"({IMAGE_ID.pattern}?)(_[Ss]egmentation)?\.[Pp][Nn][Gg]")
 
-MAP_COLUMNS = ["isic_id", "path", "status", "source", "confidence", "mask_used_in_fit", "error"]
-SCORED_COLUMNS = frozenset(MAP_COLUMNS) - {"error"}   # what a report needs of a WSM manifest (train: less)
+MAP_COLUMNS = ["isic_id", "path", "status", "source", "confidence", "mask_used_in_fit", "error", "predicted_jaccard"]
+OPTIONAL_COLUMNS = ("error", "predicted_jaccard")       # absent from older manifests: empty
+SCORED_COLUMNS = frozenset(MAP_COLUMNS) - set(OPTIONAL_COLUMNS)   # what a report needs of a WSM manifest
 
 _BUNDLE_FILES = ("pipeline.toml", "provenance.json")   # what `wsm fit` writes into every BUNDLE (wsm.fit.bundle)
 
@@ -91,8 +92,9 @@ def read_wsm_manifest(pred: Path, needed: frozenset[str] = SCORED_COLUMNS) -> pd
                               f"and -d/--data {pred}")
         raise ReportError(f"{manifest} lacks the columns {sorted(needed - set(rows.columns))}; "
                           "it is not a WSM manifest written by `wsm generate`")
-    if "error" not in rows.columns:
-        rows["error"] = None
+    for column in OPTIONAL_COLUMNS:
+        if column not in rows.columns:
+            rows[column] = None
     return rows.drop_duplicates("isic_id", keep="last").reset_index(drop=True)
 
 
@@ -156,7 +158,8 @@ def read_maps(pred: Path | str, data: Path | str | None = None,
     ids = sorted(names)
     rows = pd.DataFrame({"isic_id": ids, "path": [names[i] for i in ids], "status": "ok", "source": "weak",
                          "confidence": math.nan, "mask_used_in_fit": pd.Series([None] * len(ids), dtype=object),
-                         "error": pd.Series([None] * len(ids), dtype=object)}, columns=MAP_COLUMNS)
+                         "error": pd.Series([None] * len(ids), dtype=object), "predicted_jaccard": math.nan},
+                        columns=MAP_COLUMNS)
     notes = []
     if WsmFolder(pred).journals():
         notes.append(f"{pred} holds the journals of a `wsm generate` run that has not finished (no manifest.parquet "

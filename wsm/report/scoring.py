@@ -168,6 +168,43 @@ def bootstrap_interval(values: Iterable[float], level: float = 0.95, resamples: 
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
 
+def risk_coverage(predicted: Sequence[float], actual: Sequence[float]) -> list[float]:
+    """Mean risk (1 - Jaccard) of the k maps ranked best by ``predicted``, for k = 1..n (ties in their order)."""
+    order = np.argsort(-np.asarray(predicted, dtype=float), kind="stable")
+    risk = 1 - np.asarray(actual, dtype=float)[order]
+    return (np.cumsum(risk) / np.arange(1, risk.size + 1)).tolist()
+
+
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the ROC curve of ``scores`` for ``positive`` (the Mann-Whitney statistic, ties counted half);
+    None when one class is empty."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return None
+    ranks = pd.Series(scores, dtype="float64").rank().to_numpy()       # average ranks: ties count half
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def quality_assessment(predicted: Sequence[float], actual: Sequence[float], fail_below: float = 0.65,
+                       keep: float = 0.8) -> dict | None:
+    """How well predicted Jaccards rank the maps' true ones: Spearman, AUROC for flagging the maps under
+    ``fail_below``, the mean Jaccard of the ``keep`` fraction predicted best (next to all maps' and a perfect
+    ranking's), and the area under the risk-coverage curve (AURC) next to a perfect ranking's and a random one's
+    (whose expected curve is flat at the mean risk). None without two maps that have a prediction."""
+    pairs = [(p, a) for p, a in zip(predicted, actual) if np.isfinite(p) and np.isfinite(a)]
+    if len(pairs) < 2:
+        return None
+    p, a = (np.array(v, dtype=float) for v in zip(*pairs))
+    curve, oracle = risk_coverage(p, a), risk_coverage(a, a)
+    kept = max(1, int(round(keep * len(a))))
+    return {"n": len(a), "spearman": spearman(p, a), "auroc_fail": auroc(-p, a < fail_below),
+            "fail_below": fail_below, "failing": int((a < fail_below).sum()),
+            "keep": keep, "mean_kept": 1 - curve[kept - 1], "mean_kept_oracle": 1 - oracle[kept - 1],
+            "mean_all": float(a.mean()), "aurc": float(np.mean(curve)), "aurc_oracle": float(np.mean(oracle)),
+            "aurc_random": float(1 - a.mean()), "curve": curve, "curve_oracle": oracle}
+
+
 def _aggregate(rows: pd.DataFrame) -> dict | None:
     """Both treatments' means over ``rows`` (NaN skipped, as the official scorer), or None when there are none."""
     if rows.empty:
@@ -197,6 +234,7 @@ def summarise(per_image: pd.DataFrame) -> dict:
         "breakdowns": {key: breakdown(scored, key) for key in BREAKDOWNS},
         "calibration": calibration(honest["isic_id"].tolist(), honest["confidence"].tolist(),
                                    honest["jaccard_bg"].tolist(), honest["jaccard_ignore"].tolist()),
+        "predicted_quality": quality_assessment(honest["predicted_jaccard"].tolist(), honest["jaccard_bg"].tolist()),
     }
 
 

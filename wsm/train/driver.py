@@ -96,7 +96,8 @@ class Trained:
 def plan_run(opts: TrainOptions, identity: dict, command: str, class_maps: Path | None = None) -> Plan:
     """Check the RUN folder and choose the images: no evaluation image may train (see the module doc)."""
     check_run_folder(opts.out, opts.resume, identity)
-    train_rows = training_rows(opts.data, opts.labels, opts.split_train, opts.wsm, opts.min_confidence)
+    train_rows = training_rows(opts.data, opts.labels, opts.split_train, opts.wsm, opts.min_confidence,
+                               opts.min_predicted_jaccard)
     test_rows = eval_rows(opts.data, opts.eval_split, class_maps)
     check_no_overlap(train_rows, test_rows)
     weak = (train_rows["label_source"] == "weak").any()

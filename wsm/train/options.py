@@ -58,6 +58,7 @@ class TrainOptions:
     labels: str = "official"             # official | both | a folder of label maps (WSM)
     wsm: Path | None = None              # the weak maps for labels = both
     min_confidence: float | None = None  # train only on weak maps whose manifest confidence is at least this
+    min_predicted_jaccard: float | None = None   # ... whose manifest predicted_jaccard is at least this
     arch: str = "unet"                   # a key of wsm.models.segmentation.ARCHITECTURES
     encoder: str = "tf_efficientnet_lite0"   # a timm model name
     num_classes: int = 1                 # 1: lesion map (sigmoid); K > 1: class-index maps (softmax)
@@ -103,6 +104,8 @@ class TrainOptions:
         args = ["wsm", "train", "--data", str(self.data), "--out", str(self.out), *self.label_flags()]
         if self.min_confidence is not None:
             args += ["--min-confidence", str(self.min_confidence)]
+        if self.min_predicted_jaccard is not None:
+            args += ["--min-predicted-jaccard", str(self.min_predicted_jaccard)]
         args += ["--arch", self.arch, "--encoder", self.encoder, "--num-classes", str(self.num_classes),
                  "--loss", self.resolved_loss(), "--train-split", self.split_train, "--eval-split", self.eval_split,
                  "--epochs", str(self.epochs), "--size", str(self.size), "--batch-size", str(self.batch_size),

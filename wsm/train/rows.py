@@ -14,33 +14,42 @@ from wsm.train.options import NO_EVAL
 log = logging.getLogger(__name__)
 
 
-def weak_maps(folder: Path | str, min_confidence: float | None = None) -> pd.DataFrame:
+# The manifest columns a run may keep weak maps by: --min-confidence, --min-predicted-jaccard.
+MINIMUM_FLAGS = {"confidence": "--min-confidence", "predicted_jaccard": "--min-predicted-jaccard"}
+
+
+def weak_maps(folder: Path | str, minimums: dict[str, float] | None = None) -> pd.DataFrame:
     """``isic_id``, absolute ``label_file`` and ``label_format`` (its convention, :data:`wsm.io.images.ISIC_WSM` or
     ``CHALLENGE``) of every map in a folder, listed and checked as `wsm report` lists them
     (:func:`wsm.report.maps.read_maps`): a WSM folder's ``ok`` manifest rows, or the ISIC_x.png (or
-    ISIC_x_segmentation.png) maps of a folder made elsewhere; with ``min_confidence``, only the maps whose manifest
-    confidence is at least that."""
+    ISIC_x_segmentation.png) maps of a folder made elsewhere; with ``minimums`` ({manifest column: least value},
+    columns of MINIMUM_FLAGS), only the maps that reach every one."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"map folder {folder} does not exist; give --maps the folder `wsm generate --out` wrote, "
                         "or train on --labels official")
     maps = read_maps(folder, needed=frozenset({"isic_id", "path", "status"}))
     table = maps.rows[(maps.rows["status"] == "ok") & maps.rows["path"].notna()]
-    if min_confidence is not None:
-        if not maps.fitting_known:
-            raise DataError(f"--min-confidence needs the confidences of {folder}/manifest.parquet "
-                            "(written by `wsm generate`); this folder has none")
-        if "confidence" not in table.columns:
-            raise DataError(f"{maps.manifest} has no confidence column (not written by `wsm generate`); "
-                            "leave out --min-confidence")
-        table = table[table["confidence"] >= min_confidence]
+    for column, minimum in (minimums or {}).items():
+        table = _at_least(table, column, minimum, maps, folder)
     out = pd.DataFrame({"isic_id": table["isic_id"].astype(str).tolist(),
                         "label_file": [str((folder / p).resolve()) for p in table["path"]],
                         "label_format": maps.convention})
     if out.empty:
-        hint = f" with confidence >= {min_confidence}" if min_confidence is not None else ""
+        hint = "".join(f" with {column} >= {minimum}" for column, minimum in (minimums or {}).items())
         raise DataError(f"{folder} holds no label maps (ISIC_x.png){hint}")
     return out.drop_duplicates("isic_id").reset_index(drop=True)
+
+
+def _at_least(table: pd.DataFrame, column: str, minimum: float, maps, folder: Path) -> pd.DataFrame:
+    flag = MINIMUM_FLAGS[column]
+    if not maps.fitting_known:
+        raise DataError(f"{flag} needs the {column} column of {folder}/manifest.parquet (written by `wsm "
+                        "generate`); this folder has none")
+    if column not in table.columns or table[column].isna().all():
+        raise DataError(f"{maps.manifest} has no {column} values (made by another wsm, or a bundle without a "
+                        f"quality model); leave out {flag}")
+    return table[table[column] >= minimum]
 
 
 def check_map_sizes(data: Path | str, rows: pd.DataFrame) -> None:
@@ -56,14 +65,17 @@ def _check_split(name: str, what: str, allow_none: bool = False) -> None:
 
 
 def training_rows(data: Path | str, labels: str, split_train: str = "train", wsm: Path | str | None = None,
-                  min_confidence: float | None = None) -> pd.DataFrame:
+                  min_confidence: float | None = None, min_predicted_jaccard: float | None = None) -> pd.DataFrame:
     """The training images with their labels: columns isic_id, file, label_file, label_kind (mask | labels),
     label_source (official | weak), sorted by isic_id. See the module doc for which images take part."""
     _check_split(split_train, "training split")
-    if min_confidence is not None and labels == "official":
-        raise DataError("--min-confidence selects weak maps; it needs --labels both or --labels WSM_DIR")
-    if min_confidence is not None and not 0 <= min_confidence <= 1:
-        raise DataError(f"--min-confidence must be within 0..1 (the WSM manifest's confidence), got {min_confidence}")
+    minimums = {column: value for column, value in (("confidence", min_confidence),
+                                                    ("predicted_jaccard", min_predicted_jaccard)) if value is not None}
+    for column, value in minimums.items():
+        if labels == "official":
+            raise DataError(f"{MINIMUM_FLAGS[column]} selects weak maps; it needs --labels both or --labels weak")
+        if not 0 <= value <= 1:
+            raise DataError(f"{MINIMUM_FLAGS[column]} must be within 0..1 (the WSM manifest's {column}), got {value}")
     rows = with_truth(read_manifest(data), read_truth(data))
     in_split = select_split(rows, split_train)
     official = in_split[in_split["mask_file"].notna()]
@@ -78,7 +90,7 @@ def training_rows(data: Path | str, labels: str, split_train: str = "train", wsm
             folder = Path(wsm)
         else:
             folder = Path(labels)
-        maps = weak_maps(folder, min_confidence)
+        maps = weak_maps(folder, minimums)
         candidates = pd.concat([in_split, select_split(rows, "unlabeled")]).drop_duplicates("isic_id")
         weak = candidates.merge(maps, on="isic_id", how="inner")
         weak = pd.DataFrame({"isic_id": weak["isic_id"], "file": weak["file"], "label_file": weak["label_file"],

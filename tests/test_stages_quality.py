@@ -1,0 +1,72 @@
+"""The predicted quality of a map: its signals, the model fit learns on calibration masks, and how a report
+measures it (risk-coverage, AUROC)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from wsm.config.pipeline import stage_config, to_toml
+from wsm.report.scoring import auroc, quality_assessment, risk_coverage
+from wsm.stages.quality import SIGNALS, QualityConfig, as_table, fit_quality, predicted_jaccard, quality_signals
+
+
+def _lesion_image(size: int = 64):
+    yy, xx = np.mgrid[:size, :size]
+    lesion = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2
+    image = np.full((size, size, 3), 200, np.uint8)
+    image[lesion] = (80, 50, 40)
+    return image, lesion
+
+
+def test_signals_agree_on_a_good_map_and_not_on_a_bad_one():
+    image, lesion = _lesion_image()
+    valid = np.ones(lesion.shape, bool)
+    good_prob = np.where(lesion, 0.95, 0.05).astype(np.float32)
+    good = quality_signals(image, valid, good_prob, lesion, lesion.astype(np.uint8))
+    wrong = np.zeros_like(lesion)
+    wrong[:, :12] = True                                  # a strip along the frame, where there is no lesion
+    bad_prob = np.where(wrong, 0.6, 0.45).astype(np.float32)
+    bad = quality_signals(image, valid, bad_prob, wrong, np.where(wrong, 255, 0).astype(np.uint8))
+    assert set(good) == set(SIGNALS) == set(bad)
+    assert good["agree_threshold"] > 0.8 > 0.1 > bad["agree_threshold"]
+    assert good["margin"] > 0.8 > 0.2 > bad["margin"]
+    assert good["border"] == 0 and bad["border"] > 0.2
+    assert bad["uncertain_ratio"] == 1 and good["uncertain_ratio"] == 0
+    assert all(math.isfinite(v) for v in (*good.values(), *bad.values()))
+
+
+def test_the_model_learns_a_relation_and_travels_in_the_pipeline_file():
+    rng = np.random.default_rng(0)
+    signals = [{name: float(rng.uniform()) for name in SIGNALS} for _ in range(200)]
+    truth = [0.2 + 0.6 * s["agree_threshold"] for s in signals]          # quality follows one signal
+    model = fit_quality(signals, truth)
+    predicted = [predicted_jaccard(model, s) for s in signals]
+    assert np.corrcoef(predicted, truth)[0, 1] > 0.99 and model.n_images == 200
+    assert abs(dict(zip(model.signals, model.coef))["agree_threshold"]) > 5 * max(
+        abs(c) for name, c in zip(model.signals, model.coef) if name != "agree_threshold")
+    assert predicted_jaccard(model, {**signals[0], "agree_threshold": 50.0}) == 1.0     # clipped to [0, 1]
+    import tomllib
+
+    again = stage_config(QualityConfig, tomllib.loads(to_toml({"quality": as_table(model)}))["quality"], "quality")
+    assert again == model
+    assert predicted_jaccard(QualityConfig(), signals[0]) is None and not QualityConfig().enabled
+
+
+def test_few_calibration_masks_give_a_cautious_model():
+    signals = [{name: float(i == j) for j, name in enumerate(SIGNALS)} for i in range(3)]
+    model = fit_quality(signals, [0.9, 0.5, 0.7])
+    assert all(abs(predicted_jaccard(model, s) - 0.7) < 0.2 for s in signals)
+
+
+def test_risk_coverage_and_auroc_of_perfect_and_useless_rankings():
+    actual = [0.9, 0.3, 0.8, 0.5, 0.95, 0.1]
+    perfect = quality_assessment(actual, actual)
+    assert perfect["aurc"] == pytest.approx(perfect["aurc_oracle"]) and perfect["auroc_fail"] == 1.0
+    assert perfect["spearman"] == pytest.approx(1.0) and perfect["mean_kept"] == perfect["mean_kept_oracle"]
+    backwards = quality_assessment([-a for a in actual], actual)
+    assert backwards["aurc"] > backwards["aurc_random"] > perfect["aurc"] and backwards["auroc_fail"] == 0.0
+    assert risk_coverage([1, 0], [1.0, 0.0]) == [0.0, 0.5]
+    assert auroc([0.1, 0.1], [True, False]) == 0.5 and auroc([1, 2], [True, True]) is None
+    assert quality_assessment([math.nan, 0.5], [0.2, 0.4]) is None

@@ -1,0 +1,114 @@
+"""A predicted quality for every map: signals that disagree when a map is wrong, and a small linear model over
+them that `wsm fit` learns on its calibration masks (never on the images it is scored on).
+
+The signals come from what making a map computes anyway, at the working size, plus one independent second
+opinion, the colour threshold (wsm.stages.classic), which fails in other ways than a network does:
+
+    agree_threshold   Jaccard of the refined mask with the colour threshold's mask
+    agree_refine      Jaccard of the fused probability (> 0.5) with the refined mask: what CRF and morphology changed
+    margin            mean |2p - 1| over the valid pixels: how sure the evidence is
+    certain           fraction of valid pixels decided (not 255)
+    uncertain_ratio   uncertain pixels / (lesion + uncertain pixels): how wide the band round the lesion is
+    area              fraction of valid pixels in the refined mask
+    border            fraction of the valid region's outline that the mask touches (the frame, the vignette)
+    components        log(1 + connected components of the fused probability > 0.5)
+    soft_edge         pixels of probability 0.2-0.8 per mask pixel: how blurred the lesion's edge is
+
+The model (QualityConfig) is ridge regression on standardised signals, written into the bundle's pipeline.toml as
+the [quality] table, so a bundle carries it like its thresholds; its prediction is clipped to [0, 1].
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from wsm.stages.classic import ClassicConfig, lesion_prob_classic
+
+SIGNALS = ("agree_threshold", "agree_refine", "margin", "certain", "uncertain_ratio", "area", "border",
+           "components", "soft_edge")
+FAIL_BELOW = 0.65        # a map predicted below this Jaccard is flagged (ISIC 2018's threshold Jaccard cut)
+RIDGE = 0.1              # penalty on the standardised coefficients (relative to the mean squared signal)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    signals: tuple[str, ...] = ()          # empty: no model (a recipe not calibrated on masks)
+    mean: tuple[float, ...] = ()
+    scale: tuple[float, ...] = ()
+    coef: tuple[float, ...] = ()
+    intercept: float = 0.0
+    n_images: int = 0                      # calibration images the model was learnt on
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.signals)
+
+
+def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def _outline(valid: np.ndarray) -> np.ndarray:
+    """The valid region's edge pixels (the image frame, or the vignette's rim)."""
+    region = valid.astype(np.uint8)
+    padded = cv2.copyMakeBorder(region, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    return (region - cv2.erode(padded, np.ones((3, 3), np.uint8))[1:-1, 1:-1]).astype(bool)
+
+
+def quality_signals(image: np.ndarray, valid: np.ndarray, prob: np.ndarray, mask: np.ndarray,
+                    label_map: np.ndarray, classic: ClassicConfig = ClassicConfig()) -> dict[str, float]:
+    """The signals of one map (see the module doc), from the image and what labelling it computed."""
+    valid = valid.astype(bool)
+    n_valid = max(1, int(valid.sum()))
+    mask = mask.astype(bool) & valid
+    raw = (prob > 0.5) & valid
+    second = lesion_prob_classic(image, valid, classic) > 0.5
+    lesion, uncertain = int((label_map == 1).sum()), int((label_map == 255).sum())
+    outline = _outline(valid)
+    soft = ((prob > 0.2) & (prob < 0.8) & valid).sum()
+    return {
+        "agree_threshold": _jaccard(mask, second),
+        "agree_refine": _jaccard(raw, mask),
+        "margin": float(np.abs(2 * prob[valid] - 1).mean()) if valid.any() else 0.0,
+        "certain": 1 - uncertain / n_valid,
+        "uncertain_ratio": uncertain / max(1, lesion + uncertain),
+        "area": float(mask.sum() / n_valid),
+        "border": float(mask[outline].mean()) if outline.any() else 0.0,
+        "components": math.log1p(cv2.connectedComponents(raw.astype(np.uint8))[0] - 1),
+        "soft_edge": float(soft / max(1, mask.sum())),
+    }
+
+
+def predicted_jaccard(cfg: QualityConfig, signals: Mapping[str, float]) -> float | None:
+    """The model's Jaccard for one map's signals, in [0, 1]; None without a model."""
+    if not cfg.enabled:
+        return None
+    z = [(signals[name] - m) / s for name, m, s in zip(cfg.signals, cfg.mean, cfg.scale)]
+    return float(np.clip(cfg.intercept + float(np.dot(cfg.coef, z)), 0.0, 1.0))
+
+
+def fit_quality(signals: Sequence[Mapping[str, float]], jaccards: Sequence[float],
+                ridge: float = RIDGE) -> QualityConfig:
+    """Ridge regression of the maps' true Jaccard on their standardised signals (closed form)."""
+    x = np.array([[s[name] for name in SIGNALS] for s in signals], dtype=float)
+    y = np.asarray(jaccards, dtype=float)
+    if len(y) == 0:
+        return QualityConfig()
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-9] = 1.0                      # a constant signal carries nothing: its coefficient stays 0
+    z = (x - mean) / scale
+    gram = z.T @ z / len(y) + ridge * np.eye(len(SIGNALS))
+    coef = np.linalg.solve(gram, z.T @ (y - y.mean()) / len(y))
+    return QualityConfig(SIGNALS, tuple(mean.round(6).tolist()), tuple(scale.round(6).tolist()),
+                         tuple(coef.round(6).tolist()), round(float(y.mean()), 6), len(y))
+
+
+def as_table(cfg: QualityConfig) -> dict:
+    """The [quality] table of a bundle's pipeline.toml."""
+    return {"signals": list(cfg.signals), "mean": list(cfg.mean), "scale": list(cfg.scale), "coef": list(cfg.coef),
+            "intercept": cfg.intercept, "n_images": cfg.n_images}
