@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import io
 import logging
 import os
@@ -128,6 +129,7 @@ class ImportSummary:
     labels_rejected: list[tuple[str, str]] = field(default_factory=list)   # (row, reason)
     labels_unmatched: int = 0               # label rows whose image was not imported
     labels_ignored_columns: list[str] = field(default_factory=list)
+    labels_renamed_columns: dict[str, str] = field(default_factory=dict)   # a name wsm uses -> the one stored
 
     @property
     def ok(self) -> bool:
@@ -159,6 +161,9 @@ class ImportSummary:
             out.append(f"{self.labels_unmatched} label rows have no imported image")
         if self.labels_ignored_columns:
             out.append(f"label columns not imported: {', '.join(self.labels_ignored_columns)}")
+        if self.labels_renamed_columns:
+            renamed = ", ".join(f"{a} as {b}" for a, b in self.labels_renamed_columns.items())
+            out.append(f"label columns stored under another name (wsm uses theirs for its own): {renamed}")
         return out
 
 
@@ -167,7 +172,9 @@ _IMAGES_HINT = "these look like images: pass their folder with --images DIR (it 
 _ATTRIBUTES_HINT = ("these look like attribute masks: pass their folder with --attributes DIR (it may be the same "
                     "as --images)")
 _UNKNOWN_ATTRIBUTE_HINT = f"named like attribute masks, but the attributes are {', '.join(ATTRIBUTES)}"
-_MISPLACED_HINTS = (_MASKS_HINT, _IMAGES_HINT, _ATTRIBUTES_HINT, _UNKNOWN_ATTRIBUTE_HINT)
+_UNSAFE_ID_HINT = ("named like images or masks, but their ids are refused: use ASCII letters, digits, '_', '-' and "
+                   "single dots, starting with a letter or digit (an id starting with ISIC_ is ISIC_ and 7 digits)")
+_MISPLACED_HINTS = (_MASKS_HINT, _IMAGES_HINT, _ATTRIBUTES_HINT, _UNKNOWN_ATTRIBUTE_HINT, _UNSAFE_ID_HINT)
 
 
 def _misplaced_hint(name: str) -> str | None:
@@ -180,6 +187,8 @@ def _misplaced_hint(name: str) -> str | None:
         return _UNKNOWN_ATTRIBUTE_HINT if unknown_attribute(base) else _ATTRIBUTES_HINT
     if image_id_of(base):
         return _IMAGES_HINT
+    if IMAGE_NAME.fullmatch(base):
+        return _UNSAFE_ID_HINT
     return None
 
 
@@ -297,7 +306,19 @@ def _scan(folders: dict[str, Path | None], summary: ImportSummary) -> _Found:
                      summary.attributes_rejected)
             elif not is_benign(name):
                 summary.unexpected.append(f"{folder.name}/{name}")
+    for table, rejected in ((found.images, summary.images_rejected), (found.masks, summary.masks_rejected)):
+        _drop_case_twins(table, rejected)
     return found
+
+
+def _drop_case_twins(table: dict, rejected: list) -> None:
+    """Of ids that differ only in case (one file on case-insensitive disks), keep the first and refuse the rest."""
+    first: dict[str, str] = {}
+    for key in sorted(table):
+        kept = first.setdefault(key.casefold(), key)
+        if kept != key:
+            rejected.append((table.pop(key)[0], f"{kept} is imported, the same id in another case (one file on "
+                                                 "some disks); rename one of them"))
 
 
 def _listed(labels: Labels, found: _Found, summary: ImportSummary) -> None:
@@ -355,7 +376,8 @@ def import_folders(
                                 "names the image files")
     layout = DataLayout(Path(out))
     summary = ImportSummary(labels_rejected=list(label_table.rejected),
-                            labels_ignored_columns=list(label_table.ignored_columns))
+                            labels_ignored_columns=list(label_table.ignored_columns),
+                            labels_renamed_columns=dict(label_table.renamed_columns))
     found = _scan(folders, summary)
     if images is None:
         _listed(label_table, found, summary)
@@ -385,7 +407,7 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
     """The manifest rows of the images brought in; an image already in DATA with the same content and no labels
     given for it keeps the row it has (a rerun without --labels does not wipe its diagnoses)."""
     rows = []
-    known = dict(zip(*read_table(layout.manifest, DATA_MANIFEST_CORE, ["isic_id", "sha256"]).to_pydict().values()))
+    known = _known_images(layout)
     for image_id, (name, src) in progress_bar(sorted(found.images.items()), desc="images", unit="file", **bar):
         try:
             with Image.open(src) as im:
@@ -394,26 +416,56 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
                 problem = _image_problem(kind, width, height)     # from the header, before a costly decode
                 if problem is None:
                     check_decodes(im)
+            dest = layout.image_path(image_id, src.suffix[1:].lower() if kind in STORED_AS_IS else "png")
+            other = find_image(layout, image_id)
+            if problem is None and other is not None and other != dest:
+                problem = f"DATA already has {other.name} for {image_id}; remove it to import this file instead"
+            sha256, png = _incoming(src, kind) if problem is None else (None, None)
+            problem = problem or _clash(image_id, src, sha256, known)
         except UNDECODABLE as err:
             summary.images_rejected.append((name, f"does not decode as an image ({decode_problem(err)})"))
             continue
         if problem:
             summary.images_rejected.append((name, problem))
             continue
-        dest = layout.image_path(image_id, src.suffix[1:].lower() if kind in STORED_AS_IS else "png")
-        other = find_image(layout, image_id)
-        if other is not None and other != dest:
-            summary.images_rejected.append((name, f"DATA already has {other.name} for {image_id}; remove it to "
-                                                  "import this file instead"))
-            continue
-        try:
-            sha256 = _bring_in_image(src, dest, kind, link, summary)
-        except ImageDecodeError as err:
-            summary.images_rejected.append((name, f"{err.reason}. {err.fix}"))
-            continue
-        if image_id in labels.by_id or known.get(image_id) != sha256:
+        _bring_in_image(src, dest, sha256, png, link, summary)
+        if image_id in labels.by_id or known.get(image_id, (None,))[0] != sha256:
             rows.append(_image_row(layout, image_id, src, dest, sha256, width, height, labels.by_id.get(image_id, {})))
     return rows
+
+
+def _known_images(layout: DataLayout) -> dict[str, tuple[str, str]]:
+    """The images DATA holds: id -> (sha256, source_url)."""
+    table = read_table(layout.manifest, DATA_MANIFEST_CORE, ["isic_id", "sha256", "source_url"]).to_pydict()
+    return {i: (h, u) for i, h, u in zip(table["isic_id"], table["sha256"], table["source_url"])}
+
+
+def _clash(image_id: str, src: Path, sha256: str, known: dict[str, tuple[str, str]]) -> str | None:
+    """Why an image may not come in under its id: DATA holds another image under a dataset's own id (from another
+    file: two datasets that both call an image 1), or the same id in another case (one file on macOS and Windows
+    disks). A changed file from the same place, or an archive image (its ISIC id names one image), replaces the
+    old one."""
+    folded = next((other for other in known if other.casefold() == image_id.casefold() and other != image_id), None)
+    if folded is not None:
+        return (f"DATA already holds {folded}, the same id in another case (one file on some disks); rename one of "
+                "them")
+    held, source = known.get(image_id, (None, None))
+    if held is not None and held != sha256 and source != _uri(src) and not ISIC_ID.fullmatch(image_id):
+        return (f"DATA already holds another image {image_id} (from {source}); two datasets whose ids repeat go into "
+                "DATA folders of their own, or rename the files of one")
+    return None
+
+
+def _uri(path: Path) -> str:
+    return Path(os.path.abspath(path)).as_uri()
+
+
+def _incoming(src: Path, kind: str) -> tuple[str, bytes | None]:
+    """The sha256 the image will have in DATA, and its PNG encoding when it is converted (BMP, TIFF)."""
+    if kind in STORED_AS_IS:
+        return sha256_file(src), None
+    png = _png_bytes(read_image(src))
+    return hashlib.sha256(png).hexdigest(), png
 
 
 def _image_problem(kind: str | None, width: int, height: int) -> str | None:
@@ -425,23 +477,16 @@ def _image_problem(kind: str | None, width: int, height: int) -> str | None:
     return None
 
 
-def _bring_in_image(src: Path, dest: Path, kind: str, link: bool, summary: ImportSummary) -> str:
-    """Copy, link or (BMP, TIFF) convert src onto dest unless dest has that content already; its sha256."""
-    if kind in STORED_AS_IS:
-        sha256 = sha256_file(src)
-        if dest.is_file() and (_same_file(src, dest) or sha256_file(dest) == sha256):
-            summary.images_skipped += 1
-        else:
-            summary.images_linked += _place(src, dest, link)
-            summary.images_written += 1
-        return sha256
-    png = _png_bytes(read_image(src))
-    if dest.is_file() and dest.read_bytes() == png:
+def _bring_in_image(src: Path, dest: Path, sha256: str, png: bytes | None, link: bool, summary: ImportSummary) -> None:
+    """Copy, link or write the converted ``png`` of src onto dest, unless dest has that content already."""
+    if dest.is_file() and (_same_file(src, dest) or sha256_file(dest) == sha256):
         summary.images_skipped += 1
-    else:
+    elif png is not None:
         write_bytes_atomic(dest, png)
         summary.images_written += 1
-    return sha256_file(dest)
+    else:
+        summary.images_linked += _place(src, dest, link)
+        summary.images_written += 1
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:
@@ -460,7 +505,7 @@ def _image_row(layout, image_id: str, src: Path, dest: Path, sha256: str, width:
               "metadata": {"acquisition": {"image_type": image_type, "pixels_x": width, "pixels_y": height},
                            "clinical": fields}}
     return manifest_row(record, file=dest.relative_to(layout.root).as_posix(), nbytes=dest.stat().st_size,
-                        sha256=sha256, width=width, height=height, source_url=Path(os.path.abspath(src)).as_uri())
+                        sha256=sha256, width=width, height=height, source_url=_uri(src))
 
 
 def _import_masks(layout, found: _Found, challenge: str, split: str, link: bool, summary: ImportSummary,

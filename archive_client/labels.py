@@ -42,6 +42,15 @@ _FILE_COLUMNS = ("image", "mask")
 # Columns that would overwrite what import measures on the files itself, or that describe the mask file.
 _MEASURED_COLUMNS = {"file", "bytes", "sha256", "width", "height", "source_url", "pixels_x", "pixels_y",
                      "mask_mode", "mask_fg_fraction"}
+# Names matched in any case and spacing ("Diagnosis", "Image Type").
+_KNOWN_COLUMNS = {*_ID_COLUMNS, *_FILE_COLUMNS, "diagnosis", *(f"diagnosis_{i}" for i in range(1, 6)), "image_type",
+                  "sex", "age_approx", "anatom_site_general", "copyright_license", "attribution", *_PART3_COLUMNS}
+# Names wsm gives columns of its own (the official masks' table, the maps' manifest): a label column so named is
+# stored as label_<name>, so that it never stands in for wsm's.
+_RESERVED_COLUMNS = {"split", "challenge", "mask_file", "mask_width", "mask_height", "path", "status", "source",
+                     "confidence", "error", "agreement", "mask_used_in_fit", "lesion_fraction", "uncertain_fraction",
+                     "predicted_jaccard", "predicted_fail", "pipeline_sha256", "model_sha256", "wsm_version",
+                     "image_bytes", "headline"}
 _MARKS = {"x", "1", "yes", "true"}
 _BLANKS = {"", "0", "no", "false", "nan"}
 
@@ -52,6 +61,7 @@ class Labels:
     files: dict[str, tuple[Path | None, Path | None]] = field(default_factory=dict)   # id -> (image, mask) given
     rejected: list[tuple[str, str]] = field(default_factory=list)
     ignored_columns: list[str] = field(default_factory=list)
+    renamed_columns: dict[str, str] = field(default_factory=dict)   # a reserved name -> the name it is stored as
 
 
 def read_labels(path: Path) -> Labels:
@@ -69,10 +79,15 @@ def read_labels(path: Path) -> Labels:
 # --------------------------------------------------------------------------------------------- reading
 
 def _column_name(text: object) -> str:
-    """A header cell as a column name: trimmed; id-like names in snake case (``Image Name`` -> image_name)."""
+    """A header cell as a column name: trimmed; the names wsm knows in lower snake case (``Image Name`` ->
+    image_name, ``Diagnosis`` -> diagnosis)."""
     name = "" if text is None else str(text).strip()
     snake = re.sub(r"\s+", "_", name.lower())
-    return snake if snake in _ID_COLUMNS + _FILE_COLUMNS else name
+    return snake if snake in _KNOWN_COLUMNS else name
+
+
+def _stored_name(column: str) -> str:
+    return f"label_{column}" if column.lower() in _RESERVED_COLUMNS else column
 
 
 def _table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -99,16 +114,35 @@ def _sheet(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     sheet = book.worksheets[0].iter_rows(values_only=True)
     cells = [["" if v is None else str(v).strip() for v in row] for row in sheet]
     book.close()
-    top = next((i for i, row in enumerate(cells) if any(_column_name(c) in _ID_COLUMNS for c in row)), None)
+    naming = (*_ID_COLUMNS, "image")
+    top = next((i for i, row in enumerate(cells) if any(_column_name(c) in naming for c in row)), None)
     if top is None:
         return [], []
     header = [_column_name(c) for c in cells[top]]
-    id_at = next(i for i, c in enumerate(header) if c in _ID_COLUMNS)
     below = cells[top + 1] if top + 1 < len(cells) else []
-    if any(below) and not (below[id_at:id_at + 1] or [""])[0]:      # a second header row under merged cells
+    if _second_header(header, below):
         header = [_column_name(b) if b else h for h, b in zip_longest(header, below, fillvalue="")]
         top += 1
     return header, [(top + 2 + i, row) for i, row in enumerate(cells[top + 1:])]
+
+
+def _second_header(header: list[str], below: list[str]) -> bool:
+    """Whether the row under the header names the columns of merged header cells (PH2: "Clinical Diagnosis" over
+    "Common Nevus", "Atypical Nevus", "Melanoma"): text under blank header cells, nothing under the id column, and
+    no value that looks like data (a number, a mark)."""
+    named = [(h, b) for h, b in zip_longest(header, below, fillvalue="") if b]
+    under_blank = any(not h for h, _ in named)
+    under_id = any(h in (*_ID_COLUMNS, "image") for h, _ in named)
+    data_like = any(_is_number(b) or b.lower() in _MARKS for _, b in named)
+    return under_blank and not under_id and not data_like
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -148,11 +182,16 @@ def _one_hot_columns(header: list[str], rows: list[tuple[int, list[str]]]) -> di
 
 
 def _parse(path: Path, header: list[str], rows: list[tuple[int, list[str]]]) -> Labels:
+    named = [c for c in header if c]
+    twice = sorted({c for c in named if [n.lower() for n in named].count(c.lower()) > 1})
+    if twice:
+        raise InvalidInputError(f"{path}: the column(s) {twice} appear more than once; give each column one name")
     columns = _classify(header, rows)
     if columns.id is None and "image" not in columns.files:
         raise InvalidInputError(f"{path}: no isic_id, image_id or image column; its columns are "
-                                f"{[c for c in header if c]}; name the image id column isic_id or image_id")
-    labels = Labels()
+                                f"{named}; name the image id column isic_id or image_id")
+    labels = Labels(renamed_columns={c: _stored_name(c) for c in columns.keep if _stored_name(c) != c})
+    last = max(i for i, c in enumerate(header) if c)
     labels.ignored_columns = [c for c in header if c and c not in (columns.id, *columns.files, *columns.keep,
                                                                    *columns.one_hot)
                               and not (columns.part3 and c in _PART3_COLUMNS)]
@@ -162,8 +201,10 @@ def _parse(path: Path, header: list[str], rows: list[tuple[int, list[str]]]) -> 
         where = f"{path.name}:{line}"
         row = {name: (cells[i] if i < len(cells) else None) for i, name in enumerate(header) if name}
         try:
-            if len(cells) < len([h for h in header if h]):
-                raise ValueError(f"has {len(cells)} of the {len(header)} columns (a cut or broken line)")
+            if len(cells) <= last:
+                raise ValueError(f"has {len(cells)} of the {last + 1} columns (a cut or broken line)")
+            if any(c.strip() for c in cells[len(header):]):
+                raise ValueError(f"has {len(cells)} cells for {len(header)} columns (a value with an unquoted comma?)")
             image_id, files = _id_and_files(row, columns, path.parent)
             fields = _fields(row, columns)
             check_metadata_value(fields)
@@ -184,7 +225,9 @@ def _id_and_files(row: dict, columns: _Columns, folder: Path) -> tuple[str, tupl
     if columns.id is not None:
         image_id = (row.get(columns.id) or "").strip()
     else:
-        image_id = files[0].stem if files[0] is not None else ""
+        from .importer import image_id_of      # the id a folder import gives the same file
+
+        image_id = (image_id_of(files[0].name) or files[0].stem) if files[0] is not None else ""
     if not image_id.isascii():
         raise ValueError(f"refusing image id {image_id!r}: non-ASCII characters")
     return check_image_id(image_id), files
@@ -201,7 +244,7 @@ def _file(value: str | None, folder: Path, column: str) -> Path | None:
 
 
 def _fields(row: dict, columns: _Columns) -> dict[str, str]:
-    fields = {c: row[c].strip() for c in columns.keep if isinstance(row.get(c), str) and row[c].strip()}
+    fields = {_stored_name(c): row[c].strip() for c in columns.keep if isinstance(row.get(c), str) and row[c].strip()}
     if columns.part3:
         diagnosis = part3_diagnosis(*(_flag(row.get(c), c) for c in _PART3_COLUMNS))
         if diagnosis:

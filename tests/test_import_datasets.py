@@ -350,3 +350,87 @@ def test_an_image_over_the_pixel_cap_is_refused_at_import(tmp_path):
     assert "is 12000x12000 (144 megapixels), more than the 120 wsm decodes" in dict(summary.images_rejected)[
         "huge.png"]
     assert not (tmp_path / "DATA/images/huge.png").exists()
+
+
+def test_label_files_that_would_be_misread_are_refused_or_kept_apart(tmp_path):
+    from wsm.selection import read_manifest, read_truth, select_split, with_truth
+
+    def table(name: str, text: str):
+        path = tmp_path / name
+        path.write_text(text, encoding="utf8")
+        return read_labels(path)
+
+    # a column named as one of wsm's own is stored under another name, and the DATA stays usable
+    renamed = table("split.csv", "image_id,Diagnosis,split,source\nIMD1,melanoma,test,clinic A\n")
+    assert renamed.by_id["IMD1"] == {"diagnosis": "melanoma", "diagnosis_1": "Malignant",
+                                     "diagnosis_2": "Malignant melanocytic proliferations (Melanoma)",
+                                     "diagnosis_3": "Melanoma, NOS", "label_split": "test", "label_source": "clinic A"}
+    photo(tmp_path / "in/IMD1.png")
+    Image.fromarray(disc(24, 18)).save(tmp_path / "in/IMD1_mask.png")
+    import_folders(tmp_path / "DATA", tmp_path / "in", tmp_path / "in", labels=tmp_path / "split.csv",
+                   progress=False)
+    rows_ = with_truth(read_manifest(tmp_path / "DATA"), read_truth(tmp_path / "DATA"))
+    assert list(select_split(rows_, "train")["isic_id"]) == ["IMD1"]
+    # a value with an unquoted comma, a column named twice
+    extra = table("extra.csv", "image_id,diagnosis,anatom_site_general\nIMD1,nevus, atypical,back\n")
+    assert not extra.by_id and "3 cells for 3 columns" not in extra.rejected[0][1]
+    assert "unquoted comma" in extra.rejected[0][1]
+    with pytest.raises(InvalidInputError, match="more than once"):
+        table("twice.csv", "image_id,diagnosis,Diagnosis\nIMD1,melanoma,nevus\n")
+    short = table("short.csv", "image_id,,diagnosis\nIMD1,x\n")
+    assert not short.by_id and "cut or broken" in short.rejected[0][1]
+
+
+def test_an_ordinary_sheet_is_read_as_it_is(tmp_path):
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    for row in (["image_id", "diagnosis", "age_approx"], [None, "melanoma", 40], ["IMD1", "nevus", 30]):
+        book.active.append(row)
+    book.save(tmp_path / "plain.xlsx")
+    table = read_labels(tmp_path / "plain.xlsx")
+    assert table.by_id["IMD1"]["diagnosis"] == "nevus" and table.by_id["IMD1"]["age_approx"] == "30"
+    only_files = openpyxl.Workbook()
+    only_files.active.append(["image", "diagnosis"])
+    photo(tmp_path / "AMM1_orig.jpg")
+    only_files.active.append(["AMM1_orig.jpg", "melanoma"])
+    only_files.save(tmp_path / "files.xlsx")
+    assert list(read_labels(tmp_path / "files.xlsx").by_id) == ["AMM1"]        # the id a folder import gives
+
+
+def test_two_datasets_that_reuse_an_id_never_swap_images(tmp_path):
+    """A second dataset's image 1 does not replace the first's (whose mask would then outline another lesion);
+    ids that differ only in case are refused (one file on case-insensitive disks)."""
+    for folder, colour in (("a", 90), ("b", 30)):
+        rgb = np.full((18, 24, 3), colour, np.uint8)
+        (tmp_path / folder).mkdir()
+        Image.fromarray(rgb).save(tmp_path / folder / "1.png")
+    Image.fromarray(disc(24, 18)).save(tmp_path / "a/1_mask.png")
+    import_folders(tmp_path / "DATA", tmp_path / "a", tmp_path / "a", challenge="setA", progress=False)
+    before = (tmp_path / "DATA/images/1.png").read_bytes()
+    second = import_folders(tmp_path / "DATA", tmp_path / "b", challenge="setB", progress=False)
+    assert second.images_written == 0 and "DATA already holds another image 1" in second.images_rejected[0][1]
+    assert (tmp_path / "DATA/images/1.png").read_bytes() == before
+    Image.fromarray(np.full((18, 24, 3), 60, np.uint8)).save(tmp_path / "a/1.png")     # the same file, edited
+    assert import_folders(tmp_path / "DATA", tmp_path / "a", progress=False).images_written == 1
+    photo(tmp_path / "c/Img7.png")
+    photo(tmp_path / "c/sub/img7.png")
+    cased = import_folders(tmp_path / "DATA", tmp_path / "c", progress=False)
+    assert cased.images_written == 1 and "another case" in cased.images_rejected[0][1]
+
+
+def test_other_pictures_beside_the_maps_are_not_taken_for_maps(tmp_path):
+    from wsm.io.images import ISIC_WSM, write_label_png
+    from wsm.report.maps import read_maps
+
+    for image_id in ("IMD002", "AMM1"):
+        photo(tmp_path / f"in/{image_id}.png")
+    import_folders(tmp_path / "DATA", tmp_path / "in", progress=False)
+    label = np.zeros((18, 24), np.uint8)
+    label[5:9, 5:9] = 1
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for name in ("IMD002.png", "AMM1.png", "overview.png"):      # overview.png: a picture, no image of DATA
+        write_label_png(maps / name, label)
+    read = read_maps(maps, tmp_path / "DATA")
+    assert sorted(read.rows["isic_id"]) == ["AMM1", "IMD002"] and read.convention == ISIC_WSM

@@ -55,9 +55,30 @@ def test_the_model_learns_a_relation_and_travels_in_the_pipeline_file():
 
 
 def test_few_calibration_masks_give_a_cautious_model():
-    signals = [{name: float(i == j) for j, name in enumerate(SIGNALS)} for i in range(3)]
+    signals = [{name: 0.5 + (i == j) for j, name in enumerate(SIGNALS)} for i in range(3)]
     model = fit_quality(signals, [0.9, 0.5, 0.7])
     assert all(abs(predicted_jaccard(model, s) - 0.7) < 0.2 for s in signals)
+
+
+def test_a_map_that_found_no_lesion_is_predicted_to_fail():
+    image, lesion = _lesion_image()
+    valid = np.ones(lesion.shape, bool)
+    empty = np.zeros(lesion.shape, bool)
+    signals = quality_signals(image, valid, np.zeros(lesion.shape, np.float32), empty, empty.astype(np.uint8))
+    assert signals["agree_refine"] == 0 and signals["area"] == 0      # nothing found is not agreement
+    rng = np.random.default_rng(1)
+    model = fit_quality([{n: float(rng.uniform(0.1, 1)) for n in SIGNALS} for _ in range(30)],
+                        rng.uniform(0.5, 0.9, 30).tolist())
+    assert predicted_jaccard(model, signals) == 0.0
+
+
+def test_a_model_that_does_not_fit_its_signals_is_refused():
+    with pytest.raises(ValueError, match="not quality signals"):
+        QualityConfig(("colour",), (0.0,), (1.0,), (0.1,))
+    with pytest.raises(ValueError, match="one value per signal"):
+        QualityConfig(("area", "margin"), (0.0,), (1.0,), (0.1,))
+    with pytest.raises(ValueError, match="positive"):
+        QualityConfig(("area",), (0.0,), (0.0,), (0.1,))
 
 
 def test_risk_coverage_and_auroc_of_perfect_and_useless_rankings():
@@ -68,5 +89,8 @@ def test_risk_coverage_and_auroc_of_perfect_and_useless_rankings():
     backwards = quality_assessment([-a for a in actual], actual)
     assert backwards["aurc"] > backwards["aurc_random"] > perfect["aurc"] and backwards["auroc_fail"] == 0.0
     assert risk_coverage([1, 0], [1.0, 0.0]) == [0.0, 0.5]
+    assert risk_coverage([1, 1], [1.0, 0.0]) == risk_coverage([1, 1], [0.0, 1.0]) == [0.5, 0.5]   # ties: no order
+    flags = quality_assessment([0.9, 0.5, 0.6, 0.8], [0.9, 0.4, 0.7, 0.3])
+    assert (flags["flagged"], flags["flag_precision"], flags["flag_recall"]) == (2, 0.5, 0.5)
     assert auroc([0.1, 0.1], [True, False]) == 0.5 and auroc([1, 2], [True, True]) is None
     assert quality_assessment([math.nan, 0.5], [0.2, 0.4]) is None

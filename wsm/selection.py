@@ -88,7 +88,7 @@ def read_id_list(path: Path | str | None) -> frozenset[str]:
     path = Path(path)
     text = path.read_text(encoding="utf8")
     if text.startswith("isic_id"):
-        ids = [str(i).strip() for i in pd.read_csv(path)["isic_id"]]
+        ids = [str(i).strip() for i in pd.read_csv(path, dtype=str, keep_default_na=False)["isic_id"]]
     else:
         ids = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     for number, value in enumerate(ids, 1):

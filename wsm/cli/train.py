@@ -8,7 +8,7 @@ from pathlib import Path
 from wsm.cli.common import (HelpFormatter, UsageError, add_data_and_out, add_renamed, add_set_flag, add_workers_flag,
                             note_renamed, number, print_summary)
 from wsm.selection import SPLIT_CHOICES
-from wsm.train.options import WEAK_AUGMENT_CHOICES, default_encoder, has_imagenet_weights
+from wsm.train.options import DEFAULT_ENCODERS, WEAK_AUGMENT_CHOICES, default_encoder, has_imagenet_weights
 
 # Kept here as literals so that building the parser imports no torch; tests check them against the registries
 # (wsm.models.segmentation.ARCHITECTURES, wsm.train.losses.LOSSES).
@@ -123,7 +123,7 @@ def options(args):
 
     given = {k: getattr(args, k) for k in ("arch", "encoder", "loss", "epochs", "size", "batch_size", "lr")
              if getattr(args, k) is not None}
-    if args.arch and not args.encoder:
+    if args.arch in DEFAULT_ENCODERS and not args.encoder:     # an encoder of the architecture's own kind
         given["encoder"] = default_encoder(args.arch)
     pretrained = _pretrained(args, given.get("encoder", default_encoder(args.arch)))
     maps = args.maps if args.labels == "both" else None        # weak: the folder is the labels (as it always was)

@@ -30,7 +30,7 @@ from wsm.io.progress import announce
 from wsm.io.progress import progress as progress_bar
 from wsm.io.provenance import versions
 from wsm.selection import DataError, read_manifest, read_truth, warn_unknown_ids, with_truth
-from wsm.stages.quality import FAIL_BELOW
+from wsm.stages.quality import FAIL_BELOW, MIN_IMAGES
 from wsm.stages.quality import as_table as quality_table
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,11 @@ class FitSummary:
                        f"{c.certain_fraction:.1%} at accuracy {c.certain_accuracy:.3f}")
             out += self.warnings()
             if self.quality is not None:
+                rough = (f"; only {self.quality.n_images} masks make it a rough guide (some {MIN_IMAGES} or more "
+                         "make it useful)") if self.quality.n_images < MIN_IMAGES else ""
                 out.append(f"quality model learnt on the same {self.quality.n_images} masks: every map gets a "
                            f"predicted Jaccard, and those predicted below {FAIL_BELOW} are flagged (manifest columns "
-                           "predicted_jaccard, predicted_fail)")
+                           f"predicted_jaccard, predicted_fail){rough}")
         elif self.prior_run is not None:
             out.append(f"warning: every mask in the fitting splits fed {self.prior_run} (or is held out): nothing was "
                        "left to calibrate on, so the pipeline's default thresholds apply")

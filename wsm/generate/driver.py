@@ -37,7 +37,7 @@ from wsm.io.atomic import write_json
 from wsm.io.journal import Journal, ManifestBuilder, fold_journal
 from wsm.io.lock import exclusive_lock
 from wsm.io.progress import progress
-from wsm.io.tables import read_frame
+from wsm.io.tables import read_frame, table_columns
 from wsm.selection import (SPLIT_CHOICES, DataError, read_manifest, read_truth, select_split, warn_unknown_ids,
                            with_truth)
 from wsm.stages.quality import FAIL_BELOW
@@ -227,8 +227,8 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
 def predicted_quality(manifest: Path) -> dict | None:
     """How the maps of a manifest are predicted to score: n, quartiles of predicted_jaccard and how many are flagged
     to fail; None when no map has a prediction (a bundle without a quality model)."""
-    if not manifest.exists():
-        return None
+    if not manifest.exists() or "predicted_jaccard" not in table_columns(manifest, REWRITE_WSM_MANIFEST):
+        return None         # a manifest from before wsm predicted quality (nothing new was written into it)
     predicted = read_frame(manifest, ["predicted_jaccard"], REWRITE_WSM_MANIFEST)["predicted_jaccard"].dropna()
     if predicted.empty:
         return None

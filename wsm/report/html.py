@@ -313,8 +313,11 @@ def _predicted_quality_section(report: Mapping, per_image: pd.DataFrame) -> str:
     rows = [[escape(r.isic_id), number(r.predicted_jaccard, 3), number(r.jaccard_bg, 3)] for r in wrong.itertuples()]
     return (f"<p>Each map's Jaccard as the bundle's quality model predicts it (learnt by <code>wsm fit</code> on its "
             f"calibration masks), against the truth, over {q['n']} headline maps: Spearman "
-            f"<b>{number(q['spearman'], 3)}</b>; flagging the {q['failing']} maps under {q['fail_below']} "
-            f"(<code>predicted_fail</code>): AUROC <b>{number(q['auroc_fail'], 3)}</b>. Keeping the {kept} predicted "
+            f"<b>{number(q['spearman'], 3)}</b>. Of the {q['failing']} maps whose Jaccard is under {q['fail_below']}, "
+            f"the prediction ranks them below the others with AUROC <b>{number(q['auroc_fail'], 3)}</b>; "
+            f"{q['flagged']} maps are flagged (<code>predicted_fail</code>, predicted under {q['fail_below']}), of "
+            f"which {_share(q['flag_precision'])} are under it (they find {_share(q['flag_recall'])} of those that "
+            f"are). Keeping the {kept} predicted "
             f"best gives mean Jaccard <b>{number(q['mean_kept'], 3)}</b> (all maps {number(q['mean_all'], 3)}, a "
             f"perfect ranking {number(q['mean_kept_oracle'], 3)}); area under the risk-coverage curve "
             f"<b>{number(q['aurc'], 3)}</b> (perfect {number(q['aurc_oracle'], 3)}, random "
@@ -322,6 +325,10 @@ def _predicted_quality_section(report: Mapping, per_image: pd.DataFrame) -> str:
             f'<img alt="predicted quality" src="{quality_uri(per_image, q)}">'
             "<p>The maps the estimate got most wrong:</p>"
             + table(["map", "predicted Jaccard", "Jaccard"], rows, table_id="quality-misses"))
+
+
+def _share(fraction: float | None) -> str:
+    return "&ndash;" if fraction is None else f"{fraction:.0%}"
 
 
 def _gallery(ids: Sequence[str], per_image: pd.DataFrame, thumbnails: Mapping[str, str | None]) -> str:

@@ -21,7 +21,7 @@ from wsm.generate.folder import REWRITE_WSM_MANIFEST, WsmFolder
 from wsm.io.images import CHALLENGE, ISIC_WSM, read_label_map
 from wsm.io.images import read_lesion_map as read_map  # noqa: F401 - the one reader of maps, for the report's modules
 from wsm.io.tables import read_frame
-from wsm.selection import DataError
+from wsm.selection import DataError, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +134,12 @@ def read_maps(pred: Path | str, data: Path | str | None = None,
                           f"them with `wsm report --maps WSM --data {data_flag} --out REPORT`")
     found: dict[str, dict[str, str]] = {ISIC_WSM: {}, CHALLENGE: {}}
     others = []
+    known = _data_ids(data)
     with os.scandir(pred) as entries:
         for entry in entries:
             match = _MAP_NAME.fullmatch(entry.name)
-            if match and _is_image_id(match.group(1)) and entry.is_file():
+            image_id = match.group(1) if match else None
+            if image_id and _is_image_id(image_id) and (known is None or image_id in known) and entry.is_file():
                 found[CHALLENGE if match.group(2) else ISIC_WSM][match.group(1)] = entry.name
             elif len(others) < 5 and not entry.name.startswith("."):
                 others.append(entry.name)
@@ -219,6 +221,13 @@ def made_with(pred: Path) -> dict:
         except (OSError, ValueError, KeyError) as err:      # tomllib's decode errors are ValueErrors
             log.warning("%s: cannot read the pipeline's name (%s)", inner, err)
     return {k: str(recorded[k]) for k in ("pipeline", "bundle") if recorded.get(k)}
+
+
+def _data_ids(data: Path | str | None) -> set[str] | None:
+    """The image ids of DATA, to tell maps from other PNG files in a folder; None when no DATA is known."""
+    if data is None or not DataLayout(Path(data)).manifest.exists():
+        return None
+    return set(read_manifest(data)["isic_id"])
 
 
 def _is_image_id(name: str) -> bool:

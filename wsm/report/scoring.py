@@ -162,16 +162,22 @@ def bootstrap_interval(values: Iterable[float], level: float = 0.95, resamples: 
     finite = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
     if finite.size < 2:
         return None
-    draws = np.random.default_rng(seed).integers(0, finite.size, (resamples, finite.size))
-    means = finite[draws].mean(axis=1)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // finite.size)          # resamples drawn at a time: memory stays small for any n
+    means = np.concatenate([finite[rng.integers(0, finite.size, (min(chunk, resamples - done), finite.size))]
+                            .mean(axis=1) for done in range(0, resamples, chunk)])
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
 
 def risk_coverage(predicted: Sequence[float], actual: Sequence[float]) -> list[float]:
-    """Mean risk (1 - Jaccard) of the k maps ranked best by ``predicted``, for k = 1..n (ties in their order)."""
-    order = np.argsort(-np.asarray(predicted, dtype=float), kind="stable")
-    risk = 1 - np.asarray(actual, dtype=float)[order]
+    """Mean risk (1 - Jaccard) of the k maps ranked best by ``predicted``, for k = 1..n (maps tied in prediction
+    share their mean risk, so that no order among them counts)."""
+    predicted = np.asarray(predicted, dtype=float)
+    order = np.argsort(-predicted, kind="stable")
+    ranked = predicted[order]
+    risk = pd.Series(1 - np.asarray(actual, dtype=float)[order])
+    risk = risk.groupby(ranked).transform("mean").to_numpy()    # tied predictions: no order among them
     return (np.cumsum(risk) / np.arange(1, risk.size + 1)).tolist()
 
 
@@ -198,8 +204,12 @@ def quality_assessment(predicted: Sequence[float], actual: Sequence[float], fail
     p, a = (np.array(v, dtype=float) for v in zip(*pairs))
     curve, oracle = risk_coverage(p, a), risk_coverage(a, a)
     kept = max(1, int(round(keep * len(a))))
-    return {"n": len(a), "spearman": spearman(p, a), "auroc_fail": auroc(-p, a < fail_below),
-            "fail_below": fail_below, "failing": int((a < fail_below).sum()),
+    failing, flagged = a < fail_below, p < fail_below
+    hits = int((failing & flagged).sum())
+    return {"n": len(a), "spearman": spearman(p, a), "auroc_fail": auroc(-p, failing),
+            "fail_below": fail_below, "failing": int(failing.sum()), "flagged": int(flagged.sum()),
+            "flag_precision": hits / flagged.sum() if flagged.any() else None,
+            "flag_recall": hits / failing.sum() if failing.any() else None,
             "keep": keep, "mean_kept": 1 - curve[kept - 1], "mean_kept_oracle": 1 - oracle[kept - 1],
             "mean_all": float(a.mean()), "aurc": float(np.mean(curve)), "aurc_oracle": float(np.mean(oracle)),
             "aurc_random": float(1 - a.mean()), "curve": curve, "curve_oracle": oracle}

@@ -12,7 +12,7 @@ opinion, the colour threshold (wsm.stages.classic), which fails in other ways th
     area              fraction of valid pixels in the refined mask
     border            fraction of the valid region's outline that the mask touches (the frame, the vignette)
     components        log(1 + connected components of the fused probability > 0.5)
-    soft_edge         pixels of probability 0.2-0.8 per mask pixel: how blurred the lesion's edge is
+    soft_edge         pixels of probability 0.2-0.8 against those and the mask's: how blurred the lesion's edge is
 
 The model (QualityConfig) is ridge regression on standardised signals, written into the bundle's pipeline.toml as
 the [quality] table, so a bundle carries it like its thresholds; its prediction is clipped to [0, 1].
@@ -28,6 +28,7 @@ import numpy as np
 
 from wsm.stages.classic import ClassicConfig, lesion_prob_classic
 
+MIN_IMAGES = 20          # calibration masks below which fit calls the model a rough guide
 SIGNALS = ("agree_threshold", "agree_refine", "margin", "certain", "uncertain_ratio", "area", "border",
            "components", "soft_edge")
 FAIL_BELOW = 0.65        # a map predicted below this Jaccard is flagged (ISIC 2018's threshold Jaccard cut)
@@ -43,14 +44,24 @@ class QualityConfig:
     intercept: float = 0.0
     n_images: int = 0                      # calibration images the model was learnt on
 
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.signals) - set(SIGNALS))
+        if unknown:
+            raise ValueError(f"signals {unknown} are not quality signals ({', '.join(SIGNALS)})")
+        if not len(self.signals) == len(self.mean) == len(self.scale) == len(self.coef):
+            raise ValueError("signals, mean, scale and coef must have one value per signal")
+        if any(s <= 0 for s in self.scale):
+            raise ValueError("every scale must be positive")
+
     @property
     def enabled(self) -> bool:
         return bool(self.signals)
 
 
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard of two masks; 0 when both are empty (every image shows a lesion: finding none is no agreement)."""
     union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
 def _outline(valid: np.ndarray) -> np.ndarray:
@@ -80,14 +91,17 @@ def quality_signals(image: np.ndarray, valid: np.ndarray, prob: np.ndarray, mask
         "area": float(mask.sum() / n_valid),
         "border": float(mask[outline].mean()) if outline.any() else 0.0,
         "components": math.log1p(cv2.connectedComponents(raw.astype(np.uint8))[0] - 1),
-        "soft_edge": float(soft / max(1, mask.sum())),
+        "soft_edge": float(soft / max(1, soft + mask.sum())),
     }
 
 
 def predicted_jaccard(cfg: QualityConfig, signals: Mapping[str, float]) -> float | None:
-    """The model's Jaccard for one map's signals, in [0, 1]; None without a model."""
+    """The model's Jaccard for one map's signals, in [0, 1]; 0 for a map that found no lesion (the model never
+    saw one: calibration images all show a lesion); None without a model."""
     if not cfg.enabled:
         return None
+    if signals["area"] == 0:
+        return 0.0
     z = [(signals[name] - m) / s for name, m, s in zip(cfg.signals, cfg.mean, cfg.scale)]
     return float(np.clip(cfg.intercept + float(np.dot(cfg.coef, z)), 0.0, 1.0))
 
@@ -100,7 +114,7 @@ def fit_quality(signals: Sequence[Mapping[str, float]], jaccards: Sequence[float
     if len(y) == 0:
         return QualityConfig()
     mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale < 1e-9] = 1.0                      # a constant signal carries nothing: its coefficient stays 0
+    scale[scale < 1e-4] = 1.0                      # a (near) constant signal carries nothing: its coefficient stays 0
     z = (x - mean) / scale
     gram = z.T @ z / len(y) + ridge * np.eye(len(SIGNALS))
     coef = np.linalg.solve(gram, z.T @ (y - y.mean()) / len(y))

@@ -49,7 +49,8 @@ def _at_least(table: pd.DataFrame, column: str, minimum: float, maps, folder: Pa
     if column not in table.columns or table[column].isna().all():
         raise DataError(f"{maps.manifest} has no {column} values (made by another wsm, or a bundle without a "
                         f"quality model); leave out {flag}")
-    return table[table[column] >= minimum]
+    official = table["source"] == "official" if "source" in table.columns else False   # --prefer-official copies
+    return table[(table[column] >= minimum) | official]
 
 
 def check_map_sizes(data: Path | str, rows: pd.DataFrame) -> None:
