@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+from wsm.errors import UserError
+
 # C0 and C1 controls (ESC starts terminal escape sequences) and the bidirectional overrides that reorder text;
 # newline and tab stay, they lay out wsm's own messages
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -14,12 +16,13 @@ def printable(text: object) -> str:
     return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
-class ArchiveError(Exception):
+class ArchiveError(UserError):
     """Base class for everything archive_client raises on purpose."""
 
 
 class InvalidIdError(ArchiveError, ValueError):
-    """An isic_id that is not ISIC_ followed by seven digits (it would become a path)."""
+    """An image id that is not a safe file name, or an archive id that is not ISIC_ and seven digits (an id
+    becomes a path)."""
 
 
 class InvalidUrlError(ArchiveError, ValueError):

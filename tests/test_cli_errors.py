@@ -279,3 +279,11 @@ def test_ctrl_c_while_generate_starts_its_workers_prints_one_line_and_no_traceba
     assert process.returncode == 130, text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert text.strip().splitlines() == ["wsm: interrupted; rerun the same command to resume"]
+
+
+def test_both_families_of_errors_share_one_root():
+    from archive_client.errors import ArchiveError, InvalidIdError
+    from wsm.errors import UserError, WsmError
+
+    assert issubclass(ArchiveError, UserError) and issubclass(WsmError, UserError)
+    assert issubclass(InvalidIdError, ValueError)        # callers that catch ValueError still do

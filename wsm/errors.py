@@ -2,8 +2,13 @@
 import errno
 
 
-class WsmError(Exception):
-    """A problem the user can fix, explained in the message (what was wrong, what to do)."""
+class UserError(Exception):
+    """The root of every error wsm and its archive client raise on purpose: a problem the user can fix, explained
+    in the message (what was wrong, what to do). Its two families: WsmError and archive_client's ArchiveError."""
+
+
+class WsmError(UserError):
+    """A problem with wsm's inputs or folders (DATA, BUNDLE, WSM, RUN, a recipe, a flag)."""
 
 
 class LockedError(WsmError):

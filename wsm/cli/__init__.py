@@ -8,9 +8,9 @@ import argparse
 import logging
 import sys
 
-from archive_client.errors import ArchiveError, printable
+from archive_client.errors import printable
 from wsm import __version__
-from wsm.errors import WsmError, disk_error
+from wsm.errors import UserError, disk_error
 
 from . import demo, download, fit, generate, report, train
 from .common import check_device, os_error_line
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wsm: error: {printable(err.filename)} is a file; give a folder path (new or existing) instead",
               file=sys.stderr)
         return 2
-    except (ArchiveError, WsmError, FileNotFoundError, NotADirectoryError) as err:
+    except (UserError, FileNotFoundError, NotADirectoryError) as err:
         print(f"wsm: error: {printable(err)}", file=sys.stderr)
         return 2
     except Exception as err:
