@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -410,7 +411,10 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
     known = _known_images(layout)
     for image_id, (name, src) in progress_bar(sorted(found.images.items()), desc="images", unit="file", **bar):
         try:
-            with Image.open(src) as im:
+            with warnings.catch_warnings():      # wsm's own pixel cap (below) decides, not Pillow's warning
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(src)
+            with im:
                 width, height = displayed_size(im)
                 kind = im.format
                 problem = _image_problem(kind, width, height)     # from the header, before a costly decode

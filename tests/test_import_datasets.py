@@ -345,7 +345,9 @@ def test_an_image_over_the_pixel_cap_is_refused_at_import(tmp_path):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         Image.new("1", (12000, 12000)).save(folder / "huge.png")      # 144 megapixels, a few kB on disk
     photo(folder / "small.png")
-    summary = import_folders(tmp_path / "DATA", folder, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # nothing but the clear rejection
+        summary = import_folders(tmp_path / "DATA", folder, progress=False)
     assert summary.images_written == 1
     assert "is 12000x12000 (144 megapixels), more than the 120 wsm decodes" in dict(summary.images_rejected)[
         "huge.png"]

@@ -34,6 +34,8 @@ def test_signals_agree_on_a_good_map_and_not_on_a_bad_one():
     assert good["margin"] > 0.8 > 0.2 > bad["margin"]
     assert good["border"] == 0 and bad["border"] > 0.2
     assert bad["uncertain_ratio"] == 1 and good["uncertain_ratio"] == 0
+    assert good["contrast"] > 0.3 > 0.05 > bad["contrast"]           # the strip is skin like its surroundings
+    assert good["compactness"] > 0.8 > 0.5 > bad["compactness"]
     assert all(math.isfinite(v) for v in (*good.values(), *bad.values()))
 
 

@@ -13,6 +13,9 @@ opinion, the colour threshold (wsm.stages.classic), which fails in other ways th
     border            fraction of the valid region's outline that the mask touches (the frame, the vignette)
     components        log(1 + connected components of the fused probability > 0.5)
     soft_edge         pixels of probability 0.2-0.8 against those and the mask's: how blurred the lesion's edge is
+    contrast          CIELAB distance between the mask's mean colour and a ring of skin round it: a mask that took
+                      skin or a body contour for the lesion stands out little from its surroundings
+    compactness       4 pi area / perimeter^2: lesions are blobs, wrong masks are often ragged or stringy
 
 The model (QualityConfig) is ridge regression on standardised signals, written into the bundle's pipeline.toml as
 the [quality] table, so a bundle carries it like its thresholds; its prediction is clipped to [0, 1].
@@ -30,7 +33,7 @@ from wsm.stages.classic import ClassicConfig, lesion_prob_classic
 
 MIN_IMAGES = 20          # calibration masks below which fit calls the model a rough guide
 SIGNALS = ("agree_threshold", "agree_refine", "margin", "certain", "uncertain_ratio", "area", "border",
-           "components", "soft_edge")
+           "components", "soft_edge", "contrast", "compactness")
 FAIL_BELOW = 0.65        # a map predicted below this Jaccard is flagged (ISIC 2018's threshold Jaccard cut)
 RIDGE = 0.1              # penalty on the standardised coefficients (relative to the mean squared signal)
 
@@ -92,7 +95,31 @@ def quality_signals(image: np.ndarray, valid: np.ndarray, prob: np.ndarray, mask
         "border": float(mask[outline].mean()) if outline.any() else 0.0,
         "components": math.log1p(cv2.connectedComponents(raw.astype(np.uint8))[0] - 1),
         "soft_edge": float(soft / max(1, soft + mask.sum())),
+        "contrast": _contrast(image, mask, valid),
+        "compactness": _compactness(mask),
     }
+
+
+def _contrast(image: np.ndarray, mask: np.ndarray, valid: np.ndarray) -> float:
+    """How far the mask's colour is from the skin round it: the CIELAB distance between the mean inside and the
+    mean of a ring outside (a tenth of the image wide), over 100; 0 when either is empty. A mask that took a patch
+    of skin or a body contour for the lesion differs little from its ring."""
+    if not mask.any():
+        return 0.0
+    width = max(3, round(0.1 * max(mask.shape)))
+    ring = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (width, width))) > 0
+    ring &= valid & ~mask
+    if not ring.any():
+        return 0.0
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32)
+    return float(np.linalg.norm(lab[mask].mean(axis=0) - lab[ring].mean(axis=0)) / 100)
+
+
+def _compactness(mask: np.ndarray) -> float:
+    """4 pi area / perimeter^2 of the mask's outlines (1 for a disc, small for ragged or stringy shapes)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    perimeter = sum(cv2.arcLength(c, True) for c in contours)
+    return float(min(1.0, 4 * math.pi * mask.sum() / perimeter ** 2)) if perimeter else 0.0
 
 
 def predicted_jaccard(cfg: QualityConfig, signals: Mapping[str, float]) -> float | None:
