@@ -401,3 +401,18 @@ def test_a_fit_bundle_records_the_masks_its_prior_learnt_from(tmp_path):
     (tmp_path / "provenance.json").write_text(json.dumps({"fit_mask_ids": ["ISIC_0000001", "ISIC_0000002"]}))
     assert trained_ids(tmp_path) == {"ISIC_0000001", "ISIC_0000002"}
     assert trained_ids(tmp_path / "elsewhere") is None
+
+
+def test_an_official_mask_holding_other_values_is_refused_not_thresholded(data, tmp_path, capsys):
+    """Training reads official masks with the same reader as the report: a mask whose values are neither 0/255 nor
+    0/1 is an error that names them, not a lesion wherever a value exceeds 128."""
+    import shutil
+
+    copy = tmp_path / "DATA"
+    shutil.copytree(data, copy)
+    gt = pd.read_parquet(copy / "gt_manifest.parquet")
+    mask_file = copy / gt[gt["split"] == "train"]["mask_file"].iloc[0]
+    values = np.asarray(Image.open(mask_file))
+    Image.fromarray(np.where(values > 0, 200, 100).astype(np.uint8)).save(mask_file)
+    assert _train("--data", str(copy), "--out", str(tmp_path / "run"), "--epochs", "1") == 2
+    assert "100, 200" in capsys.readouterr().err

@@ -34,7 +34,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from wsm.io.images import ISIC_WSM, image_size, read_class_map, read_image, read_lesion_map, read_mask
+from wsm.io.images import (ISIC_WSM, image_size, read_class_map, read_image, read_lesion_map, read_mask,
+                           read_official_mask)
 from wsm.stages.preprocess import PreprocessConfig
 from wsm.train.augment import CLASSIFIER_AUGMENT, SEGMENTER_AUGMENT, AugmentConfig, augment, normalize
 
@@ -305,7 +306,7 @@ class SegmentationDataset(LazyImages):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self._read_image(self.files[index])
-        mask = resize_square(read_mask(self.data_root / self.mask_files[index]), self.size, nearest=True)
+        mask = resize_square(read_official_mask(self.data_root / self.mask_files[index]), self.size, nearest=True)
         mask = (mask > 128).astype(np.uint8)
         if self.augment:
             image, mask = augment(self._rng(index), image, mask, cfg=self.augment_cfg)
@@ -370,7 +371,7 @@ class LabelMapDataset(LazyImages):
         (or class indices) and ``ignore_index``."""
         path = self.data_root / self.label_files[index]
         if self.label_kinds[index] == "mask":
-            return (resize_square(read_mask(path), self.size, nearest=True) > 128).astype(np.uint8)
+            return (resize_square(read_official_mask(path), self.size, nearest=True) > 128).astype(np.uint8)
         size = image_size(self.data_root / self.files[index])
         if self.num_classes == 1:
             raw = read_lesion_map(path, self.label_formats[index], size)
