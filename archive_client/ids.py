@@ -47,6 +47,41 @@ def check_image_id(image_id: object) -> str:
 _AMBIGUOUS = re.compile(r"[\\\s\x00-\x1f\x7f]")
 
 
+def safe_image_id(candidate: str) -> str | None:
+    """``candidate`` if check_image_id accepts it, else None."""
+    try:
+        return check_image_id(candidate)
+    except InvalidIdError:
+        return None
+
+
+# The file names of a lesion dataset: <id>.<image extension>, <id>_<mask suffix>.<mask extension> (any case).
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
+MASK_SUFFIXES = ("segmentation", "lesion", "contour", "mask")   # 2016's _Segmentation, PH2's _lesion, ...
+MASK_EXTENSIONS = ("png", "bmp", "tif", "tiff", "gif")
+IMAGE_SUFFIXES = ("_orig",)            # the Waterloo set's photographs: AMM1_orig.jpg beside AMM1_contour.png
+IMAGE_NAME = re.compile(rf"(.+)\.({'|'.join(IMAGE_EXTENSIONS)})", re.IGNORECASE)
+MASK_NAME = re.compile(rf"(.+)_({'|'.join(MASK_SUFFIXES)})\.({'|'.join(MASK_EXTENSIONS)})", re.IGNORECASE)
+
+
+def image_id_of(file_name: str) -> str | None:
+    """The image id of an image file name (``IMD002.bmp`` -> IMD002, ``AMM1_orig.jpg`` -> AMM1), or None."""
+    match = IMAGE_NAME.fullmatch(file_name)
+    if not match or MASK_NAME.fullmatch(file_name):
+        return None
+    stem = match.group(1)
+    for suffix in IMAGE_SUFFIXES:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            stem = stem[:-len(suffix)]
+    return safe_image_id(stem)
+
+
+def mask_id_of(file_name: str) -> str | None:
+    """The image id of a mask file name (``IMD002_lesion.bmp`` -> IMD002), or None."""
+    match = MASK_NAME.fullmatch(file_name)
+    return safe_image_id(match.group(1)) if match else None
+
+
 def check_http_url(url: object) -> str:
     """Return url unchanged if it is an absolute http(s) URL whose host every parser reads alike, else raise
     InvalidUrlError. User info (``user@host``) and characters that parsers split differently are refused."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import io
 import logging
 import os
@@ -41,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from wsm.io.atomic import atomic_path, fsync_dir, write_bytes_atomic
-from wsm.io.hashing import sha256_file
+from wsm.io.hashing import sha256_bytes, sha256_file
 from wsm.io.images import (DEFAULT_MAX_PIXELS, UNDECODABLE, ImageDecodeError, check_decodes, decode_problem,
                            displayed_size, encode_label_png, image_size, official_mask, read_image)
 from wsm.io.lock import exclusive_lock
@@ -51,8 +50,8 @@ from wsm.io.tables import merge_rows, read_table, write_table_atomic
 from .attribute_data import AttributeFiles, bring_in_attributes, merge_attribute_rows, unknown_attribute
 from .challenge_data import MaskCheck, check_mask, find_image, merge_into
 from .challenges import ATTRIBUTE_FILE, ATTRIBUTES
-from .errors import InvalidIdError, InvalidInputError
-from .ids import ISIC_ID, check_image_id
+from .errors import InvalidInputError
+from .ids import IMAGE_NAME, ISIC_ID, MASK_SUFFIXES, image_id_of, mask_id_of
 from .isic_files import write_attribution, write_metadata_csv
 from .labels import PART3_DIAGNOSIS, Labels, part3_diagnosis, read_labels
 from .layout import DataLayout
@@ -67,46 +66,16 @@ log = logging.getLogger(__name__)
 # The reference of which archive images have official masks, and in which split (shipped inside the package).
 SPLITS_REFERENCE = Path(str(resources.files("wsm") / "manifests" / "challenge_splits.csv"))
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")
 STORED_AS_IS = ("JPEG", "PNG")         # other image formats are stored as PNG (lossless)
-MASK_SUFFIXES = ("segmentation", "lesion", "contour", "mask")   # any case: 2016's _Segmentation, PH2's _lesion
-MASK_EXTENSIONS = ("png", "bmp", "tif", "tiff", "gif")
 MASK_FORMATS = ("PNG", "BMP", "TIFF", "GIF")
-IMAGE_SUFFIXES = ("_orig",)            # the Waterloo set's photographs: AMM1_orig.jpg beside AMM1_contour.png
 SKIPPED_FOLDERS = re.compile(r".*_roi")  # PH2's colour-region masks (IMD002_roi/IMD002_R1_Label4.bmp)
-IMAGE_NAME = re.compile(rf"(.+)\.({'|'.join(IMAGE_EXTENSIONS)})", re.IGNORECASE)
-MASK_NAME = re.compile(rf"(.+)_({'|'.join(MASK_SUFFIXES)})\.({'|'.join(MASK_EXTENSIONS)})", re.IGNORECASE)
 CHALLENGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SPLIT_CHOICES = ("auto", "train", "val", "test")
 ISIC_CHALLENGES = ("isic2016", "isic2017", "isic2018")
 
 DEFAULT_LICENSE = "CC-0"
 DEFAULT_ATTRIBUTION = "ISIC challenge data"
-
-
-def _safe_id(candidate: str) -> str | None:
-    try:
-        return check_image_id(candidate)
-    except InvalidIdError:
-        return None
-
-
-def image_id_of(file_name: str) -> str | None:
-    """The image id of an image file name (``IMD002.bmp`` -> IMD002, ``AMM1_orig.jpg`` -> AMM1), or None."""
-    match = IMAGE_NAME.fullmatch(file_name)
-    if not match or MASK_NAME.fullmatch(file_name):
-        return None
-    stem = match.group(1)
-    for suffix in IMAGE_SUFFIXES:
-        if stem.endswith(suffix) and len(stem) > len(suffix):
-            stem = stem[:-len(suffix)]
-    return _safe_id(stem)
-
-
-def mask_id_of(file_name: str) -> str | None:
-    """The image id of a mask file name (``IMD002_lesion.bmp`` -> IMD002), or None."""
-    match = MASK_NAME.fullmatch(file_name)
-    return _safe_id(match.group(1)) if match else None
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -354,7 +323,7 @@ def import_folders(
     """Import local images (and masks, attribute masks and labels) into the DATA folder ``out``; see the module doc.
 
     ``challenge`` names the mask folders DATA/masks/<challenge> and DATA/attributes/<challenge> and their manifest
-    rows (the dataset's name: isic2018, ph2, ...); ``split`` is train, val, test or auto (see :func:`split_of`).
+    rows (the dataset's name: isic2018, ph2, ...); ``split`` is train, val, test or auto (see :func:`reference_split`).
     Without ``images`` the labels file's image (and mask) columns name the files. Attribute masks need their image
     in DATA or imported in the same call. ``link`` hard-links files instead of copying them where the file system
     allows (DATA then shares the files with the source: editing one edits the other). Raises InvalidInputError (a
@@ -409,6 +378,7 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
     given for it keeps the row it has (a rerun without --labels does not wipe its diagnoses)."""
     rows = []
     known = _known_images(layout)
+    folded = {other.casefold(): other for other in known}     # to find an id in another case at once
     for image_id, (name, src) in progress_bar(sorted(found.images.items()), desc="images", unit="file", **bar):
         try:
             with warnings.catch_warnings():      # wsm's own pixel cap (below) decides, not Pillow's warning
@@ -425,7 +395,7 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
             if problem is None and other is not None and other != dest:
                 problem = f"DATA already has {other.name} for {image_id}; remove it to import this file instead"
             sha256, png = _incoming(src, kind) if problem is None else (None, None)
-            problem = problem or _clash(image_id, src, sha256, known)
+            problem = problem or _clash(image_id, src, sha256, known, folded)
         except UNDECODABLE as err:
             summary.images_rejected.append((name, f"does not decode as an image ({decode_problem(err)})"))
             continue
@@ -444,15 +414,15 @@ def _known_images(layout: DataLayout) -> dict[str, tuple[str, str]]:
     return {i: (h, u) for i, h, u in zip(table["isic_id"], table["sha256"], table["source_url"])}
 
 
-def _clash(image_id: str, src: Path, sha256: str, known: dict[str, tuple[str, str]]) -> str | None:
+def _clash(image_id: str, src: Path, sha256: str, known: dict[str, tuple[str, str]],
+           folded: dict[str, str]) -> str | None:
     """Why an image may not come in under its id: DATA holds another image under a dataset's own id (from another
     file: two datasets that both call an image 1), or the same id in another case (one file on macOS and Windows
-    disks). A changed file from the same place, or an archive image (its ISIC id names one image), replaces the
-    old one."""
-    folded = next((other for other in known if other.casefold() == image_id.casefold() and other != image_id), None)
-    if folded is not None:
-        return (f"DATA already holds {folded}, the same id in another case (one file on some disks); rename one of "
-                "them")
+    disks; ``folded``: DATA's ids by their case-folded form). A changed file from the same place, or an archive
+    image (its ISIC id names one image), replaces the old one."""
+    twin = folded.get(image_id.casefold(), image_id)
+    if twin != image_id:
+        return f"DATA already holds {twin}, the same id in another case (one file on some disks); rename one of them"
     held, source = known.get(image_id, (None, None))
     if held is not None and held != sha256 and source != _uri(src) and not ISIC_ID.fullmatch(image_id):
         return (f"DATA already holds another image {image_id} (from {source}); two datasets whose ids repeat go into "
@@ -469,12 +439,12 @@ def _incoming(src: Path, kind: str) -> tuple[str, bytes | None]:
     if kind in STORED_AS_IS:
         return sha256_file(src), None
     png = _png_bytes(read_image(src))
-    return hashlib.sha256(png).hexdigest(), png
+    return sha256_bytes(png), png
 
 
 def _image_problem(kind: str | None, width: int, height: int) -> str | None:
-    if kind not in ("JPEG", "PNG", "BMP", "TIFF"):
-        return f"is a {kind} file, expected JPEG, PNG, BMP or TIFF"
+    if kind not in IMAGE_FORMATS:
+        return f"is a {kind} file, expected {', '.join(IMAGE_FORMATS[:-1])} or {IMAGE_FORMATS[-1]}"
     if width * height > DEFAULT_MAX_PIXELS:
         return (f"is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than the "
                 f"{DEFAULT_MAX_PIXELS / 1e6:.0f} wsm decodes; downscale it first")

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import csv
 import re
+from collections import Counter
 from itertools import zip_longest
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidInputError
-from .ids import check_image_id
+from .ids import check_image_id, image_id_of
 from .vocabulary import archive_diagnosis, check_metadata_value
 
 __all__ = ["Labels", "PART3_DIAGNOSIS", "part3_diagnosis", "read_labels"]
@@ -183,7 +184,8 @@ def _one_hot_columns(header: list[str], rows: list[tuple[int, list[str]]]) -> di
 
 def _parse(path: Path, header: list[str], rows: list[tuple[int, list[str]]]) -> Labels:
     named = [c for c in header if c]
-    twice = sorted({c for c in named if [n.lower() for n in named].count(c.lower()) > 1})
+    counts = Counter(c.lower() for c in named)
+    twice = sorted({c for c in named if counts[c.lower()] > 1})
     if twice:
         raise InvalidInputError(f"{path}: the column(s) {twice} appear more than once; give each column one name")
     columns = _classify(header, rows)
@@ -225,9 +227,7 @@ def _id_and_files(row: dict, columns: _Columns, folder: Path) -> tuple[str, tupl
     if columns.id is not None:
         image_id = (row.get(columns.id) or "").strip()
     else:
-        from .importer import image_id_of      # the id a folder import gives the same file
-
-        image_id = (image_id_of(files[0].name) or files[0].stem) if files[0] is not None else ""
+        image_id = (image_id_of(files[0].name) or files[0].stem) if files[0] is not None else ""   # as a folder
     if not image_id.isascii():
         raise ValueError(f"refusing image id {image_id!r}: non-ASCII characters")
     return check_image_id(image_id), files

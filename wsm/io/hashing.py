@@ -22,6 +22,11 @@ def sha256_file(path: Path | str) -> str:
     return hash_file(path).hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    """The sha256 of bytes about to be written (a converted image), as 64 hex digits."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def ids_sha256(ids: Iterable[str]) -> str:
     """The sha256 of a set of ids, whatever their order (which images a network or a folder of maps saw)."""
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()

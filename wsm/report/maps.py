@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from archive_client.errors import InvalidIdError
-from archive_client.ids import IMAGE_ID, check_image_id
+from archive_client.ids import IMAGE_ID, safe_image_id
 from archive_client.layout import DataLayout
 from wsm.errors import WsmError
 from wsm.generate.folder import REWRITE_WSM_MANIFEST, WsmFolder
@@ -139,7 +138,7 @@ def read_maps(pred: Path | str, data: Path | str | None = None,
         for entry in entries:
             match = _MAP_NAME.fullmatch(entry.name)
             image_id = match.group(1) if match else None
-            if image_id and _is_image_id(image_id) and (known is None or image_id in known) and entry.is_file():
+            if image_id and safe_image_id(image_id) and (known is None or image_id in known) and entry.is_file():
                 found[CHALLENGE if match.group(2) else ISIC_WSM][match.group(1)] = entry.name
             elif len(others) < 5 and not entry.name.startswith("."):
                 others.append(entry.name)
@@ -228,11 +227,3 @@ def _data_ids(data: Path | str | None) -> set[str] | None:
     if data is None or not DataLayout(Path(data)).manifest.exists():
         return None
     return set(read_manifest(data)["isic_id"])
-
-
-def _is_image_id(name: str) -> bool:
-    try:
-        check_image_id(name)
-    except InvalidIdError:
-        return False
-    return True
