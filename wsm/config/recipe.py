@@ -110,6 +110,10 @@ class CalibrationConfig:
     mask_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
     crf_choices: tuple[bool, ...] = (True,)                    # dense CRF on and/or off (when [crf] enabled)
     crf_min_gain: float = 0.0            # keep the CRF only if it beats the best no-CRF Jaccard by more than this
+    offsets_px: tuple[int, ...] = (-4, -3, -2, -1, 0, 1, 2)   # the refined mask's boundary moved by this many pixels
+                                         # at the working size (< 0: in), for masks drawn tighter or looser than the
+                                         # prior's (PH2's: -2 or -3 at 256 px; ISIC's: none)
+    offset_min_gain: float = 0.003       # move it only if that beats the best unmoved Jaccard by more than this
 
 
 @dataclass(frozen=True)

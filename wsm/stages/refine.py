@@ -37,6 +37,7 @@ __all__ = [
     "decide",
     "dense_crf",
     "fuse",
+    "offset_mask",
     "refine",
     "to_original_size",
 ]
@@ -235,6 +236,20 @@ class RefineConfig:
     crf: CrfConfig | None = field(default_factory=CrfConfig)  # None skips the CRF (threshold the fused prob)
     mask_threshold: float = 0.5  # the (CRF) probability above which a pixel enters the mask
     morphology: MorphologyConfig = field(default_factory=MorphologyConfig)  # clean-up of that mask
+    offset_px: int = 0  # then move its boundary out (> 0) or in (< 0) by this many pixels at the working size:
+    #                     calibrated to masks drawn looser or tighter than those the prior learnt from
+
+
+def offset_mask(mask: np.ndarray, valid_mask: np.ndarray, offset_px: int) -> np.ndarray:
+    """The lesion mask with its boundary moved by ``offset_px`` pixels: dilated by a disc when positive, eroded when
+    negative, unchanged at 0; never onto invalid pixels. The image border is no boundary: a lesion cut by the
+    frame keeps its edge there. ``bool`` ``(H, W)``."""
+    valid_mask = check_mask(valid_mask, np.shape(mask), "valid_mask")
+    mask = check_mask(mask, valid_mask.shape, "mask")
+    if offset_px == 0 or not mask.any():
+        return mask & valid_mask
+    move = cv2.dilate if offset_px > 0 else cv2.erode     # default borders: neither acts from the image border
+    return move(mask.astype(np.uint8), _disc(abs(offset_px))).astype(bool) & valid_mask
 
 
 class Refined(NamedTuple):
@@ -243,14 +258,15 @@ class Refined(NamedTuple):
 
 
 def refine(rgb: np.ndarray, prob: np.ndarray, valid_mask: np.ndarray, cfg: RefineConfig = RefineConfig()) -> Refined:
-    """Dense CRF on the image, threshold, :func:`clean_mask`. Invalid pixels are set to 0 before the CRF."""
+    """Dense CRF on the image, threshold, :func:`clean_mask`, :func:`offset_mask`. Invalid pixels are set to 0
+    before the CRF."""
     rgb = check_rgb(rgb)
     prob = check_prob(prob, "prob", rgb.shape[:2])
     valid_mask = check_mask(valid_mask, prob.shape, "valid_mask")
     prob = np.where(valid_mask, prob, 0.0).astype(np.float32)
     crf_prob = dense_crf(rgb, prob, cfg.crf) if cfg.crf is not None else prob
     mask = clean_mask(crf_prob > cfg.mask_threshold, valid_mask, cfg.morphology)
-    return Refined(prob=crf_prob, mask=mask)
+    return Refined(prob=crf_prob, mask=offset_mask(mask, valid_mask, cfg.offset_px))
 
 
 # ------------------------------------------------------------------------------------------------------- decide
