@@ -53,6 +53,7 @@ from .challenges import ATTRIBUTE_FILE, ATTRIBUTES
 from .errors import InvalidInputError
 from .ids import IMAGE_NAME, ISIC_ID, MASK_SUFFIXES, image_id_of, mask_id_of
 from .isic_files import write_attribution, write_metadata_csv
+from .vocabulary import IMAGE_TYPES
 from .labels import PART3_DIAGNOSIS, Labels, part3_diagnosis, read_labels
 from .layout import DataLayout
 from .manifest import DATA_MANIFEST_CORE, GT_MANIFEST, manifest_row
@@ -319,6 +320,7 @@ def import_folders(
     link: bool = False,
     progress: bool = True,
     attributes: Path | str | None = None,
+    image_type: str = "dermoscopic",
 ) -> ImportSummary:
     """Import local images (and masks, attribute masks and labels) into the DATA folder ``out``; see the module doc.
 
@@ -334,6 +336,8 @@ def import_folders(
                                 "or '-' (at most 64, starting with a letter or digit), e.g. isic2018 or local")
     if split not in SPLIT_CHOICES:
         raise InvalidInputError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
+    if image_type not in IMAGE_TYPES:
+        raise InvalidInputError(f"unknown image type {image_type!r}; choose one of {', '.join(IMAGE_TYPES)}")
     folders = {kind: None if folder is None else Path(folder)
                for kind, folder in (("image", images), ("mask", masks), ("attribute", attributes))}
     for folder, what in zip(folders.values(), ("images", "masks", "attributes")):
@@ -356,7 +360,7 @@ def import_folders(
     bar = dict(enabled=progress)
     layout.root.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(layout.root):
-        rows = _import_images(layout, found, label_table, link, summary, bar)
+        rows = _import_images(layout, found, label_table, link, summary, bar, image_type)
         gt_rows = _import_masks(layout, found, challenge, split, link, summary, bar)
         attribute_rows = _import_attributes(layout, found, challenge, split, link, summary, progress)
         summary.labels_unmatched = len(set(label_table.by_id) - set(found.images))
@@ -373,7 +377,8 @@ def _nothing_found(folders: dict[str, Path | None], summary: ImportSummary) -> s
             "mask columns name the files")
 
 
-def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: ImportSummary, bar) -> list[dict]:
+def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: ImportSummary, bar,
+                   image_type: str) -> list[dict]:
     """The manifest rows of the images brought in; an image already in DATA with the same content and no labels
     given for it keeps the row it has (a rerun without --labels does not wipe its diagnoses)."""
     rows = []
@@ -404,7 +409,8 @@ def _import_images(layout, found: _Found, labels: Labels, link: bool, summary: I
             continue
         _bring_in_image(src, dest, sha256, png, link, summary)
         if image_id in labels.by_id or known.get(image_id, (None,))[0] != sha256:
-            rows.append(_image_row(layout, image_id, src, dest, sha256, width, height, labels.by_id.get(image_id, {})))
+            rows.append(_image_row(layout, image_id, src, dest, sha256, width, height, labels.by_id.get(image_id, {}),
+                                   image_type))
     return rows
 
 
@@ -470,11 +476,11 @@ def _png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def _image_row(layout, image_id: str, src: Path, dest: Path, sha256: str, width: int, height: int,
-               labels: dict[str, str]) -> dict:
+               labels: dict[str, str], image_type: str) -> dict:
     fields = dict(labels)
     license_ = fields.pop("copyright_license", None) or DEFAULT_LICENSE
     attribution = fields.pop("attribution", None) or DEFAULT_ATTRIBUTION
-    image_type = fields.pop("image_type", None) or "dermoscopic"
+    image_type = fields.pop("image_type", None) or image_type
     record = {"isic_id": image_id, "copyright_license": license_, "attribution": attribution,
               "metadata": {"acquisition": {"image_type": image_type, "pixels_x": width, "pixels_y": height},
                            "clinical": fields}}

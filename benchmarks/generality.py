@@ -39,6 +39,8 @@ from devdata import CLINICAL_DERMIS, ISIC2017_FULLRES, PH2_HALF  # noqa: E402
 from quality import DEFAULT_SOURCE, REPO, manifest_rankers, score_pairs  # noqa: E402
 
 RING = 8  # pixels of the crop's border whose mean colour fills the canvas
+SETS = {"crops": "dermoscopic", "full-res": "dermoscopic", "wide": "dermoscopic", "recoloured": "dermoscopic",
+        "ph2-half": "dermoscopic", "clinical-dermis": "clinical: close-up"}   # kind of image -> its image_type
 
 
 def mask_path(source: Path, isic_id: str) -> Path:
@@ -116,9 +118,10 @@ def score_bare_prior(bundle: Path, images: Path, out: Path, ids: list[str],
 
 
 def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str],
-                        overrides: tuple[str, ...] = (), masks: Callable[[Path, str], Path] = None) -> dict:
-    """Generate maps for ``ids`` of a folder of images with `bundle` (and generate-time ``overrides``), score those
-    whose mask it was not fitted on."""
+                        overrides: tuple[str, ...] = (), masks: Callable[[Path, str], Path] = None,
+                        image_type: str | None = None) -> dict:
+    """Generate maps for ``ids`` of a folder of images of ``image_type`` with `bundle` (and generate-time
+    ``overrides``), score those whose mask it was not fitted on."""
     import pandas as pd
 
     from wsm.generate import GenerateOptions, generate
@@ -126,7 +129,7 @@ def score_images_folder(bundle: Path, images: Path, out: Path, ids: list[str],
     masks = masks or mask_path
     fit_ids = fitted_on(bundle)
     generate(GenerateOptions(out=out, bundle=bundle, images=images / "images", only_ids=frozenset(ids),
-                             overrides=overrides, progress=False))
+                             overrides=overrides, progress=False, image_type=image_type))
     manifest = pd.read_parquet(out / "manifest.parquet").set_index("isic_id")
     made = set(manifest.index[manifest["status"] == "ok"])
     scored = [i for i in ids if i not in fit_ids and i in made]
@@ -165,6 +168,8 @@ def main() -> None:
                         help="a generate-time setting for every bundle, e.g. prior.flip_tta=true (repeatable)")
     parser.add_argument("--bare", action="store_true",
                         help="also score each bundle's prior alone (one forward, threshold 0.5) on every set")
+    parser.add_argument("--sets", type=lambda text: text.split(","), default=list(SETS),
+                        help=f"which sets, comma-separated (default: all of {','.join(SETS)})")
     args = parser.parse_args()
     overrides = tuple(args.overrides)
 
@@ -178,14 +183,26 @@ def main() -> None:
     for test, root in (("ph2-half", args.ph2), ("clinical-dermis", args.dermis)):
         if (root / "pairs.csv").exists():
             sets.append((test, root, *paired_set(root)))
+    table = []
     for bundle in args.bundle:
         name = f"{bundle.name}-{bundle_tag(bundle, overrides)}"
-        for test, images, ids, masks in sets:
-            scores = score_images_folder(bundle, images, args.work / f"wsm-{test}-{name}", ids, overrides, masks)
+        for test, images, ids, masks in (s for s in sets if s[0] in args.sets):
+            scores = score_images_folder(bundle, images, args.work / f"wsm-{test}-{name}", ids, overrides, masks,
+                                         SETS[test])
             print(json.dumps({"bundle": str(bundle), "test": test, "set": list(overrides), **scores}), flush=True)
+            table.append((test, bundle.name, scores))
             if args.bare:
                 scores = score_bare_prior(bundle, images, args.work / f"bare-{test}-{name}", ids, masks)
                 print(json.dumps({"bundle": str(bundle), "test": f"{test}, bare prior", **scores}), flush=True)
+                table.append((test, f"{bundle.name}, bare prior", scores))
+    print_table(table)
+
+
+def print_table(table: list[tuple[str, str, dict]]) -> None:
+    """One line per kind of image and maker: n, mean Jaccard (255 as background) and its spread."""
+    print(f"{'kind of image':<18} {'maps':<34} {'n':>4} {'Jaccard':>8}")
+    for test, maker, scores in sorted(table, key=lambda row: list(SETS).index(row[0])):
+        print(f"{test:<18} {maker:<34} {scores['n']:>4} {scores['jaccard_255_as_background']:>8.4f}")
 
 
 if __name__ == "__main__":

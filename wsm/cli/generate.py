@@ -6,6 +6,7 @@ from pathlib import Path
 
 from wsm.cli.common import HelpFormatter, UsageError, add_workers_flag, number, print_summary
 from wsm.cli.fit import add_pipeline_flags, fit_overrides
+from archive_client.vocabulary import IMAGE_TYPES
 from wsm.selection import SPLIT_CHOICES
 
 
@@ -36,6 +37,10 @@ def register(commands) -> None:
     gen.add_argument("--only", type=Path, metavar="IDS", help="only these isic_ids (one per line, or a CSV)")
     gen.add_argument("--export-challenge", action="store_true",
                      help="also write WSM/challenge/ISIC_x_segmentation.png (0/255) for isic-challenge-scoring")
+    gen.add_argument("--image-type", choices=IMAGE_TYPES, metavar="TYPE",
+                     help="the image type of images whose type DATA does not record (with --images: of every image), "
+                          "which chooses their recipe in the pipeline's [image_types]: e.g. 'clinical: close-up'; "
+                          "not given: dermoscopic. One of: " + ", ".join(IMAGE_TYPES))
     gen.add_argument("--prefer-official", action="store_true",
                      help="where an official mask exists, write it instead of a weak map (source=official)")
     add_pipeline_flags(gen, generating=True, note="; with --bundle only the inference settings prior.flip_tta and "
@@ -71,5 +76,6 @@ def run_generate(args) -> int:
                                        only_ids=read_id_list(args.only),
                                        export_challenge=args.export_challenge,
                                        prefer_official=args.prefer_official, progress=not args.quiet,
+                                       image_type=args.image_type,
                                        overrides=tuple(args.overrides) if args.bundle else ()))
     return print_summary(summary)

@@ -73,10 +73,11 @@ def _set(table: dict, keys: list[str], value: Any) -> None:
     table[keys[-1]] = value
 
 
-def _merge(base: dict, top: dict) -> dict:
+def merge_tables(base: dict, top: dict) -> dict:
+    """``base`` with ``top`` merged over it, table by table (a copy; neither is changed)."""
     out = copy.deepcopy(base)
     for key, value in top.items():
-        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge_tables(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -88,7 +89,7 @@ def load_pipeline(name_or_path: str | Path, device: str = "cpu", overrides: list
     except tomllib.TOMLDecodeError as err:
         raise PipelineError(f"{path} is not valid TOML: {err}") from err
     per_device = raw.pop("device", {})
-    resolved = _merge(raw, per_device.get(device, {}))
+    resolved = merge_tables(raw, per_device.get(device, {}))
     for text in overrides:
         apply_override(resolved, text)
     resolved["device_profile"] = device

@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from wsm.config.pipeline import PipelineError, stage_config
+from wsm.config.pipeline import PipelineError, merge_tables, stage_config
+from wsm.stages.box_prompt import BoxPromptConfig
 from wsm.stages.classic import ClassicConfig
 from wsm.stages.preprocess import PreprocessConfig
 from wsm.stages.quality import QualityConfig
@@ -99,6 +100,29 @@ class PriorConfig(SegmenterConfig):
 
 
 INFERENCE_ONLY = frozenset({"flip_tta"})   # stage settings that change no training: `generate --set` may change them
+INFERENCE_SECTIONS = frozenset({"box_prompt", "image_types"})   # sections that change no training either
+TYPE_SECTIONS = frozenset({"box_prompt", "refine", "crf", "morphology", "decision"})   # what a type may change
+DEFAULT_TYPE = "dermoscopic"       # the recipe of an image whose type is not known
+
+
+@dataclass(frozen=True)
+class ImageTypesConfig:
+    """Per image type (the archive's `image_type`): no map at all, or the recipe with some stages changed."""
+    skip: tuple[str, ...] = ()               # types that get no map (manifest status "skipped", with the reason)
+    overrides: dict = field(default_factory=dict)   # type -> {section: {key: value}} over the recipe
+
+    def __post_init__(self):
+        for image_type, table in self.overrides.items():
+            if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+                raise PipelineError(f"[image_types.overrides.{image_type!r}] must hold tables of settings, e.g. "
+                                    "box_prompt.enabled = true")
+            other = sorted(set(table) - TYPE_SECTIONS)
+            if other:
+                raise PipelineError(f"[image_types.overrides.{image_type!r}] changes {other}: a type may change only "
+                                    f"{', '.join(sorted(TYPE_SECTIONS))} (the networks are the same for every type)")
+        both = sorted(set(self.skip) & set(self.overrides))
+        if both:
+            raise PipelineError(f"[image_types] lists {both} both in skip and in overrides: choose one")
 
 
 @dataclass(frozen=True)
@@ -142,6 +166,8 @@ class Recipe:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)   # learnt by fit (wsm.stages.quality)
+    box_prompt: BoxPromptConfig = field(default_factory=BoxPromptConfig)
+    image_types: ImageTypesConfig = field(default_factory=ImageTypesConfig)
 
     @property
     def uses_classifier(self) -> bool:
@@ -191,4 +217,24 @@ def build_recipe(resolved: dict) -> Recipe:
         calibration=stage_config(CalibrationConfig, resolved.get("calibration"), "calibration"),
         fit=stage_config(FitConfig, resolved.get("fit"), "fit"),
         quality=stage_config(QualityConfig, resolved.get("quality"), "quality"),
+        box_prompt=stage_config(BoxPromptConfig, resolved.get("box_prompt"), "box_prompt"),
+        image_types=stage_config(ImageTypesConfig, resolved.get("image_types"), "image_types"),
     )
+
+
+def recipes_by_type(resolved: dict) -> dict[str, Recipe]:
+    """The recipe of each image type the pipeline names in [image_types.overrides], and of every other type
+    (key DEFAULT_TYPE): the pipeline with that type's sections merged over it."""
+    base = build_recipe(resolved)
+    recipes = {DEFAULT_TYPE: base}
+    for image_type, table in base.image_types.overrides.items():
+        recipes[image_type] = build_recipe(merge_tables(resolved, table))
+    return recipes
+
+
+def recipe_key(recipe: Recipe, image_type: str | None) -> str | None:
+    """Which of :func:`recipes_by_type`'s recipes makes the map of an image of ``image_type`` (None: unknown);
+    None when the type gets no map."""
+    if image_type in recipe.image_types.skip:
+        return None
+    return image_type if image_type in recipe.image_types.overrides else DEFAULT_TYPE

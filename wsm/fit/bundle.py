@@ -17,7 +17,7 @@ from pathlib import Path
 
 from wsm import __version__
 from wsm.config.pipeline import apply_override, to_toml
-from wsm.config.recipe import INFERENCE_ONLY, Recipe, build_recipe
+from wsm.config.recipe import INFERENCE_ONLY, INFERENCE_SECTIONS, Recipe, build_recipe, recipes_by_type
 from wsm.errors import WsmError
 from wsm.generate.maps import MapModels, weighted_maps
 from wsm.io.atomic import atomic_path, write_text_atomic
@@ -60,6 +60,11 @@ class Bundle:
     recipe: Recipe
     provenance: dict
 
+    @property
+    def recipes(self) -> dict[str, Recipe]:
+        """The recipe of each image type (wsm.config.recipe.recipes_by_type)."""
+        return recipes_by_type(self.resolved)
+
     def model_hashes(self) -> dict[str, str]:
         return {name: sha256_file(self.folder / name)[:16] for name in (CLASSIFIER, PRIOR)
                 if (self.folder / name).exists()}
@@ -89,6 +94,10 @@ class Bundle:
             net = create_segmenter(self.recipe.prior.arch, self.recipe.prior.encoder)
             load_weights(net, self.folder / PRIOR)
             models.prior = net.to(device).eval()
+            if any(r.box_prompt.enabled for r in self.recipes.values()):
+                from wsm.models.medsam import load_box_segmenter
+
+                models.box_segmenter = load_box_segmenter(device)
         return models
 
     def with_inference_overrides(self, overrides: Sequence[str]) -> Bundle:
@@ -97,12 +106,14 @@ class Bundle:
         if not overrides:
             return self
         resolved = copy.deepcopy(self.resolved)
-        allowed = ", ".join(f"<stage>.{key}" for key in sorted(INFERENCE_ONLY))
+        allowed = ", ".join([f"<stage>.{key}" for key in sorted(INFERENCE_ONLY)]
+                            + [f"{section}.*" for section in sorted(INFERENCE_SECTIONS)])
         for text in overrides:
             keys = apply_override(resolved, text)
-            if len(keys) != 2 or keys[1] not in INFERENCE_ONLY:
+            if keys[0] not in INFERENCE_SECTIONS and (len(keys) != 2 or keys[1] not in INFERENCE_ONLY):
                 raise BundleError(f"--set {text}: with a fitted bundle only {allowed} can change at generate; "
                                   "other settings change what fit trained or calibrated: fit a new bundle with them")
+        recipes_by_type(resolved)       # every type's recipe is valid
         return dataclasses.replace(self, resolved=resolved, recipe=build_recipe(resolved))
 
     def _need(self, name: str) -> Path:

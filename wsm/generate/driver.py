@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ import pandas as pd
 
 from wsm import __version__
 from wsm.config.pipeline import pipeline_hash
+from wsm.config.recipe import recipe_key
 from wsm.fit.bundle import Bundle, load_bundle
 from wsm.generate import workers as W
 from wsm.generate.folder import MAKER, REWRITE_WSM_MANIFEST, WSM_MANIFEST, WsmFolder, check_out_folder, claim_folder
@@ -61,6 +62,7 @@ class GenerateOptions:
     limit: int = 0                      # at most this many images of the shard (0: all)
     only_ids: frozenset[str] = frozenset()   # restrict to these ids (e.g. a held-out fold); empty: no restriction
     overrides: tuple[str, ...] = ()     # settings that change no training, e.g. "prior.flip_tta=false"
+    image_type: str | None = None       # the type of images whose type DATA does not record (--images: all)
     progress: bool = True
 
 
@@ -71,6 +73,7 @@ class GenerateSummary:
     done: int = 0
     skipped: int = 0
     failed: dict = field(default_factory=dict)
+    skipped_types: Counter = field(default_factory=Counter)   # image type -> images given no map ([image_types])
     seconds: float = 0.0
     manifest: Path | None = None
     data: Path | None = None           # the DATA folder the images came from (None: --images)
@@ -86,6 +89,9 @@ class GenerateSummary:
         out = [f"{self.total} images: {self.done} maps written, {self.skipped} already complete, "
                f"{len(self.failed)} failed ({rate:.1f} images/s)", f"manifest: {self.manifest}"]
         out += [f"  failed {k}: {v}" for k, v in list(self.failed.items())[:20]]
+        if self.skipped_types:
+            types = ", ".join(f"{t} {n}" for t, n in sorted(self.skipped_types.items()))
+            out.append(f"no map, by the pipeline's [image_types] skip (status skipped in the manifest): {types}")
         if self.quality:
             q = self.quality
             out.append(f"predicted Jaccard of the {q['n']} maps: median {q['median']:.2f} (quartiles {q['q1']:.2f}-"
@@ -108,15 +114,15 @@ class _Recorder:
     """
 
     def __init__(self, journal: Journal, builder: ManifestBuilder, provenance: dict, fit_ids: frozenset[str],
-                 image_bytes: dict[str, int | None]):
+                 image_bytes: dict[str, int | None], image_types: dict[str, str | None]):
         self.journal, self.builder, self.provenance, self.fit_ids = journal, builder, provenance, fit_ids
-        self.image_bytes = image_bytes
+        self.image_bytes, self.image_types = image_bytes, image_types
         self.lock = threading.Lock()
         self.error: BaseException | None = None
 
     def __call__(self, row: dict) -> None:
         row = {**self.provenance, **row, "mask_used_in_fit": row["isic_id"] in self.fit_ids,
-               "image_bytes": self.image_bytes.get(row["isic_id"])}
+               "image_bytes": self.image_bytes.get(row["isic_id"]), "image_type": self.image_types.get(row["isic_id"])}
         with self.lock:
             self.journal.append(row)
             self.builder.add(row)
@@ -164,7 +170,9 @@ def _source_rows(opts: GenerateOptions) -> pd.DataFrame:
         rows = rows[rows["isic_id"].isin(opts.only_ids)]
     if rows.empty:
         raise DataError(f"no image selected ({_selection(opts)}); {where}")
-    return rows[["isic_id", "file", "mask_file"]]
+    recorded = rows["image_type"] if "image_type" in rows.columns else pd.Series(None, index=rows.index, dtype=object)
+    rows = rows.assign(image_type=recorded.where(recorded.notna() & (recorded != ""), opts.image_type))
+    return rows[["isic_id", "file", "mask_file", "image_type"]]
 
 
 def generate(opts: GenerateOptions) -> GenerateSummary:
@@ -203,7 +211,8 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         workers, threads = cpu_split(usable_cores(), heavy, opts.workers)
         torch.set_num_threads(threads)
         builder = ManifestBuilder(manifest_path, WSM_MANIFEST, remedy=REWRITE_WSM_MANIFEST)
-        record = _Recorder(journal, builder, provenance, fit_ids, image_bytes)
+        image_types = {i: t if isinstance(t, str) else None for i, t in zip(rows["isic_id"], rows["image_type"])}
+        record = _Recorder(journal, builder, provenance, fit_ids, image_bytes, image_types)
         bar = progress(total=summary.total, initial=summary.skipped, unit="img", desc="generate",
                        enabled=opts.progress)
         try:
@@ -211,6 +220,9 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
                 record.check()
                 if row["status"] == "ok":     # recorded when its map was written
                     summary.done += 1
+                elif row["status"] == "skipped":
+                    record(row)
+                    summary.skipped_types[image_types[row["isic_id"]]] += 1
                 else:
                     record(row)
                     summary.failed[row["isic_id"]] = row["error"]
@@ -250,35 +262,37 @@ def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: Gen
     """Yield one manifest row per image, in no particular order, with bounded work in flight; ``record`` gets the
     row of each map as soon as the map is written."""
     window = max(2, 2 * workers)     # batches prepared ahead of the networks
-    with W.worker_pool(workers, bundle.recipe, out, opts.export_challenge) as pool:
+    recipes = bundle.recipes
+    with W.worker_pool(workers, recipes, out, opts.export_challenge) as pool:
         prepared: deque = deque()
         finishing: set[Future] = set()
         pending = iter(batches(rows))
 
         def refill() -> None:
             while len(prepared) < window and (group := next(pending, None)) is not None:
-                prepared.append([(r.isic_id, r.mask_file, _submit_one(pool, r, opts, record))
-                                 for r in group.itertuples()])
+                prepared.append([(r, _submit_one(pool, r, opts, bundle.recipe, record)) for r in group.itertuples()])
 
         refill()
         while prepared:
             batch = prepared.popleft()
             refill()
             weak = []
-            for isic_id, mask_file, future in batch:
+            for row, future in batch:
                 try:
                     result = future.result()
                 except Exception as err:  # noqa: BLE001 - any failure of one image is recorded, never fatal
-                    yield W.failed(isic_id, err)
+                    yield W.failed(row.isic_id, err)
                     continue
-                if isinstance(result, dict):          # --prefer-official: already written
+                if isinstance(result, dict):          # --prefer-official (written) or a type with no map
                     yield result
                 else:
-                    weak.append((isic_id, mask_file, result))
+                    weak.append((row, result))
             if weak:
-                maps = models.evidence([pre.image for _, _, pre in weak]) if models else [{} for _ in weak]
-                for (isic_id, mask_file, pre), evidence in zip(weak, maps):
-                    future = pool.submit(W.finish, isic_id, pre, evidence, mask_file)
+                keys = [recipe_key(bundle.recipe, row.image_type) for row, _ in weak]
+                maps = _evidence(models, [pre for _, pre in weak], [recipes[k] for k in keys])
+                for (row, pre), evidence, key in zip(weak, maps, keys):
+                    isic_id = row.isic_id
+                    future = pool.submit(W.finish, isic_id, pre, evidence, row.mask_file, key)
                     future.isic_id = isic_id
                     future.add_done_callback(record.when_written)
                     finishing.add(future)
@@ -290,7 +304,18 @@ def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: Gen
             yield from _collect(done)
 
 
-def _submit_one(pool, row, opts: GenerateOptions, record: _Recorder) -> Future:
+def _evidence(models: MapModels | None, pres: list, recipes: list) -> list[dict]:
+    """The networks' maps of a batch, box-prompted where an image's recipe says so."""
+    if models is None:
+        return [{} for _ in pres]
+    return models.box_prompted(pres, models.evidence([pre.image for pre in pres]), recipes)
+
+
+def _submit_one(pool, row, opts: GenerateOptions, recipe, record: _Recorder) -> Future:
+    if recipe_key(recipe, row.image_type) is None:
+        skipped: Future = Future()
+        skipped.set_result(W.skipped(row.isic_id, row.image_type))
+        return skipped
     if opts.prefer_official and isinstance(row.mask_file, str):
         future = pool.submit(W.official, row.isic_id, row.mask_file)
         future.add_done_callback(record.when_written)

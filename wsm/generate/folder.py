@@ -35,17 +35,19 @@ WSM_MANIFEST = pa.schema(
         ("lesion_fraction", pa.float64()),    # pixels labelled 1
         ("uncertain_fraction", pa.float64()), # pixels labelled 255
         ("confidence", pa.float64()),         # wsm.stages.refine.confidence, in [0, 1]
-        ("source", pa.string()),              # weak | official (--prefer-official) | failed
+        ("source", pa.string()),              # weak | official (--prefer-official) | failed | skipped
         ("agreement", pa.float64()),          # Jaccard with the official mask (255 as background), where one exists
         ("mask_used_in_fit", pa.bool_()),     # the official mask was used by fit: agreement is not an honest score
-        ("status", pa.string()),              # ok | failed
-        ("error", pa.string()),               # why it failed
+        ("status", pa.string()),              # ok | failed | skipped (an image type with no map: [image_types])
+        ("error", pa.string()),               # why it failed or was skipped
         ("pipeline_sha256", pa.string()),     # provenance of the run
         ("model_sha256", pa.string()),        # "classifier=...;prior=..."
         ("wsm_version", pa.string()),
         ("image_bytes", pa.int64()),          # the size of the image file the map was made from (checked on resume)
         ("predicted_jaccard", pa.float64()),  # the map's Jaccard as the bundle's quality model predicts it, in [0, 1]
         ("predicted_fail", pa.bool_()),       # predicted_jaccard below 0.65 (wsm.stages.quality.FAIL_BELOW)
+        ("image_type", pa.string()),          # as DATA records it or --image-type gave it (null: not known); it
+                                              # chose the recipe (pipeline [image_types]; unknown: dermoscopic)
     ]
 )
 REWRITE_WSM_MANIFEST = ("move it aside and rerun the `wsm generate` command that wrote it (the maps it no longer lists "

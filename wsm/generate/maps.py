@@ -13,6 +13,7 @@ import numpy as np
 
 from wsm.config.pipeline import PipelineError
 from wsm.config.recipe import Recipe
+from wsm.stages.box_prompt import lesion_box, mix
 from wsm.stages.classic import lesion_prob_classic
 from wsm.stages.preprocess import Preprocessed
 from wsm.stages.quality import predicted_jaccard, quality_signals
@@ -76,6 +77,7 @@ class MapModels:
     recipe: Recipe
     classifier: object | None = None      # torch.nn.Module
     prior: object | None = None           # torch.nn.Module
+    box_segmenter: object | None = None   # wsm.models.medsam, when a recipe of the bundle prompts it with boxes
     device: str = "cpu"
 
     def evidence(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -102,6 +104,28 @@ class MapModels:
                                      flip_tta=self.recipe.prior.flip_tta)
             for item, prob in zip(out, probs):
                 item["prior"] = _resize_prob(prob, size)
+        return out
+
+
+    def box_prompted(self, pres: list[Preprocessed], maps: list[dict[str, np.ndarray]],
+                     recipes: list[Recipe]) -> list[dict[str, np.ndarray]]:
+        """The evidence with each prior map whose recipe prompts the box segmenter replaced by the mix of the two
+        (wsm.stages.box_prompt); a map where the prior finds no lesion stays as it is."""
+        from wsm.models.medsam import box_probs
+
+        out = [dict(m) for m in maps]
+        todo = []
+        for i, (pre, evidence, recipe) in enumerate(zip(pres, maps, recipes)):
+            if recipe.box_prompt.enabled and "prior" in evidence and self.box_segmenter is not None:
+                box = lesion_box(evidence["prior"], pre.valid_mask, recipe.refine.mask_threshold,
+                                 recipe.box_prompt.margin)
+                if box is not None:
+                    todo.append((i, box))
+        if todo:
+            probs = box_probs(self.box_segmenter, [pres[i].image for i, _ in todo], [box for _, box in todo],
+                              self.device)
+            for (i, _), prob in zip(todo, probs):
+                out[i]["prior"] = mix(out[i]["prior"], prob, recipes[i].box_prompt.weight)
         return out
 
 

