@@ -309,3 +309,73 @@ def test_calibration_keeps_the_crf_only_where_it_helps():
     assert result.crf is False and result.prior_weight == 1.0
     assert {g[1] for g in result.grid} == {True, False}
     assert result.apply({"crf": {"iterations": 5}})["crf"] == {"iterations": 5, "enabled": False}
+
+
+def test_offset_mask_moves_the_boundary_but_never_onto_invalid_pixels_nor_from_the_image_border():
+    from wsm.stages.refine import offset_mask
+
+    rgb, disc, frame = synthetic_dermoscopy(128, 128)
+    valid = np.ones(disc.shape, bool)
+    assert np.array_equal(offset_mask(disc, valid, 0), disc)
+    inner, outer = offset_mask(disc, valid, -2), offset_mask(disc, valid, 2)
+    row = int(np.nonzero(disc.any(axis=1))[0].mean())
+    left = int(np.nonzero(disc[row])[0][0])
+    assert np.nonzero(inner[row])[0][0] == left + 2 and np.nonzero(outer[row])[0][0] == left - 2
+    assert (inner <= disc).all() and (disc <= outer).all()
+    big = np.zeros(disc.shape, bool)
+    big[:, :70] = True                                       # a lesion cut by the image border keeps its edge there
+    assert offset_mask(big, valid, -3)[:, 0].all() and not offset_mask(big, valid, -3)[:, 67:].any()
+    assert not (offset_mask(big, ~frame, 3) & frame).any()
+    plain = refine(rgb, np.where(disc, 0.9, 0.1).astype(np.float32), valid, RefineConfig(crf=None))
+    moved = refine(rgb, np.where(disc, 0.9, 0.1).astype(np.float32), valid, RefineConfig(crf=None, offset_px=-2))
+    assert np.array_equal(moved.mask, offset_mask(plain.mask, valid, -2))
+
+
+def _disc_samples(radius_grow: int, n: int = 3):
+    """Samples whose 'prior' is sure of a disc grown by ``radius_grow`` px around the truth (a halo when > 0)."""
+    from wsm.fit.calibrate import Sample
+    from wsm.stages.preprocess import Preprocessed
+
+    samples = []
+    for seed in range(n):
+        rgb, disc, _ = synthetic_dermoscopy(128, 128, seed=seed)
+        disc_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_grow + 1,) * 2)
+        grown = cv2.dilate(disc.astype(np.uint8), disc_kernel) > 0
+        pre = Preprocessed(image=rgb, valid_mask=np.ones(disc.shape, bool), original_size=(128, 128))
+        samples.append(Sample(pre, {"prior": np.where(grown, 0.9, 0.05).astype(np.float32)}, disc))
+    return samples
+
+
+def test_calibration_moves_the_boundary_only_for_masks_drawn_tighter_than_the_maps():
+    from wsm.config.pipeline import load_pipeline
+    from wsm.config.recipe import build_recipe
+    from wsm.fit.calibrate import calibrate
+
+    recipe = build_recipe(load_pipeline("default", "cpu", ["preprocess.working_size=128",
+                                                            "calibration.crf_choices=[false]"]))
+    halo = calibrate(_disc_samples(radius_grow=3), recipe)          # every map 3 px wider than its mask
+    assert halo.offset_px == -3 and halo.jaccard > 0.97
+    assert halo.apply({})["refine"] == {"mask_threshold": halo.mask_threshold, "offset_px": -3}
+    assert calibrate(_disc_samples(radius_grow=0), recipe).offset_px == 0
+
+
+def test_the_lesion_threshold_does_not_buy_certainty_with_true_lesion():
+    from wsm.config.pipeline import load_pipeline
+    from wsm.config.recipe import build_recipe
+    from wsm.fit.calibrate import Sample, calibrate
+    from wsm.generate.maps import label_image
+
+    recipe = build_recipe(load_pipeline("default", "cpu", [
+        "preprocess.working_size=128", "calibration.crf_choices=[false]", "calibration.offsets_px=[0]",
+        "calibration.mask_thresholds=[0.5]"]))
+    samples = []
+    for sample in _disc_samples(radius_grow=3):
+        core = cv2.erode(sample.truth.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (13, 13))) > 0
+        prob = np.where(core, 0.95, np.where(sample.maps["prior"] > 0.5, 0.57, 0.05)).astype(np.float32)
+        samples.append(Sample(sample.pre, {"prior": prob}, sample.truth))
+    # only the core reaches 95% accuracy, but cutting to it would lose a third of the true lesion: the 1s keep it
+    result = calibrate(samples, recipe)
+    assert result.lesion_threshold == 0.5
+    calibrated = build_recipe(result.apply(load_pipeline("default", "cpu", ["preprocess.working_size=128"])))
+    for sample in samples:
+        assert (label_image(sample.pre, sample.maps, calibrated).label_map[sample.truth] == 1).mean() > 0.99

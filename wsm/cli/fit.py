@@ -36,6 +36,11 @@ def register(commands) -> None:
                      help="use the network of a `wsm train` run as the prior instead of training one (self-training: "
                           "the student of one round is the teacher of the next); fit then only calibrates it, and "
                           "every image the run learnt from counts as fitted")
+    fit.add_argument("--from-bundle", type=Path, metavar="BUNDLE",
+                     help="keep the networks of this fitted bundle, unchanged, and only recalibrate (fusion weight, "
+                          "CRF, mask threshold, boundary offset, decision thresholds, quality model) to DATA's "
+                          "masks: for masks drawn by your own protocol (25 or more make it reliable; see README). "
+                          "The recipe is the bundle's; --set may change only calibration and inference settings")
     fit.set_defaults(run=run_fit)
 
 
@@ -65,4 +70,5 @@ def run_fit(args) -> int:
 
     return print_summary(fit(FitOptions(data=args.data, out=args.out, pipeline=args.pipeline, device=args.device,
                                         overrides=fit_overrides(args), exclude_ids=read_id_list(args.exclude),
-                                        prior_run=args.prior_run, progress=not args.quiet)))
+                                        prior_run=args.prior_run, from_bundle=args.from_bundle,
+                                        progress=not args.quiet)))

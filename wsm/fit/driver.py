@@ -4,7 +4,8 @@
 2. where the fitting splits have official masks, a segmentation prior on most of them;
 3. calibration of fusion weight, mask threshold and decision margin on the rest (see wsm.fit.calibrate).
 Images listed in ``exclude_ids`` (a held-out fold) are used for nothing. Training resumes from the
-checkpoints in BUNDLE/work/ if a run was interrupted.
+checkpoints in BUNDLE/work/ if a run was interrupted. Given networks train nothing and only calibrate: a `wsm train`
+RUN as the prior (wsm.fit.prior_run), or every network of a fitted bundle (wsm.fit.source_bundle).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from wsm.config.pipeline import PipelineError, load_pipeline, pipeline_hash
 from wsm.config.recipe import INFERENCE_ONLY, Recipe, build_recipe
 from wsm.fit import bundle as B
 from wsm.fit.prior_run import load_prior, prior_run_settings
+from wsm.fit.source_bundle import SourceBundle, SourceBundleError, open_source
 from wsm.io.atomic import write_json
 from wsm.io.hashing import ids_sha256, sha256_file
 from wsm.io.lock import locks_output
@@ -46,6 +48,7 @@ class FitOptions:
     exclude_ids: frozenset[str] = frozenset()    # used for nothing (a held-out fold)
     progress: bool = True
     prior_run: Path | None = None                # a `wsm train` RUN as the prior instead of training one
+    from_bundle: Path | None = None              # a fitted BUNDLE whose networks are kept; only calibration reruns
 
 
 @dataclass
@@ -60,9 +63,12 @@ class FitSummary:
     data: Path | None = None
     prior_steps: int = 0            # the prior's optimiser steps
     prior_run: Path | None = None   # the `wsm train` run used as the prior
+    from_bundle: Path | None = None  # the bundle whose networks were kept
 
     def lines(self) -> list[str]:
         counts = [f"classifier images {self.classifier_images}"] if self.classifier_images else []
+        if self.from_bundle is not None:
+            counts = [f"the networks of {self.from_bundle}, unchanged (no training)"]
         if self.prior_images:
             counts.append(f"prior masks {self.prior_images}")
         if self.held_out:
@@ -72,8 +78,10 @@ class FitSummary:
             c = self.calibration
             weight = "no prior" if c.prior_weight is None else f"prior weight {c.prior_weight}"
             weight += ", dense CRF" if c.crf else ", no CRF"
-            out.append(f"calibrated on {c.n_images} held-out fitting-split masks: {weight}, "
-                       f"threshold {c.mask_threshold}, Jaccard {c.jaccard:.3f}, certain pixels "
+            which = f"masks of {self.data}" if self.from_bundle is not None else "held-out fitting-split masks"
+            boundary = f", boundary moved {c.offset_px:+d} px" if c.offset_px else ""
+            out.append(f"calibrated on {c.n_images} {which}: {weight}, threshold {c.mask_threshold}{boundary}, "
+                       f"Jaccard {c.jaccard:.3f}, certain pixels "
                        f"{c.certain_fraction:.1%} at accuracy {c.certain_accuracy:.3f}")
             out += self.warnings()
             if self.quality is not None:
@@ -333,11 +341,8 @@ def fit(opts: FitOptions) -> FitSummary:
     from wsm.generate.maps import MapModels
     from wsm.models.weights import weight_source
 
-    overrides, teacher_ids = tuple(opts.overrides), frozenset()
-    if opts.prior_run is not None:
-        run_overrides, teacher_ids = prior_run_settings(opts.prior_run)
-        overrides += run_overrides
-    resolved = load_pipeline(opts.pipeline, "cuda" if opts.device.startswith("cuda") else "cpu", overrides)
+    source = _source(opts)
+    resolved, teacher_ids = _requested_pipeline(opts, source)
     recipe = build_recipe(resolved)
     if recipe.fit.threads:
         torch.set_num_threads(recipe.fit.threads)
@@ -346,7 +351,7 @@ def fit(opts: FitOptions) -> FitSummary:
     warn_unknown_ids("--exclude", opts.exclude_ids, rows["isic_id"], data)
     rows = rows[~rows["isic_id"].isin(opts.exclude_ids)].reset_index(drop=True)
     masked = rows[rows["mask_file"].notna() & rows["split"].isin(recipe.fit.splits)]
-    masked = masked[~masked["isic_id"].isin(teacher_ids)]          # a RUN prior learnt from these: fitted already
+    masked = masked[~masked["isic_id"].isin(teacher_ids)]          # given networks learnt from these: fitted already
     evaluation_ids = held_out_for_evaluation(rows, masked, recipe, opts.exclude_ids)
     rows = rows[~rows["isic_id"].isin(evaluation_ids)].reset_index(drop=True)
     masked = masked[~masked["isic_id"].isin(evaluation_ids)]
@@ -355,9 +360,11 @@ def fit(opts: FitOptions) -> FitSummary:
     prior_rows, calibration_rows = masked[~holdout], masked[holdout]
     if not recipe.uses_prior or not recipe.calibration.enabled:
         prior_rows = masked if recipe.uses_prior else masked.iloc[:0]
-    if opts.prior_run is not None:          # nothing to train: every mask the RUN did not learn from calibrates
-        prior_rows, calibration_rows = masked.iloc[:0], masked
+    if opts.prior_run is not None or source is not None:   # nothing to train: every mask they did not learn from
+        prior_rows, calibration_rows = masked.iloc[:0], masked   # calibrates
     calibrating = recipe.calibration.enabled and len(calibration_rows) and recipe.method != "classic"
+    if source is not None and not calibrating:
+        raise _nothing_to_recalibrate(recipe, data, len(evaluation_ids))
 
     folder = B.BundleFolder(out)
     models = MapModels(recipe, device=opts.device)
@@ -366,7 +373,9 @@ def fit(opts: FitOptions) -> FitSummary:
         if opts.prior_run is not None:
             models.prior, prior_source = load_prior(opts.prior_run, recipe.prior.arch, recipe.prior.encoder)
             models.prior.to(opts.device)
-        if recipe.uses_classifier:
+        if source is not None:
+            source.load_networks(models, opts.device)
+        elif recipe.uses_classifier:
             networks.append(_classifier_network(recipe, data, rows, folder.work, opts.device))
             models.classifier = networks[-1].model
         if recipe.uses_prior and len(prior_rows):
@@ -383,7 +392,8 @@ def fit(opts: FitOptions) -> FitSummary:
     out.mkdir(parents=True, exist_ok=True)
     requested = pipeline_hash(resolved)
     _start_replacing(out, requested)
-    summary = FitSummary(out, held_out=len(evaluation_ids), data=data, prior_run=opts.prior_run)
+    summary = FitSummary(out, held_out=len(evaluation_ids), data=data, prior_run=opts.prior_run,
+                         from_bundle=opts.from_bundle)
     provenance = {"recipe": recipe.name, "method": recipe.method, "seed": recipe.seed, "device": opts.device,
                   "requested_pipeline_sha256": requested,
                   "data": str(data.resolve()), "versions": versions(), "excluded_ids": len(opts.exclude_ids),
@@ -393,6 +403,9 @@ def fit(opts: FitOptions) -> FitSummary:
         B.save_weights_file(models.prior, folder.prior)
         provenance.update(prior_run=str(Path(opts.prior_run).resolve()), prior_run_ids=len(teacher_ids))
         provenance.setdefault("initial_weights", {})["prior"] = prior_source
+    if source is not None:
+        source.copy_networks(folder)
+        provenance.update(source.provenance())
 
     phases = _Phases(_announce_plan(opts, recipe, data, networks, calibration_rows if calibrating else None, models,
                                     evaluation_ids))
@@ -406,8 +419,8 @@ def fit(opts: FitOptions) -> FitSummary:
         provenance[f"{network.name}_losses"] = result.epoch_losses
         provenance.setdefault("initial_weights", {})[network.name] = weight_source(network.model)
         summary.seconds[network.name] = time.perf_counter() - started
-    if recipe.uses_classifier:
-        classes, counts = networks[0].dataset.mapping.classes, networks[0].dataset.class_counts().tolist()
+    for classifier in (n for n in networks if n.name == "classifier"):
+        classes, counts = classifier.dataset.mapping.classes, classifier.dataset.class_counts().tolist()
         provenance.update(classes=list(classes), class_counts=dict(zip(classes, counts)))
         summary.classifier_images = sum(counts)
     summary.prior_images = len(prior_rows) + len(teacher_ids) if models.prior is not None else 0
@@ -420,8 +433,8 @@ def fit(opts: FitOptions) -> FitSummary:
         resolved = summary.calibration.apply(resolved)
         summary.quality = learn_quality(samples, build_recipe(resolved))
         resolved["quality"] = quality_table(summary.quality)
-        write_json(folder.calibration, {**summary.calibration.__dict__,
-                                        "isic_ids": calibration_rows["isic_id"].tolist()[:recipe.calibration.max_images]})
+        provenance["calibration_mask_ids"] = [s.isic_id for s in samples]
+        write_json(folder.calibration, {**summary.calibration.__dict__, "isic_ids": provenance["calibration_mask_ids"]})
         summary.seconds["calibration"] = time.perf_counter() - started
     for prior in (n for n in networks if n.name == "prior"):
         summary.prior_steps = prior.cfg.epochs * -(-len(prior.dataset) // prior.cfg.batch_size)
@@ -431,6 +444,43 @@ def fit(opts: FitOptions) -> FitSummary:
     B.write_pipeline(folder, resolved)
     write_json(folder.provenance, provenance)
     return summary
+
+
+def _source(opts: FitOptions) -> SourceBundle | None:
+    """The bundle whose networks this fit keeps (--from-bundle), checked against the other options; None without."""
+    if opts.from_bundle is None:
+        return None
+    if opts.prior_run is not None:
+        raise SourceBundleError("--from-bundle and --prior-run both give the networks: choose one")
+    if opts.pipeline != "default":
+        raise SourceBundleError(f"--from-bundle takes the source bundle's recipe: leave out --pipeline "
+                                f"{opts.pipeline} (--set may change calibration settings)")
+    return open_source(opts.from_bundle, opts.out)
+
+
+def _requested_pipeline(opts: FitOptions, source: SourceBundle | None) -> tuple[dict, frozenset[str]]:
+    """The resolved recipe this fit follows, and the ids whose masks given networks already learnt from (a RUN
+    prior's lineage, a source bundle's fit_mask_ids): they are fitted, and never calibrate."""
+    if source is not None:
+        return source.resolved(tuple(opts.overrides)), source.fit_ids
+    overrides, fitted = tuple(opts.overrides), frozenset()
+    if opts.prior_run is not None:
+        run_overrides, fitted = prior_run_settings(opts.prior_run)
+        overrides += run_overrides
+    return load_pipeline(opts.pipeline, "cuda" if opts.device.startswith("cuda") else "cpu", overrides), fitted
+
+
+def _nothing_to_recalibrate(recipe: Recipe, data: Path, held_out: int) -> DataError:
+    """Why a --from-bundle fit has no mask to calibrate on, and what to do."""
+    if not recipe.calibration.enabled:
+        return DataError("--from-bundle only recalibrates, and calibration.enabled=false turns that off: drop it")
+    if held_out:
+        return DataError(f"--from-bundle: every mask {data} has left for calibration was held out for the report "
+                         f"({held_out}); import more masks, or use them all: --set fit.eval_fraction=0")
+    return DataError(f"--from-bundle: {data} has no official masks in the fitting splits "
+                     f"({', '.join(recipe.fit.splits)}) outside --exclude and the source bundle's own fit, so there "
+                     "is nothing to calibrate to; import your masks with `wsm import --images DIR --masks DIR "
+                     f"--out {data}` (a dataset of your own goes to the train split)")
 
 
 def _announce_plan(opts: FitOptions, recipe: Recipe, data: Path, networks: list, calibration_rows, models,
