@@ -22,7 +22,7 @@ from urllib.parse import urljoin
 import requests
 
 from .errors import ArchiveResponseError, ArchiveUnreachableError, QueryError
-from .ids import check_http_url, check_isic_id
+from .ids import check_http_url
 from .transfer import RetryPolicy, read_body
 
 log = logging.getLogger(__name__)
@@ -201,22 +201,6 @@ def count_images(session, api_url: str, query: str = "", collections: str = "",
     if not isinstance(count, int):
         raise ArchiveResponseError(f"the first search page has no integer 'count' (got {count!r})")
     return count
-
-
-def search_size(session, api_url: str, query: str = "", collections: str = "") -> int:
-    body = _get_json(session, urljoin(api_url, "images/search/size/"), {"query": query, "collections": collections})
-    if not isinstance(body, dict) or not isinstance(body.get("size"), int):
-        raise ArchiveResponseError(f"images/search/size/ answered {str(body)[:120]!r}, expected {{'size': int}}")
-    return body["size"]
-
-
-def get_image(session, api_url: str, isic_id: str) -> dict:
-    return _get_json(session, urljoin(api_url, f"images/{check_isic_id(isic_id)}/"))
-
-
-def iter_collections(session, api_url: str) -> Iterator[dict]:
-    for page in iter_pages(session, urljoin(api_url, "collections/")):
-        yield from page["results"]
 
 
 def get_license_text(session, api_url: str, license_name: str, policy: RetryPolicy = RetryPolicy()) -> str:
