@@ -17,7 +17,7 @@ from wsm.stages.box_prompt import lesion_box, mix
 from wsm.stages.classic import lesion_prob_classic
 from wsm.stages.preprocess import Preprocessed
 from wsm.stages.quality import predicted_jaccard, quality_signals
-from wsm.stages.refine import confidence, decide, fuse, refine
+from wsm.stages.refine import confidence, decide, fuse, refine, resize_prob
 
 
 class Labelled(NamedTuple):
@@ -92,7 +92,7 @@ class MapModels:
             batch = to_batch(images, self.recipe.classifier.size, self.device)
             cams = cam_maps(self.classifier, batch, method=self.recipe.cam.method, flip_tta=self.recipe.cam.flip_tta)
             for item, cam in zip(out, cams):
-                item["cam"] = _resize_prob(cam, size)
+                item["cam"] = resize_prob(cam, (size, size))
         if self.prior is not None:
             import torch
 
@@ -103,7 +103,7 @@ class MapModels:
                 probs = predict_prob(self.prior, to_batch(images, self.recipe.prior.size, self.device),
                                      flip_tta=self.recipe.prior.flip_tta)
             for item, prob in zip(out, probs):
-                item["prior"] = _resize_prob(prob, size)
+                item["prior"] = resize_prob(prob, (size, size))
         return out
 
 
@@ -136,15 +136,6 @@ def to_batch(images: list[np.ndarray], size: int, device: str):
     from wsm.train.datasets import image_tensor, resize_square
 
     return torch.stack([image_tensor(resize_square(img, size)) for img in images]).to(device)
-
-
-def _resize_prob(prob: np.ndarray, size: int) -> np.ndarray:
-    import cv2
-
-    prob = np.asarray(prob, dtype=np.float32)
-    if prob.shape != (size, size):
-        prob = cv2.resize(prob, (size, size), interpolation=cv2.INTER_LINEAR)
-    return np.clip(prob, 0.0, 1.0)
 
 
 def prepare(path, cfg, max_pixels: int | None = None) -> Preprocessed:

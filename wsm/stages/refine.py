@@ -373,3 +373,12 @@ def to_original_size(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarray
     if label_map.shape == (height, width):
         return label_map.copy()
     return np.ascontiguousarray(cv2.resize(label_map, (width, height), interpolation=cv2.INTER_NEAREST_EXACT))
+
+
+def resize_prob(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A probability map resampled bilinearly to ``shape`` = ``(height, width)``, float32 in [0, 1] (the one way
+    wsm resizes maps of probabilities: networks' outputs to the working size or to an image's size)."""
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.shape != tuple(shape):
+        prob = cv2.resize(prob, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
+    return np.clip(prob, 0.0, 1.0)

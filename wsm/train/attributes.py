@@ -36,6 +36,7 @@ from archive_client.challenges import ATTRIBUTES, attribute_file_name
 from wsm.io.images import read_mask, write_label_png
 from wsm.io.lock import locks_output
 from wsm.selection import DataError, read_truth
+from wsm.stages.refine import resize_prob
 from wsm.train.augment import SEGMENTER_AUGMENT, augment
 from wsm.train.datasets import LazyImages, image_tensor, resize_square
 from wsm.train.driver import Evaluation, Plan, Trained, execute
@@ -160,8 +161,7 @@ def write_predictions(model, data: Path, rows: pd.DataFrame, size: int, batch_si
     for (isic_id, file), prob in progress_bar(zip(zip(rows["isic_id"], rows["file"]), probs), total=len(rows),
                                               desc="predict", unit="img", enabled=progress):
         width, height = image_size(data / file)
-        full = [cv2.resize(p.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > threshold
-                for p in prob]
+        full = [resize_prob(p, (height, width)) > threshold for p in prob]
         lesion = clean_attribute(full[-1], min_area=0.001) if channels[-1] == LESION else None
         for name, mask in zip(ATTRIBUTES, full):
             pixels = clean_attribute(mask, within=lesion).astype(np.uint8) * 255

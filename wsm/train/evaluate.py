@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from wsm.stages.refine import resize_prob
+
 
 class _Inputs:
     """Eval inputs: images at the working size, normalised, with an optional guide channel (0..255 -> 0..1)."""
@@ -42,14 +44,6 @@ def batched_predictions(predict: Callable, data: Path, files: list[str], size: i
         yield from predict(batch)
 
 
-def _to_size(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    if prob.shape == shape:
-        return prob
-    return cv2.resize(prob, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-
-
 def evaluate_binary(predict: Callable, data: Path, rows: pd.DataFrame, size: int, batch_size: int,
                     threshold: float = 0.5, guide_files: list[str] | None = None,
                     predictions_dir: Path | None = None, progress: bool = False) -> tuple[dict, list[dict]]:
@@ -69,7 +63,7 @@ def evaluate_binary(predict: Callable, data: Path, rows: pd.DataFrame, size: int
     for (isic_id, mask_file), prob in progress_bar(zip(zip(rows["isic_id"], rows["mask_file"]), preds),
                                                    total=len(rows), desc="evaluate", unit="img", enabled=progress):
         truth = read_mask(data / mask_file)
-        pred = np.where(_to_size(np.asarray(prob, np.float32), truth.shape) > threshold, 255, 0).astype(np.uint8)
+        pred = np.where(resize_prob(prob, truth.shape) > threshold, 255, 0).astype(np.uint8)
         if predictions_dir is not None:
             write_label_png(Path(predictions_dir) / f"{isic_id}_segmentation.png", pred)
         per_image.append({"isic_id": isic_id, **score_mask(truth, pred)})
@@ -107,4 +101,4 @@ def evaluate_classes(predict: Callable, data: Path, rows: pd.DataFrame, size: in
 
 def _class_map_to(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """(K, S, S) probabilities -> (H, W) argmax after resizing each class's map (bilinear)."""
-    return np.stack([_to_size(p.astype(np.float32), shape) for p in probs]).argmax(axis=0)
+    return np.stack([resize_prob(p, shape) for p in probs]).argmax(axis=0)
