@@ -262,7 +262,9 @@ def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, d
                               **pixels_key(recipe)}))
 
 
-def _samples(recipe: Recipe, data: Path, rows: pd.DataFrame, models, bar=None) -> list:
+def calibration_samples(recipe: Recipe, data: Path, rows: pd.DataFrame, models, bar=None) -> list:
+    """A wsm.fit.calibrate.Sample of each masked row of DATA: the image as ``recipe`` preprocesses it, the maps of
+    ``models`` (wsm.generate.maps.MapModels), the mask at the working size."""
     from wsm.fit.calibrate import Sample
     from wsm.generate.maps import prepare, truth_at
 
@@ -284,7 +286,7 @@ def _calibrate(recipe: Recipe, data: Path, rows: pd.DataFrame, models, progress:
 
     rows = rows.head(recipe.calibration.max_images)
     bar = progress_bar(total=2 * len(rows), desc="calibrate", unit="img", enabled=progress)
-    samples = _samples(recipe, data, rows, models, bar)
+    samples = calibration_samples(recipe, data, rows, models, bar)
     result = calibrate(samples, recipe, progress=bar)
     bar.close()
     return result, samples
@@ -295,7 +297,7 @@ def _calibration_estimate_s(recipe: Recipe, data: Path, rows: pd.DataFrame, mode
     from wsm.fit.calibrate import calibrate
 
     started = time.perf_counter()
-    calibrate(_samples(recipe, data, rows.head(1), models), recipe)
+    calibrate(calibration_samples(recipe, data, rows.head(1), models), recipe)
     return (time.perf_counter() - started) * min(len(rows), recipe.calibration.max_images)
 
 
