@@ -94,10 +94,7 @@ class Bundle:
             net = create_segmenter(self.recipe.prior.arch, self.recipe.prior.encoder)
             load_weights(net, self.folder / PRIOR)
             models.prior = net.to(device).eval()
-            if any(r.box_prompt.enabled for r in self.recipes.values()):
-                from wsm.models.medsam import load_box_segmenter
-
-                models.box_segmenter = load_box_segmenter(device)
+            models.box_prompts = any(r.box_prompt.enabled for r in self.recipes.values())
         return models
 
     def with_inference_overrides(self, overrides: Sequence[str]) -> Bundle:

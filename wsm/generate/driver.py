@@ -209,6 +209,7 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         models = bundle.load_models(opts.device) if networks else None
         heavy = heavy_net_on_cpu(models, bundle.recipe, opts.device)
         workers, threads = cpu_split(usable_cores(), heavy, opts.workers)
+        threads_before = torch.get_num_threads()      # given back at the end: a caller's later work is unchanged
         torch.set_num_threads(threads)
         builder = ManifestBuilder(manifest_path, WSM_MANIFEST, remedy=REWRITE_WSM_MANIFEST)
         image_types = {i: t if isinstance(t, str) else None for i, t in zip(rows["isic_id"], rows["image_type"])}
@@ -231,6 +232,7 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         finally:
             bar.close()
             record.write()
+            torch.set_num_threads(threads_before)
             summary.seconds = time.perf_counter() - started
     summary.quality = predicted_quality(manifest_path)
     return summary

@@ -77,8 +77,17 @@ class MapModels:
     recipe: Recipe
     classifier: object | None = None      # torch.nn.Module
     prior: object | None = None           # torch.nn.Module
-    box_segmenter: object | None = None   # wsm.models.medsam, when a recipe of the bundle prompts it with boxes
+    box_prompts: bool = False             # a recipe of the bundle prompts the box segmenter (wsm.models.medsam)
     device: str = "cpu"
+    _box_segmenter: object | None = None  # loaded when an image first needs it
+
+    @property
+    def box_segmenter(self):
+        if self._box_segmenter is None:
+            from wsm.models.medsam import load_box_segmenter
+
+            self._box_segmenter = load_box_segmenter(self.device)
+        return self._box_segmenter
 
     def evidence(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """Per image: map name -> float32 (S, S) in [0, 1] at the working size of the (S, S, 3) uint8 inputs."""
@@ -116,7 +125,7 @@ class MapModels:
         out = [dict(m) for m in maps]
         todo = []
         for i, (pre, evidence, recipe) in enumerate(zip(pres, maps, recipes)):
-            if recipe.box_prompt.enabled and "prior" in evidence and self.box_segmenter is not None:
+            if recipe.box_prompt.enabled and "prior" in evidence and self.box_prompts:
                 box = lesion_box(evidence["prior"], pre.valid_mask, recipe.refine.mask_threshold,
                                  recipe.box_prompt.margin)
                 if box is not None:
