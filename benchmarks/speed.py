@@ -98,7 +98,8 @@ def stage_times(bundle: Path, files: list[Path], overrides: tuple[str, ...] = ()
 def bare_classifier_seconds(bundle: Path, files: list[Path], batch: int = 16) -> float:
     """Forward+backward of the classifier on the images, already decoded and resized (the network alone)."""
     from wsm.fit.bundle import load_bundle
-    from wsm.generate.maps import prepare, to_batch
+    from wsm.generate.maps import prepare
+    from wsm.models.inputs import to_batch
 
     b = load_bundle(bundle)
     net = b.load_models("cpu", skip_unweighted=False).classifier
@@ -121,7 +122,7 @@ def bare_loop_seconds(bundle: Path, files: list[Path], out: Path, batch: int = 1
 
     from wsm.fit.bundle import load_bundle
     from wsm.stages.preprocess import shades_of_grey
-    from wsm.train.augment import normalize
+    from wsm.models.inputs import normalize
 
     b = load_bundle(bundle)
     net, size = b.load_models("cpu", skip_unweighted=False).prior, b.recipe.prior.size

@@ -140,14 +140,14 @@ def test_images_of_a_folder_take_the_type_given(typed_bundle, tmp_path):
 def test_the_box_segmenter_outlines_real_clinical_lesions_from_their_box(shared_data):
     """LiteMedSAM, prompted with the true lesion's box (grown by the default margin) on real clinical photographs
     it never saw, outlines them: the packaged weights load and the prompt is in the right pixels."""
-    from wsm.generate.maps import truth_at
+    from wsm.models.inputs import truth_at
     from wsm.models.medsam import box_probs, load_box_segmenter
     from wsm.stages.preprocess import PreprocessConfig
 
     root = shared_data / "clinical-dermis"
     if not (root / "pairs.csv").exists():
         pytest.skip(f"needs {root}")
-    from wsm.generate.maps import preprocessed_file
+    from wsm.models.inputs import preprocessed_file
 
     with open(root / "pairs.csv", newline="") as fh:
         pairs = list(csv.DictReader(fh))[:4]

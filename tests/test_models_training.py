@@ -14,7 +14,8 @@ from PIL import Image  # noqa: E402
 
 from wsm.models.classifier import create_classifier  # noqa: E402
 from wsm.models.segmentation import create_segmenter  # noqa: E402
-from wsm.train.augment import WEAK_MAP_AUGMENT, AugmentConfig, augment, denormalize, normalize  # noqa: E402
+from wsm.models.inputs import denormalize, normalize  # noqa: E402
+from wsm.train.augment import WEAK_MAP_AUGMENT, AugmentConfig, augment  # noqa: E402
 from wsm.train.datasets import (ISIC_CLASS_TABLE, ClassifierDataset, ClassMapping, SegmentationDataset,  # noqa: E402
                                 segmentation_rows)
 from wsm.train.loop import (TrainConfig, _param_groups, class_weights, classification_loss, load_weights,  # noqa: E402
@@ -268,7 +269,7 @@ def test_segmentation_dataset_reads_early_epochs_at_the_early_size(seg_data):
 
 
 def test_datasets_show_networks_the_preprocessing_generate_applies(seg_data, cls_data):
-    from wsm.generate.maps import to_batch
+    from wsm.models.inputs import to_batch
     from wsm.io.images import read_image
     from wsm.stages.preprocess import PreprocessConfig, preprocess
 

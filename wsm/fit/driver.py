@@ -266,7 +266,8 @@ def calibration_samples(recipe: Recipe, data: Path, rows: pd.DataFrame, models, 
     """A wsm.fit.calibrate.Sample of each masked row of DATA: the image as ``recipe`` preprocesses it, the maps of
     ``models`` (wsm.generate.maps.MapModels), the mask at the working size."""
     from wsm.fit.calibrate import Sample
-    from wsm.generate.maps import prepare, truth_at
+    from wsm.generate.maps import prepare
+    from wsm.models.inputs import truth_at
 
     size, samples, batch = recipe.preprocess.working_size, [], 16
     for start in range(0, len(rows), batch):

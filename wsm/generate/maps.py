@@ -13,6 +13,7 @@ import numpy as np
 
 from wsm.config.pipeline import PipelineError
 from wsm.config.recipe import Recipe
+from wsm.models.inputs import preprocessed_file, to_batch
 from wsm.stages.box_prompt import lesion_box, mix
 from wsm.stages.classic import lesion_prob_classic
 from wsm.stages.preprocess import Preprocessed
@@ -138,36 +139,9 @@ class MapModels:
         return out
 
 
-def to_batch(images: list[np.ndarray], size: int, device: str):
-    """(S, S, 3) uint8 images -> a normalised (N, 3, size, size) float tensor on ``device``."""
-    import torch
-
-    from wsm.train.datasets import image_tensor, resize_square
-
-    return torch.stack([image_tensor(resize_square(img, size)) for img in images]).to(device)
-
-
 def prepare(path, cfg, max_pixels: int | None = None) -> Preprocessed:
     """Decode an image file and preprocess it (the I/O edge of the per-image work)."""
     from wsm.io.images import image_size
 
     # the label map goes back to the file's true size, not to that of a JPEG decoded at a smaller scale
     return preprocessed_file(path, cfg, max_pixels)._replace(original_size=image_size(path))
-
-
-def preprocessed_file(path, cfg, max_pixels: int | None = None) -> Preprocessed:
-    """An image file decoded and preprocessed as the networks see it, in generate and in training alike
-    (``original_size`` is the decoded size: see :func:`prepare`)."""
-    from wsm.io.images import DEFAULT_MAX_PIXELS, read_image
-    from wsm.stages.preprocess import preprocess
-
-    # min_side lets a large JPEG decode at 1/2..1/8 scale
-    return preprocess(read_image(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, min_side=cfg.working_size), cfg)
-
-
-def truth_at(path, size: int) -> np.ndarray:
-    """An official 0/255 mask as bool at the (size, size) working size (nearest neighbour)."""
-    from wsm.io.images import read_mask
-    from wsm.train.datasets import resize_square
-
-    return resize_square(read_mask(path), size, nearest=True) > 128

@@ -38,7 +38,8 @@ from wsm.io.lock import locks_output
 from wsm.selection import DataError, read_truth
 from wsm.stages.refine import resize_prob
 from wsm.train.augment import SEGMENTER_AUGMENT, augment
-from wsm.train.datasets import LazyImages, image_tensor, resize_square
+from wsm.models.inputs import image_tensor, resize_square
+from wsm.train.datasets import LazyImages
 from wsm.train.driver import Evaluation, Plan, Trained, execute
 from wsm.train.options import NO_EVAL, TrainOptions, TrainSummary, as_train_error
 from wsm.train.rows import check_no_overlap

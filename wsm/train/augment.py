@@ -11,7 +11,7 @@ the dev set's square centre crops show lesions large and undistorted, while whol
 square working size show them smaller and stretched; and a colour jitter after the gamma (``brightness``,
 ``contrast``, ``saturation`` factors, a ``hue_deg`` shift), as other cameras and lights show skin.
 
-and :func:`normalize` maps the result to float32 with the ISIC mean and std. Geometric steps move the mask with the
+and :func:`wsm.models.inputs.normalize` maps the result to float32 with the ISIC mean and std. Geometric steps move the mask with the
 image (nearest-neighbour for the mask, bilinear for the image, zero outside the rotated frame, which reads as the
 dark dermoscope vignette); photometric steps and dropout touch the image only.
 
@@ -40,18 +40,12 @@ __all__ = [
     "AugmentConfig",
     "CLASSIFIER_AUGMENT",
     "COLOUR_JITTER",
-    "ISIC_MEAN",
-    "ISIC_STD",
     "SEGMENTER_AUGMENT",
     "WEAK_AUGMENTS",
     "WEAK_MAP_AUGMENT",
     "augment",
-    "denormalize",
-    "normalize",
 ]
 
-ISIC_MEAN = (0.6681, 0.5301, 0.5247)  # RGB, of images scaled to [0, 1]
-ISIC_STD = (0.1337, 0.1480, 0.1595)
 
 
 @dataclass(frozen=True)
@@ -174,15 +168,3 @@ def augment(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray | None
     img = np.clip(np.rint(x), 0, 255).astype(np.uint8)
     img = _coarse_dropout(rng, img, cfg)
     return img, msk
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W, 3) float32, (x / 255 - ISIC_MEAN) / ISIC_STD."""
-    x = image.astype(np.float32) / 255.0
-    return (x - np.asarray(ISIC_MEAN, np.float32)) / np.asarray(ISIC_STD, np.float32)
-
-
-def denormalize(image: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`normalize`: (H, W, 3) float -> (H, W, 3) uint8 RGB (rounded, clipped)."""
-    x = np.asarray(image, np.float32) * np.asarray(ISIC_STD, np.float32) + np.asarray(ISIC_MEAN, np.float32)
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)

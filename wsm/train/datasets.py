@@ -28,7 +28,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -37,7 +36,8 @@ from torch.utils.data import Dataset
 from wsm.io.images import (ISIC_WSM, image_size, read_class_map, read_image, read_lesion_map, read_mask,
                            read_official_mask)
 from wsm.stages.preprocess import PreprocessConfig
-from wsm.train.augment import CLASSIFIER_AUGMENT, SEGMENTER_AUGMENT, AugmentConfig, augment, normalize
+from wsm.models.inputs import image_tensor, preprocessed_file, resize_square
+from wsm.train.augment import CLASSIFIER_AUGMENT, SEGMENTER_AUGMENT, AugmentConfig, augment
 
 __all__ = [
     "DIAGNOSIS_FIELDS",
@@ -47,7 +47,6 @@ __all__ = [
     "ClassifierDataset",
     "LabelMapDataset",
     "SegmentationDataset",
-    "resize_square",
     "segmentation_rows",
 ]
 
@@ -163,27 +162,6 @@ def _records(rows, columns: Iterable[str]) -> list[dict]:
     return [{c: r.get(c) for c in columns} for r in rows]
 
 
-def resize_square(array: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    """Resize to (size, size): area averaging when shrinking, bilinear when enlarging, nearest for masks."""
-    h, w = array.shape[:2]
-    if (h, w) == (size, size):
-        return array
-    if nearest:
-        interpolation = cv2.INTER_NEAREST
-    else:
-        interpolation = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
-    return cv2.resize(array, (size, size), interpolation=interpolation)
-
-
-def image_tensor(image: np.ndarray, guide: np.ndarray | None = None) -> torch.Tensor:
-    """(H, W, 3) uint8 -> normalised (3, H, W) float32; with ``guide``, an (H, W) 8-bit map (a coarse mask, a
-    class activation map) as a 4th channel scaled 0..255 -> 0..1. Every network input in wsm is made here."""
-    x = torch.from_numpy(np.ascontiguousarray(normalize(image).transpose(2, 0, 1)))
-    if guide is None:
-        return x
-    return torch.cat([x, torch.from_numpy(guide.astype(np.float32) / 255.0)[None]])
-
-
 class LazyImages(Dataset):
     """Shared parts: the DATA root, the working size, the seed and the epoch.
 
@@ -218,8 +196,6 @@ class LazyImages(Dataset):
         # min_side lets a large JPEG decode at 1/2..1/8 scale when it will be shrunk to the working size anyway
         if self.pixels is None:
             return resize_square(read_image(self.data_root / file, min_side=self.size), self.size)
-        from wsm.generate.maps import preprocessed_file
-
         return resize_square(preprocessed_file(self.data_root / file, self.pixels).image, self.size)
 
 

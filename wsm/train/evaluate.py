@@ -21,7 +21,7 @@ class _Inputs:
 
     def __getitem__(self, index: int):
         from wsm.io.images import read_image, read_mask
-        from wsm.train.datasets import image_tensor, resize_square
+        from wsm.models.inputs import image_tensor, resize_square
 
         image = resize_square(read_image(self.data / self.files[index], min_side=self.size), self.size)
         guide = None

@@ -195,7 +195,8 @@ def _guided_classifier_dataset(data: Path, rows: pd.DataFrame, size: int, mappin
 
     from wsm.io.images import read_mask
     from wsm.train.augment import augment
-    from wsm.train.datasets import ClassifierDataset, image_tensor, resize_square
+    from wsm.models.inputs import image_tensor, resize_square
+    from wsm.train.datasets import ClassifierDataset
 
     class GuidedClassifierDataset(ClassifierDataset):
         def __init__(self):

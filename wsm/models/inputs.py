@@ -1,0 +1,71 @@
+"""From a file or pixels to a network's input, the one road fit, generate, train and its evaluation all take:
+decode and preprocess (:func:`preprocessed_file`), resize to a square (:func:`resize_square`), normalise with the
+ISIC mean and std (:func:`normalize`) into a tensor (:func:`image_tensor`, :func:`to_batch`)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from wsm.stages.preprocess import Preprocessed
+
+ISIC_MEAN = (0.6681, 0.5301, 0.5247)  # RGB, of images scaled to [0, 1]
+ISIC_STD = (0.1337, 0.1480, 0.1595)
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W, 3) float32, (x / 255 - ISIC_MEAN) / ISIC_STD."""
+    x = image.astype(np.float32) / 255.0
+    return (x - np.asarray(ISIC_MEAN, np.float32)) / np.asarray(ISIC_STD, np.float32)
+
+
+def denormalize(image: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`normalize`: (H, W, 3) float -> (H, W, 3) uint8 RGB (rounded, clipped)."""
+    x = np.asarray(image, np.float32) * np.asarray(ISIC_STD, np.float32) + np.asarray(ISIC_MEAN, np.float32)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def resize_square(array: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """Resize to (size, size): area averaging when shrinking, bilinear when enlarging, nearest for masks."""
+    h, w = array.shape[:2]
+    if (h, w) == (size, size):
+        return array
+    if nearest:
+        interpolation = cv2.INTER_NEAREST
+    else:
+        interpolation = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
+    return cv2.resize(array, (size, size), interpolation=interpolation)
+
+
+def image_tensor(image: np.ndarray, guide: np.ndarray | None = None):
+    """(H, W, 3) uint8 -> normalised (3, H, W) float32 tensor; with ``guide``, an (H, W) 8-bit map (a coarse mask, a
+    class activation map) as a 4th channel scaled 0..255 -> 0..1. Every network input in wsm is made here."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(normalize(image).transpose(2, 0, 1)))
+    if guide is None:
+        return x
+    return torch.cat([x, torch.from_numpy(guide.astype(np.float32) / 255.0)[None]])
+
+
+def to_batch(images: list[np.ndarray], size: int, device: str):
+    """(S, S, 3) uint8 images -> a normalised (N, 3, size, size) float tensor on ``device``."""
+    import torch
+
+    return torch.stack([image_tensor(resize_square(img, size)) for img in images]).to(device)
+
+
+def preprocessed_file(path, cfg, max_pixels: int | None = None) -> Preprocessed:
+    """An image file decoded and preprocessed as the networks see it, in generate and in training alike
+    (``original_size`` is the decoded size: see wsm.generate.maps.prepare)."""
+    from wsm.io.images import DEFAULT_MAX_PIXELS, read_image
+    from wsm.stages.preprocess import preprocess
+
+    # min_side lets a large JPEG decode at 1/2..1/8 scale
+    return preprocess(read_image(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, min_side=cfg.working_size), cfg)
+
+
+def truth_at(path, size: int) -> np.ndarray:
+    """An official 0/255 mask as bool at the (size, size) working size (nearest neighbour)."""
+    from wsm.io.images import read_mask
+
+    return resize_square(read_mask(path), size, nearest=True) > 128
