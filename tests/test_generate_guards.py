@@ -117,3 +117,23 @@ def test_damaged_maps_are_made_again_on_resume(data, wsm, bundle, tmp_path, caps
         {k: v for k, v in good.items() if k.endswith(".png")}
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     assert all(r["image_bytes"] == (data / "images" / f"{r['isic_id']}.jpg").stat().st_size for r in rows)
+
+
+@pytest.mark.parametrize("table, column, bad", [("manifest.parquet", "file", "../outside.jpg"),
+                                                ("manifest.parquet", "file", "/etc/hostname"),
+                                                ("gt_manifest.parquet", "mask_file", "masks/../../outside.png")])
+def test_a_data_manifest_naming_a_file_outside_data_is_refused(data, bundle, wsm, tmp_path, table, column, bad,
+                                                               capsys):
+    """Nothing outside DATA is read, scored or trained on, whatever an edited or foreign manifest names."""
+    import pyarrow as pa
+
+    copy = tmp_path / "DATA"
+    shutil.copytree(data, copy)
+    rows = pq.read_table(copy / table)
+    values = rows.column(column).to_pylist()
+    rows = rows.set_column(rows.schema.get_field_index(column), column, pa.array([bad, *values[1:]]))
+    pq.write_table(rows, copy / table)
+    assert _generate("--data", str(copy), "--bundle", str(bundle), "--out", str(tmp_path / "WSM")) == 2
+    assert "not a path inside DATA" in capsys.readouterr().err
+    assert main(["-q", "report", "--data", str(copy), "--maps", str(wsm), "--out", str(tmp_path / "REPORT")]) == 2
+    assert "not a path inside DATA" in capsys.readouterr().err

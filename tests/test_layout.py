@@ -58,6 +58,17 @@ def test_shared_io_and_the_archive_client_use_only_the_shared_layer_of_wsm():
     assert not offenders, f"imports above the shared layer: {offenders}"
 
 
+LOWER = ("wsm.io", "wsm.config", "wsm.stages", "wsm.models", "wsm.selection")   # below the command folders
+COMMANDS = ("wsm.fit", "wsm.generate", "wsm.report", "wsm.train", "wsm.cli", "wsm.demo")
+
+
+def test_the_layers_below_the_commands_never_import_a_command_folder_even_inside_a_function():
+    offenders = {name: sorted(m for m in imported if m.startswith(COMMANDS))
+                 for name, imported in _graph(top_level_only=False).items() if name.startswith(LOWER)}
+    offenders = {name: bad for name, bad in offenders.items() if bad}
+    assert not offenders, f"upward imports: {offenders}"
+
+
 def test_no_import_cycle_at_module_level():
     graph = _graph(top_level_only=True)
     state: dict[str, int] = {}      # 1: on the current path, 2: done

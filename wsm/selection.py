@@ -33,7 +33,18 @@ def read_manifest(data_root: Path | str) -> pd.DataFrame:
     rows = read_frame(layout.manifest)
     if not {"isic_id", "file"} <= set(rows.columns):
         raise DataError(_not_data(layout, rows.columns))
+    _check_inside(rows["file"], layout.manifest, "move it aside and rerun the `wsm download` or `wsm import` command "
+                  "that wrote it")
     return rows.sort_values("isic_id", ignore_index=True)
+
+
+def _check_inside(paths: pd.Series, manifest: Path, remedy: str) -> None:
+    """Every path a DATA manifest names is relative and stays inside DATA (a manifest written elsewhere or edited
+    could name any file of the machine: none is read, scored or trained on)."""
+    for path in paths.dropna():
+        parts = Path(str(path)).parts
+        if not parts or Path(str(path)).is_absolute() or ".." in parts or "\\" in str(path):
+            raise DataError(f"{manifest} names {str(path)[:200]!r}, which is not a path inside DATA; {remedy}")
 
 
 def _not_data(layout: DataLayout, columns) -> str:
@@ -52,6 +63,7 @@ def read_truth(data_root: Path | str) -> pd.DataFrame:
     if not layout.gt_manifest.exists():
         return pd.DataFrame(columns=columns)
     gt = read_frame(layout.gt_manifest, remedy=REWRITE_GT_MANIFEST)
+    _check_inside(gt.get("mask_file", pd.Series(dtype=object)), layout.gt_manifest, REWRITE_GT_MANIFEST)
     gt = gt.rename(columns={"width": "mask_width", "height": "mask_height"})
     gt = gt.sort_values(["isic_id", "challenge"]).drop_duplicates("isic_id", keep="last")
     return gt[columns].reset_index(drop=True)
