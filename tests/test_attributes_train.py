@@ -13,7 +13,7 @@ from attribute_factory import SAMPLE, write_attribute_folder
 from archive_client.challenges import ATTRIBUTES
 from wsm.report.attributes import normalised_counts, task2_scores
 from wsm.train.attributes import AttributeDataset, clean_attribute
-from wsm.train.losses import MultiLabelFocal, positive_weights
+from wsm.learn.losses import MultiLabelFocal, positive_weights
 
 
 def _rows(pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> pd.DataFrame:

@@ -213,7 +213,7 @@ def test_checkpoints_and_weights_report_a_full_disk_as_an_os_error(tmp_path, mon
     import torch
 
     from wsm.errors import disk_error
-    from wsm.train import loop
+    from wsm.learn import loop
 
     def no_space(*args, **kwargs):
         raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")

@@ -58,7 +58,7 @@ def test_shared_io_and_the_archive_client_use_only_the_shared_layer_of_wsm():
     assert not offenders, f"imports above the shared layer: {offenders}"
 
 
-LOWER = ("wsm.io", "wsm.config", "wsm.stages", "wsm.models", "wsm.selection")   # below the command folders
+LOWER = ("wsm.io", "wsm.config", "wsm.stages", "wsm.models", "wsm.learn", "wsm.selection")   # below the commands
 COMMANDS = ("wsm.fit", "wsm.generate", "wsm.report", "wsm.train", "wsm.cli", "wsm.demo")
 
 

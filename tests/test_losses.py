@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsm.train.losses import (LOSSES, BCEDice, BinaryCrossEntropy, Focal, HybridLoss, RankLoss, SoftDice,
+from wsm.learn.losses import (LOSSES, BCEDice, BinaryCrossEntropy, Focal, HybridLoss, RankLoss, SoftDice,
                               WeightedCrossEntropy, create_loss, rank_loss)
 
 torch.set_num_threads(1)

@@ -20,7 +20,7 @@ from wsm.generate.folder import WSM_MANIFEST
 from wsm.io.images import ImageDecodeError, MapSizeError, read_lesion_map, read_mask, write_label_png
 from wsm.report.driver import build_report
 from wsm.report.maps import ReportError
-from wsm.train.datasets import LabelMapDataset
+from wsm.learn.datasets import LabelMapDataset
 from wsm.train.rows import training_rows
 
 IDS = [f"ISIC_{i:07d}" for i in range(6)]

@@ -15,12 +15,12 @@ from PIL import Image  # noqa: E402
 from wsm.models.classifier import create_classifier  # noqa: E402
 from wsm.models.segmentation import create_segmenter  # noqa: E402
 from wsm.models.inputs import denormalize, normalize  # noqa: E402
-from wsm.train.augment import WEAK_MAP_AUGMENT, AugmentConfig, augment  # noqa: E402
-from wsm.train.datasets import (ISIC_CLASS_TABLE, ClassifierDataset, ClassMapping, SegmentationDataset,  # noqa: E402
+from wsm.learn.augment import WEAK_MAP_AUGMENT, AugmentConfig, augment  # noqa: E402
+from wsm.learn.datasets import (ISIC_CLASS_TABLE, ClassifierDataset, ClassMapping, SegmentationDataset,  # noqa: E402
                                 segmentation_rows)
-from wsm.train.loop import (TrainConfig, _param_groups, class_weights, classification_loss, load_weights,  # noqa: E402
+from wsm.learn.loop import (TrainConfig, _param_groups, class_weights, classification_loss, load_weights,  # noqa: E402
                             lr_factor, save_weights, train)
-from wsm.train.losses import BCEDice  # noqa: E402
+from wsm.learn.losses import BCEDice  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -123,7 +123,7 @@ def test_checkpoint_keys_ignore_inference_only_settings(tmp_path):
 
 def test_prior_augmentation_follows_its_settings():
     from wsm.fit.driver import prior_augment_config
-    from wsm.train.augment import COLOUR_JITTER, SEGMENTER_AUGMENT
+    from wsm.learn.augment import COLOUR_JITTER, SEGMENTER_AUGMENT
 
     plain = build_recipe(load_pipeline("default", overrides=["prior.augment_colour=false",
                                                              "prior.augment_scale=[1, 1]",

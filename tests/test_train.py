@@ -64,7 +64,7 @@ def half_labelled(data, tmp_path_factory):
 def test_cli_choices_match_the_registries():
     from wsm.cli.train import ARCH_CHOICES, LOSS_CHOICES
     from wsm.models.segmentation import ARCHITECTURES
-    from wsm.train.losses import LOSSES
+    from wsm.learn.losses import LOSSES
 
     assert ARCH_CHOICES == tuple(ARCHITECTURES) and LOSS_CHOICES == tuple(LOSSES)
 
@@ -106,14 +106,14 @@ def test_official_masks_run_writes_everything(data, tmp_path, capsys):
 
 
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(data, tmp_path, monkeypatch):
-    import wsm.train.losses
+    import wsm.learn.losses
 
     opts = TrainOptions(data=data, out=tmp_path / "full", encoder="test_resnet", pretrained=False, size=64, epochs=2,
                         batch_size=8, lr=0.01, progress=False)
     full = run(opts)
     expected = {k: v.clone() for k, v in load_model(opts.out)[0].state_dict().items()}
 
-    real = wsm.train.losses.create_loss
+    real = wsm.learn.losses.create_loss
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
@@ -126,11 +126,11 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(data, tmp_pat
             return loss(outputs, targets)
         return crashing
 
-    monkeypatch.setattr(wsm.train.losses, "create_loss", interrupted)
+    monkeypatch.setattr(wsm.learn.losses, "create_loss", interrupted)
     cut = dataclasses.replace(opts, out=tmp_path / "cut")
     with pytest.raises(KeyboardInterrupt):
         run(cut)
-    monkeypatch.setattr(wsm.train.losses, "create_loss", real)
+    monkeypatch.setattr(wsm.learn.losses, "create_loss", real)
     from wsm.errors import WsmError
 
     with pytest.raises(WsmError, match="already holds a training run"):
@@ -275,7 +275,7 @@ def test_multiclass_maps(data, class_maps, tmp_path, loss):
 
 def test_label_map_dataset_keeps_255_and_moves_the_guide_with_the_label(data, tmp_path):
     from wsm.io.images import ImageDecodeError
-    from wsm.train.datasets import LabelMapDataset
+    from wsm.learn.datasets import LabelMapDataset
 
     label = np.zeros((64, 64), np.uint8)
     label[10:40, 20:50] = 1
@@ -304,8 +304,8 @@ def test_label_map_dataset_keeps_255_and_moves_the_guide_with_the_label(data, tm
 
 
 def test_weak_maps_images_take_their_own_augmentation(data, tmp_path):
-    from wsm.train.augment import AugmentConfig
-    from wsm.train.datasets import LabelMapDataset
+    from wsm.learn.augment import AugmentConfig
+    from wsm.learn.datasets import LabelMapDataset
 
     label = np.zeros((64, 64), np.uint8)
     label[:, :20] = 1                                                   # lesion on the left
@@ -328,7 +328,7 @@ def test_weak_maps_images_take_their_own_augmentation(data, tmp_path):
 
 def test_weak_augment_names_a_recipe(tmp_path):
     from wsm.train import TrainOptions
-    from wsm.train.augment import WEAK_AUGMENTS
+    from wsm.learn.augment import WEAK_AUGMENTS
     from wsm.train.options import WEAK_AUGMENT_CHOICES, TrainError
 
     assert set(WEAK_AUGMENT_CHOICES) == set(WEAK_AUGMENTS)
@@ -339,7 +339,7 @@ def test_weak_augment_names_a_recipe(tmp_path):
 def test_distributed_batches_are_the_one_process_batches():
     from torch.utils.data import DataLoader
 
-    from wsm.train.loop import DistributedBatchSampler, _epoch_seed
+    from wsm.learn.loop import DistributedBatchSampler, _epoch_seed
 
     for n, batch, seed, epoch in [(10, 4, 0, 0), (37, 8, 3, 5), (16, 16, 1, 2)]:
         generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
@@ -360,7 +360,7 @@ def test_accumulation_equals_one_big_batch_without_batchnorm(tmp_path):
     from torch import nn
     from torch.utils.data import TensorDataset
 
-    from wsm.train.loop import TrainConfig, train
+    from wsm.learn.loop import TrainConfig, train
 
     gen = torch.Generator().manual_seed(0)
     dataset = TensorDataset(torch.randn(20, 3, 8, 8, generator=gen), torch.rand(20, 1, 8, 8, generator=gen))

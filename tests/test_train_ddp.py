@@ -2,7 +2,7 @@
 
 The comparison: 2 processes with --batch-size 8 (each process takes 4 images of every batch) against 1 process
 with --batch-size 8 --accumulate 2 (two chunks of 4 per step), no augmentation, same seed. Both runs see the same
-batches in the same order (wsm.train.loop.DistributedBatchSampler reproduces the 1-process loader), BatchNorm
+batches in the same order (wsm.learn.loop.DistributedBatchSampler reproduces the 1-process loader), BatchNorm
 normalises over the same 4-image chunks, and each chunk's loss is scaled by its share of the batch, so the
 optimiser receives the same gradient: the mean of the two chunk gradients. What may differ is floating-point
 summation order (DDP all-reduces the two gradients; one process adds them in its .grad), a relative error of

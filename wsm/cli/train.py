@@ -11,7 +11,7 @@ from wsm.selection import SPLIT_CHOICES
 from wsm.train.options import DEFAULT_ENCODERS, WEAK_AUGMENT_CHOICES, default_encoder, has_imagenet_weights
 
 # Kept here as literals so that building the parser imports no torch; tests check them against the registries
-# (wsm.models.segmentation.ARCHITECTURES, wsm.train.losses.LOSSES).
+# (wsm.models.segmentation.ARCHITECTURES, wsm.learn.losses.LOSSES).
 ARCH_CHOICES = ("unet", "linknet", "deeplabv3plus", "unet_aspp", "segnet", "convmixer")
 LOSS_CHOICES = ("bce", "dice", "bce+dice", "focal", "ce", "hybrid")
 

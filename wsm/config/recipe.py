@@ -63,9 +63,9 @@ class SegmenterConfig:
 class PriorConfig(SegmenterConfig):
     enabled: bool = True            # train a segmentation net on the official masks of the fitting split
     flip_tta: bool = False          # average its maps over the four flips of the image (4x the prior's cost)
-    augment_scale: tuple[float, float] = (1.0, 1.0)   # training zoom range (wsm.train.augment.AugmentConfig.scale)
-    augment_stretch: float = 1.0                      # training stretch (wsm.train.augment.AugmentConfig.stretch)
-    augment_colour: bool = False    # training colour jitter (wsm.train.augment.COLOUR_JITTER)
+    augment_scale: tuple[float, float] = (1.0, 1.0)   # training zoom range (wsm.learn.augment.AugmentConfig.scale)
+    augment_stretch: float = 1.0                      # training stretch (wsm.learn.augment.AugmentConfig.stretch)
+    augment_colour: bool = False    # training colour jitter (wsm.learn.augment.COLOUR_JITTER)
     min_steps: int = 60             # train at least this many optimiser steps: more epochs when there are few masks
                                     # (40 sample images: Jaccard 0.13 after 12 steps, 0.72 after 60; docs/RESULTS.md)
     early_size: int = 0             # progressive resizing: the first early_fraction of the epochs train at this
@@ -154,7 +154,7 @@ class Recipe:
     name: str
     method: str                                  # weak | cam-only | classic
     seed: int
-    classes: dict                                # class name -> diagnosis patterns (wsm.train.datasets.ClassMapping)
+    classes: dict                                # class name -> diagnosis patterns (wsm.learn.datasets.ClassMapping)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     cam: CamConfig = field(default_factory=CamConfig)

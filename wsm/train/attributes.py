@@ -37,9 +37,9 @@ from wsm.io.images import read_mask, write_label_png
 from wsm.io.lock import locks_output
 from wsm.selection import DataError, read_truth
 from wsm.stages.refine import resize_prob
-from wsm.train.augment import SEGMENTER_AUGMENT, augment
+from wsm.learn.augment import SEGMENTER_AUGMENT, augment
 from wsm.models.inputs import image_tensor, resize_square
-from wsm.train.datasets import LazyImages
+from wsm.learn.datasets import LazyImages
 from wsm.train.driver import Evaluation, Plan, Trained, execute
 from wsm.train.options import NO_EVAL, TrainOptions, TrainSummary, as_train_error
 from wsm.train.rows import check_no_overlap
@@ -117,9 +117,9 @@ class AttributeDataset(LazyImages):
 
 def attribute_weights(data: Path | str, ids, with_lesion: bool) -> list[float]:
     """The loss's positive-pixel weight of each channel, from the attribute manifest's pixel counts of ``ids``
-    (:func:`wsm.train.losses.positive_weights`); 1 for the lesion channel."""
+    (:func:`wsm.learn.losses.positive_weights`); 1 for the lesion channel."""
     from wsm.selection import read_attribute_manifest
-    from wsm.train.losses import positive_weights
+    from wsm.learn.losses import positive_weights
 
     masks = read_attribute_manifest(data)
     masks = masks[masks["isic_id"].isin(set(ids))].drop_duplicates(["isic_id", "attribute"], keep="last")
@@ -211,8 +211,8 @@ def _train(plan: Plan, with_lesion: bool, device: str, start: Callable[[dict], N
     from wsm.models.segmentation import create_segmenter
     from wsm.models.weights import weight_source
     from wsm.report.attributes import build_attribute_report
-    from wsm.train.loop import TrainConfig, train
-    from wsm.train.losses import MultiLabelFocal
+    from wsm.learn.loop import TrainConfig, train
+    from wsm.learn.losses import MultiLabelFocal
 
     opts = plan.opts
     channels = channel_names(with_lesion)

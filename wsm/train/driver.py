@@ -25,7 +25,7 @@ frequency) or ``focal``; evaluation is then per class (Jaccard, Dice) on the eva
 
 Every recipe shares one skeleton (:func:`plan_run`, then :func:`execute`): the checks and image choice before
 anything is written; under torchrun (WORLD_SIZE > 1) the process group (gloo on CPU, nccl on CUDA, one GPU per
-process from LOCAL_RANK), DDP in :mod:`wsm.train.loop`, and only rank 0 evaluates and writes; config.json,
+process from LOCAL_RANK), DDP in :mod:`wsm.learn.loop`, and only rank 0 evaluates and writes; config.json,
 metrics.json and per_image.csv in the RUN folder. A recipe supplies only how its networks train and predict: the
 single network here (:func:`run`), MB-DCNN's three in :mod:`wsm.train.mbdcnn`. ``batch_size`` is the number of
 images per optimiser step over all processes.
@@ -163,7 +163,7 @@ def _check_options(opts: TrainOptions) -> None:
 
 
 def _load_init(model, weights: Path, opts: TrainOptions) -> None:
-    from wsm.train.loop import load_weights
+    from wsm.learn.loop import load_weights
 
     try:
         load_weights(model, weights)
@@ -189,10 +189,10 @@ def _train_one(plan: Plan, init: Path | None, device: str, start: Callable[[dict
 
     from wsm.models.segmentation import create_segmenter, predict_prob
     from wsm.models.weights import weight_source
-    from wsm.train.augment import WEAK_AUGMENTS
-    from wsm.train.datasets import LabelMapDataset
-    from wsm.train.loop import TrainConfig, class_weights, train
-    from wsm.train.losses import create_loss
+    from wsm.learn.augment import WEAK_AUGMENTS
+    from wsm.learn.datasets import LabelMapDataset
+    from wsm.learn.loop import TrainConfig, class_weights, train
+    from wsm.learn.losses import create_loss
 
     opts = plan.opts
     dataset = LabelMapDataset(opts.data, plan.train_rows, opts.size, augment=opts.augment, seed=opts.seed,
@@ -238,7 +238,7 @@ def load_model(run_dir: Path | str, device: str = "cpu"):
     """The trained network of a RUN folder (rebuilt from config.json, weights from model.safetensors), in eval
     mode, and its config (an attribute run's outputs are independent sigmoids, named by its ``channels``)."""
     from wsm.models.segmentation import create_segmenter
-    from wsm.train.loop import load_weights
+    from wsm.learn.loop import load_weights
 
     folder = RunFolder(Path(run_dir))
     config = folder.read_config()

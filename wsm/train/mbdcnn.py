@@ -71,7 +71,7 @@ class MbdcnnRecipe:
     name: str
     size: int                                    # working size of all three networks (multiple of 32)
     loss: str                                    # segmentation loss of both segmentation networks
-    classes: dict                                # diagnosis -> class table (wsm.train.datasets.ClassMapping)
+    classes: dict                                # diagnosis -> class table (wsm.learn.datasets.ClassMapping)
     coarse: SegmenterConfig = field(default_factory=SegmenterConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     cam: CamConfig = field(default_factory=CamConfig)
@@ -194,9 +194,9 @@ def _guided_classifier_dataset(data: Path, rows: pd.DataFrame, size: int, mappin
     import torch
 
     from wsm.io.images import read_mask
-    from wsm.train.augment import augment
+    from wsm.learn.augment import augment
     from wsm.models.inputs import image_tensor, resize_square
-    from wsm.train.datasets import ClassifierDataset
+    from wsm.learn.datasets import ClassifierDataset
 
     class GuidedClassifierDataset(ClassifierDataset):
         def __init__(self):
@@ -260,7 +260,7 @@ def train_mbdcnn(opts: TrainOptions, pipeline: str | Path = "mbdcnn", overrides:
     """Train the three networks in turn and evaluate the enhanced one (and the coarse one) on the official masks
     of ``opts.eval_split``; see the module doc. Returns the summary on rank 0, None on the other ranks."""
     from wsm.selection import read_manifest
-    from wsm.train.datasets import ClassMapping
+    from wsm.learn.datasets import ClassMapping
 
     if opts.num_classes != 1:
         raise DataError("--pipeline mbdcnn segments lesions (one class); --num-classes must be 1")
@@ -293,10 +293,10 @@ def _train_three(plan: Plan, recipe: MbdcnnRecipe, mapping, labelled: pd.DataFra
     from wsm.models.cam import cam_maps
     from wsm.models.classifier import create_classifier
     from wsm.models.segmentation import create_segmenter, predict_prob
-    from wsm.train.augment import WEAK_AUGMENTS
-    from wsm.train.datasets import LabelMapDataset
-    from wsm.train.loop import TrainConfig, classification_loss, train
-    from wsm.train.losses import create_loss
+    from wsm.learn.augment import WEAK_AUGMENTS
+    from wsm.learn.datasets import LabelMapDataset
+    from wsm.learn.loop import TrainConfig, classification_loss, train
+    from wsm.learn.losses import create_loss
 
     opts, out, data, size = plan.opts, plan.folder.root, Path(plan.opts.data), recipe.size
     train_rows, test_rows = plan.train_rows, plan.test_rows

@@ -13,7 +13,7 @@ LABEL_CHOICES = ("official", "both")   # or a folder of label maps
 NO_EVAL = "none"                       # --eval-split none: no evaluation
 
 
-WEAK_AUGMENT_CHOICES = ("same", "strong")   # keys of wsm.train.augment.WEAK_AUGMENTS
+WEAK_AUGMENT_CHOICES = ("same", "strong")   # keys of wsm.learn.augment.WEAK_AUGMENTS
 
 
 class TrainError(WsmError, ValueError):
@@ -62,7 +62,7 @@ class TrainOptions:
     arch: str = "unet"                   # a key of wsm.models.segmentation.ARCHITECTURES
     encoder: str = "tf_efficientnet_lite0"   # a timm model name
     num_classes: int = 1                 # 1: lesion map (sigmoid); K > 1: class-index maps (softmax)
-    loss: str = ""                       # a key of wsm.train.losses.LOSSES; "": bce+dice for 1 class, ce for K
+    loss: str = ""                       # a key of wsm.learn.losses.LOSSES; "": bce+dice for 1 class, ce for K
     split_train: str = "train"           # DATA split whose images train (see the module doc)
     eval_split: str = "val"              # DATA split whose official masks evaluate; "none": no evaluation
     epochs: int = 20
@@ -70,7 +70,7 @@ class TrainOptions:
     batch_size: int = 16                 # images per optimiser step (over all processes)
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    augment: bool = True                 # the DeepHealth recipe (wsm.train.augment)
+    augment: bool = True                 # the DeepHealth recipe (wsm.learn.augment)
     weak_augment: str = "same"           # on the weak maps' images: "same" recipe, or "strong" (WEAK_MAP_AUGMENT)
     seed: int = 0
     device: str = "cpu"

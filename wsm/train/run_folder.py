@@ -5,7 +5,7 @@
       train_ids.txt, eval_ids.txt   the images trained on (with their label source) and evaluated on
       init_ids.txt / init_unknown.txt   what the starting weights (``--init``) learnt from, or that nobody knows
       teacher_ids.txt               the images whose masks fed the bundle that made the weak maps it trained on
-      checkpoint.pt, model.safetensors, train_config.json   from :mod:`wsm.train.loop` (per stage for MB-DCNN)
+      checkpoint.pt, model.safetensors, train_config.json   from :mod:`wsm.learn.loop` (per stage for MB-DCNN)
       metrics.json, per_image.csv   the evaluation (mean and per image)
       predictions/ISIC_x_segmentation.png   0/255 masks of the eval images (with save_predictions)
 
@@ -26,7 +26,7 @@ import pandas as pd
 from wsm.errors import WsmError
 from wsm.io.atomic import write_json, write_text_atomic
 from wsm.selection import DataError
-from wsm.train.loop import CHECKPOINT_NAME, WEIGHTS_NAME
+from wsm.learn.loop import CHECKPOINT_NAME, WEIGHTS_NAME
 from wsm.train.options import TrainError, TrainOptions
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ class, or is left out when the table has none. Rows with no diagnosis at all (di
 and left out of classifier training.
 
 Datasets read images lazily, one item at a time (only file names and labels are held), resize them to a square
-working size (aspect ratio not kept, as in DeepHealth's recipe), optionally augment them (wsm.train.augment) and
+working size (aspect ratio not kept, as in DeepHealth's recipe), optionally augment them (wsm.learn.augment) and
 normalise them with the ISIC mean and std. Item ``i`` of epoch ``e`` is a pure function of (seed, e, i): the random
 generator of its augmentation is seeded with exactly that, so workers, resumption and reruns see the same data.
 """
@@ -37,7 +37,7 @@ from wsm.io.images import (ISIC_WSM, image_size, read_class_map, read_image, rea
                            read_official_mask)
 from wsm.stages.preprocess import PreprocessConfig
 from wsm.models.inputs import image_tensor, preprocessed_file, resize_square
-from wsm.train.augment import CLASSIFIER_AUGMENT, SEGMENTER_AUGMENT, AugmentConfig, augment
+from wsm.learn.augment import CLASSIFIER_AUGMENT, SEGMENTER_AUGMENT, AugmentConfig, augment
 
 __all__ = [
     "DIAGNOSIS_FIELDS",
@@ -272,7 +272,7 @@ class SegmentationDataset(LazyImages):
         for row in records:
             if _text(row.get("file")) is None or _text(row.get("mask_file")) is None:
                 raise ValueError(f"row {row.get('isic_id')!r} needs both 'file' and 'mask_file' (relative to DATA); "
-                                 "join the gt manifest with the image manifest (wsm.train.datasets.segmentation_rows)")
+                                 "join the gt manifest with the image manifest (wsm.learn.datasets.segmentation_rows)")
         self.files = [str(r["file"]) for r in records]
         self.mask_files = [str(r["mask_file"]) for r in records]
         self.isic_ids = [_text(r.get("isic_id")) for r in records]
@@ -379,7 +379,7 @@ class LabelMapDataset(LazyImages):
 
     def class_pixel_counts(self) -> np.ndarray:
         """Pixels per class over every item's un-augmented label map at the working size (ignored pixels left
-        out), shape (max(num_classes, 2),): the input to ``wsm.train.loop.class_weights``. Reads every map once."""
+        out), shape (max(num_classes, 2),): the input to ``wsm.learn.loop.class_weights``. Reads every map once."""
         k = max(self.num_classes, 2)
         counts = np.zeros(k, dtype=np.int64)
         for i in range(len(self)):

@@ -6,14 +6,14 @@
 - Losses: :func:`classification_loss` is cross-entropy weighted by inverse class frequency (``N / (K n_c)``, the
   "balanced" weights). It was chosen over a WeightedRandomSampler because every image is then seen exactly once per
   epoch, epochs stay comparable, and the data order is a plain seeded shuffle. Segmentation losses (255 ignored) are in
-  :mod:`wsm.train.losses`.
+  :mod:`wsm.learn.losses`.
 - ``out_dir/checkpoint.pt`` (model, optimizer, scheduler, grad scaler, epoch, loss history, torch RNG states, config)
   is written atomically every ``checkpoint_every`` epochs and after the last one. A run whose out_dir holds a
   checkpoint resumes from it; on the CPU the result is bit-identical to an uninterrupted run, because the data order
   of epoch e is drawn from a generator seeded with (seed, e) and each item's augmentation from (seed, e, index).
 - ``out_dir/model.safetensors`` (final weights, :func:`save_weights`) and ``out_dir/train_config.json``.
 - Mixed precision (float16 autocast + gradient scaling) only when the device is CUDA and ``amp`` is set.
-- Progress: a tqdm bar per epoch on stderr; a log line per epoch on the ``wsm.train.loop`` logger.
+- Progress: a tqdm bar per epoch on stderr; a log line per epoch on the ``wsm.learn.loop`` logger.
 
 - Gradient accumulation: ``accumulate`` > 1 splits every batch into that many chunks (items ``c::accumulate``),
   one forward / backward each, one optimiser step per batch. BatchNorm then sees a chunk, not the whole batch.

@@ -1,6 +1,6 @@
 """The DeepHealth (UC12) augmentation recipe, as pure functions over arrays (numpy + OpenCV).
 
-Training images are first resized to the square working size (wsm.train.datasets does that), then :func:`augment`
+Training images are first resized to the square working size (wsm.learn.datasets does that), then :func:`augment`
 applies, in the recipe's order::
 
     mirror (p 0.5)  flip (p 0.5)  rotate U(-180, 180)  additive Poisson noise, lambda U(0, 10)

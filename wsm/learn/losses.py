@@ -216,7 +216,7 @@ def positive_weights(positives: Sequence[float], totals: Sequence[float], cap: f
 
 
 class WeightedCrossEntropy(nn.Module):
-    """Cross-entropy over K > 1 classes with per-class weights (e.g. ``wsm.train.loop.class_weights`` of the
+    """Cross-entropy over K > 1 classes with per-class weights (e.g. ``wsm.learn.loop.class_weights`` of the
     training maps' pixel counts), ignoring 255; torch's weighted mean over the valid pixels."""
 
     def __init__(self, class_weights: Sequence[float] | torch.Tensor | None = None,
