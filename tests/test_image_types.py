@@ -160,3 +160,15 @@ def test_the_box_segmenter_outlines_real_clinical_lesions_from_their_box(shared_
     assert np.mean(jaccards) > 0.75, jaccards
     shifted = box_probs(load_box_segmenter(), [pres[0].image], [(0, 0, 40, 40)])[0]   # a box off the lesion
     assert ((shifted > 0.5) & truths[0]).sum() < 0.2 * truths[0].sum()
+
+
+def test_a_run_with_box_prompted_images_gives_the_networks_half_the_cores():
+    from types import SimpleNamespace
+
+    from wsm.generate.plan import cpu_split, heavy_net_on_cpu
+
+    models, recipe = SimpleNamespace(classifier=None, prior=object()), recipes_by_type(load_pipeline("default"))
+    base = recipe[DEFAULT_TYPE]
+    assert not heavy_net_on_cpu(models, base, "cpu") and heavy_net_on_cpu(models, base, "cpu", box_prompts=True)
+    assert not heavy_net_on_cpu(models, base, "cuda", box_prompts=True)
+    assert cpu_split(8, True) == (4, 4) and cpu_split(8, False) == (8, 2)

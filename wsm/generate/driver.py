@@ -207,7 +207,10 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         rows = rows[~rows["isic_id"].isin(done)]
         networks = bundle.recipe.method != "classic" and len(rows) > 0
         models = bundle.load_models(opts.device) if networks else None
-        heavy = heavy_net_on_cpu(models, bundle.recipe, opts.device)
+        box_prompts = any(recipe_key(bundle.recipe, t) is not None
+                          and bundle.recipes[recipe_key(bundle.recipe, t)].box_prompt.enabled
+                          for t in set(rows["image_type"].where(rows["image_type"].notna(), None)))
+        heavy = heavy_net_on_cpu(models, bundle.recipe, opts.device, box_prompts)
         workers, threads = cpu_split(usable_cores(), heavy, opts.workers)
         threads_before = torch.get_num_threads()      # given back at the end: a caller's later work is unchanged
         torch.set_num_threads(threads)

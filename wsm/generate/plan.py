@@ -104,8 +104,9 @@ def cpu_split(cores: int, heavy_net_on_cpu: bool, workers: int | None = None) ->
     return workers, threads
 
 
-def heavy_net_on_cpu(models, recipe, device: str) -> bool:
-    """Whether the networks this run computes cost the CPU as much as the workers' stages (see cpu_split)."""
+def heavy_net_on_cpu(models, recipe, device: str, box_prompts: bool = False) -> bool:
+    """Whether the networks this run computes cost the CPU as much as the workers' stages (see cpu_split);
+    ``box_prompts``: some of its images go through the box-prompted segmenter (~1 s each on one core)."""
     if models is None or device.startswith("cuda"):
         return False
-    return models.classifier is not None or (models.prior is not None and recipe.prior.flip_tta)
+    return models.classifier is not None or (models.prior is not None and (recipe.prior.flip_tta or box_prompts))
