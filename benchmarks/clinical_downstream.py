@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devdata import CLINICAL_DERMIS, DEV_ROOT, ISIC2018_CROPS  # noqa: E402
-from downstream import check_settings, partition, rank_key  # noqa: E402
+from downstream import check_settings, official_epochs, partition, rank_key, student_settings  # noqa: E402
 from generality import fitted_on  # noqa: E402
 from quality import REPO, score_fold  # noqa: E402
 
@@ -266,16 +266,8 @@ def run_point(args) -> dict:
     teacher.pop("ranking", None)
     print(f"teacher's maps vs the test photographs' masks: {json.dumps(teacher)}", flush=True)
 
-    n_both = args.labelled + len(weak)
-    if args.epochs_official is None:
-        epochs_official = max(1, round(args.epochs * n_both / args.labelled))
-    elif args.epochs_official == "same":
-        epochs_official = args.epochs
-    else:
-        epochs_official = int(args.epochs_official)
-    common = dict(data=data, split_train="train", eval_split="test", arch=args.arch, encoder=args.encoder,
-                  size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                  workers=args.workers, pretrained=args.train_pretrained, resume=True, progress=False)
+    epochs_official = official_epochs(args, args.labelled + len(weak))
+    common = {**student_settings(args, data), "progress": False}
     runs = {"official": TrainOptions(out=args.work / "run-official", labels="official", epochs=epochs_official,
                                      **common),
             "official+clinical maps": TrainOptions(out=args.work / "run-official+clinical", labels="both",

@@ -350,6 +350,23 @@ def plot_curve(summary: list[dict], path: Path) -> None:
     fig.savefig(path)
 
 
+def official_epochs(args, n_both: int) -> int:
+    """Epochs of the official-only student: --epochs-official as a number, 'same' (--epochs), or by default as many
+    optimiser steps as the student with weak maps takes on ``n_both`` images."""
+    if args.epochs_official in (None, "steps"):
+        return max(1, round(args.epochs * n_both / args.labelled))
+    if args.epochs_official == "same":
+        return args.epochs
+    return int(args.epochs_official)
+
+
+def student_settings(args, data: Path) -> dict:
+    """The `wsm train` settings both students share: labelled masks as split train, scored on split test."""
+    return dict(data=data, split_train="train", eval_split="test", arch=args.arch, encoder=args.encoder,
+                size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                workers=args.workers, pretrained=args.train_pretrained, resume=True)
+
+
 def run_point(args) -> dict:
     """One point: a teacher fitted on the labelled masks, its maps of the weak images, and the students."""
     import torch
@@ -382,15 +399,8 @@ def run_point(args) -> dict:
     seconds = {}
 
     n_both = args.labelled + len(parts["weak"])
-    if args.epochs_official in (None, "steps"):
-        epochs_official = max(1, round(args.epochs * n_both / args.labelled))
-    elif args.epochs_official == "same":
-        epochs_official = args.epochs
-    else:
-        epochs_official = int(args.epochs_official)
-    common = dict(data=data, split_train="train", eval_split="test", arch=args.arch, encoder=args.encoder,
-                  size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                  workers=args.workers, pretrained=args.train_pretrained, resume=True)
+    epochs_official = official_epochs(args, n_both)
+    common = student_settings(args, data)
     official = TrainOptions(out=args.work / "run-official", labels="official", epochs=epochs_official, **common)
     results = {}
 
