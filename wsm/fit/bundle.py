@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import dataclasses
 import json
 import tomllib
@@ -60,7 +61,7 @@ class Bundle:
     recipe: Recipe
     provenance: dict
 
-    @property
+    @functools.cached_property
     def recipes(self) -> dict[str, Recipe]:
         """The recipe of each image type (wsm.config.recipe.recipes_by_type)."""
         return recipes_by_type(self.resolved)
@@ -94,7 +95,6 @@ class Bundle:
             net = create_segmenter(self.recipe.prior.arch, self.recipe.prior.encoder)
             load_weights(net, self.folder / PRIOR)
             models.prior = net.to(device).eval()
-            models.box_prompts = any(r.box_prompt.enabled for r in self.recipes.values())
         return models
 
     def with_inference_overrides(self, overrides: Sequence[str]) -> Bundle:
@@ -110,8 +110,9 @@ class Bundle:
             if keys[0] not in INFERENCE_SECTIONS and (len(keys) != 2 or keys[1] not in INFERENCE_ONLY):
                 raise BundleError(f"--set {text}: with a fitted bundle only {allowed} can change at generate; "
                                   "other settings change what fit trained or calibrated: fit a new bundle with them")
-        recipes_by_type(resolved)       # every type's recipe is valid
-        return dataclasses.replace(self, resolved=resolved, recipe=build_recipe(resolved))
+        bundle = dataclasses.replace(self, resolved=resolved, recipe=build_recipe(resolved))
+        bundle.recipes                  # every type's recipe is built now: a bad one is refused before any map
+        return bundle
 
     def _need(self, name: str) -> Path:
         path = self.folder / name

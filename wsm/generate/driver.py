@@ -207,9 +207,8 @@ def generate(opts: GenerateOptions) -> GenerateSummary:
         rows = rows[~rows["isic_id"].isin(done)]
         networks = bundle.recipe.method != "classic" and len(rows) > 0
         models = bundle.load_models(opts.device) if networks else None
-        box_prompts = any(recipe_key(bundle.recipe, t) is not None
-                          and bundle.recipes[recipe_key(bundle.recipe, t)].box_prompt.enabled
-                          for t in set(rows["image_type"].where(rows["image_type"].notna(), None)))
+        rows = rows.assign(recipe=[recipe_key(bundle.recipe, t) for t in rows["image_type"]])   # None: no map
+        box_prompts = any(bundle.recipes[key].box_prompt.enabled for key in set(rows["recipe"].dropna()))
         heavy = heavy_net_on_cpu(models, bundle.recipe, opts.device, box_prompts)
         workers, threads = cpu_split(usable_cores(), heavy, opts.workers)
         threads_before = torch.get_num_threads()      # given back at the end: a caller's later work is unchanged
@@ -275,7 +274,7 @@ def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: Gen
 
         def refill() -> None:
             while len(prepared) < window and (group := next(pending, None)) is not None:
-                prepared.append([(r, _submit_one(pool, r, opts, bundle.recipe, record)) for r in group.itertuples()])
+                prepared.append([(r, _submit_one(pool, r, opts, record)) for r in group.itertuples()])
 
         refill()
         while prepared:
@@ -293,11 +292,10 @@ def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: Gen
                 else:
                     weak.append((row, result))
             if weak:
-                keys = [recipe_key(bundle.recipe, row.image_type) for row, _ in weak]
-                maps = _evidence(models, [pre for _, pre in weak], [recipes[k] for k in keys])
-                for (row, pre), evidence, key in zip(weak, maps, keys):
+                maps = _evidence(models, [pre for _, pre in weak], [recipes[row.recipe] for row, _ in weak])
+                for (row, pre), evidence in zip(weak, maps):
                     isic_id = row.isic_id
-                    future = pool.submit(W.finish, isic_id, pre, evidence, row.mask_file, key)
+                    future = pool.submit(W.finish, isic_id, pre, evidence, row.mask_file, row.recipe)
                     future.isic_id = isic_id
                     future.add_done_callback(record.when_written)
                     finishing.add(future)
@@ -316,8 +314,8 @@ def _evidence(models: MapModels | None, pres: list, recipes: list) -> list[dict]
     return models.box_prompted(pres, models.evidence([pre.image for pre in pres]), recipes)
 
 
-def _submit_one(pool, row, opts: GenerateOptions, recipe, record: _Recorder) -> Future:
-    if recipe_key(recipe, row.image_type) is None:
+def _submit_one(pool, row, opts: GenerateOptions, record: _Recorder) -> Future:
+    if not isinstance(row.recipe, str):           # a type the pipeline makes no map for
         skipped: Future = Future()
         skipped.set_result(W.skipped(row.isic_id, row.image_type))
         return skipped

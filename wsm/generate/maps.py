@@ -78,9 +78,8 @@ class MapModels:
     recipe: Recipe
     classifier: object | None = None      # torch.nn.Module
     prior: object | None = None           # torch.nn.Module
-    box_prompts: bool = False             # a recipe of the bundle prompts the box segmenter (wsm.models.medsam)
     device: str = "cpu"
-    _box_segmenter: object | None = None  # loaded when an image first needs it
+    _box_segmenter: object | None = None  # wsm.models.medsam, loaded when an image's recipe first prompts it
 
     @property
     def box_segmenter(self):
@@ -126,7 +125,7 @@ class MapModels:
         out = [dict(m) for m in maps]
         todo = []
         for i, (pre, evidence, recipe) in enumerate(zip(pres, maps, recipes)):
-            if recipe.box_prompt.enabled and "prior" in evidence and self.box_prompts:
+            if recipe.box_prompt.enabled and "prior" in evidence:
                 box = lesion_box(evidence["prior"], pre.valid_mask, recipe.refine.mask_threshold,
                                  recipe.box_prompt.margin)
                 if box is not None:
