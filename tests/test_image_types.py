@@ -172,3 +172,9 @@ def test_a_run_with_box_prompted_images_gives_the_networks_half_the_cores():
     assert not heavy_net_on_cpu(models, base, "cpu") and heavy_net_on_cpu(models, base, "cpu", box_prompts=True)
     assert not heavy_net_on_cpu(models, base, "cuda", box_prompts=True)
     assert cpu_split(8, True) == (4, 4) and cpu_split(8, False) == (8, 2)
+
+
+def test_an_unknown_image_type_is_refused_with_the_archive_s_list(tmp_path, capsys):
+    assert main(["generate", "-i", str(tmp_path), "--bundle", str(tmp_path), "-o", str(tmp_path / "wsm"),
+                 "--image-type", "clinical"]) == 2
+    assert "'clinical' is not an image type of the archive; one of: dermoscopic," in capsys.readouterr().err

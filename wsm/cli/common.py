@@ -69,6 +69,24 @@ def add_workers_flag(parser, does: str, auto: str, default: int | None = None) -
                              f"(default: {'auto' if default is None else default})")
 
 
+def image_type(text: str) -> str:
+    """An argparse type: one of the archive's image types (isic-metadata, read only when the flag is given)."""
+    from archive_client.vocabulary import IMAGE_TYPES
+
+    if text not in IMAGE_TYPES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image type of the archive; one of: "
+                                         + ", ".join(IMAGE_TYPES))
+    return text
+
+
+def add_image_type_flag(parser, default: str | None, whose: str) -> None:
+    """--image-type TYPE: the type of ``whose`` images, which chooses their recipe in `wsm generate`."""
+    parser.add_argument("--image-type", type=image_type, default=default, metavar="TYPE",
+                        help=f"the image type of {whose} (default: dermoscopic), which chooses their recipe in the "
+                             "pipeline's [image_types]: 'clinical: close-up' for clinical photographs; any image_type "
+                             "of the archive (dermoscopic, clinical: overview, TBP tile: close-up, ...)")
+
+
 def add_data_and_out(parser, holds: str, out: str, out_help: str) -> None:
     """--data DATA (what the command reads from it) and --out FOLDER (what it writes), both required."""
     parser.add_argument("-d", "--data", required=True, type=Path, metavar="DATA",

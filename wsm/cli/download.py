@@ -8,8 +8,7 @@ from archive_client.api import DEFAULT_API_URL
 from archive_client.challenges import ATTRIBUTE_CATALOG, ATTRIBUTES, CATALOG, DEFAULT_CHALLENGE_URL, SPLITS, TASKS
 from archive_client.errors import printable
 from archive_client.ids import comma_choices
-from archive_client.vocabulary import IMAGE_TYPES
-from wsm.cli.common import HelpFormatter, UsageError, add_renamed, print_summary
+from wsm.cli.common import HelpFormatter, UsageError, add_image_type_flag, add_renamed, print_summary
 
 
 def register(commands) -> None:
@@ -85,10 +84,7 @@ def register(commands) -> None:
                           "challenges (an error where wsm's reference list does not know it), train for a dataset "
                           "of your own (wsm fit holds out some of them by itself)")
     add_renamed(imp, "--split", "--assign-split")
-    imp.add_argument("--image-type", default="dermoscopic", choices=IMAGE_TYPES, metavar="TYPE",
-                     help="the image type of images whose labels give none (default: dermoscopic); it chooses their "
-                          "recipe in `wsm generate`, e.g. 'clinical: close-up' for clinical photographs. One of: "
-                          + ", ".join(IMAGE_TYPES))
+    add_image_type_flag(imp, "dermoscopic", "the images whose labels give none")
     imp.add_argument("--link", action="store_true", help="hard-link instead of copying where possible")
     imp.add_argument("-o", "--out", required=True, type=Path, metavar="DATA", help="the DATA folder to fill")
     imp.set_defaults(run=run_import)

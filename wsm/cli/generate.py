@@ -4,9 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from wsm.cli.common import HelpFormatter, UsageError, add_workers_flag, number, print_summary
+from wsm.cli.common import HelpFormatter, UsageError, add_image_type_flag, add_workers_flag, number, print_summary
 from wsm.cli.fit import add_pipeline_flags, fit_overrides
-from archive_client.vocabulary import IMAGE_TYPES
 from wsm.selection import SPLIT_CHOICES
 
 
@@ -37,10 +36,7 @@ def register(commands) -> None:
     gen.add_argument("--only", type=Path, metavar="IDS", help="only these isic_ids (one per line, or a CSV)")
     gen.add_argument("--export-challenge", action="store_true",
                      help="also write WSM/challenge/ISIC_x_segmentation.png (0/255) for isic-challenge-scoring")
-    gen.add_argument("--image-type", choices=IMAGE_TYPES, metavar="TYPE",
-                     help="the image type of images whose type DATA does not record (with --images: of every image), "
-                          "which chooses their recipe in the pipeline's [image_types]: e.g. 'clinical: close-up'; "
-                          "not given: dermoscopic. One of: " + ", ".join(IMAGE_TYPES))
+    add_image_type_flag(gen, None, "the images whose type DATA does not record (with --images: every image)")
     gen.add_argument("--prefer-official", action="store_true",
                      help="where an official mask exists, write it instead of a weak map (source=official)")
     add_pipeline_flags(gen, generating=True, note="; with --bundle only the inference settings prior.flip_tta and "
