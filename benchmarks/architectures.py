@@ -88,7 +88,7 @@ def cam_alone(data: Path, run: Path, ids: list[str]) -> dict:
     import pandas as pd
     from PIL import Image
 
-    from wsm.report.metrics import confusion_counts, image_metrics
+    from wsm.metrics import confusion_counts, image_metrics
 
     gt = pd.read_parquet(data / "gt_manifest.parquet").set_index("isic_id")
     scores = []

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 import cv2  # noqa: E402
 
 from wsm.io.images import read_image, read_mask  # noqa: E402
-from wsm.report.metrics import aggregate, score_label_map, score_mask  # noqa: E402
+from wsm.metrics import aggregate, score_label_map, score_mask  # noqa: E402
 from wsm.stages.classic import ClassicPipelineConfig, segment_classic  # noqa: E402
 from wsm.stages.refine import to_original_size  # noqa: E402
 from devdata import ISIC2018_CROPS  # noqa: E402

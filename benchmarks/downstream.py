@@ -176,7 +176,7 @@ def weak_map_quality(source: Path, wsm_dir: Path, ids: list[str]) -> dict:
     import pandas as pd
 
     from wsm.io.images import read_mask
-    from wsm.report.metrics import aggregate, score_label_map
+    from wsm.metrics import aggregate, score_label_map
     from wsm.selection import read_truth
 
     truth = read_truth(source).set_index("isic_id")

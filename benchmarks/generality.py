@@ -19,7 +19,7 @@ themselves beside them.
 Every set also says how well the WSM manifest's predicted_jaccard and confidence rank its maps (Spearman, AUROC
 for the maps under 0.65, the mean Jaccard of the 80% ranked best, AURC beside a perfect and a random ranking's).
 Scores are the official ISIC metrics (benchmarks/quality.py's score_pairs), with 255 as background and left out
-(weighted by coverage: wsm.report.metrics.LEFT_OUT_DEFINITION). With --bare, each set is also scored with the
+(weighted by coverage: wsm.metrics.LEFT_OUT_DEFINITION). With --bare, each set is also scored with the
 bundle's prior alone, as benchmarks/speed.py's bare loop runs it (one forward, threshold 0.5): what calibration and
 refinement add on that kind of image.
 """
@@ -98,7 +98,7 @@ def make_set(ids: list[str], source: Path, dest: Path,
 
 
 def fitted_on(bundle: Path) -> set[str]:
-    from wsm.fit.bundle import load_bundle
+    from wsm.folders.bundle import load_bundle
 
     return set(load_bundle(bundle).provenance.get("fit_mask_ids", []))
 
@@ -143,7 +143,7 @@ def bundle_tag(bundle: Path, overrides: tuple[str, ...] = ()) -> str:
     """A short name for what makes a bundle's maps (its resolved pipeline, weights and generate-time settings), for
     output folders."""
     from wsm.config.pipeline import pipeline_hash
-    from wsm.fit.bundle import load_bundle
+    from wsm.folders.bundle import load_bundle
 
     loaded = load_bundle(bundle)
     maker = pipeline_hash(loaded.resolved) + repr(sorted(loaded.model_hashes().items()))

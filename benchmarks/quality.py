@@ -5,8 +5,8 @@
                                  [--set section.key=value ...] [--no-bare] [--bar]
 
 The folds are drawn by isic_id (a hash with the seed), so no image of the scored fold, nor its mask, is used by
-`fit`; scores use the official ISIC metrics (wsm.report.metrics, equal to isic-challenge-scoring) with 255 counted as
-background and left out (left out: weighted by coverage, wsm.report.metrics.LEFT_OUT_DEFINITION, so abstaining never
+`fit`; scores use the official ISIC metrics (wsm.metrics, equal to isic-challenge-scoring) with 255 counted as
+background and left out (left out: weighted by coverage, wsm.metrics.LEFT_OUT_DEFINITION, so abstaining never
 pays), plus the certain-pixel coverage. `--folds 1` (the quick mode) runs the first fold only.
 The equivalent commands are printed with the numbers. After the default pipeline, a "bare prior" row scores its
 bundle's prior alone as a user would run it without wsm (benchmarks/speed.py's bare loop: one forward at the
@@ -135,7 +135,7 @@ def score_pairs(pairs: list[tuple[Path, Path]], rankers: dict[str, list[float]] 
     ranks the maps by their Jaccard (wsm.report.scoring.quality_assessment: Spearman, AUROC for the maps under
     0.65, mean Jaccard of the 80% ranked best, AURC beside a perfect and a random ranking's)."""
     from wsm.io.images import read_mask
-    from wsm.report.metrics import aggregate, score_label_map
+    from wsm.metrics import aggregate, score_label_map
     from wsm.report.scoring import quality_assessment
 
     as_background, left_out = [], []

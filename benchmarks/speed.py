@@ -66,8 +66,8 @@ def run_generate(bundle: Path, folder: Path, out: Path, extra: list[str]) -> tup
 
 
 def stage_times(bundle: Path, files: list[Path], overrides: tuple[str, ...] = ()) -> dict[str, float]:
-    from wsm.fit.bundle import load_bundle
-    from wsm.generate.maps import label_image, prepare
+    from wsm.folders.bundle import load_bundle
+    from wsm.mapping import label_image, prepare
     from wsm.io.images import encode_label_png
     from wsm.stages.refine import to_original_size
 
@@ -97,8 +97,8 @@ def stage_times(bundle: Path, files: list[Path], overrides: tuple[str, ...] = ()
 
 def bare_classifier_seconds(bundle: Path, files: list[Path], batch: int = 16) -> float:
     """Forward+backward of the classifier on the images, already decoded and resized (the network alone)."""
-    from wsm.fit.bundle import load_bundle
-    from wsm.generate.maps import prepare
+    from wsm.folders.bundle import load_bundle
+    from wsm.mapping import prepare
     from wsm.models.inputs import to_batch
 
     b = load_bundle(bundle)
@@ -120,7 +120,7 @@ def bare_loop_seconds(bundle: Path, files: list[Path], out: Path, batch: int = 1
     import torch
     from PIL import Image
 
-    from wsm.fit.bundle import load_bundle
+    from wsm.folders.bundle import load_bundle
     from wsm.stages.preprocess import shades_of_grey
     from wsm.models.inputs import normalize
 
@@ -174,7 +174,7 @@ def main() -> None:
 
     print(f"bundle {args.bundle}{''.join(f' --set {o}' for o in overrides)}, {os.cpu_count()} cores, "
           f"torch threads {torch.get_num_threads()}")
-    from wsm.fit.bundle import load_bundle
+    from wsm.folders.bundle import load_bundle
 
     bundle = load_bundle(args.bundle).with_inference_overrides(overrides)
     used, every = bundle.load_models("cpu"), bundle.load_models("cpu", skip_unweighted=False)

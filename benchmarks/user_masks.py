@@ -77,7 +77,7 @@ def halo(pairs: list[tuple[Path, Path]]) -> dict:
     """How the maps' lesion (the 1s) sits on the masks, medians over the images: area ratio (map / mask),
     sensitivity, precision. A halo: area ratio above 1 at a sensitivity near 1."""
     from wsm.io.images import read_mask
-    from wsm.report.metrics import confusion_counts
+    from wsm.metrics import confusion_counts
 
     ratios, sensitivities, precisions = [], [], []
     for mask_path, map_path in pairs:
@@ -127,7 +127,7 @@ def calibration_ceiling(bundle: Path, data: Path, ids: list[str]) -> float:
     """The mean over ``ids`` of the best Jaccard any candidate of the bundle's calibration grid reaches on each image
     with that image's own mask (the refined mask at the working size): an oracle that no calibration shared by the
     images can beat."""
-    from wsm.fit.bundle import load_bundle
+    from wsm.folders.bundle import load_bundle
     from wsm.fit.calibrate import calibrate
     from wsm.fit.driver import calibration_samples
     from wsm.selection import read_manifest, read_truth, with_truth

@@ -99,7 +99,7 @@ def test_from_bundle_with_exclude_calibrates_on_the_rest_only(source, user_data,
     provenance = _provenance(out)
     assert provenance["calibration_mask_ids"] == mine[:4] and provenance["evaluation_ids"] == []
     assert not set(provenance["fit_mask_ids"]) & set(mine[4:])
-    from wsm.fit.bundle import load_bundle
+    from wsm.folders.bundle import load_bundle
 
     assert load_bundle(out).recipe.calibration.offsets_px == (-1, 0)
 

@@ -54,7 +54,7 @@ def test_bundle_contents(bundle):
     for name in ("pipeline.toml", "classifier.safetensors", "prior.safetensors", "calibration.json",
                  "provenance.json"):
         assert (bundle / name).exists(), name
-    from wsm.fit.bundle import load_bundle
+    from wsm.folders.bundle import load_bundle
 
     loaded = load_bundle(bundle)
     assert loaded.recipe.classifier.arch == "test_resnet"
@@ -137,7 +137,7 @@ def test_the_quality_model_learns_from_the_calibration_masks_only(sample_data, b
     import json
 
     import wsm.fit.calibrate as calibrate
-    from wsm.fit.bundle import load_bundle
+    from wsm.folders.bundle import load_bundle
 
     learnt_from = []
     real = calibrate.learn_quality
@@ -248,8 +248,8 @@ def test_generate_killed_then_rerun_is_complete(sample_data, bundle, tmp_path):
 def test_a_map_weighted_zero_is_not_computed(bundle, tmp_path):
     import shutil
 
-    from wsm.fit.bundle import load_bundle
-    from wsm.generate.maps import label_image, prepare
+    from wsm.folders.bundle import load_bundle
+    from wsm.mapping import label_image, prepare
 
     zero_cam = tmp_path / "bundle"
     shutil.copytree(bundle, zero_cam)
@@ -307,8 +307,8 @@ def test_one_wsm_folder_holds_the_maps_of_one_bundle(sample_data, bundle, tmp_pa
 def test_a_cam_or_a_flip_tta_prior_on_the_cpu_is_heavy(bundle):
     import dataclasses
 
-    from wsm.fit.bundle import load_bundle
-    from wsm.generate.maps import MapModels
+    from wsm.folders.bundle import load_bundle
+    from wsm.mapping import MapModels
     from wsm.generate.plan import heavy_net_on_cpu
 
     recipe = load_bundle(bundle).recipe
@@ -347,7 +347,7 @@ def test_images_without_an_official_mask_get_weak_maps_beside_those_with_one(bun
 def test_merge_refuses_while_a_shard_is_missing(tmp_path, capsys):
     import shutil
 
-    from wsm.generate.folder import WSM_MANIFEST, WsmFolder
+    from wsm.folders.wsm_folder import WSM_MANIFEST, WsmFolder
 
     out = tmp_path / "wsm"
     out.mkdir()
@@ -364,7 +364,7 @@ def test_refitting_a_bundle_takes_it_out_of_use_until_done_and_says_when_setting
     import shutil
 
     import wsm.fit.driver
-    from wsm.fit.bundle import BundleError, load_bundle
+    from wsm.folders.bundle import BundleError, load_bundle
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)      # with its work/ checkpoints: the refit only recalibrates

@@ -324,7 +324,7 @@ def test_fit_generate_report_and_train_on_a_users_dataset(ph2_data, tmp_path, ca
 
 def test_maps_of_a_users_dataset_made_elsewhere_are_read_by_their_ids(tmp_path):
     from wsm.io.images import ISIC_WSM, write_label_png
-    from wsm.report.maps import read_maps
+    from wsm.folders.maps import read_maps
 
     label = np.zeros((6, 8), np.uint8)
     label[2:4, 2:5] = 1
@@ -423,7 +423,7 @@ def test_two_datasets_that_reuse_an_id_never_swap_images(tmp_path):
 
 def test_other_pictures_beside_the_maps_are_not_taken_for_maps(tmp_path):
     from wsm.io.images import ISIC_WSM, write_label_png
-    from wsm.report.maps import read_maps
+    from wsm.folders.maps import read_maps
 
     for image_id in ("IMD002", "AMM1"):
         photo(tmp_path / f"in/{image_id}.png")

@@ -45,7 +45,7 @@ def test_merge_replaces_by_key_and_keeps_the_rest(tmp_path):
 
 
 def test_the_checked_in_wsm_manifest_schema_matches_the_code():
-    from wsm.generate.folder import WSM_MANIFEST
+    from wsm.folders.wsm_folder import WSM_MANIFEST
 
     checked_in = json.loads((REPO / "manifests" / "schemas" / "wsm_manifest.json").read_text())
     assert checked_in == schema_description(WSM_MANIFEST, None), "regenerate manifests/schemas/wsm_manifest.json"

@@ -16,10 +16,10 @@ from datafactory import make_data
 from PIL import Image
 
 from wsm.cli import main
-from wsm.generate.folder import WSM_MANIFEST
+from wsm.folders.wsm_folder import WSM_MANIFEST
 from wsm.io.images import ImageDecodeError, MapSizeError, read_lesion_map, read_mask, write_label_png
 from wsm.report.driver import build_report
-from wsm.report.maps import ReportError
+from wsm.folders.maps import ReportError
 from wsm.learn.datasets import LabelMapDataset
 from wsm.train.rows import training_rows
 

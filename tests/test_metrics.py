@@ -1,4 +1,4 @@
-"""wsm.report.metrics against the official isic-challenge-scoring 5.6.0, on real masks written as PNG files."""
+"""wsm.metrics against the official isic-challenge-scoring 5.6.0, on real masks written as PNG files."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from wsm.io.images import read_mask, write_label_png
-from wsm.report.metrics import (METRIC_NAMES, THRESHOLD_JACCARD, Counts, aggregate, binarise, confusion_counts,
+from wsm.metrics import (METRIC_NAMES, THRESHOLD_JACCARD, Counts, aggregate, binarise, confusion_counts,
                                 image_metrics, score_label_map, score_mask)
 
 cv2.setNumThreads(1)

@@ -105,7 +105,7 @@ def test_networks_train_on_pixels_preprocessed_as_generate_shows_them():
 
 
 def test_a_missing_fusion_weight_is_a_pipeline_error():
-    from wsm.generate.maps import fusion_weights
+    from wsm.mapping import fusion_weights
 
     recipe = build_recipe(load_pipeline("default", overrides=["fusion.weights={prior = 1.0}"]))
     with pytest.raises(PipelineError, match="no weight for \\['cam'\\]"):

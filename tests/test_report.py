@@ -25,12 +25,12 @@ from PIL import Image
 from scipy import ndimage
 
 from wsm.demo import SAMPLE
-from wsm.generate.folder import WSM_MANIFEST
+from wsm.folders.wsm_folder import WSM_MANIFEST
 from wsm.io.images import read_mask, write_label_png
 from wsm.report.driver import build_report
-from wsm.report.maps import ReportError
+from wsm.folders.maps import ReportError
 from wsm.report.scoring import breakdown, calibration, gallery_ids, image_group, score_image, size_bins, spearman
-from wsm.report.metrics import METRIC_NAMES, score_label_map
+from wsm.metrics import METRIC_NAMES, score_label_map
 
 PEER_WARNINGS = pytest.mark.filterwarnings("ignore:The inplace keyword in Series.rename")
 

@@ -20,11 +20,11 @@ import pytest
 from test_report import IDS, _row, make_label_map
 
 from wsm.demo import SAMPLE
-from wsm.generate.folder import WSM_MANIFEST
+from wsm.folders.wsm_folder import WSM_MANIFEST
 from wsm.io.images import read_mask, write_label_png
 from wsm.report.driver import build_report
-from wsm.report.maps import ReportError
-from wsm.report.metrics import METRIC_NAMES, score_label_map
+from wsm.folders.maps import ReportError
+from wsm.metrics import METRIC_NAMES, score_label_map
 
 KINDS = {IDS[0]: "exact", IDS[1]: "grown", IDS[2]: "shrunk", IDS[3]: "shifted", IDS[4]: "empty",
          IDS[5]: "all_lesion", IDS[6]: "grown", IDS[7]: "shifted"}        # no 255: the challenge convention has none

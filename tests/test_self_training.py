@@ -66,7 +66,7 @@ def test_a_student_becomes_the_next_teacher_and_no_number_comes_from_a_mask_that
     learnt = _ids(student / "train_ids.txt") | fitted0
     assert set(provenance["fit_mask_ids"]) >= learnt and provenance["prior_run"] == str(student.resolve())
     assert provenance["initial_weights"]["prior"]["source"] == "run"
-    from wsm.fit.bundle import load_bundle
+    from wsm.folders.bundle import load_bundle
     from wsm.stages.preprocess import changes_pixels
 
     assert not changes_pixels(load_bundle(tmp_path / "B1").recipe.preprocess)   # the files' pixels, as it learnt
@@ -105,7 +105,7 @@ def test_a_run_without_a_lineage_cannot_be_a_teacher(tmp_path, capsys):
 
 
 def test_a_run_on_weak_maps_without_its_teacher_record_has_an_unknown_lineage(tmp_path):
-    from wsm.train.run_folder import trained_ids
+    from wsm.folders.run import trained_ids
 
     run = tmp_path / "RUN"
     run.mkdir()

@@ -363,7 +363,7 @@ def test_the_lesion_threshold_does_not_buy_certainty_with_true_lesion():
     from wsm.config.pipeline import load_pipeline
     from wsm.config.recipe import build_recipe
     from wsm.fit.calibrate import Sample, calibrate
-    from wsm.generate.maps import label_image
+    from wsm.mapping import label_image
 
     recipe = build_recipe(load_pipeline("default", "cpu", [
         "preprocess.working_size=128", "calibration.crf_choices=[false]", "calibration.offsets_px=[0]",

@@ -396,7 +396,7 @@ def test_unknown_lineage_is_carried_down_a_chain_of_runs(half_labelled, tmp_path
 
 
 def test_a_fit_bundle_records_the_masks_its_prior_learnt_from(tmp_path):
-    from wsm.train.run_folder import trained_ids
+    from wsm.folders.run import trained_ids
 
     (tmp_path / "provenance.json").write_text(json.dumps({"fit_mask_ids": ["ISIC_0000001", "ISIC_0000002"]}))
     assert trained_ids(tmp_path) == {"ISIC_0000001", "ISIC_0000002"}

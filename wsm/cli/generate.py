@@ -46,8 +46,9 @@ def register(commands) -> None:
 
 
 def run_generate(args) -> int:
-    from wsm.generate import GenerateOptions, generate, merge_parts
-    from wsm.generate.folder import check_out_folder
+    from wsm.folders.wsm_folder import merge_parts
+    from wsm.generate import GenerateOptions, generate
+    from wsm.folders.wsm_folder import check_out_folder
     from wsm.generate.plan import parse_shard
     from wsm.selection import read_id_list
 

@@ -2,7 +2,6 @@
 
 - :mod:`~wsm.fit.driver`: the command: choose the masks, train, calibrate, write the bundle.
 - :mod:`~wsm.fit.calibrate`: pick fusion weight, CRF, threshold and uncertain band on the fit's own masks.
-- :mod:`~wsm.fit.bundle`: the BUNDLE folder: its files, loading it and its networks.
 """
 
 from wsm._lazy import lazy_exports

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from wsm.config.recipe import Recipe
-from wsm.report.metrics import confusion_counts, image_metrics
+from wsm.metrics import confusion_counts, image_metrics
 from wsm.stages.preprocess import Preprocessed
 from wsm.stages.quality import QualityConfig, fit_quality
 from wsm.stages.refine import clean_mask, decide, dense_crf, fuse, offset_mask, refine
@@ -190,7 +190,7 @@ def _with_margin(samples, recipe, best: GridPoint, grid) -> Calibration:
 def learn_quality(samples: list[Sample], recipe: Recipe) -> QualityConfig:
     """The quality model (wsm.stages.quality) learnt on the calibration samples as the calibrated ``recipe`` labels
     them: each map's signals against its true Jaccard (255 as background) at the working size."""
-    from wsm.generate.maps import label_image
+    from wsm.mapping import label_image
 
     signals, jaccards = [], []
     for sample in samples:

@@ -22,7 +22,7 @@ import pandas as pd
 from archive_client.layout import DataLayout
 from wsm.config.pipeline import PipelineError, load_pipeline, pipeline_hash
 from wsm.config.recipe import INFERENCE_ONLY, Recipe, build_recipe
-from wsm.fit import bundle as B
+from wsm.folders import bundle as B
 from wsm.fit.prior_run import load_prior, prior_run_settings
 from wsm.fit.source_bundle import SourceBundle, SourceBundleError, open_source
 from wsm.io.atomic import write_json
@@ -264,9 +264,9 @@ def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, d
 
 def calibration_samples(recipe: Recipe, data: Path, rows: pd.DataFrame, models, bar=None) -> list:
     """A wsm.fit.calibrate.Sample of each masked row of DATA: the image as ``recipe`` preprocesses it, the maps of
-    ``models`` (wsm.generate.maps.MapModels), the mask at the working size."""
+    ``models`` (wsm.mapping.MapModels), the mask at the working size."""
     from wsm.fit.calibrate import Sample
-    from wsm.generate.maps import prepare
+    from wsm.mapping import prepare
     from wsm.models.inputs import truth_at
 
     size, samples, batch = recipe.preprocess.working_size, [], 16
@@ -341,7 +341,7 @@ def fit(opts: FitOptions) -> FitSummary:
     """Train, calibrate and write the bundle; see the module doc."""
     import torch
 
-    from wsm.generate.maps import MapModels
+    from wsm.mapping import MapModels
     from wsm.models.weights import weight_source
 
     source = _source(opts)

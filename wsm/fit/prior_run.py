@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wsm.errors import WsmError
 from wsm.io.hashing import sha256_file
-from wsm.train.run_folder import RunFolder, trained_ids
+from wsm.folders.run import RunFolder, trained_ids
 
 
 class PriorRunError(WsmError, ValueError):

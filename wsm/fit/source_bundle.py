@@ -18,7 +18,7 @@ from pathlib import Path
 from wsm.config.pipeline import apply_override
 from wsm.config.recipe import INFERENCE_ONLY
 from wsm.errors import WsmError
-from wsm.fit import bundle as B
+from wsm.folders import bundle as B
 from wsm.io.atomic import atomic_path
 from wsm.io.hashing import sha256_file
 
@@ -56,7 +56,7 @@ class SourceBundle:
         return resolved
 
     def load_networks(self, models, device: str) -> None:
-        """Put the source's networks into ``models`` (wsm.generate.maps.MapModels), every one of them: calibration
+        """Put the source's networks into ``models`` (wsm.mapping.MapModels), every one of them: calibration
         may weigh a map the source left out."""
         loaded = self.bundle.load_models(device, skip_unweighted=False)
         models.classifier, models.prior = loaded.classifier, loaded.prior

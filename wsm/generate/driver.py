@@ -8,7 +8,7 @@
 - Every map is written atomically, its row journalled (and flushed) as soon as it is written, so a kill loses at
   most the maps in flight; a rerun skips what is complete and finishes the rest.
 - A WSM folder holds the maps of one bundle and one set of settings: the first run records its maker
-  (:mod:`wsm.generate.folder`), and a run, resume, shard or merge that would mix in maps made otherwise is refused
+  (:mod:`wsm.folders.wsm_folder`), and a run, resume, shard or merge that would mix in maps made otherwise is refused
   before any map is written.
 - A bad image (corrupt, truncated, a decompression bomb, ...) gets a `failed` row with its reason; the run goes on.
 """
@@ -28,10 +28,10 @@ import pandas as pd
 from wsm import __version__
 from wsm.config.pipeline import pipeline_hash
 from wsm.config.recipe import recipe_key
-from wsm.fit.bundle import Bundle, load_bundle
+from wsm.folders.bundle import Bundle, load_bundle
 from wsm.generate import workers as W
-from wsm.generate.folder import MAKER, REWRITE_WSM_MANIFEST, WSM_MANIFEST, WsmFolder, check_out_folder, claim_folder
-from wsm.generate.maps import MapModels
+from wsm.folders.wsm_folder import MAKER, REWRITE_WSM_MANIFEST, WSM_MANIFEST, WsmFolder, check_out_folder, claim_folder
+from wsm.mapping import MapModels
 from wsm.generate.plan import batches, cpu_split, folder_rows, heavy_net_on_cpu, plan_rows, usable_cores
 from wsm.generate.resume import check_same_images, file_bytes, intact_maps, recorded_maps
 from wsm.io.atomic import write_json

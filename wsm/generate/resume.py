@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from wsm.generate.folder import REWRITE_WSM_MANIFEST, WSM_MANIFEST, WsmFolder
+from wsm.folders.wsm_folder import REWRITE_WSM_MANIFEST, WSM_MANIFEST, WsmFolder
 from wsm.generate.workers import map_stats
 from wsm.io.images import UNDECODABLE, decode_problem, png_is_complete, read_label_map
 from wsm.io.tables import read_table

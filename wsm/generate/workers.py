@@ -18,7 +18,7 @@ import numpy as np
 
 from wsm.config.recipe import DEFAULT_TYPE
 from wsm.errors import disk_error
-from wsm.generate.folder import WsmFolder
+from wsm.folders.wsm_folder import WsmFolder
 from wsm.stages.quality import FAIL_BELOW
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def _exit_with_parent() -> None:
 
 
 def prepare_image(path: str):
-    from wsm.generate.maps import prepare
+    from wsm.mapping import prepare
 
     return prepare(path, _WORKER["recipes"][DEFAULT_TYPE].preprocess)   # the same for every type
 
@@ -114,7 +114,7 @@ def _agreement(label_map: np.ndarray, mask_path: str | None) -> float | None:
         return None
     from wsm.errors import WsmError
     from wsm.io.images import read_mask
-    from wsm.report.metrics import confusion_counts, image_metrics
+    from wsm.metrics import confusion_counts, image_metrics
 
     try:
         truth = read_mask(mask_path)
@@ -135,7 +135,7 @@ def map_stats(label_map: np.ndarray) -> dict:
 
 
 def finish(isic_id: str, pre, maps: dict, mask_path: str | None, recipe_key: str = DEFAULT_TYPE) -> dict:
-    from wsm.generate.maps import label_image
+    from wsm.mapping import label_image
     from wsm.stages.refine import to_original_size
 
     labelled = label_image(pre, maps, _WORKER["recipes"][recipe_key])

@@ -303,7 +303,7 @@ def read_mask(path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
       mask is read exactly and a coloured mark (e.g. pure red 255,0,0) counts as lesion; luma would read pure
       red as 76, i.e. background after the official > 128 binarisation.
 
-    Returns ``uint8`` ``(H, W)``; binarise with ``> 128`` as the official scorer does (``wsm.report.metrics.binarise``).
+    Returns ``uint8`` ``(H, W)``; binarise with ``> 128`` as the official scorer does (``wsm.metrics.binarise``).
     """
     path = Path(path)
     with _open(path, max_pixels) as im:

@@ -56,7 +56,7 @@ def to_batch(images: list[np.ndarray], size: int, device: str):
 
 def preprocessed_file(path, cfg, max_pixels: int | None = None) -> Preprocessed:
     """An image file decoded and preprocessed as the networks see it, in generate and in training alike
-    (``original_size`` is the decoded size: see wsm.generate.maps.prepare)."""
+    (``original_size`` is the decoded size: see wsm.mapping.prepare)."""
     from wsm.io.images import DEFAULT_MAX_PIXELS, read_image
     from wsm.stages.preprocess import preprocess
 

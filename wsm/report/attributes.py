@@ -39,7 +39,7 @@ GALLERY_SIZE = 6          # images per attribute section: those with the most tr
 
 def normalised_counts(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """TP, FP, FN, TN of two bool masks of one shape, each divided by the pixel count (the challenge's rule)."""
-    from wsm.report.metrics import confusion_counts
+    from wsm.metrics import confusion_counts
 
     counts = confusion_counts(truth, pred)
     total = float(truth.size) or 1.0
@@ -145,7 +145,7 @@ def _images(n: int) -> str:
 
 def _score_image(data: Path, maps: Path, row) -> tuple[list[dict], list[tuple[str, str]]]:
     from wsm.io.images import read_mask
-    from wsm.report.metrics import binarise
+    from wsm.metrics import binarise
 
     scored, missing = [], []
     for attribute in ATTRIBUTES:

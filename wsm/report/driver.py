@@ -7,9 +7,9 @@
 
 Rules (the ISIC 2018 Task 1 metrics, and an honest evaluation):
 
-- Every number is the official one (``wsm.report.metrics``, equal to isic-challenge-scoring 5.6.0), with the uncertain
+- Every number is the official one (``wsm.metrics``, equal to isic-challenge-scoring 5.6.0), with the uncertain
   (255) pixels scored both as background (what the official scorer sees in the 0/255 export) and left out, then
-  weighted by coverage (``wsm.report.metrics.LEFT_OUT_DEFINITION``: a wholly uncertain map scores 0, never 1).
+  weighted by coverage (``wsm.metrics.LEFT_OUT_DEFINITION``: a wholly uncertain map scores 0, never 1).
 - Masks and maps are read by their conventions (``wsm.io.images.read_official_mask``, ``read_label_map``): a file
   whose values mean something else is an ``error`` row with the values found, never a silent score.
 - The headline covers only images whose map is a weak map (``source == "weak"``) and whose mask fit did not use
@@ -24,7 +24,7 @@ Rules (the ISIC 2018 Task 1 metrics, and an honest evaluation):
   weak map and goes into the headline, which the report flags as *not known to be held out*; ``fitted_ids``
   (``--fitted-ids``) takes images out of the headline as fitted (with a manifest, it adds to ``mask_used_in_fit``).
 
-The core is pure (:mod:`wsm.report.scoring`), :mod:`wsm.report.maps` finds and reads the maps, the driver
+The core is pure (:mod:`wsm.report.scoring`), :mod:`wsm.folders.maps` finds and reads the maps, the driver
 :func:`build_report` does the files, and :mod:`wsm.report.html` draws the page.
 """
 
@@ -43,14 +43,14 @@ import pandas as pd
 
 from archive_client.layout import DataLayout
 from wsm import __version__
-from wsm.generate.folder import WsmFolder
+from wsm.folders.wsm_folder import WsmFolder
 from wsm.io.atomic import json_safe, write_json, write_text_atomic
 from wsm.io.hashing import sha256_file
 from wsm.io.images import ImageDecodeError, read_official_mask
 from wsm.io.lock import locks_output
-from wsm.report.maps import (CONVENTIONS, ISIC_WSM, MAP_COLUMNS, MapsFolder, ReportError, images_phrase, made_with,
+from wsm.folders.maps import (CONVENTIONS, ISIC_WSM, MAP_COLUMNS, MapsFolder, ReportError, images_phrase, made_with,
                              read_map, read_maps)
-from wsm.report.metrics import LEFT_OUT_DEFINITION
+from wsm.metrics import LEFT_OUT_DEFINITION
 from wsm.report.scoring import UNKNOWN, gallery_ids, image_group, metric_columns, score_image, size_bins, summarise
 from wsm.selection import read_manifest, read_truth, select_split, warn_unknown_ids, with_truth
 

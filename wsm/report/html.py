@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from wsm.report.metrics import METRIC_NAMES, THRESHOLD_JACCARD
+from wsm.metrics import METRIC_NAMES, THRESHOLD_JACCARD
 
 __all__ = ["bin_ranges", "escape", "figure_uri", "number", "overlay", "page", "png_uri", "render_report",
            "side_by_side", "table", "thumbnail_uri"]

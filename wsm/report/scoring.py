@@ -8,12 +8,12 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from wsm.report.metrics import METRIC_NAMES, score_label_map
+from wsm.metrics import METRIC_NAMES, score_label_map
 
 # How the uncertain (255) pixels are treated: the key in metrics.json, and the suffix of the per-image columns.
 TREATMENTS = {"uncertain_as_background": "bg", "uncertain_ignored": "ignore"}
 
-_MODE = {"bg": "background", "ignore": "ignore"}           # wsm.report.metrics.score_label_map's names
+_MODE = {"bg": "background", "ignore": "ignore"}           # wsm.metrics.score_label_map's names
 
 SIZE_BINS = ("small", "medium", "large")                   # terciles of the official mask's lesion fraction
 

@@ -43,7 +43,8 @@ from wsm.learn.datasets import LazyImages
 from wsm.train.driver import Evaluation, Plan, Trained, execute
 from wsm.train.options import NO_EVAL, TrainOptions, TrainSummary, as_train_error
 from wsm.train.rows import check_no_overlap
-from wsm.train.run_folder import RunFolder, check_run_folder, run_identity
+from wsm.folders.run import RunFolder
+from wsm.train.run_folder import check_run_folder, run_identity
 
 __all__ = ["AttributeDataset", "MIN_AREA", "attribute_command", "attribute_rows", "attribute_weights", "channel_names",
            "clean_attribute", "run_attributes"]

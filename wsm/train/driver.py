@@ -51,7 +51,8 @@ from wsm.train.distributed import distributed
 from wsm.train.evaluate import evaluate_binary, evaluate_classes
 from wsm.train.options import LABEL_CHOICES, TrainError, TrainOptions, TrainSummary, as_train_error
 from wsm.train.rows import check_no_overlap, eval_rows, training_rows
-from wsm.train.run_folder import (RunFolder, check_init, check_run_folder, check_teacher, init_weights_file,
+from wsm.folders.run import RunFolder
+from wsm.train.run_folder import (check_init, check_run_folder, check_teacher, init_weights_file,
                                   options_dict, run_identity, write_start)
 
 __all__ = ["Evaluation", "Plan", "Trained", "execute", "load_model", "plan_run", "run"]

@@ -50,12 +50,12 @@ def evaluate_binary(predict: Callable, data: Path, rows: pd.DataFrame, size: int
     """Official metrics of lesion predictions against the official masks (per image, then mean).
 
     ``predict`` maps a batch to (B, size, size) lesion probabilities; each is resized (bilinear) to its official
-    mask's size and thresholded (> threshold) before scoring with :func:`wsm.report.metrics.score_mask`.
+    mask's size and thresholded (> threshold) before scoring with :func:`wsm.metrics.score_mask`.
     Returns (means with n_images, per-image rows with isic_id).
     """
     from wsm.io.images import read_mask, write_label_png
     from wsm.io.progress import progress as progress_bar
-    from wsm.report.metrics import aggregate, score_mask
+    from wsm.metrics import aggregate, score_mask
 
     data = Path(data)
     per_image = []
@@ -77,7 +77,7 @@ def evaluate_classes(predict: Callable, data: Path, rows: pd.DataFrame, size: in
     """Per-class Jaccard and Dice of class-index predictions against class-index maps (``rows.mask_file``),
     ignored pixels left out; per image, then mean. ``predict`` maps a batch to (B, K, size, size) probabilities."""
     from wsm.io.images import read_mask
-    from wsm.report.metrics import aggregate, confusion_counts, image_metrics
+    from wsm.metrics import aggregate, confusion_counts, image_metrics
 
     data = Path(data)
     per_image = []

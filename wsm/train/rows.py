@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from wsm.io.images import check_map_size, image_size
-from wsm.report.maps import read_maps
+from wsm.folders.maps import read_maps
 from wsm.selection import SPLIT_CHOICES, DataError, read_manifest, read_truth, select_split, with_truth
 from wsm.train.options import NO_EVAL
 
@@ -21,7 +21,7 @@ MINIMUM_FLAGS = {"confidence": "--min-confidence", "predicted_jaccard": "--min-p
 def weak_maps(folder: Path | str, minimums: dict[str, float] | None = None) -> pd.DataFrame:
     """``isic_id``, absolute ``label_file`` and ``label_format`` (its convention, :data:`wsm.io.images.ISIC_WSM` or
     ``CHALLENGE``) of every map in a folder, listed and checked as `wsm report` lists them
-    (:func:`wsm.report.maps.read_maps`): a WSM folder's ``ok`` manifest rows, or the ISIC_x.png (or
+    (:func:`wsm.folders.maps.read_maps`): a WSM folder's ``ok`` manifest rows, or the ISIC_x.png (or
     ISIC_x_segmentation.png) maps of a folder made elsewhere; with ``minimums`` ({manifest column: least value},
     columns of MINIMUM_FLAGS), only the maps that reach every one."""
     folder = Path(folder)

@@ -1,4 +1,4 @@
-"""The maps `wsm report` scores: a WSM folder from `wsm generate` (its manifest says which masks fitted what), or
+"""The maps `wsm report` scores and `wsm train --labels DIR` learns from: a WSM folder from `wsm generate` (its manifest says which masks fitted what), or
 any folder of maps made elsewhere, in the ISIC_WSM or the challenge convention; and the errors that point a user
 who gave the wrong folder to the right one."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 from archive_client.ids import IMAGE_ID, safe_image_id
 from archive_client.layout import DataLayout
 from wsm.errors import WsmError
-from wsm.generate.folder import REWRITE_WSM_MANIFEST, WsmFolder
+from wsm.folders.wsm_folder import REWRITE_WSM_MANIFEST, WsmFolder
 from wsm.io.images import CHALLENGE, ISIC_WSM, read_label_map
 from wsm.io.images import read_lesion_map as read_map  # noqa: F401 - the one reader of maps, for the report's modules
 from wsm.io.tables import read_frame
@@ -42,7 +42,7 @@ MAP_COLUMNS = ["isic_id", "path", "status", "source", "confidence", "mask_used_i
 OPTIONAL_COLUMNS = ("error", "predicted_jaccard")       # absent from older manifests: empty
 SCORED_COLUMNS = frozenset(MAP_COLUMNS) - set(OPTIONAL_COLUMNS)   # what a report needs of a WSM manifest
 
-_BUNDLE_FILES = ("pipeline.toml", "provenance.json")   # what `wsm fit` writes into every BUNDLE (wsm.fit.bundle)
+_BUNDLE_FILES = ("pipeline.toml", "provenance.json")   # what `wsm fit` writes into every BUNDLE (wsm.folders.bundle)
 
 _EXPECTED = ("manifest.parquet and ISIC_x.png maps from `wsm generate`, or maps made elsewhere: ISIC_x.png "
              "(ISIC_WSM: 0 background, 1 lesion, 255 uncertain) or ISIC_x_segmentation.png (challenge: 0/255)")

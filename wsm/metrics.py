@@ -73,7 +73,7 @@ def confusion_counts(truth: np.ndarray, pred: np.ndarray) -> Counts:
         if arr.dtype != bool:
             raise ValueError(
                 f"{name} must be a bool mask, got dtype {arr.dtype}; binarise 8-bit masks with "
-                "wsm.report.metrics.binarise (> 128, as the official scorer), label maps with label_map == 1"
+                "wsm.metrics.binarise (> 128, as the official scorer), label maps with label_map == 1"
             )
     if truth.shape != pred.shape:
         raise ValueError(f"prediction has dimensions {pred.shape}; expected {truth.shape} (the truth's)")

@@ -20,7 +20,7 @@ from wsm import __version__
 from wsm.config.pipeline import apply_override, to_toml
 from wsm.config.recipe import INFERENCE_ONLY, INFERENCE_SECTIONS, Recipe, build_recipe, recipes_by_type
 from wsm.errors import WsmError
-from wsm.generate.maps import MapModels, weighted_maps
+from wsm.mapping import MapModels, weighted_maps
 from wsm.io.atomic import atomic_path, write_text_atomic
 from wsm.io.hashing import sha256_file
 
