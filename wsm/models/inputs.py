@@ -1,6 +1,10 @@
 """From a file or pixels to a network's input, the one road fit, generate, train and its evaluation all take:
 decode and preprocess (:func:`preprocessed_file`), resize to a square (:func:`resize_square`), normalise with the
-ISIC mean and std (:func:`normalize`) into a tensor (:func:`image_tensor`, :func:`to_batch`)."""
+ISIC mean and std (:func:`normalize`) into a tensor (:func:`image_tensor`, :func:`to_batch`).
+
+Generate goes in two steps (worker processes preprocess the file, the networks take a batch of working images:
+:func:`preprocessed_file`, then :func:`to_batch`); :func:`network_input` is the same two steps for one file, so that
+train's evaluation shows a network exactly the tensor generate would."""
 from __future__ import annotations
 
 import cv2
@@ -47,11 +51,25 @@ def image_tensor(image: np.ndarray, guide: np.ndarray | None = None):
     return torch.cat([x, torch.from_numpy(guide.astype(np.float32) / 255.0)[None]])
 
 
+def input_tensor(image: np.ndarray, size: int, guide: np.ndarray | None = None):
+    """A working image (and an optional 8-bit guide map) -> the network's normalised (3 or 4, size, size) input:
+    both resized square to ``size`` (:func:`resize_square`), then :func:`image_tensor`."""
+    return image_tensor(resize_square(image, size), None if guide is None else resize_square(guide, size))
+
+
 def to_batch(images: list[np.ndarray], size: int, device: str):
     """(S, S, 3) uint8 images -> a normalised (N, 3, size, size) float tensor on ``device``."""
     import torch
 
-    return torch.stack([image_tensor(resize_square(img, size)) for img in images]).to(device)
+    return torch.stack([input_tensor(img, size) for img in images]).to(device)
+
+
+def network_input(path, cfg, size: int, guide: np.ndarray | None = None, max_pixels: int | None = None):
+    """An image file -> a network's (3 or 4, size, size) input, as generate makes it: the file decoded and
+    preprocessed by ``cfg`` at its working size (:func:`preprocessed_file`), then resized to the network's ``size``
+    and normalised (:func:`input_tensor`, what :func:`to_batch` does to each image), with ``guide`` (an 8-bit map)
+    as a 4th channel when given."""
+    return input_tensor(preprocessed_file(path, cfg, max_pixels).image, size, guide)
 
 
 def preprocessed_file(path, cfg, max_pixels: int | None = None) -> Preprocessed:

@@ -1,38 +1,67 @@
-"""Evaluation of a trained network on official masks (or class maps): per image, then mean, as the report scores."""
+"""Evaluation of a trained network on official masks (or class maps): per image, then mean, as the report scores.
+
+The network sees each image as `wsm generate` would show it (:func:`evaluation_pixels`,
+:func:`wsm.models.inputs.network_input`)."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from wsm.stages.preprocess import PreprocessConfig
 from wsm.stages.refine import resize_prob
 
 
+@functools.lru_cache(maxsize=None)
+def evaluation_pixels(size: int) -> PreprocessConfig:
+    """The preprocessing train's evaluation puts a ``size`` px network's images through: the default recipe's, at
+    the working size of the first of its profiles (CPU, then CUDA) whose working size holds the network (with the
+    shipped recipe: 256 px up to 256, 512 px up to 512), or at the network's own size above that.
+
+    Why the default recipe's: a `wsm train` network reaches `wsm generate` as a bundle's prior (`wsm fit
+    --prior-run`), and generate shows a prior its recipe's working image resized to the prior's size, never the file
+    resized straight to it; so the network is scored here on the tensors generate would give it. Colour constancy
+    and hair removal stay off, as `fit --prior-run` keeps them and as the default recipe has them: the network
+    learnt from the files' own pixels, as fit's default prior does. The frame (vignette) changes no pixel, so it is
+    not looked for."""
+    from wsm.config.pipeline import load_pipeline
+    from wsm.config.recipe import build_recipe
+
+    for profile in ("cpu", "cuda"):
+        cfg = build_recipe(load_pipeline("default", profile)).preprocess
+        if cfg.working_size >= size:
+            break
+    return dataclasses.replace(cfg, working_size=max(cfg.working_size, size), vignette=False, hair_removal=False,
+                               colour_constancy=False)
+
+
 class _Inputs:
-    """Eval inputs: images at the working size, normalised, with an optional guide channel (0..255 -> 0..1)."""
+    """Eval inputs: each image as generate makes a network's input (:func:`wsm.models.inputs.network_input`), with
+    an optional guide channel (0..255 -> 0..1)."""
 
     def __init__(self, data: Path, files: list[str], size: int, guide_files: list[str] | None = None):
         self.data, self.files, self.size, self.guide_files = Path(data), files, size, guide_files
+        self.pixels = evaluation_pixels(size)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int):
-        from wsm.io.images import read_image, read_mask
-        from wsm.models.inputs import image_tensor, resize_square
+        from wsm.io.images import read_mask
+        from wsm.models.inputs import network_input
 
-        image = resize_square(read_image(self.data / self.files[index], min_side=self.size), self.size)
-        guide = None
-        if self.guide_files is not None:
-            guide = resize_square(read_mask(self.data / self.guide_files[index]), self.size)
-        return image_tensor(image, guide)
+        guide = None if self.guide_files is None else read_mask(self.data / self.guide_files[index])
+        return network_input(self.data / self.files[index], self.pixels, self.size, guide)
 
 
 def batched_predictions(predict: Callable, data: Path, files: list[str], size: int, batch_size: int,
                         guide_files: list[str] | None = None, workers: int = 0) -> Iterator[np.ndarray]:
-    """Yield ``predict(batch)`` one image at a time, over images read at the working size.
+    """Yield ``predict(batch)`` one image at a time, over the inputs generate would give a ``size`` px network:
+    each file preprocessed as :func:`evaluation_pixels` says, resized to ``size`` and normalised.
 
     ``predict`` maps a (B, C, size, size) tensor to a (B, ...) numpy array (e.g. probabilities).
     """
