@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,33 +99,57 @@ class TrainOptions:
             return ["--labels", self.labels] + (["--maps", str(self.wsm)] if self.wsm is not None else [])
         return ["--labels", "weak", "--maps", self.labels]
 
-    def command(self) -> str:
-        """The `wsm train` command line that reproduces these options (every value spelled out)."""
-        args = ["wsm", "train", "--data", str(self.data), "--out", str(self.out), *self.label_flags()]
-        if self.min_confidence is not None:
-            args += ["--min-confidence", str(self.min_confidence)]
-        if self.min_predicted_jaccard is not None:
-            args += ["--min-predicted-jaccard", str(self.min_predicted_jaccard)]
-        args += ["--arch", self.arch, "--encoder", self.encoder, "--num-classes", str(self.num_classes),
-                 "--loss", self.resolved_loss(), "--train-split", self.split_train, "--eval-split", self.eval_split,
-                 "--epochs", str(self.epochs), "--size", str(self.size), "--batch-size", str(self.batch_size),
-                 "--lr", str(self.lr), "--weight-decay", str(self.weight_decay), "--seed", str(self.seed),
-                 "--device", self.device]
-        if not self.augment:
-            args.append("--no-augment")
-        if self.weak_augment != "same":
-            args += ["--weak-augment", self.weak_augment]
-        if self.accumulate != 1:
-            args += ["--accumulate", str(self.accumulate)]
-        if not self.pretrained:
-            args.append("--no-pretrained")
-        if self.weights_file:
-            args += ["--weights", self.weights_file]
-        if self.init:
-            args += ["--init", self.init]
-        if self.threshold != 0.5:
-            args += ["--threshold", str(self.threshold)]
-        return shlex.join(args)
+    def flag_values(self) -> dict[str, object]:
+        """Every flag of the command line, in its order, with its value: True for a switch that is given, None for
+        a flag left out (it has its default)."""
+        labels = self.label_flags()
+        return {
+            "--data": self.data,
+            "--out": self.out,
+            "--labels": labels[1],
+            "--maps": labels[3] if len(labels) > 2 else None,
+            "--min-confidence": self.min_confidence,
+            "--min-predicted-jaccard": self.min_predicted_jaccard,
+            "--arch": self.arch,
+            "--encoder": self.encoder,
+            "--num-classes": self.num_classes,
+            "--loss": self.resolved_loss(),
+            "--train-split": self.split_train,
+            "--eval-split": self.eval_split,
+            "--epochs": self.epochs,
+            "--size": self.size,
+            "--batch-size": self.batch_size,
+            "--lr": self.lr,
+            "--weight-decay": self.weight_decay,
+            "--seed": self.seed,
+            "--device": self.device,
+            "--no-augment": True if not self.augment else None,
+            "--weak-augment": self.weak_augment if self.weak_augment != "same" else None,
+            "--accumulate": self.accumulate if self.accumulate != 1 else None,
+            "--no-pretrained": True if not self.pretrained else None,
+            "--weights": self.weights_file or None,
+            "--init": self.init or None,
+            "--threshold": self.threshold if self.threshold != 0.5 else None,
+        }
+
+    def command(self, *, lead: Sequence[str] = (), drop: Collection[str] = (),
+                after: Mapping[str, Sequence[str]] | None = None, tail: Sequence[str] = ()) -> str:
+        """The `wsm train` command line that reproduces these options (every value spelled out).
+
+        A variant of it: ``lead`` words right after ``wsm train`` (e.g. ``--task attributes``), the flags named in
+        ``drop`` left out, ``after[flag]`` words in that flag's place, after it (whether the flag is spelled out,
+        left out or dropped), and ``tail`` words at the end."""
+        after = dict(after or {})
+        values = self.flag_values()
+        unknown = (set(drop) | set(after)) - set(values)
+        if unknown:
+            raise ValueError(f"no such `wsm train` flag: {', '.join(sorted(unknown))}")
+        args = ["wsm", "train", *lead]
+        for flag, value in values.items():
+            if flag not in drop and value is not None:
+                args += [flag] if value is True else [flag, str(value)]
+            args += after.get(flag, ())
+        return shlex.join([*args, *tail])
 
 
 @dataclass
