@@ -24,10 +24,11 @@ a rerun only when it is complete for the same images (a ``.complete`` file recor
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import shlex
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,22 +237,20 @@ def _write_maps(predict, data: Path, rows: pd.DataFrame, size: int, batch_size: 
 
 # --------------------------------------------------------------------------------------------------- driver
 
+# The single-network flags an MB-DCNN command line leaves out: the recipe holds the networks' settings, and the
+# flags the user gave follow --device as given. (--min-confidence and --min-predicted-jaccard are left out as well,
+# although the run applies them.)
+_NOT_MBDCNN_FLAGS = ("--min-confidence", "--min-predicted-jaccard", "--arch", "--encoder", "--num-classes", "--loss",
+                     "--epochs", "--size", "--batch-size", "--lr", "--weight-decay", "--no-pretrained", "--weights",
+                     "--init", "--threshold")
+
+
 def _command(opts: TrainOptions, pipeline, overrides, given: dict | None) -> str:
     """The `wsm train --pipeline` command line of this run: the run's options, the flags given, the overrides."""
-    args = ["wsm", "train", "--data", str(opts.data), "--out", str(opts.out), *opts.label_flags()]
-    args += ["--pipeline", str(pipeline), "--train-split", opts.split_train, "--eval-split", opts.eval_split,
-             "--seed", str(opts.seed), "--device", opts.device]
-    for key, value in sorted((given or {}).items()):
-        args += [f"--{key.replace('_', '-')}", str(value)]
-    if not opts.augment:
-        args.append("--no-augment")
-    if opts.weak_augment != "same":
-        args += ["--weak-augment", opts.weak_augment]
-    if opts.accumulate != 1:
-        args += ["--accumulate", str(opts.accumulate)]
-    for override in overrides:
-        args += ["--set", override]
-    return shlex.join(args)
+    given_words = [word for key, value in sorted((given or {}).items())
+                   for word in (f"--{key.replace('_', '-')}", str(value))]
+    return opts.command(drop=_NOT_MBDCNN_FLAGS, after={"--maps": ["--pipeline", str(pipeline)], "--device": given_words},
+                        tail=[word for override in overrides for word in ("--set", override)])
 
 
 @locks_output("opts.out", torchrun=True)
@@ -288,99 +287,176 @@ def train_mbdcnn(opts: TrainOptions, pipeline: str | Path = "mbdcnn", overrides:
 
 def _train_three(plan: Plan, recipe: MbdcnnRecipe, mapping, labelled: pd.DataFrame, device: str, rank: int,
                  world: int) -> Trained:
-    import torch
-
-    from wsm.models.cam import cam_maps
-    from wsm.models.classifier import create_classifier
-    from wsm.models.segmentation import create_segmenter, predict_prob
-    from wsm.learn.augment import WEAK_AUGMENTS
-    from wsm.learn.datasets import LabelMapDataset
-    from wsm.learn.loop import TrainConfig, classification_loss, train
+    """The three networks in turn (each map folder between them written by rank 0), timed stage by stage."""
     from wsm.learn.losses import create_loss
 
-    opts, out, data, size = plan.opts, plan.folder.root, Path(plan.opts.data), recipe.size
-    train_rows, test_rows = plan.train_rows, plan.test_rows
+    stages = _Stages(plan, recipe, device, rank, world)
     with as_train_error():
         seg_loss = create_loss(recipe.loss, 1)
-
-    def cfg(stage) -> TrainConfig:
-        return TrainConfig(epochs=stage.epochs, batch_size=stage.batch_size, lr=stage.lr,
-                           weight_decay=stage.weight_decay, num_workers=opts.workers, seed=opts.seed, device=device,
-                           amp=opts.amp, accumulate=opts.accumulate)
-
-    def maps_of(folder: str, ids) -> list[str]:
-        return [str((out / folder / f"{i}.png").resolve()) for i in ids]
-
-    seconds: dict[str, float] = {}
-    all_rows = pd.concat([train_rows[["isic_id", "file"]], test_rows[["isic_id", "file"]]]).drop_duplicates(
+    all_rows = pd.concat([plan.train_rows[["isic_id", "file"]], plan.test_rows[["isic_id", "file"]]]).drop_duplicates(
         "isic_id").reset_index(drop=True)
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "coarse"):
+        coarse, coarse_result = _train_coarse(stages, seg_loss)
+        _write_coarse_maps(stages, coarse, all_rows)
+    with _timed(seconds, "classifier"):
+        classifier, cls_result = _train_guided_classifier(stages, mapping, labelled)
+    with _timed(seconds, "cam"):
+        _write_cams(stages, classifier, all_rows)
+    with _timed(seconds, "enhanced"):
+        enhanced, enh_result = _train_enhanced(stages, seg_loss)
+    losses = {"coarse": coarse_result.epoch_losses, "classifier": cls_result.epoch_losses,
+              "enhanced": enh_result.epoch_losses}
+    return Trained(enh_result.epoch_losses, seconds, _evaluation(stages, coarse, enhanced),
+                   extra={"train_losses": losses, "coarse_metrics": {}})
 
-    # 1. coarse segmentation network
-    t0 = time.perf_counter()
+
+@dataclass(frozen=True)
+class _Stages:
+    """What the stages of one MB-DCNN run share: its plan and recipe, and this process's device, rank and world."""
+    plan: Plan
+    recipe: MbdcnnRecipe
+    device: str
+    rank: int
+    world: int
+
+    @property
+    def opts(self) -> TrainOptions:
+        return self.plan.opts
+
+    @property
+    def out(self) -> Path:
+        return self.plan.folder.root
+
+    @property
+    def data(self) -> Path:
+        return Path(self.plan.opts.data)
+
+    def train(self, model, dataset, loss, stage, folder: str):
+        """Train one network with its stage's settings (``stage``: a recipe table), its checkpoints in RUN/folder."""
+        from wsm.learn.loop import TrainConfig, train
+
+        opts = self.opts
+        cfg = TrainConfig(epochs=stage.epochs, batch_size=stage.batch_size, lr=stage.lr,
+                          weight_decay=stage.weight_decay, num_workers=opts.workers, seed=opts.seed,
+                          device=self.device, amp=opts.amp, accumulate=opts.accumulate)
+        return train(model, dataset, loss, cfg, self.out / folder, progress=opts.progress)
+
+    def maps_of(self, folder: str, ids) -> list[str]:
+        """The files of RUN/folder's map of each id."""
+        return [str((self.out / folder / f"{i}.png").resolve()) for i in ids]
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """``seconds[stage]``: how long the block took."""
+    started = time.perf_counter()
+    yield
+    seconds[stage] = time.perf_counter() - started
+
+
+def _train_coarse(stages: _Stages, seg_loss):
+    """1. The coarse segmentation network on the training labels; the network (on the device) and its result."""
+    import torch
+
+    from wsm.learn.augment import WEAK_AUGMENTS
+    from wsm.learn.datasets import LabelMapDataset
+    from wsm.models.segmentation import create_segmenter
+
+    opts, cfg = stages.opts, stages.recipe.coarse
     with as_train_error():
         torch.manual_seed(opts.seed)
-        coarse = create_segmenter(recipe.coarse.arch, recipe.coarse.encoder, pretrained=recipe.coarse.pretrained,
-                                  weights_file=recipe.coarse.weights_file or None)
-    weak_cfg = WEAK_AUGMENTS[opts.weak_augment]
-    dataset = LabelMapDataset(data, train_rows, size, augment=opts.augment, seed=opts.seed, weak_augment_cfg=weak_cfg)
-    coarse_result = train(coarse, dataset, seg_loss, cfg(recipe.coarse), out / "coarse", progress=opts.progress)
-    coarse.to(device)
-    if rank == 0:
-        _write_maps(lambda x: predict_prob(coarse, x), data, all_rows, size, recipe.coarse.batch_size,
-                    out / "coarse_maps", progress=opts.progress)
-    barrier(world)
-    seconds["coarse"] = time.perf_counter() - t0
+        coarse = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
+                                  weights_file=cfg.weights_file or None)
+    dataset = LabelMapDataset(stages.data, stages.plan.train_rows, stages.recipe.size, augment=opts.augment,
+                              seed=opts.seed, weak_augment_cfg=WEAK_AUGMENTS[opts.weak_augment])
+    result = stages.train(coarse, dataset, seg_loss, cfg, "coarse")
+    coarse.to(stages.device)
+    return coarse, result
 
-    # 2. mask-guided classifier: image + coarse map
-    t0 = time.perf_counter()
-    cls_data = _guided_classifier_dataset(data, labelled.assign(guide_file=maps_of("coarse_maps", labelled["isic_id"])),
-                                          size, mapping, opts.seed)
+
+def _write_coarse_maps(stages: _Stages, coarse, all_rows: pd.DataFrame) -> None:
+    """RUN/coarse_maps/: the coarse network's map of every image used (rank 0 writes, the others wait)."""
+    from wsm.models.segmentation import predict_prob
+
+    if stages.rank == 0:
+        _write_maps(lambda x: predict_prob(coarse, x), stages.data, all_rows, stages.recipe.size,
+                    stages.recipe.coarse.batch_size, stages.out / "coarse_maps", progress=stages.opts.progress)
+    barrier(stages.world)
+
+
+def _train_guided_classifier(stages: _Stages, mapping, labelled: pd.DataFrame):
+    """2. The mask-guided classifier on the labelled training images and their coarse maps; the network (on the
+    device, in eval mode) and its result."""
+    import torch
+
+    from wsm.learn.loop import classification_loss
+    from wsm.models.classifier import create_classifier
+
+    opts, cfg = stages.opts, stages.recipe.classifier
+    dataset = _guided_classifier_dataset(
+        stages.data, labelled.assign(guide_file=stages.maps_of("coarse_maps", labelled["isic_id"])),
+        stages.recipe.size, mapping, opts.seed)
     with as_train_error():
         torch.manual_seed(opts.seed)
-        classifier = create_classifier(recipe.classifier.arch, mapping.num_classes, in_chans=4,
-                                       pretrained=recipe.classifier.pretrained,
-                                       weights_file=recipe.classifier.weights_file or None)
-    cls_result = train(classifier, cls_data, classification_loss(cls_data.class_counts()), cfg(recipe.classifier),
-                       out / "classifier", progress=opts.progress)
-    classifier.to(device).eval()
-    seconds["classifier"] = time.perf_counter() - t0
+        classifier = create_classifier(cfg.arch, mapping.num_classes, in_chans=4, pretrained=cfg.pretrained,
+                                       weights_file=cfg.weights_file or None)
+    result = stages.train(classifier, dataset, classification_loss(dataset.class_counts()), cfg, "classifier")
+    classifier.to(stages.device).eval()
+    return classifier, result
 
-    # 3. class activation maps of the mask-guided classifier
-    t0 = time.perf_counter()
-    if rank == 0:
+
+def _write_cams(stages: _Stages, classifier, all_rows: pd.DataFrame) -> None:
+    """3. RUN/cams/: the mask-guided classifier's class activation map of every image used (rank 0 writes, the
+    others wait)."""
+    from wsm.models.cam import cam_maps
+
+    recipe = stages.recipe
+    if stages.rank == 0:
         _write_maps(lambda x: cam_maps(classifier, x, method=recipe.cam.method, flip_tta=recipe.cam.flip_tta),
-                    data, all_rows, size, recipe.classifier.batch_size, out / "cams",
-                    guide_files=maps_of("coarse_maps", all_rows["isic_id"]), progress=opts.progress)
-    barrier(world)
-    seconds["cam"] = time.perf_counter() - t0
+                    stages.data, all_rows, recipe.size, recipe.classifier.batch_size, stages.out / "cams",
+                    guide_files=stages.maps_of("coarse_maps", all_rows["isic_id"]), progress=stages.opts.progress)
+    barrier(stages.world)
 
-    # 4. enhanced segmentation network: image + CAM through the E-layers
-    t0 = time.perf_counter()
+
+def _train_enhanced(stages: _Stages, seg_loss):
+    """4. The enhanced segmentation network on the training labels, the CAM through the E-layers; the network and
+    its result."""
+    import torch
+
+    from wsm.learn.augment import WEAK_AUGMENTS
+    from wsm.learn.datasets import LabelMapDataset
+
+    opts, cfg, train_rows = stages.opts, stages.recipe.enhanced, stages.plan.train_rows
     with as_train_error():
         torch.manual_seed(opts.seed)
-        enhanced = create_enhanced_segmenter(recipe.enhanced.arch, recipe.enhanced.encoder,
-                                             pretrained=recipe.enhanced.pretrained,
-                                             weights_file=recipe.enhanced.weights_file or None)
-    dataset = LabelMapDataset(data, train_rows.assign(guide_file=maps_of("cams", train_rows["isic_id"])), size,
-                              augment=opts.augment, seed=opts.seed, guides=True, weak_augment_cfg=weak_cfg)
-    enh_result = train(enhanced, dataset, seg_loss, cfg(recipe.enhanced), out / "enhanced", progress=opts.progress)
-    seconds["enhanced"] = time.perf_counter() - t0
+        enhanced = create_enhanced_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
+                                             weights_file=cfg.weights_file or None)
+    dataset = LabelMapDataset(stages.data, train_rows.assign(guide_file=stages.maps_of("cams", train_rows["isic_id"])),
+                              stages.recipe.size, augment=opts.augment, seed=opts.seed, guides=True,
+                              weak_augment_cfg=WEAK_AUGMENTS[opts.weak_augment])
+    return enhanced, stages.train(enhanced, dataset, seg_loss, cfg, "enhanced")
+
+
+def _evaluation(stages: _Stages, coarse, enhanced) -> Callable[[str], Evaluation]:
+    """How the run is evaluated on a device: the enhanced network on the eval images' official masks (and their
+    CAMs), with the coarse network's Jaccard beside it."""
+    from wsm.models.segmentation import predict_prob
+
+    opts, recipe, data, test_rows = stages.opts, stages.recipe, stages.data, stages.plan.test_rows
 
     def evaluate(device: str) -> Evaluation:
         enhanced.to(device)
         means, per_image = evaluate_binary(
-            lambda x: predict_prob(enhanced, x), data, test_rows, size, recipe.enhanced.batch_size, opts.threshold,
-            guide_files=maps_of("cams", test_rows["isic_id"]),
-            predictions_dir=plan.folder.predictions if opts.save_predictions else None, progress=opts.progress)
-        coarse_means, coarse_per_image = evaluate_binary(lambda x: predict_prob(coarse, x), data, test_rows, size,
-                                                         recipe.coarse.batch_size, opts.threshold)
+            lambda x: predict_prob(enhanced, x), data, test_rows, recipe.size, recipe.enhanced.batch_size,
+            opts.threshold, guide_files=stages.maps_of("cams", test_rows["isic_id"]),
+            predictions_dir=stages.plan.folder.predictions if opts.save_predictions else None, progress=opts.progress)
+        coarse_means, coarse_per_image = evaluate_binary(lambda x: predict_prob(coarse, x), data, test_rows,
+                                                         recipe.size, recipe.coarse.batch_size, opts.threshold)
         per = pd.DataFrame(per_image)
         per["coarse_jaccard"] = [r["jaccard"] for r in coarse_per_image]
         notes = [f"coarse network alone: jaccard {coarse_means['jaccard']:.4f}, threshold_jaccard "
                  f"{coarse_means['threshold_jaccard']:.4f}"] if coarse_means else []
         return Evaluation(means, per, extra={"coarse_metrics": coarse_means}, notes=notes)
 
-    losses = {"coarse": coarse_result.epoch_losses, "classifier": cls_result.epoch_losses,
-              "enhanced": enh_result.epoch_losses}
-    return Trained(enh_result.epoch_losses, seconds, evaluate,
-                   extra={"train_losses": losses, "coarse_metrics": {}})
+    return evaluate
