@@ -341,15 +341,50 @@ def fit(opts: FitOptions) -> FitSummary:
     """Train, calibrate and write the bundle; see the module doc."""
     import torch
 
-    from wsm.mapping import MapModels
-    from wsm.models.weights import weight_source
-
     source = _source(opts)
     resolved, teacher_ids = _requested_pipeline(opts, source)
     recipe = build_recipe(resolved)
     if recipe.fit.threads:
         torch.set_num_threads(recipe.fit.threads)
     out, data = Path(opts.out), Path(opts.data)
+    images = _choose_images(opts, recipe, data, teacher_ids)
+    if source is not None and not images.calibrating:
+        raise _nothing_to_recalibrate(recipe, data, len(images.evaluation_ids))
+    folder = B.BundleFolder(out)
+    models, networks, prior_source = _build_networks(opts, recipe, data, images, source, folder)
+
+    out.mkdir(parents=True, exist_ok=True)
+    requested = pipeline_hash(resolved)
+    _start_replacing(out, requested)
+    summary = FitSummary(out, held_out=len(images.evaluation_ids), data=data, prior_run=opts.prior_run,
+                         from_bundle=opts.from_bundle)
+    provenance = _provenance(opts, recipe, data, requested, images.evaluation_ids)
+    _keep_given_networks(opts, source, models, folder, prior_source, len(teacher_ids), provenance)
+    calibration_rows = images.calibration_rows if images.calibrating else None
+    phases = _Phases(_announce_plan(opts, recipe, data, networks, calibration_rows, models, images.evaluation_ids))
+    _train_networks(networks, folder, phases, opts.progress, provenance, summary)
+    _count_what_trained(networks, images, teacher_ids, models, provenance, summary)
+    if images.calibrating:
+        phases.begin()
+        resolved = _calibrate_bundle(recipe, data, images.calibration_rows, models, resolved, folder, opts.progress,
+                                     provenance, summary)
+    _write_bundle(folder, resolved, images, teacher_ids, provenance, summary)
+    return summary
+
+
+@dataclass(frozen=True)
+class _Images:
+    """Which DATA images each part of a fit uses."""
+    rows: pd.DataFrame                  # every image it may use (the classifier's): not excluded, not held out
+    prior_rows: pd.DataFrame            # the masks the prior trains on
+    calibration_rows: pd.DataFrame      # the masks calibration chooses on
+    evaluation_ids: frozenset[str]      # masked images kept out of everything, for `wsm report`
+    calibrating: bool                   # whether calibration runs (on calibration_rows)
+
+
+def _choose_images(opts: FitOptions, recipe: Recipe, data: Path, teacher_ids: frozenset[str]) -> _Images:
+    """Share DATA's images out between the networks, calibration and the report's held-out ones; ``teacher_ids``:
+    the masks that given networks learnt from (used for nothing more)."""
     rows = with_truth(read_manifest(data), read_truth(data))    # a wrong --data fails here, before BUNDLE exists
     warn_unknown_ids("--exclude", opts.exclude_ids, rows["isic_id"], data)
     rows = rows[~rows["isic_id"].isin(opts.exclude_ids)].reset_index(drop=True)
@@ -363,26 +398,32 @@ def fit(opts: FitOptions) -> FitSummary:
     prior_rows, calibration_rows = masked[~holdout], masked[holdout]
     if not recipe.uses_prior or not recipe.calibration.enabled:
         prior_rows = masked if recipe.uses_prior else masked.iloc[:0]
-    if opts.prior_run is not None or source is not None:   # nothing to train: every mask they did not learn from
-        prior_rows, calibration_rows = masked.iloc[:0], masked   # calibrates
-    calibrating = recipe.calibration.enabled and len(calibration_rows) and recipe.method != "classic"
-    if source is not None and not calibrating:
-        raise _nothing_to_recalibrate(recipe, data, len(evaluation_ids))
+    if opts.prior_run is not None or opts.from_bundle is not None:   # given networks: every mask they did not
+        prior_rows, calibration_rows = masked.iloc[:0], masked          # learn from calibrates
+    calibrating = bool(recipe.calibration.enabled and len(calibration_rows) and recipe.method != "classic")
+    return _Images(rows, prior_rows, calibration_rows, evaluation_ids, calibrating)
 
-    folder = B.BundleFolder(out)
+
+def _build_networks(opts: FitOptions, recipe: Recipe, data: Path, images: _Images, source: SourceBundle | None,
+                    folder: B.BundleFolder) -> tuple[object, list[_Network], dict | None]:
+    """Every network the bundle will hold, built (a RUN's prior and a source bundle's networks loaded) before the
+    old bundle is taken out of use: the wsm.mapping.MapModels, the networks to train, where a RUN's prior came
+    from."""
+    from wsm.mapping import MapModels
+
     models = MapModels(recipe, device=opts.device)
     networks, prior_source = [], None
-    try:        # every network is built (and a run's prior loaded) before the old bundle is taken out of use
+    try:
         if opts.prior_run is not None:
             models.prior, prior_source = load_prior(opts.prior_run, recipe.prior.arch, recipe.prior.encoder)
             models.prior.to(opts.device)
         if source is not None:
             source.load_networks(models, opts.device)
         elif recipe.uses_classifier:
-            networks.append(_classifier_network(recipe, data, rows, folder.work, opts.device))
+            networks.append(_classifier_network(recipe, data, images.rows, folder.work, opts.device))
             models.classifier = networks[-1].model
-        if recipe.uses_prior and len(prior_rows):
-            networks.append(_prior_network(recipe, data, prior_rows, folder.work, opts.device))
+        if recipe.uses_prior and len(images.prior_rows):
+            networks.append(_prior_network(recipe, data, images.prior_rows, folder.work, opts.device))
             models.prior = networks[-1].model
     except ValueError as err:       # the registries' "unknown ...; valid ones: ..." for a --set arch or encoder
         raise PipelineError(f"pipeline {opts.pipeline!r}: {err}") from err
@@ -391,62 +432,85 @@ def fit(opts: FitOptions) -> FitSummary:
                         f"fitting splits ({', '.join(recipe.fit.splits)}) outside --exclude to train its prior on; "
                         "add masks (`wsm download --challenge isic2018`, `wsm import --masks DIR`), or use the "
                         "no-learning pipeline: --pipeline classic")
+    return models, networks, prior_source
 
-    out.mkdir(parents=True, exist_ok=True)
-    requested = pipeline_hash(resolved)
-    _start_replacing(out, requested)
-    summary = FitSummary(out, held_out=len(evaluation_ids), data=data, prior_run=opts.prior_run,
-                         from_bundle=opts.from_bundle)
-    provenance = {"recipe": recipe.name, "method": recipe.method, "seed": recipe.seed, "device": opts.device,
-                  "requested_pipeline_sha256": requested,
-                  "data": str(data.resolve()), "versions": versions(), "excluded_ids": len(opts.exclude_ids),
-                  "data_manifest_sha256": sha256_file(DataLayout(data).manifest),
-                  "evaluation_ids": sorted(evaluation_ids)}
+
+def _provenance(opts: FitOptions, recipe: Recipe, data: Path, requested: str, evaluation_ids: frozenset[str]) -> dict:
+    """provenance.json as it starts: the recipe, the DATA it is fitted on, the software; the fit adds the rest."""
+    return {"recipe": recipe.name, "method": recipe.method, "seed": recipe.seed, "device": opts.device,
+            "requested_pipeline_sha256": requested,
+            "data": str(data.resolve()), "versions": versions(), "excluded_ids": len(opts.exclude_ids),
+            "data_manifest_sha256": sha256_file(DataLayout(data).manifest),
+            "evaluation_ids": sorted(evaluation_ids)}
+
+
+def _keep_given_networks(opts: FitOptions, source: SourceBundle | None, models, folder: B.BundleFolder,
+                         prior_source: dict | None, n_teacher_ids: int, provenance: dict) -> None:
+    """Write the networks this fit was given into the bundle (a RUN's prior, a source bundle's networks), and
+    where they came from into the provenance."""
     if opts.prior_run is not None:
         B.save_weights_file(models.prior, folder.prior)
-        provenance.update(prior_run=str(Path(opts.prior_run).resolve()), prior_run_ids=len(teacher_ids))
+        provenance.update(prior_run=str(Path(opts.prior_run).resolve()), prior_run_ids=n_teacher_ids)
         provenance.setdefault("initial_weights", {})["prior"] = prior_source
     if source is not None:
         source.copy_networks(folder)
         provenance.update(source.provenance())
 
-    phases = _Phases(_announce_plan(opts, recipe, data, networks, calibration_rows if calibrating else None, models,
-                                    evaluation_ids))
+
+def _train_networks(networks: list[_Network], folder: B.BundleFolder, phases: _Phases, progress: bool,
+                    provenance: dict, summary: FitSummary) -> None:
+    """Train each network in turn and write it into the bundle; its losses and first weights go into the
+    provenance, its seconds into the summary."""
+    from wsm.models.weights import weight_source
 
     for network in networks:
         phases.begin()
         started = time.perf_counter()
-        result = network.train(opts.progress)
+        result = network.train(progress)
         B.save_weights_file(network.model, getattr(folder, network.name))
         network.model.eval()
         provenance[f"{network.name}_losses"] = result.epoch_losses
         provenance.setdefault("initial_weights", {})[network.name] = weight_source(network.model)
         summary.seconds[network.name] = time.perf_counter() - started
+
+
+def _count_what_trained(networks: list[_Network], images: _Images, teacher_ids: frozenset[str], models,
+                        provenance: dict, summary: FitSummary) -> None:
+    """The classifier's classes and images, the prior's masks and optimiser steps (a given prior's masks too)."""
     for classifier in (n for n in networks if n.name == "classifier"):
         classes, counts = classifier.dataset.mapping.classes, classifier.dataset.class_counts().tolist()
         provenance.update(classes=list(classes), class_counts=dict(zip(classes, counts)))
         summary.classifier_images = sum(counts)
-    summary.prior_images = len(prior_rows) + len(teacher_ids) if models.prior is not None else 0
-    if calibrating:
-        phases.begin()
-        started = time.perf_counter()
-        from wsm.fit.calibrate import learn_quality
-
-        summary.calibration, samples = _calibrate(recipe, data, calibration_rows, models, opts.progress)
-        resolved = summary.calibration.apply(resolved)
-        summary.quality = learn_quality(samples, build_recipe(resolved))
-        resolved["quality"] = quality_table(summary.quality)
-        provenance["calibration_mask_ids"] = [s.isic_id for s in samples]
-        write_json(folder.calibration, {**summary.calibration.__dict__, "isic_ids": provenance["calibration_mask_ids"]})
-        summary.seconds["calibration"] = time.perf_counter() - started
+    summary.prior_images = len(images.prior_rows) + len(teacher_ids) if models.prior is not None else 0
     for prior in (n for n in networks if n.name == "prior"):
         summary.prior_steps = prior.cfg.epochs * -(-len(prior.dataset) // prior.cfg.batch_size)
 
-    provenance["fit_mask_ids"] = sorted(set(prior_rows["isic_id"]) | set(calibration_rows["isic_id"]) | teacher_ids)
+
+def _calibrate_bundle(recipe: Recipe, data: Path, rows: pd.DataFrame, models, resolved: dict,
+                      folder: B.BundleFolder, progress: bool, provenance: dict, summary: FitSummary) -> dict:
+    """Calibrate on the masks of ``rows`` and learn the quality model on the same samples; write calibration.json.
+    The resolved recipe with both applied."""
+    from wsm.fit.calibrate import learn_quality
+
+    started = time.perf_counter()
+    summary.calibration, samples = _calibrate(recipe, data, rows, models, progress)
+    resolved = summary.calibration.apply(resolved)
+    summary.quality = learn_quality(samples, build_recipe(resolved))
+    resolved["quality"] = quality_table(summary.quality)
+    provenance["calibration_mask_ids"] = [s.isic_id for s in samples]
+    write_json(folder.calibration, {**summary.calibration.__dict__, "isic_ids": provenance["calibration_mask_ids"]})
+    summary.seconds["calibration"] = time.perf_counter() - started
+    return resolved
+
+
+def _write_bundle(folder: B.BundleFolder, resolved: dict, images: _Images, teacher_ids: frozenset[str],
+                  provenance: dict, summary: FitSummary) -> None:
+    """The bundle's pipeline.toml, then its provenance.json last (which puts the bundle back in use)."""
+    provenance["fit_mask_ids"] = sorted(set(images.prior_rows["isic_id"]) | set(images.calibration_rows["isic_id"])
+                                        | teacher_ids)
     provenance["seconds"] = summary.seconds
     B.write_pipeline(folder, resolved)
     write_json(folder.provenance, provenance)
-    return summary
 
 
 def _source(opts: FitOptions) -> SourceBundle | None:
