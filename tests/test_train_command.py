@@ -90,14 +90,6 @@ def test_an_attribute_run_leaves_out_the_lesion_label_flags(name, with_lesion):
     assert attribute_command(OPTIONS[name], with_lesion) == ATTRIBUTES[name, with_lesion]
 
 
-@pytest.mark.parametrize("name, with_lesion", sorted(ATTRIBUTES))
-def test_one_function_spells_every_variant(name, with_lesion):
-    """The attribute task's line is TrainOptions.command with words led in and the lesion label flags dropped."""
-    lead = ["--task", "attributes", *(["--with-lesion"] if with_lesion else [])]
-    assert OPTIONS[name].command(lead=lead, drop=("--labels", "--maps", "--num-classes", "--loss")) == \
-        ATTRIBUTES[name, with_lesion]
-
-
 def test_a_variant_naming_no_such_flag_is_refused():
     with pytest.raises(ValueError, match="--no-such-flag"):
         OPTIONS["defaults"].command(drop=("--no-such-flag",))

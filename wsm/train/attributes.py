@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,17 +170,10 @@ def write_predictions(model, data: Path, rows: pd.DataFrame, size: int, batch_si
 
 
 def attribute_command(opts: TrainOptions, with_lesion: bool) -> str:
-    """The `wsm train --task attributes` command line of these options (every value spelled out)."""
-    words = shlex.split(opts.command())
-    kept, skip = [], False
-    for word in words[2:]:                 # the label, class and loss flags of lesion runs do not apply
-        if skip:
-            skip = False
-        elif word in ("--labels", "--maps", "--num-classes", "--loss"):
-            skip = True
-        else:
-            kept.append(word)
-    return shlex.join(["wsm", "train", "--task", "attributes", *(["--with-lesion"] if with_lesion else []), *kept])
+    """The `wsm train --task attributes` command line of these options (every value spelled out); the label, class
+    and loss flags of lesion runs do not apply."""
+    return opts.command(lead=["--task", "attributes", *(["--with-lesion"] if with_lesion else [])],
+                        drop=("--labels", "--maps", "--num-classes", "--loss"))
 
 
 @locks_output("opts.out", torchrun=True)
