@@ -238,9 +238,8 @@ def _write_maps(predict, data: Path, rows: pd.DataFrame, size: int, batch_size: 
 # --------------------------------------------------------------------------------------------------- driver
 
 # The single-network flags an MB-DCNN command line leaves out: the recipe holds the networks' settings, and the
-# flags the user gave follow --device as given. (--min-confidence and --min-predicted-jaccard are left out as well,
-# although the run applies them.)
-_NOT_MBDCNN_FLAGS = ("--min-confidence", "--min-predicted-jaccard", "--arch", "--encoder", "--num-classes", "--loss",
+# flags the user gave follow --device as given.
+_NOT_MBDCNN_FLAGS = ("--arch", "--encoder", "--num-classes", "--loss",
                      "--epochs", "--size", "--batch-size", "--lr", "--weight-decay", "--no-pretrained", "--weights",
                      "--init", "--threshold")
 
