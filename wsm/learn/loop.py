@@ -331,6 +331,44 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, t
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, weights_path = out_dir / CHECKPOINT_NAME, out_dir / WEIGHTS_NAME
+    run = _set_up(model, dataset, loss_fn, cfg)
+    torch.manual_seed(cfg.seed)
+    start_epoch, losses = _resume(run, ckpt_path)
+    if run.rank == 0:
+        write_json(out_dir / CONFIG_NAME, dict(run.config, world_size=run.world))
+    with _deterministic(cfg.deterministic, run.device):
+        for epoch in range(start_epoch, cfg.epochs):
+            losses.append(_train_epoch(run, dataset, loss_fn, epoch, progress and run.rank == 0, phase))
+            if run.rank == 0:
+                log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, losses[-1])
+                if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                    _save_checkpoint(run, ckpt_path, epoch + 1, losses)
+    _save_final(run, weights_path)
+    return TrainResult(weights=weights_path, checkpoint=ckpt_path, epoch_losses=losses, resumed_from=start_epoch,
+                       seconds=time.perf_counter() - started)
+
+
+@dataclass
+class _Run:
+    """What one call of :func:`train` trains with (:func:`_set_up`)."""
+    cfg: TrainConfig
+    model: nn.Module                  # the caller's model (under DDP on CUDA: its BatchNorm made SyncBatchNorm)
+    net: nn.Module                    # what runs forward: the model, or its DistributedDataParallel wrapper
+    device: torch.device
+    use_amp: bool
+    world: int
+    rank: int
+    n_items: int
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    config: dict                      # the settings a checkpoint records: ``cfg`` and ``num_items``
+
+
+def _set_up(model: nn.Module, dataset: Dataset, loss_fn, cfg: TrainConfig) -> _Run:
+    """The model (and the loss) on the device, wrapped for DDP under several processes; the optimiser, the
+    learning-rate schedule over every step of the run, the gradient scaler."""
     n_items = len(dataset)
     if n_items == 0:
         raise ValueError("the training dataset is empty")
@@ -356,109 +394,134 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, t
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_fraction))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    config = dict(dataclasses.asdict(cfg), num_items=n_items)
+    return _Run(cfg, model, net, device, use_amp, world, rank, n_items, steps_per_epoch, optimizer, scheduler, scaler,
+                config=dict(dataclasses.asdict(cfg), num_items=n_items))
 
-    torch.manual_seed(cfg.seed)
-    start_epoch, losses = 0, []
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
-        saved = state["config"]
-        saved = {**_RESUME_DEFAULTS, **saved}   # checkpoints written before a key existed ran at its default
-        diff = {k: (saved.get(k), config[k]) for k in (*_RESUME_KEYS, "num_items") if saved.get(k) != config[k]}
-        if diff:
-            raise ValueError(
-                f"{ckpt_path} was written by a run with other settings (checkpoint, now): {diff}; "
-                "resume with the same settings, or delete the checkpoint (or use another output folder) to start over"
-            )
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        start_epoch, losses = int(state["epoch"]), [float(x) for x in state["losses"]]
-        log.info("resuming from %s after epoch %d of %d", ckpt_path, start_epoch, cfg.epochs)
-    if rank == 0:
-        write_json(out_dir / CONFIG_NAME, dict(config, world_size=world))
 
-    previous_det = (torch.are_deterministic_algorithms_enabled(),
-                    torch.is_deterministic_algorithms_warn_only_enabled())
+def _resume(run: _Run, ckpt_path: Path) -> tuple[int, list[float]]:
+    """Load the checkpoint, if there is one: model, optimiser, schedule, scaler and RNG states. Returns the epochs
+    it had done and their losses ((0, []) without one)."""
+    if not ckpt_path.exists():
+        return 0, []
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # RNG states must stay on the CPU
+    saved = {**_RESUME_DEFAULTS, **state["config"]}   # checkpoints written before a key existed ran at its default
+    diff = {k: (saved.get(k), run.config[k]) for k in (*_RESUME_KEYS, "num_items") if saved.get(k) != run.config[k]}
+    if diff:
+        raise ValueError(
+            f"{ckpt_path} was written by a run with other settings (checkpoint, now): {diff}; "
+            "resume with the same settings, or delete the checkpoint (or use another output folder) to start over"
+        )
+    _unwrap(run.model).load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"])
+    log.info("resuming from %s after epoch %d of %d", ckpt_path, int(state["epoch"]), run.cfg.epochs)
+    return int(state["epoch"]), [float(x) for x in state["losses"]]
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool, device: torch.device):
+    """torch's deterministic algorithms (warn-only; on CUDA also cuBLAS's fixed workspace and no cuDNN benchmark)
+    while training, the caller's settings restored after."""
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     previous_benchmark = torch.backends.cudnn.benchmark
-    if cfg.deterministic:
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            if world > 1:
-                sampler = DistributedBatchSampler(n_items, cfg.batch_size, cfg.seed, epoch, world, rank)
-                generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))  # workers' base seed
-                loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
-                                    worker_init_fn=_worker_init, pin_memory=device.type == "cuda",
-                                    generator=generator)
-                global_sizes = [len(b) for b in sampler.global_batches]
-            else:
-                generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-                loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                                    num_workers=cfg.num_workers, worker_init_fn=_worker_init,
-                                    pin_memory=device.type == "cuda", drop_last=False)
-                global_sizes = None
-            model.train()
-            total, seen = 0.0, 0
-            bar = progress_bar(loader, total=steps_per_epoch, desc=f"{phase}epoch {epoch + 1}/{cfg.epochs}".lstrip(),
-                               enabled=progress and rank == 0, leave=False)
-            for step, (inputs, targets) in enumerate(bar):
-                inputs = inputs.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                if world == 1 and cfg.accumulate == 1:   # the plain step (bit-identical to earlier versions)
-                    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                        outputs = net(inputs)
-                    loss = loss_fn(outputs.float(), targets)
-                    scaler.scale(loss).backward()
-                    total += float(loss.detach()) * len(inputs)
-                else:
-                    total += _accumulate_step(net, inputs, targets, loss_fn, scaler, cfg.accumulate, world,
-                                              global_sizes[step] if global_sizes else len(inputs), device, use_amp)
-                seen += len(inputs)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
-            bar.close()
-            if world > 1:
-                import torch.distributed as dist
-
-                sums = torch.tensor([total, float(seen)], dtype=torch.float64, device=device)
-                dist.all_reduce(sums)
-                total, seen = float(sums[0]), int(round(float(sums[1])))
-            losses.append(total / seen)
-            if rank == 0:
-                log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, losses[-1])
-            if rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
-                state = {
-                    "model": _unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch + 1,
-                    "losses": losses,
-                    "rng": _rng_state(),
-                    "config": config,
-                }
-                with atomic_path(ckpt_path) as tmp, open(tmp, "wb") as fh:
-                    torch.save(state, fh)    # through a Python file: a full disk raises OSError (under torch's error)
+        yield
     finally:
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(previous_det[0], warn_only=previous_det[1])
-            torch.backends.cudnn.benchmark = previous_benchmark
-    if rank == 0:
-        save_weights(model, weights_path)
-    if world > 1:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark = previous_benchmark
+
+
+def _epoch_loader(run: _Run, dataset: Dataset, epoch: int) -> tuple[DataLoader, list[int] | None]:
+    """Epoch ``epoch``'s batches (a permutation drawn from (seed, epoch)), and under DDP the size of every global
+    batch (this process loads its share of each)."""
+    cfg = run.cfg
+    generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))  # DDP: the workers' base seed
+    if run.world > 1:
+        sampler = DistributedBatchSampler(run.n_items, cfg.batch_size, cfg.seed, epoch, run.world, run.rank)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                            worker_init_fn=_worker_init, pin_memory=run.device.type == "cuda", generator=generator)
+        return loader, [len(b) for b in sampler.global_batches]
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                        num_workers=cfg.num_workers, worker_init_fn=_worker_init,
+                        pin_memory=run.device.type == "cuda", drop_last=False)
+    return loader, None
+
+
+def _train_epoch(run: _Run, dataset: Dataset, loss_fn, epoch: int, progress: bool, phase: str) -> float:
+    """One pass over the dataset, one optimiser step per batch; the epoch's mean item loss (over every process)."""
+    cfg = run.cfg
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    loader, global_sizes = _epoch_loader(run, dataset, epoch)
+    run.model.train()
+    total, seen = 0.0, 0
+    bar = progress_bar(loader, total=run.steps_per_epoch, desc=f"{phase}epoch {epoch + 1}/{cfg.epochs}".lstrip(),
+                       enabled=progress, leave=False)
+    for step, (inputs, targets) in enumerate(bar):
+        total += _train_step(run, inputs, targets, loss_fn, global_sizes[step] if global_sizes else len(inputs))
+        seen += len(inputs)
+        bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
+    bar.close()
+    if run.world > 1:
         import torch.distributed as dist
 
-        dist.barrier()  # every rank returns once the weights are on disk
-    return TrainResult(weights=weights_path, checkpoint=ckpt_path, epoch_losses=losses, resumed_from=start_epoch,
-                       seconds=time.perf_counter() - started)
+        sums = torch.tensor([total, float(seen)], dtype=torch.float64, device=run.device)
+        dist.all_reduce(sums)
+        total, seen = float(sums[0]), int(round(float(sums[1])))
+    return total / seen
+
+
+def _train_step(run: _Run, inputs: torch.Tensor, targets: torch.Tensor, loss_fn, global_size: int) -> float:
+    """One optimiser step on a batch (this process's share of ``global_size`` items); the sum of its item losses."""
+    device = run.device
+    inputs = inputs.to(device, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.world == 1 and run.cfg.accumulate == 1:   # the plain step (bit-identical to earlier versions)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=run.use_amp):
+            outputs = run.net(inputs)
+        loss = loss_fn(outputs.float(), targets)
+        run.scaler.scale(loss).backward()
+        total = float(loss.detach()) * len(inputs)
+    else:
+        total = _accumulate_step(run.net, inputs, targets, loss_fn, run.scaler, run.cfg.accumulate, run.world,
+                                 global_size, device, run.use_amp)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return total
+
+
+def _save_checkpoint(run: _Run, ckpt_path: Path, epochs_done: int, losses: list[float]) -> None:
+    """Everything a resumed run needs after ``epochs_done`` epochs, written atomically."""
+    state = {
+        "model": _unwrap(run.model).state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "epoch": epochs_done,
+        "losses": losses,
+        "rng": _rng_state(),
+        "config": run.config,
+    }
+    with atomic_path(ckpt_path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)    # through a Python file: a full disk raises OSError (under torch's error)
+
+
+def _save_final(run: _Run, weights_path: Path) -> None:
+    """The final weights (rank 0); under DDP every rank waits until they are on disk."""
+    if run.rank == 0:
+        save_weights(run.model, weights_path)
+    if run.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
