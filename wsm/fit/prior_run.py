@@ -21,7 +21,11 @@ class PriorRunError(WsmError, ValueError):
 
 
 def prior_run_settings(run: Path | str) -> tuple[tuple[str, ...], frozenset[str]]:
-    """The ``--set`` overrides that make the recipe's prior the RUN's network, and every image it learnt from."""
+    """The ``--set`` overrides that make the recipe's prior the RUN's network, and every image it learnt from.
+
+    The network is the one its weights file describes (wsm.models.card), which must agree with the RUN's
+    config.json; a file written before networks described themselves is taken to hold config.json's network.
+    """
     folder = RunFolder(Path(run))
     config = folder.read_config()
     if config is None or not folder.weights.is_file():
@@ -30,27 +34,76 @@ def prior_run_settings(run: Path | str) -> tuple[tuple[str, ...], frozenset[str]
     if "pipeline" in config:
         raise PriorRunError(f"--prior-run {run} is a multi-network run ({config['pipeline']}); give a single-network "
                             "`wsm train` run")
-    options = config["options"]
-    if options.get("num_classes", 1) != 1:
-        raise PriorRunError(f"--prior-run {run} segments {options['num_classes']} classes; a prior maps lesions "
+    card = _described(folder, config)
+    if card.num_classes != 1:
+        raise PriorRunError(f"--prior-run {run} segments {card.num_classes} classes; a prior maps lesions "
                             "(train it with --num-classes 1)")
     lineage = trained_ids(folder.root)
     if lineage is None:
         raise PriorRunError(f"--prior-run {run} keeps no record of the images its network learnt from (it started "
                             "from unrecorded weights or maps); its maps could never be scored honestly")
-    overrides = (f'prior.arch="{options["arch"]}"', f'prior.encoder="{options["encoder"]}"',
-                 f"prior.size={options['size']}", "prior.enabled=true",
+    overrides = (f'prior.arch="{card.arch}"', f'prior.encoder="{card.encoder}"',
+                 *([f"prior.size={card.input_size}"] if card.input_size else []), "prior.enabled=true",
                  # `wsm train` networks learn from the files' own pixels: show them the same
                  "preprocess.colour_constancy=false", "preprocess.hair_removal=false")
     return overrides, frozenset(lineage)
 
 
-def load_prior(run: Path | str, arch: str, encoder: str):
-    """The RUN's network, in eval mode on the CPU, and where it came from (for the bundle's provenance)."""
-    from wsm.models.segmentation import create_segmenter
-    from wsm.learn.loop import load_weights
+def _outputs(config: dict) -> int | None:
+    """The network's outputs config.json records (an attribute run: one per channel); None when it does not."""
+    return len(config.get("channels") or ()) or config.get("options", {}).get("num_classes")
 
-    weights = RunFolder(Path(run)).weights
-    model = create_segmenter(arch, encoder)
-    load_weights(model, weights)
-    return model.eval(), {"source": "run", "path": str(Path(run).resolve()), "sha256": sha256_file(weights)}
+
+def _recorded(config: dict):
+    """The network config.json records."""
+    from wsm.models.card import NetworkCard
+
+    options = config.get("options", {})
+    return NetworkCard("segmenter", options.get("arch", ""), options.get("encoder", ""),
+                       num_classes=_outputs(config) or 1, input_size=options.get("size"))
+
+
+def _described(folder: RunFolder, config: dict):
+    """The RUN's network: its weights file's description, checked against config.json; without one (a file written
+    before descriptions) config.json's. A file or description that cannot be read is reported by
+    :func:`load_prior`, which loads it."""
+    from wsm.models.card import NetworkCardError, read_card
+
+    try:
+        card = read_card(folder.weights)
+    except NetworkCardError:
+        card = None
+    if card is None:
+        return _recorded(config)
+    options = config.get("options", {})
+    try:
+        card.check(str(folder.weights), f"its {folder.config.name}", network="segmenter", arch=options.get("arch"),
+                   encoder=options.get("encoder"), num_classes=_outputs(config), input_size=options.get("size"))
+    except NetworkCardError as err:
+        raise PriorRunError(f"--prior-run {folder.root}: {err}") from None
+    return card
+
+
+def load_prior(run: Path | str, arch: str, encoder: str):
+    """The RUN's network, in eval mode on the CPU, and where it came from (for the bundle's provenance).
+
+    It is built from its weights file's description (wsm.models.card), which must be the recipe's ``arch`` and
+    ``encoder``; a file written before descriptions holds the recipe's network, described by config.json's size.
+    """
+    from wsm.learn.loop import load_weights
+    from wsm.models.card import NetworkCard, NetworkCardError, read_card
+
+    folder = RunFolder(Path(run))
+    try:
+        card = read_card(folder.weights)
+        if card is not None:
+            card.check(str(folder.weights), "the recipe's [prior]", network="segmenter", arch=arch, encoder=encoder,
+                       num_classes=1, in_chans=3)
+    except NetworkCardError as err:
+        raise PriorRunError(f"--prior-run {run}: {err}") from None
+    if card is None:
+        card = NetworkCard("segmenter", arch, encoder,
+                           input_size=((folder.read_config() or {}).get("options") or {}).get("size"))
+    model = card.build()
+    load_weights(model, folder.weights)
+    return model.eval(), {"source": "run", "path": str(Path(run).resolve()), "sha256": sha256_file(folder.weights)}

@@ -1,7 +1,8 @@
 """BUNDLE/: what `wsm fit` writes and `wsm generate` reads.
 
     pipeline.toml       the resolved recipe, calibrated values included
-    classifier.safetensors, prior.safetensors   (when the recipe uses them)
+    classifier.safetensors, prior.safetensors   (when the recipe uses them; each describes its network in its
+                        header, wsm.models.card, and loads only when that agrees with pipeline.toml)
     calibration.json    the chosen values and the whole grid, with the images they were measured on
     provenance.json     data manifest hash, seed, versions, classes, the ids whose masks fit used, timings
 """
@@ -76,26 +77,37 @@ class Bundle:
         A network whose map has fusion weight 0 (calibration can choose that) is not loaded, so its map is not
         computed: it could not change a label. ``skip_unweighted=False`` loads every network (benchmarks).
         """
-        from wsm.learn.loop import load_weights
-
         available = [name for name, present in (
             ("cam", self.recipe.uses_classifier),
             ("prior", self.recipe.uses_prior and (self.folder / PRIOR).exists())) if present]
         wanted = weighted_maps(self.recipe, available) if skip_unweighted else available
         models = MapModels(self.recipe, device=device)
         if "cam" in wanted:
-            from wsm.models.classifier import create_classifier
-
-            net = create_classifier(self.recipe.classifier.arch, num_classes=len(self.provenance["classes"]))
-            load_weights(net, self._need(CLASSIFIER))
-            models.classifier = net.to(device).eval()
+            cfg = self.recipe.classifier
+            models.classifier = self._network(CLASSIFIER, "classifier", cfg.arch, "", cfg.size,
+                                              len(self.provenance["classes"])).to(device).eval()
         if "prior" in wanted:
-            from wsm.models.segmentation import create_segmenter
-
-            net = create_segmenter(self.recipe.prior.arch, self.recipe.prior.encoder)
-            load_weights(net, self.folder / PRIOR)
-            models.prior = net.to(device).eval()
+            cfg = self.recipe.prior
+            models.prior = self._network(PRIOR, "segmenter", cfg.arch, cfg.encoder, cfg.size, 1).to(device).eval()
         return models
+
+    def _network(self, name: str, network: str, arch: str, encoder: str, size: int, num_classes: int):
+        """The network in file ``name``: built from the file's own description (wsm.models.card) once it agrees
+        with the recipe, or, for a file written before descriptions, from the recipe."""
+        from wsm.learn.loop import load_weights
+        from wsm.models.card import NetworkCard, NetworkCardError, read_card
+
+        path = self._need(name)
+        wanted = NetworkCard(network, arch, encoder, num_classes=num_classes, input_size=size)
+        try:
+            card = read_card(path)
+            if card is not None:
+                card.check(str(path), f"the bundle's {PIPELINE}", **dataclasses.asdict(wanted))
+        except NetworkCardError as err:
+            raise BundleError(f"{err}; fit the bundle again (`wsm fit`)") from None
+        net = (card or wanted).build()
+        load_weights(net, path)
+        return net
 
     def with_inference_overrides(self, overrides: Sequence[str]) -> Bundle:
         """This bundle with settings that change no training replaced (``prior.flip_tta=false``); any other
@@ -131,8 +143,10 @@ def load_bundle(folder: Path | str) -> Bundle:
 
 
 def save_weights_file(model, path: Path) -> None:
-    """Final weights (safetensors), written atomically."""
+    """Final weights (safetensors), written atomically, with the network's description (wsm.models.card) in the
+    header when it carries one."""
     from wsm.learn.loop import save_weights
+    from wsm.models.card import network_card
 
     with atomic_path(path) as tmp:
-        save_weights(model, tmp)
+        save_weights(model, tmp, network_card(model))

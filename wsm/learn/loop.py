@@ -11,7 +11,8 @@
   is written atomically every ``checkpoint_every`` epochs and after the last one. A run whose out_dir holds a
   checkpoint resumes from it; on the CPU the result is bit-identical to an uninterrupted run, because the data order
   of epoch e is drawn from a generator seeded with (seed, e) and each item's augmentation from (seed, e, index).
-- ``out_dir/model.safetensors`` (final weights, :func:`save_weights`) and ``out_dir/train_config.json``.
+- ``out_dir/model.safetensors`` (final weights, :func:`save_weights`; in its header the network's description,
+  :mod:`wsm.models.card`, with the dataset's ``final_size`` as the input size) and ``out_dir/train_config.json``.
 - Mixed precision (float16 autocast + gradient scaling) only when the device is CUDA and ``amp`` is set.
 - Progress: a tqdm bar per epoch on stderr; a log line per epoch on the ``wsm.learn.loop`` logger.
 
@@ -33,10 +34,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
 import re
+import struct
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,6 +54,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wsm.io.atomic import atomic_path, write_json
 from wsm.io.progress import progress as progress_bar
+from wsm.models.card import network_card, record_input_size
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -140,11 +144,29 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write the model's state dict as safetensors, atomically; ``metadata`` (str -> str) goes in the header."""
+    """Write the model's state dict as safetensors, atomically; ``metadata`` (str -> str) goes in the header, in
+    sorted order: the same weights and metadata always give the same bytes."""
     path = Path(path)
     with atomic_path(path) as tmp, _os_error_of_safetensors(path):
         save_model(_unwrap(model), str(tmp), metadata=dict(metadata) if metadata else None)
+        if metadata and len(metadata) > 1:
+            _sort_metadata(Path(tmp))
     return path
+
+
+def _sort_metadata(path: Path) -> None:
+    """Sort the header metadata of a safetensors file, in place. safetensors writes it in a random order (a Rust
+    HashMap, its issue 584), so that two saves of the same network would differ; sorted, the header keeps its
+    length and every tensor its offset. A header serialised otherwise than expected is left as it is."""
+    with open(path, "r+b") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        text = fh.read(size)
+        header = json.loads(text)
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        canonical = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf8")
+        if len(canonical) == len(text.rstrip(b" ")):
+            fh.seek(8)
+            fh.write(canonical)
 
 
 @contextlib.contextmanager
@@ -343,7 +365,7 @@ def train(model: nn.Module, dataset: Dataset, loss_fn: Callable[[torch.Tensor, t
                 log.info("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, losses[-1])
                 if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                     _save_checkpoint(run, ckpt_path, epoch + 1, losses)
-    _save_final(run, weights_path)
+    _save_final(run, dataset, weights_path)
     return TrainResult(weights=weights_path, checkpoint=ckpt_path, epoch_losses=losses, resumed_from=start_epoch,
                        seconds=time.perf_counter() - started)
 
@@ -517,10 +539,12 @@ def _save_checkpoint(run: _Run, ckpt_path: Path, epochs_done: int, losses: list[
         torch.save(state, fh)    # through a Python file: a full disk raises OSError (under torch's error)
 
 
-def _save_final(run: _Run, weights_path: Path) -> None:
-    """The final weights (rank 0); under DDP every rank waits until they are on disk."""
+def _save_final(run: _Run, dataset: Dataset, weights_path: Path) -> None:
+    """The final weights (rank 0), with the network's description (wsm.models.card) and the input size it
+    trained at (a wsm dataset's ``final_size``); under DDP every rank waits until they are on disk."""
     if run.rank == 0:
-        save_weights(run.model, weights_path)
+        record_input_size(run.model, getattr(dataset, "final_size", None))
+        save_weights(run.model, weights_path, network_card(run.model))
     if run.world > 1:
         import torch.distributed as dist
 

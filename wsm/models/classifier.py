@@ -42,6 +42,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from wsm.models.card import NetworkCard  # noqa: E402
 from wsm.models.weights import PretrainedUnavailableError, create_pretrained  # noqa: E402
 
 __all__ = [
@@ -101,6 +102,8 @@ def create_classifier(name: str, num_classes: int, in_chans: int = 3, pretrained
         weights_file: load ImageNet-style timm weights from this local file instead (implies pretrained).
             This is for backbone weights; weights wsm trained itself load with ``wsm.learn.loop.load_weights``.
 
+    The network carries its description (``wsm_card``, :mod:`wsm.models.card`), which its saved weights keep.
+
     Raises:
         ValueError: unknown name, or in_chans not 3 or 4.
         FileNotFoundError: weights_file does not exist.
@@ -115,6 +118,7 @@ def create_classifier(name: str, num_classes: int, in_chans: int = 3, pretrained
         _small_head(model)
     if in_chans == 4:
         expand_first_conv_to_4ch(model)
+    model.wsm_card = NetworkCard("classifier", name, num_classes=num_classes, in_chans=in_chans)
     return model
 
 

