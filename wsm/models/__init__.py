@@ -1,4 +1,6 @@
-"""Networks: classifiers and their class activation maps (localise), segmentation networks (prior, `wsm train`).
+"""Networks: classifiers and their class activation maps (localise), segmentation networks (prior, `wsm train`),
+the box-prompted LiteMedSAM (medsam), a file's road to a network's input (inputs) and the description a saved
+network carries in its weights file (card: architecture, encoder, classes, channels, input size, mean and std).
 
 Submodules import timm / pytorch-grad-cam (seconds), so names are loaded on first use::
 
