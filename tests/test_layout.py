@@ -130,3 +130,10 @@ def test_each_stage_of_the_flow_is_a_folder():
     for stage in ("fit", "generate", "report", "train"):
         assert (ROOT / "wsm" / stage / "__init__.py").is_file()
         assert (ROOT / "wsm" / stage / "driver.py").is_file()
+
+
+def test_the_tests_mirror_the_packages():
+    """tests/<package path>/test_*.py for the modules of that package (project-wide tests at the top)."""
+    misplaced = [str(t.relative_to(ROOT)) for t in (ROOT / "tests").rglob("test_*.py")
+                 if t.parent != ROOT / "tests" and not (ROOT / t.parent.relative_to(ROOT / "tests")).is_dir()]
+    assert not misplaced, f"test modules in a folder that mirrors no package: {misplaced}"

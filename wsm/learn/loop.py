@@ -24,7 +24,7 @@
   processes, and the batches are exactly the 1-process run's. Each process's loss is scaled by its share of the
   batch, so the averaged gradient is the gradient of the batch mean. Hence N processes with ``accumulate=1``
   compute what one process computes with ``accumulate=N`` (BatchNorm over each process's share in both), up to
-  floating-point summation order (tests/test_train_ddp.py). BatchNorm running statistics are rank 0's (DDP
+  floating-point summation order (tests/wsm/train/test_train_ddp.py). BatchNorm running statistics are rank 0's (DDP
   broadcasts its buffers), so they differ from a 1-process run's. On CUDA, ``sync_batchnorm`` (default) converts
   BatchNorm to SyncBatchNorm: statistics over the whole batch, as one process without accumulation computes them.
   Only rank 0 writes files and shows progress; every rank reads the checkpoint to resume, so the output folder
@@ -267,7 +267,7 @@ class DistributedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"rank {rank} out of range for world size {world_size}")
         generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
         # as the 1-process loader: its iterator first draws the workers' base seed from the generator, then its
-        # RandomSampler draws the permutation (tests/test_train.py checks that the batches agree)
+        # RandomSampler draws the permutation (tests/wsm/train/test_train.py checks that the batches agree)
         torch.empty((), dtype=torch.int64).random_(generator=generator)
         perm = torch.randperm(n_items, generator=generator).tolist()
         batches = [perm[i:i + batch_size] for i in range(0, n_items, batch_size)]

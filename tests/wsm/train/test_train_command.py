@@ -65,7 +65,8 @@ MBDCNN = [
      "--seed 0 --device cpu"),
     ("weak", "pipelines/my mbdcnn.toml", ("coarse.epochs=2", "cam.method=gradcam"), GIVEN,
      "wsm train --data 'my data' --out runs/weak --labels weak --maps maps/WSM --pipeline 'pipelines/my mbdcnn.toml' "
-     "--min-confidence 0.7 --min-predicted-jaccard 0.65 --train-split train --eval-split val --seed 7 --device cuda:1 --arch unet --batch-size 8 --encoder resnet18 "
+     "--min-confidence 0.7 --min-predicted-jaccard 0.65 --train-split train --eval-split val --seed 7 "
+     "--device cuda:1 --arch unet --batch-size 8 --encoder resnet18 "
      "--epochs 3 --loss dice --lr 0.0005 --pretrained False --size 128 --weak-augment strong --accumulate 2 "
      "--set coarse.epochs=2 --set cam.method=gradcam"),
     ("both", Path("mbdcnn"), ("size=224",), {},

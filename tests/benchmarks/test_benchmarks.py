@@ -1,10 +1,10 @@
 """The benchmarks' own helpers (their numbers come from running them; see docs/RESULTS.md)."""
 import sys
-from pathlib import Path
 
 import numpy as np
+from paths import REPO
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 from generality import recolour, widen  # noqa: E402
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from wsm.cli import build_parser, main
+from paths import REPO
 
 
 def test_output_flags_work_before_and_after_the_command():
@@ -80,9 +81,8 @@ def _readme_first_run() -> list[list[str]]:
     """The `wsm ...` lines of the README's "First run" block, split as a shell would."""
     import re
     import shlex
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf8")
+    readme = (REPO / "README.md").read_text(encoding="utf8")
     block = re.search(r"## First run\n.*?```sh\n(.*?)```", readme, re.S).group(1)
     return [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("wsm ")]
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,10 +11,11 @@ import pytest
 from wsm.io.images import read_mask, write_label_png
 from wsm.metrics import (METRIC_NAMES, THRESHOLD_JACCARD, Counts, aggregate, binarise, confusion_counts,
                                 image_metrics, score_label_map, score_mask)
+from paths import SHARED_DATA
 
 cv2.setNumThreads(1)
 
-ISIC2018 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2018-task1-512"
+ISIC2018 = SHARED_DATA / "isic2018-task1-512"
 # isic-challenge-scoring 5.6.0 calls Series.rename(inplace=True), deprecated in pandas 3: not ours to fix
 PEER_WARNINGS = pytest.mark.filterwarnings("ignore:The inplace keyword in Series.rename")
 KEYS = ("accuracy", "sensitivity", "specificity", "jaccard", "dice", "threshold_jaccard")

@@ -15,8 +15,8 @@ import pytest
 
 from datafactory import make_data
 from wsm.cli import main
+from paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def one_line_error(capsys) -> str:

@@ -1,12 +1,10 @@
 import json
-from pathlib import Path
 
 import pyarrow as pa
 
 from archive_client.manifest import DATA_MANIFEST_CORE, SCHEMAS, manifest_row, schema_description
 from wsm.io.tables import merge_rows, read_table, rows_to_table
-
-REPO = Path(__file__).resolve().parents[1]
+from paths import REPO
 
 
 def test_checked_in_schemas_match_the_code():

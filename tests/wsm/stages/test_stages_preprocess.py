@@ -16,10 +16,11 @@ from wsm.io import images
 from wsm.io.images import ImageDecodeError, encode_label_png, image_size, read_image, read_mask, write_label_png
 from wsm.stages.preprocess import (PreprocessConfig, Preprocessed, preprocess, remove_hair, shades_of_grey,
                                    to_working_size, vignette_mask)
+from paths import SHARED_DATA
 
 cv2.setNumThreads(1)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = SHARED_DATA
 FULLRES = SHARED / "isic2017-fullres-sample"
 
 
