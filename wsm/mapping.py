@@ -7,6 +7,7 @@ processes by `generate` and by `fit`'s calibration.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from wsm.config.pipeline import PipelineError
 from wsm.config.recipe import Recipe
 from wsm.models.inputs import preprocessed_file, to_batch
-from wsm.stages.box_prompt import lesion_box, mix
+from wsm.stages.box_prompt import lesion_box, mix, own_box
 from wsm.stages.classic import lesion_prob_classic
 from wsm.stages.preprocess import Preprocessed
 from wsm.stages.quality import predicted_jaccard, quality_signals
@@ -115,26 +116,22 @@ class MapModels:
                 item["prior"] = resize_prob(prob, (size, size))
         return out
 
-
     def box_prompted(self, pres: list[Preprocessed], maps: list[dict[str, np.ndarray]],
                      recipes: list[Recipe]) -> list[dict[str, np.ndarray]]:
         """The evidence with each prior map whose recipe prompts the box segmenter replaced by the mix of the two
         (wsm.stages.box_prompt); a map where the prior finds no lesion stays as it is."""
-        from wsm.models.medsam import box_probs
+        from wsm.models.medsam import box_prob
 
         out = [dict(m) for m in maps]
-        todo = []
-        for i, (pre, evidence, recipe) in enumerate(zip(pres, maps, recipes)):
-            if recipe.box_prompt.enabled and "prior" in evidence:
-                box = lesion_box(evidence["prior"], pre.valid_mask, recipe.refine.mask_threshold,
-                                 recipe.box_prompt.margin)
-                if box is not None:
-                    todo.append((i, box))
-        if todo:
-            probs = box_probs(self.box_segmenter, [pres[i].image for i, _ in todo], [box for _, box in todo],
-                              self.device)
-            for (i, _), prob in zip(todo, probs):
-                out[i]["prior"] = mix(out[i]["prior"], prob, recipes[i].box_prompt.weight)
+        for pre, evidence, recipe in zip(pres, out, recipes):
+            config = recipe.box_prompt
+            if not (config.enabled and "prior" in evidence):
+                continue
+            box = lesion_box(evidence["prior"], pre.valid_mask, recipe.refine.mask_threshold, config.margin)
+            if box is not None:
+                prob = box_prob(self.box_segmenter, pre.image, box, self.device, config.rounds,
+                                partial(own_box, valid_mask=pre.valid_mask, config=config))
+                evidence["prior"] = mix(evidence["prior"], prob, config.weight)
         return out
 
 

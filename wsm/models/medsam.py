@@ -6,7 +6,11 @@ images with it in the loop are not held-out figures.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+from wsm.stages.box_prompt import Box
 
 INPUT_SIZE = 256    # the model's square input side; boxes are given in its pixels
 
@@ -34,24 +38,40 @@ def load_box_segmenter(device: str = "cpu"):
     return net.to(device).eval()
 
 
-def box_probs(net, images: list[np.ndarray], boxes: list[tuple[float, float, float, float]],
-              device: str = "cpu") -> list[np.ndarray]:
-    """Per (S, S, 3) uint8 image and its box (x0, y0, x1, y1 in the image's pixels): the lesion probability inside
-    the box, float32 (S, S). One image at a time: on a CPU its encoder runs 1.6x faster per image than in a batch
-    of 8 (1.1 s against 1.9 s on 2 cores)."""
-    return [_box_prob(net, image, box, device) for image, box in zip(images, boxes)]
+def box_prob(net, image: np.ndarray, box: Box, device: str = "cpu", rounds: int = 1,
+             next_box: Callable[[np.ndarray], Box | None] | None = None) -> np.ndarray:
+    """The lesion probability inside ``box`` (x0, y0, x1, y1 in the pixels of the (S, S, 3) uint8 image), float32
+    (S, S). With ``rounds`` > 1 the segmenter is prompted again with ``next_box`` of its own map (a box that fits
+    the lesion better than the first), until ``next_box`` finds none; the image is encoded once, and each further
+    round costs only the prompt decoder (a few ms). One image at a time: on a CPU its encoder runs 1.6x faster per
+    image than in a batch of 8 (1.1 s against 1.9 s on 2 cores)."""
+    size = image.shape[0]
+    embedding = _embedding(net, image, device)
+    prob = _decode(net, embedding, box, size, device)
+    for _ in range(rounds - 1):
+        box = next_box(prob)
+        if box is None:
+            break
+        prob = _decode(net, embedding, box, size, device)
+    return prob
 
 
-def _box_prob(net, image: np.ndarray, box: tuple[float, float, float, float], device: str) -> np.ndarray:
+def _embedding(net, image: np.ndarray, device: str):
     import torch
     import torch.nn.functional as F
 
-    size = image.shape[0]
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255.0)
     x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False).to(device)
+    with torch.inference_mode():
+        return net.image_encoder(x)
+
+
+def _decode(net, embedding, box: Box, size: int, device: str) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
     prompt = torch.tensor([[[c * INPUT_SIZE / size for c in box]]], dtype=torch.float32, device=device)
     with torch.inference_mode():
-        embedding = net.image_encoder(x)
         sparse, dense = net.prompt_encoder(points=None, boxes=prompt, masks=None)
         logits, _ = net.mask_decoder(image_embeddings=embedding, image_pe=net.prompt_encoder.get_dense_pe(),
                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,

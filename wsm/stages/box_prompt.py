@@ -19,10 +19,13 @@ class BoxPromptConfig:
     enabled: bool = False    # prompt the box segmenter with the box of the prior's lesion
     margin: float = 0.02     # the box grows by this x the working side on each side (5 px at 256)
     weight: float = 1.0      # of the segmenter's map in the mix with the prior's (1: the segmenter's alone)
+    rounds: int = 1          # prompts per image: after the first, the box of the segmenter's own map (> 0.5)
 
     def __post_init__(self):
         if not 0 <= self.margin < 0.5:
             raise ValueError(f"margin = {self.margin}: give a fraction of the working side in [0, 0.5)")
+        if not 1 <= self.rounds <= 5:
+            raise ValueError(f"rounds = {self.rounds}: give 1 (the prior's box only) to 5")
         if not 0 <= self.weight <= 1:
             raise ValueError(f"weight = {self.weight}: give a weight in [0, 1] (1: the box segmenter's "
                              "map alone; 0: the prior's)")
@@ -46,3 +49,8 @@ def lesion_box(prob: np.ndarray, valid_mask: np.ndarray, threshold: float, margi
 def mix(prior: np.ndarray, boxed: np.ndarray, weight: float) -> np.ndarray:
     """The prior's map and the box segmenter's, mixed: ``weight`` of the segmenter's."""
     return ((1.0 - weight) * prior + weight * boxed).astype(np.float32)
+
+
+def own_box(prob: np.ndarray, valid_mask: np.ndarray, config: BoxPromptConfig) -> Box | None:
+    """The box of a further round: that of the segmenter's own map (> 0.5), grown by the same margin."""
+    return lesion_box(prob, valid_mask, 0.5, config.margin)

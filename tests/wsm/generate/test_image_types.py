@@ -137,29 +137,61 @@ def test_images_of_a_folder_take_the_type_given(typed_bundle, tmp_path):
     assert [r["status"] for r in rows] == ["skipped", "skipped"]
 
 
-def test_the_box_segmenter_outlines_real_clinical_lesions_from_their_box(shared_data):
-    """LiteMedSAM, prompted with the true lesion's box (grown by the default margin) on real clinical photographs
-    it never saw, outlines them: the packaged weights load and the prompt is in the right pixels."""
-    from wsm.models.inputs import truth_at
-    from wsm.models.medsam import box_probs, load_box_segmenter
+def _clinical_pairs(shared_data, n: int):
+    """The first n DermIS photographs at the working size 256 and their true lesion masks."""
+    from wsm.models.inputs import preprocessed_file, truth_at
     from wsm.stages.preprocess import PreprocessConfig
 
     root = shared_data / "clinical-dermis"
     if not (root / "pairs.csv").exists():
         pytest.skip(f"needs {root}")
-    from wsm.models.inputs import preprocessed_file
-
     with open(root / "pairs.csv", newline="") as fh:
-        pairs = list(csv.DictReader(fh))[:4]
+        pairs = list(csv.DictReader(fh))[:n]
     cfg = PreprocessConfig(working_size=256)
-    pres = [preprocessed_file(root / p["image"], cfg) for p in pairs]
-    truths = [truth_at(root / p["mask"], 256) for p in pairs]
+    return [preprocessed_file(root / p["image"], cfg) for p in pairs], [truth_at(root / p["mask"], 256) for p in pairs]
+
+
+def _jaccard(prob: np.ndarray, truth: np.ndarray) -> float:
+    return float(((prob > 0.5) & truth).sum() / ((prob > 0.5) | truth).sum())
+
+
+@pytest.fixture(scope="module")
+def box_segmenter():
+    from wsm.models.medsam import load_box_segmenter
+
+    return load_box_segmenter()
+
+
+def test_the_box_segmenter_outlines_real_clinical_lesions_from_their_box(shared_data, box_segmenter):
+    """LiteMedSAM, prompted with the true lesion's box (grown by the default margin) on real clinical photographs
+    it never saw, outlines them: the packaged weights load and the prompt is in the right pixels."""
+    from wsm.models.medsam import box_prob
+
+    pres, truths = _clinical_pairs(shared_data, 4)
     boxes = [lesion_box(t.astype(np.float32), np.ones_like(t), 0.5, 0.02) for t in truths]
-    probs = box_probs(load_box_segmenter(), [p.image for p in pres], boxes)
-    jaccards = [((p > 0.5) & t).sum() / ((p > 0.5) | t).sum() for p, t in zip(probs, truths)]
+    jaccards = [_jaccard(box_prob(box_segmenter, p.image, b), t) for p, b, t in zip(pres, boxes, truths)]
     assert np.mean(jaccards) > 0.75, jaccards
-    shifted = box_probs(load_box_segmenter(), [pres[0].image], [(0, 0, 40, 40)])[0]   # a box off the lesion
+    shifted = box_prob(box_segmenter, pres[0].image, (0, 0, 40, 40))   # a box off the lesion
     assert ((shifted > 0.5) & truths[0]).sum() < 0.2 * truths[0].sum()
+
+
+def test_further_rounds_prompt_with_the_box_of_the_segmenter_s_own_map(shared_data, box_segmenter):
+    """From a box far too large (the lesion's grown by 15% of the side), prompting again with the box of the
+    segmenter's own map comes closer to the lesion; one round is the first box alone."""
+    from functools import partial
+
+    from wsm.models.medsam import box_prob
+    from wsm.stages.box_prompt import BoxPromptConfig, own_box
+
+    pres, truths = _clinical_pairs(shared_data, 8)
+    config = BoxPromptConfig(enabled=True, rounds=3)
+    once, again = [], []
+    for pre, truth in zip(pres, truths):
+        loose = lesion_box(truth.astype(np.float32), np.ones_like(truth), 0.5, 0.15)
+        next_box = partial(own_box, valid_mask=pre.valid_mask, config=config)
+        once.append(_jaccard(box_prob(box_segmenter, pre.image, loose, rounds=1, next_box=next_box), truth))
+        again.append(_jaccard(box_prob(box_segmenter, pre.image, loose, rounds=3, next_box=next_box), truth))
+    assert np.mean(again) > np.mean(once) + 0.01, (once, again)
 
 
 def test_a_run_with_box_prompted_images_gives_the_networks_half_the_cores():
