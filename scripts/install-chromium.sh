@@ -1,5 +1,5 @@
 #!/bin/sh
-# Install Debian's chromium for the headless render check in tests/test_report.py (idempotent).
+# Install Debian's chromium for the headless render check in tests/wsm/report/test_report.py (idempotent).
 # Without root or apt-get it explains why and exits 0: the test then skips with a reason.
 set -eu
 
@@ -8,7 +8,7 @@ if [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1; then
     exit 0
 fi
 if [ "$(id -u)" != "0" ]; then
-    echo "install-chromium: not root, cannot apt-get install chromium; tests/test_report.py will skip its render check"
+    echo "install-chromium: not root, cannot apt-get install chromium; tests/wsm/report/test_report.py will skip its render check"
     echo "install-chromium: as root run: apt-get update -qq && apt-get install -y -qq chromium"
     exit 0
 fi

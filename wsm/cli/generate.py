@@ -46,9 +46,8 @@ def register(commands) -> None:
 
 
 def run_generate(args) -> int:
-    from wsm.folders.wsm_folder import merge_parts
+    from wsm.folders.wsm_folder import check_out_folder, merge_parts
     from wsm.generate import GenerateOptions, generate
-    from wsm.folders.wsm_folder import check_out_folder
     from wsm.generate.plan import parse_shard
     from wsm.selection import read_id_list
 

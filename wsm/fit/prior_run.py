@@ -4,11 +4,12 @@
 was trained at and on the pixels it learnt from (the files' own: no colour constancy or hair removal), and fit
 only calibrates it (on masked images the RUN never learnt from) and writes the bundle.
 Every image the RUN learnt from, directly or through the runs and maps it came from
-(:func:`wsm.train.run_folder.trained_ids`), counts as fitted: generate marks those maps ``mask_used_in_fit``, and
+(:func:`wsm.folders.run.trained_ids`), counts as fitted: generate marks those maps ``mask_used_in_fit``, and
 report never scores them. A RUN that keeps no record of its training images cannot be a teacher.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from wsm.errors import WsmError
@@ -34,14 +35,14 @@ def prior_run_settings(run: Path | str) -> tuple[tuple[str, ...], frozenset[str]
     if "pipeline" in config:
         raise PriorRunError(f"--prior-run {run} is a multi-network run ({config['pipeline']}); give a single-network "
                             "`wsm train` run")
-    card = _described(folder, config)
-    if card.num_classes != 1:
-        raise PriorRunError(f"--prior-run {run} segments {card.num_classes} classes; a prior maps lesions "
-                            "(train it with --num-classes 1)")
     lineage = trained_ids(folder.root)
     if lineage is None:
         raise PriorRunError(f"--prior-run {run} keeps no record of the images its network learnt from (it started "
                             "from unrecorded weights or maps); its maps could never be scored honestly")
+    card = _described(folder, config)
+    if card.num_classes != 1:
+        raise PriorRunError(f"--prior-run {run} segments {card.num_classes} classes; a prior maps lesions "
+                            "(train it with --num-classes 1)")
     overrides = (f'prior.arch="{card.arch}"', f'prior.encoder="{card.encoder}"',
                  *([f"prior.size={card.input_size}"] if card.input_size else []), "prior.enabled=true",
                  # `wsm train` networks learn from the files' own pixels: show them the same
@@ -49,39 +50,18 @@ def prior_run_settings(run: Path | str) -> tuple[tuple[str, ...], frozenset[str]
     return overrides, frozenset(lineage)
 
 
-def _outputs(config: dict) -> int | None:
-    """The network's outputs config.json records (an attribute run: one per channel); None when it does not."""
-    return len(config.get("channels") or ()) or config.get("options", {}).get("num_classes")
-
-
-def _recorded(config: dict):
-    """The network config.json records."""
-    from wsm.models.card import NetworkCard
-
-    options = config.get("options", {})
-    return NetworkCard("segmenter", options.get("arch", ""), options.get("encoder", ""),
-                       num_classes=_outputs(config) or 1, input_size=options.get("size"))
-
-
 def _described(folder: RunFolder, config: dict):
     """The RUN's network: its weights file's description, checked against config.json; without one (a file written
-    before descriptions) config.json's. A file or description that cannot be read is reported by
-    :func:`load_prior`, which loads it."""
-    from wsm.models.card import NetworkCardError, read_card
+    before descriptions) config.json's. The size it was trained at comes from config.json where the file does not
+    record it."""
+    from wsm.models.card import NetworkCardError, checked_card
 
+    recorded = folder.recorded_card(config)
     try:
-        card = read_card(folder.weights)
-    except NetworkCardError:
-        card = None
-    if card is None:
-        return _recorded(config)
-    options = config.get("options", {})
-    try:
-        card.check(str(folder.weights), f"its {folder.config.name}", network="segmenter", arch=options.get("arch"),
-                   encoder=options.get("encoder"), num_classes=_outputs(config), input_size=options.get("size"))
+        card = checked_card(folder.weights, recorded, f"its {folder.config.name}")
     except NetworkCardError as err:
         raise PriorRunError(f"--prior-run {folder.root}: {err}") from None
-    return card
+    return card if card.input_size else dataclasses.replace(card, input_size=recorded.input_size)
 
 
 def load_prior(run: Path | str, arch: str, encoder: str):
@@ -90,20 +70,14 @@ def load_prior(run: Path | str, arch: str, encoder: str):
     It is built from its weights file's description (wsm.models.card), which must be the recipe's ``arch`` and
     ``encoder``; a file written before descriptions holds the recipe's network, described by config.json's size.
     """
-    from wsm.learn.loop import load_weights
-    from wsm.models.card import NetworkCard, NetworkCardError, read_card
+    from wsm.learn.loop import load_network
+    from wsm.models.card import NetworkCard, NetworkCardError
 
     folder = RunFolder(Path(run))
+    size = ((folder.read_config() or {}).get("options") or {}).get("size")
     try:
-        card = read_card(folder.weights)
-        if card is not None:
-            card.check(str(folder.weights), "the recipe's [prior]", network="segmenter", arch=arch, encoder=encoder,
-                       num_classes=1, in_chans=3)
+        model = load_network(folder.weights, NetworkCard("segmenter", arch, encoder, input_size=size),
+                             "the recipe's [prior]", ignore=("input_size",))
     except NetworkCardError as err:
         raise PriorRunError(f"--prior-run {run}: {err}") from None
-    if card is None:
-        card = NetworkCard("segmenter", arch, encoder,
-                           input_size=((folder.read_config() or {}).get("options") or {}).get("size"))
-    model = card.build()
-    load_weights(model, folder.weights)
     return model.eval(), {"source": "run", "path": str(Path(run).resolve()), "sha256": sha256_file(folder.weights)}

@@ -94,20 +94,14 @@ class Bundle:
     def _network(self, name: str, network: str, arch: str, encoder: str, size: int, num_classes: int):
         """The network in file ``name``: built from the file's own description (wsm.models.card) once it agrees
         with the recipe, or, for a file written before descriptions, from the recipe."""
-        from wsm.learn.loop import load_weights
-        from wsm.models.card import NetworkCard, NetworkCardError, read_card
+        from wsm.learn.loop import load_network
+        from wsm.models.card import NetworkCard, NetworkCardError
 
-        path = self._need(name)
         wanted = NetworkCard(network, arch, encoder, num_classes=num_classes, input_size=size)
         try:
-            card = read_card(path)
-            if card is not None:
-                card.check(str(path), f"the bundle's {PIPELINE}", **dataclasses.asdict(wanted))
+            return load_network(self._need(name), wanted, f"the bundle's {PIPELINE}")
         except NetworkCardError as err:
             raise BundleError(f"{err}; fit the bundle again (`wsm fit`)") from None
-        net = (card or wanted).build()
-        load_weights(net, path)
-        return net
 
     def with_inference_overrides(self, overrides: Sequence[str]) -> Bundle:
         """This bundle with settings that change no training replaced (``prior.flip_tta=false``); any other

@@ -1,6 +1,6 @@
-"""The maps `wsm report` scores and `wsm train --labels DIR` learns from: a WSM folder from `wsm generate` (its manifest says which masks fitted what), or
-any folder of maps made elsewhere, in the ISIC_WSM or the challenge convention; and the errors that point a user
-who gave the wrong folder to the right one."""
+"""The maps `wsm report` scores and `wsm train --labels DIR` learns from: a WSM folder from `wsm generate` (its
+manifest says which masks fitted what), or any folder of maps made elsewhere, in the ISIC_WSM or the challenge
+convention; and the errors that point a user who gave the wrong folder to the right one."""
 from __future__ import annotations
 
 import logging

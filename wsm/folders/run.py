@@ -10,9 +10,8 @@ learnt from.
       metrics.json, per_image.csv   the evaluation (mean and per image)
       predictions/ISIC_x_segmentation.png   0/255 masks of the eval images (with save_predictions)
 
-A run's *identity* (its options less those that change nothing it trains) is recorded in config.json; a resumed
-run must have the same. An ``--init`` run must come from the same network, and neither it nor any run before it
-may have trained on an evaluation image.
+The checks made before a run (same identity when resumed, honest lineage) are `wsm train`'s:
+:mod:`wsm.train.run_folder`.
 """
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ from wsm.folders.bundle import BundleFolder
 from wsm.folders.wsm_folder import REWRITE_WSM_MANIFEST, WsmFolder
 from wsm.io.tables import read_frame, table_columns
 from wsm.learn.loop import CHECKPOINT_NAME, WEIGHTS_NAME
+from wsm.models.card import NetworkCard
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ class RunFolder:
 
     def read_config(self) -> dict | None:
         return json.loads(self.config.read_text(encoding="utf8")) if self.config.exists() else None
+
+    def recorded_card(self, config: dict) -> NetworkCard:
+        """The network ``config`` (this folder's config.json) records; an attribute run has one output per
+        channel. What it does not record is None (not checked against a weights file's own card)."""
+        options = config.get("options", {})
+        outputs = len(config.get("channels") or ()) or options.get("num_classes")
+        return NetworkCard("segmenter", options.get("arch"), options.get("encoder"), num_classes=outputs,
+                           input_size=options.get("size"))
 
 
 def trained_ids(run_dir: Path) -> set[str] | None:

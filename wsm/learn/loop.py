@@ -41,7 +41,7 @@ import os
 import re
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +156,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
 
 def _sort_metadata(path: Path) -> None:
     """Sort the header metadata of a safetensors file, in place. safetensors writes it in a random order (a Rust
-    HashMap, its issue 584), so that two saves of the same network would differ; sorted, the header keeps its
+    HashMap), so that two saves of the same network would differ; sorted, the header keeps its
     length and every tensor its offset. A header serialised otherwise than expected is left as it is."""
     with open(path, "r+b") as fh:
         (size,) = struct.unpack("<Q", fh.read(8))
@@ -194,6 +194,16 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
         log.warning("%s: %d missing and %d unexpected keys", path, len(missing), len(unexpected))
     with safe_open(str(path), framework="pt") as fh:
         return dict(fh.metadata() or {})
+
+
+def load_network(path: str | os.PathLike, wanted, asked_by: str, ignore: Collection[str] = ()) -> nn.Module:
+    """The network saved at ``path``, built from the card its file carries once it agrees with ``wanted`` (a
+    :class:`wsm.models.card.NetworkCard`; :func:`wsm.models.card.checked_card`), with its weights loaded."""
+    from wsm.models.card import checked_card
+
+    model = checked_card(path, wanted, asked_by, ignore=ignore).build()
+    load_weights(model, path)
+    return model
 
 
 # --------------------------------------------------------------------------------------------------- training

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,3 +174,17 @@ def read_card(path: str | os.PathLike) -> NetworkCard | None:
         raise NetworkCardError(f"{path} is not a readable safetensors weights file ({str(err).splitlines()[0]})") \
             from None
     return NetworkCard.from_metadata(metadata, str(path))
+
+
+def checked_card(path: str | os.PathLike, wanted: NetworkCard, asked_by: str, source: str | None = None,
+                 ignore: Collection[str] = ()) -> NetworkCard:
+    """The network a weights file holds: its own card once it agrees with ``wanted`` (but for the fields named in
+    ``ignore``), or ``wanted`` itself for a file written before cards. Refused with a NetworkCardError naming
+    ``source`` (default: the file) and ``asked_by``."""
+    card = read_card(path)
+    if card is None:
+        return wanted
+    card.check(source or str(path), asked_by,
+               **{key: value for key, value in dataclasses.asdict(wanted).items() if key not in ignore})
+    return card
+

@@ -4,7 +4,8 @@ ISIC mean and std (:func:`normalize`) into a tensor (:func:`image_tensor`, :func
 
 Generate goes in two steps (worker processes preprocess the file, the networks take a batch of working images:
 :func:`preprocessed_file`, then :func:`to_batch`); :func:`network_input` is the same two steps for one file, so that
-train's evaluation shows a network exactly the tensor generate would."""
+train's evaluation shows a network exactly the tensor generate would with the default recipe's CPU profile (with
+the CUDA profile, generate preprocesses at 512 px, train's evaluation at 256 px for networks up to 256 px)."""
 from __future__ import annotations
 
 import cv2

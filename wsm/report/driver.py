@@ -48,8 +48,8 @@ from wsm.io.atomic import json_safe, write_json, write_text_atomic
 from wsm.io.hashing import sha256_file
 from wsm.io.images import ImageDecodeError, read_official_mask
 from wsm.io.lock import locks_output
-from wsm.folders.maps import (CONVENTIONS, ISIC_WSM, MAP_COLUMNS, MapsFolder, ReportError, images_phrase, made_with,
-                             read_map, read_maps)
+from wsm.folders.maps import (CONVENTIONS, ISIC_WSM, MAP_COLUMNS, MapsFolder, ReportError, images_phrase,
+                              made_with, read_map, read_maps)
 from wsm.metrics import LEFT_OUT_DEFINITION
 from wsm.report.scoring import UNKNOWN, gallery_ids, image_group, metric_columns, score_image, size_bins, summarise
 from wsm.selection import read_manifest, read_truth, select_split, warn_unknown_ids, with_truth

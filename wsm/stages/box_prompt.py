@@ -2,7 +2,8 @@
 (LiteMedSAM, :mod:`wsm.models.medsam`), whose mask replaces or mixes with the prior's map.
 
 Pure functions over arrays at the working size. A good box is most of the work: the prior finds where the lesion
-is even where its outline is poor (clinical photographs), and the segmenter draws the outline inside the box.
+is even where its outline is poor (clinical photographs), and the segmenter draws the outline inside the box;
+in further rounds it is prompted with the box of its own map (:func:`own_box`), which fits the lesion better.
 """
 from __future__ import annotations
 

@@ -16,8 +16,9 @@ weak maps whose confidence (the WSM manifest's) is at least that; official masks
 
 Fine-tuning (``init``, ``--init RUN``): the network starts from an earlier run's weights (e.g. trained on weak
 maps, then fine-tuned on official masks). The earlier run must have the same network, and neither it nor any run
-it started from may have trained on an evaluation image (:mod:`wsm.train.run_folder` keeps that lineage); a bare
-weights file, whose training images are unknown, is accepted with a warning.
+it started from may have trained on an evaluation image (:mod:`wsm.folders.run` keeps that lineage,
+:mod:`wsm.train.run_folder` checks it); a bare weights file, whose training images are unknown, is accepted with a
+warning.
 
 Multi-class maps (e.g. the five ISIC 2018 Task 2 dermoscopic structures plus background): ``num_classes`` K > 1,
 ``labels`` a folder of class-index PNGs (0..K-1, 255 ignored), loss ``ce`` (weighted by inverse class pixel
@@ -165,19 +166,19 @@ def _check_options(opts: TrainOptions) -> None:
 
 def _load_init(model, weights: Path, opts: TrainOptions) -> None:
     from wsm.learn.loop import load_weights
-    from wsm.models.card import NetworkCardError, card_of, read_card
+    from wsm.models.card import NetworkCardError, card_of, checked_card
 
+    wanted = card_of(model)
+    try:      # a file that describes its network (wsm.models.card) must hold this run's; any size may fine-tune
+        if wanted is not None:
+            checked_card(weights, wanted, "this run", source=f"--init {weights}", ignore=("input_size",))
+    except NetworkCardError as err:
+        raise TrainError(str(err)) from None
     try:
         load_weights(model, weights)
     except Exception as err:     # missing, unexpected or mis-shaped tensors; not a safetensors file
         raise TrainError(f"--init {weights} could not be loaded into a {opts.arch} / {opts.encoder} network with "
                          f"{opts.num_classes} class(es): {str(err).splitlines()[0]}") from err
-    try:      # a file that describes its network (wsm.models.card) must hold this run's; any size may fine-tune
-        card, wanted = read_card(weights), card_of(model)
-        if card is not None and wanted is not None:
-            card.check(f"--init {weights}", "this run", **dict(dataclasses.asdict(wanted), input_size=None))
-    except NetworkCardError as err:
-        raise TrainError(str(err)) from None
 
 
 @locks_output("opts.out", torchrun=True)
@@ -248,22 +249,15 @@ def load_model(run_dir: Path | str, device: str = "cpu"):
 
     The network is built from model.safetensors' own description (wsm.models.card), which must agree with
     config.json; a file written before descriptions holds config.json's network."""
-    from wsm.learn.loop import load_weights
-    from wsm.models.card import NetworkCard, NetworkCardError, read_card
+    from wsm.learn.loop import load_network
+    from wsm.models.card import NetworkCardError
 
     folder = RunFolder(Path(run_dir))
     config = folder.read_config()
     if config is None:
         raise WsmError(f"{run_dir} has no {folder.config.name}: not a `wsm train` run folder")
-    opts = config["options"]
-    outputs = len(config.get("channels") or ()) or opts["num_classes"]    # attribute runs: one per channel
-    recorded = NetworkCard("segmenter", opts["arch"], opts["encoder"], num_classes=outputs, input_size=opts.get("size"))
     try:
-        card = read_card(folder.weights) if folder.weights.is_file() else None
-        if card is not None:
-            card.check(str(folder.weights), f"its {folder.config.name}", **dataclasses.asdict(recorded))
+        model = load_network(folder.weights, folder.recorded_card(config), f"its {folder.config.name}").to(device)
     except NetworkCardError as err:
         raise WsmError(str(err)) from None
-    model = (card or recorded).build().to(device)
-    load_weights(model, folder.weights)
     return model.eval(), config

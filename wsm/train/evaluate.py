@@ -1,6 +1,6 @@
 """Evaluation of a trained network on official masks (or class maps): per image, then mean, as the report scores.
 
-The network sees each image as `wsm generate` would show it (:func:`evaluation_pixels`,
+The network sees each image as `wsm generate` would show it (:func:`evaluation_preprocess`,
 :func:`wsm.models.inputs.network_input`)."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from wsm.stages.refine import resize_prob
 
 
 @functools.lru_cache(maxsize=None)
-def evaluation_pixels(size: int) -> PreprocessConfig:
+def evaluation_preprocess(size: int) -> PreprocessConfig:
     """The preprocessing train's evaluation puts a ``size`` px network's images through: the default recipe's, at
     the working size of the first of its profiles (CPU, then CUDA) whose working size holds the network (with the
     shipped recipe: 256 px up to 256, 512 px up to 512), or at the network's own size above that.
@@ -45,7 +45,7 @@ class _Inputs:
 
     def __init__(self, data: Path, files: list[str], size: int, guide_files: list[str] | None = None):
         self.data, self.files, self.size, self.guide_files = Path(data), files, size, guide_files
-        self.pixels = evaluation_pixels(size)
+        self.preprocess = evaluation_preprocess(size)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -55,13 +55,15 @@ class _Inputs:
         from wsm.models.inputs import network_input
 
         guide = None if self.guide_files is None else read_mask(self.data / self.guide_files[index])
-        return network_input(self.data / self.files[index], self.pixels, self.size, guide)
+        return network_input(self.data / self.files[index], self.preprocess, self.size, guide)
 
 
 def batched_predictions(predict: Callable, data: Path, files: list[str], size: int, batch_size: int,
                         guide_files: list[str] | None = None, workers: int = 0) -> Iterator[np.ndarray]:
     """Yield ``predict(batch)`` one image at a time, over the inputs generate would give a ``size`` px network:
-    each file preprocessed as :func:`evaluation_pixels` says, resized to ``size`` and normalised.
+    each file preprocessed as :func:`evaluation_preprocess` says, resized to ``size`` and normalised. Every
+    prediction a `wsm train` run makes goes this way: its evaluation, MB-DCNN's coarse maps and CAMs (the guides of
+    its later networks), the attribute task's maps.
 
     ``predict`` maps a (B, C, size, size) tensor to a (B, ...) numpy array (e.g. probabilities).
     """

@@ -239,17 +239,23 @@ def _write_maps(predict, data: Path, rows: pd.DataFrame, size: int, batch_size: 
 
 # The single-network flags an MB-DCNN command line leaves out: the recipe holds the networks' settings, and the
 # flags the user gave follow --device as given.
-_NOT_MBDCNN_FLAGS = ("--arch", "--encoder", "--num-classes", "--loss",
-                     "--epochs", "--size", "--batch-size", "--lr", "--weight-decay", "--no-pretrained", "--weights",
-                     "--init", "--threshold")
+_NOT_MBDCNN_FLAGS = ("--arch", "--encoder", "--num-classes", "--loss", "--epochs", "--size", "--batch-size", "--lr",
+                     "--weight-decay", "--no-pretrained", "--weights", "--init")
+
+
+def _given_words(key: str, value) -> list[str]:
+    """A flag the user gave, spelled as the command line takes it (a switch as --name or --no-name)."""
+    flag = key.replace("_", "-")
+    if isinstance(value, bool):
+        return [f"--{flag}" if value else f"--no-{flag}"]
+    return [f"--{flag}", str(value)]
 
 
 def _command(opts: TrainOptions, pipeline, overrides, given: dict | None) -> str:
     """The `wsm train --pipeline` command line of this run: the run's options, the flags given, the overrides."""
-    given_words = [word for key, value in sorted((given or {}).items())
-                   for word in (f"--{key.replace('_', '-')}", str(value))]
-    return opts.command(drop=_NOT_MBDCNN_FLAGS, after={"--maps": ["--pipeline", str(pipeline)], "--device": given_words},
-                        tail=[word for override in overrides for word in ("--set", override)])
+    given_words = [word for key, value in sorted((given or {}).items()) for word in _given_words(key, value)]
+    return opts.command(drop=_NOT_MBDCNN_FLAGS,
+                        after={"--maps": ["--pipeline", str(pipeline)], "--device": given_words}, tail=[word for override in overrides for word in ("--set", override)])
 
 
 @locks_output("opts.out", torchrun=True)
@@ -289,29 +295,29 @@ def _train_three(plan: Plan, recipe: MbdcnnRecipe, mapping, labelled: pd.DataFra
     """The three networks in turn (each map folder between them written by rank 0), timed stage by stage."""
     from wsm.learn.losses import create_loss
 
-    stages = _Stages(plan, recipe, device, rank, world)
+    run = _MbdcnnRun(plan, recipe, device, rank, world)
     with as_train_error():
         seg_loss = create_loss(recipe.loss, 1)
     all_rows = pd.concat([plan.train_rows[["isic_id", "file"]], plan.test_rows[["isic_id", "file"]]]).drop_duplicates(
         "isic_id").reset_index(drop=True)
     seconds: dict[str, float] = {}
     with _timed(seconds, "coarse"):
-        coarse, coarse_result = _train_coarse(stages, seg_loss)
-        _write_coarse_maps(stages, coarse, all_rows)
+        coarse, coarse_result = _train_coarse(run, seg_loss)
+        _write_coarse_maps(run, coarse, all_rows)
     with _timed(seconds, "classifier"):
-        classifier, cls_result = _train_guided_classifier(stages, mapping, labelled)
+        classifier, cls_result = _train_guided_classifier(run, mapping, labelled)
     with _timed(seconds, "cam"):
-        _write_cams(stages, classifier, all_rows)
+        _write_cams(run, classifier, all_rows)
     with _timed(seconds, "enhanced"):
-        enhanced, enh_result = _train_enhanced(stages, seg_loss)
+        enhanced, enh_result = _train_enhanced(run, seg_loss)
     losses = {"coarse": coarse_result.epoch_losses, "classifier": cls_result.epoch_losses,
               "enhanced": enh_result.epoch_losses}
-    return Trained(enh_result.epoch_losses, seconds, _evaluation(stages, coarse, enhanced),
+    return Trained(enh_result.epoch_losses, seconds, _evaluation(run, coarse, enhanced),
                    extra={"train_losses": losses, "coarse_metrics": {}})
 
 
 @dataclass(frozen=True)
-class _Stages:
+class _MbdcnnRun:
     """What the stages of one MB-DCNN run share: its plan and recipe, and this process's device, rank and world."""
     plan: Plan
     recipe: MbdcnnRecipe
@@ -354,7 +360,7 @@ def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
     seconds[stage] = time.perf_counter() - started
 
 
-def _train_coarse(stages: _Stages, seg_loss):
+def _train_coarse(run: _MbdcnnRun, seg_loss):
     """1. The coarse segmentation network on the training labels; the network (on the device) and its result."""
     import torch
 
@@ -362,29 +368,29 @@ def _train_coarse(stages: _Stages, seg_loss):
     from wsm.learn.datasets import LabelMapDataset
     from wsm.models.segmentation import create_segmenter
 
-    opts, cfg = stages.opts, stages.recipe.coarse
+    opts, cfg = run.opts, run.recipe.coarse
     with as_train_error():
         torch.manual_seed(opts.seed)
         coarse = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
                                   weights_file=cfg.weights_file or None)
-    dataset = LabelMapDataset(stages.data, stages.plan.train_rows, stages.recipe.size, augment=opts.augment,
+    dataset = LabelMapDataset(run.data, run.plan.train_rows, run.recipe.size, augment=opts.augment,
                               seed=opts.seed, weak_augment_cfg=WEAK_AUGMENTS[opts.weak_augment])
-    result = stages.train(coarse, dataset, seg_loss, cfg, "coarse")
-    coarse.to(stages.device)
+    result = run.train(coarse, dataset, seg_loss, cfg, "coarse")
+    coarse.to(run.device)
     return coarse, result
 
 
-def _write_coarse_maps(stages: _Stages, coarse, all_rows: pd.DataFrame) -> None:
+def _write_coarse_maps(run: _MbdcnnRun, coarse, all_rows: pd.DataFrame) -> None:
     """RUN/coarse_maps/: the coarse network's map of every image used (rank 0 writes, the others wait)."""
     from wsm.models.segmentation import predict_prob
 
-    if stages.rank == 0:
-        _write_maps(lambda x: predict_prob(coarse, x), stages.data, all_rows, stages.recipe.size,
-                    stages.recipe.coarse.batch_size, stages.out / "coarse_maps", progress=stages.opts.progress)
-    barrier(stages.world)
+    if run.rank == 0:
+        _write_maps(lambda x: predict_prob(coarse, x), run.data, all_rows, run.recipe.size,
+                    run.recipe.coarse.batch_size, run.out / "coarse_maps", progress=run.opts.progress)
+    barrier(run.world)
 
 
-def _train_guided_classifier(stages: _Stages, mapping, labelled: pd.DataFrame):
+def _train_guided_classifier(run: _MbdcnnRun, mapping, labelled: pd.DataFrame):
     """2. The mask-guided classifier on the labelled training images and their coarse maps; the network (on the
     device, in eval mode) and its result."""
     import torch
@@ -392,33 +398,33 @@ def _train_guided_classifier(stages: _Stages, mapping, labelled: pd.DataFrame):
     from wsm.learn.loop import classification_loss
     from wsm.models.classifier import create_classifier
 
-    opts, cfg = stages.opts, stages.recipe.classifier
+    opts, cfg = run.opts, run.recipe.classifier
     dataset = _guided_classifier_dataset(
-        stages.data, labelled.assign(guide_file=stages.maps_of("coarse_maps", labelled["isic_id"])),
-        stages.recipe.size, mapping, opts.seed)
+        run.data, labelled.assign(guide_file=run.maps_of("coarse_maps", labelled["isic_id"])),
+        run.recipe.size, mapping, opts.seed)
     with as_train_error():
         torch.manual_seed(opts.seed)
         classifier = create_classifier(cfg.arch, mapping.num_classes, in_chans=4, pretrained=cfg.pretrained,
                                        weights_file=cfg.weights_file or None)
-    result = stages.train(classifier, dataset, classification_loss(dataset.class_counts()), cfg, "classifier")
-    classifier.to(stages.device).eval()
+    result = run.train(classifier, dataset, classification_loss(dataset.class_counts()), cfg, "classifier")
+    classifier.to(run.device).eval()
     return classifier, result
 
 
-def _write_cams(stages: _Stages, classifier, all_rows: pd.DataFrame) -> None:
+def _write_cams(run: _MbdcnnRun, classifier, all_rows: pd.DataFrame) -> None:
     """3. RUN/cams/: the mask-guided classifier's class activation map of every image used (rank 0 writes, the
     others wait)."""
     from wsm.models.cam import cam_maps
 
-    recipe = stages.recipe
-    if stages.rank == 0:
+    recipe = run.recipe
+    if run.rank == 0:
         _write_maps(lambda x: cam_maps(classifier, x, method=recipe.cam.method, flip_tta=recipe.cam.flip_tta),
-                    stages.data, all_rows, recipe.size, recipe.classifier.batch_size, stages.out / "cams",
-                    guide_files=stages.maps_of("coarse_maps", all_rows["isic_id"]), progress=stages.opts.progress)
-    barrier(stages.world)
+                    run.data, all_rows, recipe.size, recipe.classifier.batch_size, run.out / "cams",
+                    guide_files=run.maps_of("coarse_maps", all_rows["isic_id"]), progress=run.opts.progress)
+    barrier(run.world)
 
 
-def _train_enhanced(stages: _Stages, seg_loss):
+def _train_enhanced(run: _MbdcnnRun, seg_loss):
     """4. The enhanced segmentation network on the training labels, the CAM through the E-layers; the network and
     its result."""
     import torch
@@ -426,30 +432,30 @@ def _train_enhanced(stages: _Stages, seg_loss):
     from wsm.learn.augment import WEAK_AUGMENTS
     from wsm.learn.datasets import LabelMapDataset
 
-    opts, cfg, train_rows = stages.opts, stages.recipe.enhanced, stages.plan.train_rows
+    opts, cfg, train_rows = run.opts, run.recipe.enhanced, run.plan.train_rows
     with as_train_error():
         torch.manual_seed(opts.seed)
         enhanced = create_enhanced_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
                                              weights_file=cfg.weights_file or None)
-    dataset = LabelMapDataset(stages.data, train_rows.assign(guide_file=stages.maps_of("cams", train_rows["isic_id"])),
-                              stages.recipe.size, augment=opts.augment, seed=opts.seed, guides=True,
+    dataset = LabelMapDataset(run.data, train_rows.assign(guide_file=run.maps_of("cams", train_rows["isic_id"])),
+                              run.recipe.size, augment=opts.augment, seed=opts.seed, guides=True,
                               weak_augment_cfg=WEAK_AUGMENTS[opts.weak_augment])
-    return enhanced, stages.train(enhanced, dataset, seg_loss, cfg, "enhanced")
+    return enhanced, run.train(enhanced, dataset, seg_loss, cfg, "enhanced")
 
 
-def _evaluation(stages: _Stages, coarse, enhanced) -> Callable[[str], Evaluation]:
+def _evaluation(run: _MbdcnnRun, coarse, enhanced) -> Callable[[str], Evaluation]:
     """How the run is evaluated on a device: the enhanced network on the eval images' official masks (and their
     CAMs), with the coarse network's Jaccard beside it."""
     from wsm.models.segmentation import predict_prob
 
-    opts, recipe, data, test_rows = stages.opts, stages.recipe, stages.data, stages.plan.test_rows
+    opts, recipe, data, test_rows = run.opts, run.recipe, run.data, run.plan.test_rows
 
     def evaluate(device: str) -> Evaluation:
         enhanced.to(device)
         means, per_image = evaluate_binary(
             lambda x: predict_prob(enhanced, x), data, test_rows, recipe.size, recipe.enhanced.batch_size,
-            opts.threshold, guide_files=stages.maps_of("cams", test_rows["isic_id"]),
-            predictions_dir=stages.plan.folder.predictions if opts.save_predictions else None, progress=opts.progress)
+            opts.threshold, guide_files=run.maps_of("cams", test_rows["isic_id"]),
+            predictions_dir=run.plan.folder.predictions if opts.save_predictions else None, progress=opts.progress)
         coarse_means, coarse_per_image = evaluate_binary(lambda x: predict_prob(coarse, x), data, test_rows,
                                                          recipe.size, recipe.coarse.batch_size, opts.threshold)
         per = pd.DataFrame(per_image)

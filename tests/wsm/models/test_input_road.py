@@ -23,7 +23,7 @@ from wsm.config.recipe import build_recipe  # noqa: E402
 from wsm.io.images import image_size  # noqa: E402
 from wsm.mapping import MapModels, prepare  # noqa: E402
 from wsm.models.inputs import resize_square  # noqa: E402
-from wsm.train.evaluate import batched_predictions, evaluation_pixels  # noqa: E402
+from wsm.train.evaluate import batched_predictions, evaluation_preprocess  # noqa: E402
 
 # a network's size, and the profile of the default recipe whose generate would run it
 SIZES = [(192, "cpu"), (384, "cuda")]
@@ -87,15 +87,15 @@ def test_guide_channel_is_the_guide_map_resized(tmp_path):
     _assert_same(got[3], torch.from_numpy(resize_square(guide, 64).astype(np.float32) / 255.0), "guide channel")
 
 
-def test_evaluation_pixels_change_no_colour():
+def test_evaluation_preprocess_change_no_colour():
     """The pixels the networks learnt from: no colour constancy, no hair removal; a working size that holds
     the network."""
     for size in (64, 192, 256, 384, 512, 640):
-        cfg = evaluation_pixels(size)
+        cfg = evaluation_preprocess(size)
         assert not cfg.colour_constancy and not cfg.hair_removal
         assert cfg.working_size >= size
-    assert evaluation_pixels(192).working_size == build_recipe(load_pipeline("default", "cpu")).preprocess.working_size
-    assert evaluation_pixels(384).working_size == build_recipe(load_pipeline("default", "cuda")).preprocess.working_size
+    assert evaluation_preprocess(192).working_size == build_recipe(load_pipeline("default", "cpu")).preprocess.working_size
+    assert evaluation_preprocess(384).working_size == build_recipe(load_pipeline("default", "cuda")).preprocess.working_size
 
 
 def _first(folder, rows: int = 2) -> list[str]:

@@ -88,11 +88,14 @@ def test_a_student_becomes_the_next_teacher_and_no_number_comes_from_a_mask_that
 
 
 def test_a_run_without_a_lineage_cannot_be_a_teacher(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
     from wsm.fit.prior_run import PriorRunError, prior_run_settings
 
     run = tmp_path / "RUN"
     run.mkdir()
-    (run / "model.safetensors").write_bytes(b"")
+    save_file({"weight": torch.zeros(1)}, str(run / "model.safetensors"))     # weights of a run from before cards
     (run / "config.json").write_text(json.dumps({"options": {"arch": "unet", "encoder": "test_resnet", "size": 64,
                                                              "num_classes": 1}}))
     (run / "train_ids.txt").write_text("ISIC_0000001\tofficial\n")

@@ -67,11 +67,11 @@ MBDCNN = [
      "wsm train --data 'my data' --out runs/weak --labels weak --maps maps/WSM --pipeline 'pipelines/my mbdcnn.toml' "
      "--min-confidence 0.7 --min-predicted-jaccard 0.65 --train-split train --eval-split val --seed 7 "
      "--device cuda:1 --arch unet --batch-size 8 --encoder resnet18 "
-     "--epochs 3 --loss dice --lr 0.0005 --pretrained False --size 128 --weak-augment strong --accumulate 2 "
+     "--epochs 3 --loss dice --lr 0.0005 --no-pretrained --size 128 --weak-augment strong --accumulate 2 "
      "--set coarse.epochs=2 --set cam.method=gradcam"),
     ("both", Path("mbdcnn"), ("size=224",), {},
      "wsm train --data DATA --out RUN --labels both --maps WSM --pipeline mbdcnn --train-split train "
-     "--eval-split val --seed 0 --device cpu --no-augment --set size=224"),
+     "--eval-split val --seed 0 --device cpu --no-augment --threshold 0.4 --set size=224"),
 ]
 
 
@@ -96,3 +96,13 @@ def test_a_variant_naming_no_such_flag_is_refused():
         OPTIONS["defaults"].command(drop=("--no-such-flag",))
     with pytest.raises(ValueError, match="--nor-this"):
         OPTIONS["defaults"].command(after={"--nor-this": ["x"]})
+
+
+def test_every_recorded_line_is_one_the_command_line_takes():
+    import shlex
+
+    from wsm.cli import build_parser
+
+    parser = build_parser()
+    for line in [*SINGLE.values(), *(case[-1] for case in MBDCNN), *ATTRIBUTES.values()]:
+        parser.parse_args(shlex.split(line)[1:])      # exits (SystemExit) on a flag or value it does not take
