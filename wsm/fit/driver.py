@@ -449,7 +449,9 @@ def _keep_given_networks(opts: FitOptions, source: SourceBundle | None, models, 
     """Write the networks this fit was given into the bundle (a RUN's prior, a source bundle's networks), and
     where they came from into the provenance."""
     if opts.prior_run is not None:
-        B.save_weights_file(models.prior, folder.prior)
+        from wsm.learn.loop import save_network
+
+        save_network(models.prior, folder.prior)
         provenance.update(prior_run=str(Path(opts.prior_run).resolve()), prior_run_ids=n_teacher_ids)
         provenance.setdefault("initial_weights", {})["prior"] = prior_source
     if source is not None:
@@ -461,13 +463,14 @@ def _train_networks(networks: list[_Network], folder: B.BundleFolder, phases: _P
                     provenance: dict, summary: FitSummary) -> None:
     """Train each network in turn and write it into the bundle; its losses and first weights go into the
     provenance, its seconds into the summary."""
+    from wsm.learn.loop import save_network
     from wsm.models.weights import weight_source
 
     for network in networks:
         phases.begin()
         started = time.perf_counter()
         result = network.train(progress)
-        B.save_weights_file(network.model, getattr(folder, network.name))
+        save_network(network.model, getattr(folder, network.name))
         network.model.eval()
         provenance[f"{network.name}_losses"] = result.epoch_losses
         provenance.setdefault("initial_weights", {})[network.name] = weight_source(network.model)

@@ -22,7 +22,7 @@ from wsm.config.pipeline import apply_override, to_toml
 from wsm.config.recipe import INFERENCE_ONLY, INFERENCE_SECTIONS, Recipe, build_recipe, recipes_by_type
 from wsm.errors import WsmError
 from wsm.mapping import MapModels, weighted_maps
-from wsm.io.atomic import atomic_path, write_text_atomic
+from wsm.io.atomic import write_text_atomic
 from wsm.io.hashing import sha256_file
 
 PIPELINE = "pipeline.toml"
@@ -134,13 +134,3 @@ def load_bundle(folder: Path | str) -> Bundle:
             raise BundleError(f"{folder} is not a complete wsm bundle (no {path.name}); create it with `wsm fit`")
     resolved = tomllib.loads(files.pipeline.read_text(encoding="utf8"))
     return Bundle(files.root, resolved, build_recipe(resolved), files.read_provenance())
-
-
-def save_weights_file(model, path: Path) -> None:
-    """Final weights (safetensors), written atomically, with the network's description (wsm.models.card) in the
-    header when it carries one."""
-    from wsm.learn.loop import save_weights
-    from wsm.models.card import network_card
-
-    with atomic_path(path) as tmp:
-        save_weights(model, tmp, network_card(model))

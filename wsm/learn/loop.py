@@ -66,6 +66,7 @@ __all__ = [
     "class_weights",
     "classification_loss",
     "load_weights",
+    "save_network",
     "save_weights",
     "train",
 ]
@@ -152,6 +153,12 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
         if metadata and len(metadata) > 1:
             _sort_metadata(Path(tmp))
     return path
+
+
+def save_network(model: nn.Module, path: str | os.PathLike) -> Path:
+    """A network's final weights (:func:`save_weights`), with its description (:mod:`wsm.models.card`) in the header
+    when it carries one: RUN/model.safetensors and a bundle's networks alike."""
+    return save_weights(model, path, network_card(model))
 
 
 def _sort_metadata(path: Path) -> None:
@@ -554,7 +561,7 @@ def _save_final(run: _Run, dataset: Dataset, weights_path: Path) -> None:
     trained at (a wsm dataset's ``final_size``); under DDP every rank waits until they are on disk."""
     if run.rank == 0:
         record_input_size(run.model, getattr(dataset, "final_size", None))
-        save_weights(run.model, weights_path, network_card(run.model))
+        save_network(run.model, weights_path)
     if run.world > 1:
         import torch.distributed as dist
 

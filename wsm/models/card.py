@@ -17,10 +17,10 @@ mean, std       the normalisation of its inputs, comma-separated RGB values (wsm
 
 :func:`wsm.models.segmentation.create_segmenter` and :func:`wsm.models.classifier.create_classifier` attach a card to
 the network they build (``model.wsm_card``), the training loop records the size it trained at, and whatever saves a
-network's final weights writes :func:`network_card` into the header (``wsm.learn.loop.train``: RUN/model.safetensors;
-``wsm.folders.bundle.save_weights_file``: a BUNDLE's networks). Readers build the network from the file's own card
-(:func:`read_card`, :meth:`NetworkCard.build`) after checking it against what they expect
-(:meth:`NetworkCard.check`); a file written before cards existed has none, and its network is built as before.
+network's final weights writes :func:`network_card` into the header (``wsm.learn.loop.save_network``: RUN/
+model.safetensors and a BUNDLE's networks). Readers build the network from the file's own card after checking it
+against what they expect (:func:`checked_card`, through ``wsm.learn.loop.load_network``); a file written before
+cards existed has none, and its network is built from what they expect, as before.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from pathlib import Path
 from wsm.errors import WsmError
 from wsm.models.inputs import ISIC_MEAN, ISIC_STD
 
-__all__ = ["CARD_FORMAT", "NetworkCard", "NetworkCardError", "card_of", "network_card", "read_card",
+__all__ = ["CARD_FORMAT", "NetworkCard", "NetworkCardError", "card_of", "checked_card", "network_card", "read_card",
            "record_input_size"]
 
 CARD_FORMAT = 1

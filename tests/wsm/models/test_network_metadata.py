@@ -14,8 +14,8 @@ from safetensors import safe_open  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 from wsm.errors import UserError  # noqa: E402
-from wsm.folders.bundle import BundleError, load_bundle, save_weights_file, write_pipeline, BundleFolder  # noqa: E402
-from wsm.learn.loop import TrainConfig, load_weights, save_weights, train  # noqa: E402
+from wsm.folders.bundle import BundleError, load_bundle, write_pipeline, BundleFolder  # noqa: E402
+from wsm.learn.loop import TrainConfig, load_weights, save_network, save_weights, train  # noqa: E402
 from wsm.models.card import (CARD_FORMAT, NetworkCard, NetworkCardError, card_of, network_card,  # noqa: E402
                              read_card, record_input_size)
 from wsm.models.classifier import create_classifier  # noqa: E402
@@ -51,7 +51,7 @@ def test_a_segmenter_saved_and_reloaded_carries_its_description(tmp_path):
     assert card_of(model) == NetworkCard("segmenter", "unet", "test_resnet", num_classes=1, in_chans=3,
                                          input_size=64)
     path = tmp_path / "prior.safetensors"
-    save_weights_file(model, path)
+    save_network(model, path)
     header = _header(path)
     assert header == {"wsm.card": str(CARD_FORMAT), "wsm.network": "segmenter", "wsm.arch": "unet",
                       "wsm.encoder": "test_resnet", "wsm.num_classes": "1", "wsm.in_chans": "3",
@@ -68,7 +68,7 @@ def test_the_same_network_saved_twice_gives_the_same_bytes(tmp_path):
     model = _segmenter()
     saved = []
     for i in range(8):      # safetensors itself writes header metadata in a random order
-        save_weights_file(model, tmp_path / f"{i}.safetensors")
+        save_network(model, tmp_path / f"{i}.safetensors")
         saved.append((tmp_path / f"{i}.safetensors").read_bytes())
     assert len(set(saved)) == 1
     size = int.from_bytes(saved[0][:8], "little")
@@ -79,7 +79,7 @@ def test_a_classifier_saved_and_reloaded_carries_its_description(tmp_path):
     torch.manual_seed(0)
     model = create_classifier("test_resnet", num_classes=4, in_chans=4)
     path = tmp_path / "classifier.safetensors"
-    save_weights_file(model, path)
+    save_network(model, path)
     card = read_card(path)
     assert card == NetworkCard("classifier", "test_resnet", num_classes=4, in_chans=4)
     assert "wsm.encoder" not in _header(path) and "wsm.input_size" not in _header(path)   # neither is known
@@ -107,7 +107,7 @@ def test_training_writes_the_description_and_the_size_it_trained_at(tmp_path):
                    progress=False)
     assert read_card(result.weights) == NetworkCard("classifier", "test_resnet", num_classes=2, input_size=32)
     assert card_of(model).input_size == 32           # a bundle saving this network afterwards writes it too
-    save_weights_file(model, tmp_path / "classifier.safetensors")
+    save_network(model, tmp_path / "classifier.safetensors")
     assert read_card(tmp_path / "classifier.safetensors").input_size == 32
     # a network built otherwise has no description, and its file none
     plain = torch.nn.Linear(2, 2)
@@ -163,7 +163,7 @@ def _bundle(tmp_path, prior, **sets):
 
 def test_a_bundle_loads_its_prior_from_the_description_and_from_an_older_file_alike(tmp_path):
     model = _segmenter()
-    described = _bundle(tmp_path / "new", lambda path: save_weights_file(model, path))
+    described = _bundle(tmp_path / "new", lambda path: save_network(model, path))
     old = _bundle(tmp_path / "old", lambda path: save_weights(model, path))      # written before descriptions
     assert read_card(old.folder / "prior.safetensors") is None
     for bundle in (described, old):
@@ -180,7 +180,7 @@ def test_a_bundle_loads_its_prior_from_the_description_and_from_an_older_file_al
 @pytest.mark.parametrize("sets,differ", [({"arch": '"linknet"'}, "arch"), ({"size": 96}, "input_size")])
 def test_a_bundle_whose_prior_disagrees_with_its_pipeline_is_refused(tmp_path, sets, differ):
     model = _segmenter()
-    bundle = _bundle(tmp_path, lambda path: save_weights_file(model, path), **sets)
+    bundle = _bundle(tmp_path, lambda path: save_network(model, path), **sets)
     with pytest.raises(BundleError, match=f"holds a unet / test_resnet segmenter.*pipeline.toml asks for.*{differ}"):
         bundle.load_models(skip_unweighted=False)
 
@@ -210,7 +210,7 @@ def test_prior_run_builds_the_network_its_file_describes(tmp_path):
     prior, source = load_prior(run, "linknet", "test_resnet")
     assert isinstance(prior, Linknet) and card_of(prior) == card_of(model) and source["source"] == "run"
     _same_weights(model, prior)
-    save_weights_file(prior, tmp_path / "prior.safetensors")          # what fit writes into the bundle
+    save_network(prior, tmp_path / "prior.safetensors")          # what fit writes into the bundle
     assert read_card(tmp_path / "prior.safetensors") == card_of(model)
 
 
