@@ -3,7 +3,8 @@ images' weak maps are added? Both networks are scored on the same held-out offic
 label-efficiency curve (Jaccard against the number of labelled masks, both arms, a PNG plot).
 
     python benchmarks/downstream.py [--labelled 200] [--weak 800] [--eval 300] [--size 128] [--epochs 8]
-        [--epochs-official N|same] [--epochs-finetune N] [--confident-fraction F] [--arch unet]
+        [--epochs-official N|same] [--epochs-finetune N] [--confident-fraction F] [--predicted-fraction F]
+        [--augment-strength standard|strong] [--arch unet]
         [--encoder tf_efficientnet_lite0] [--no-train-pretrained] [--batch-size 16] [--lr 0.001] [--seed 0]
         [--device cpu] [--threads 0]
         [--source DEV_DATA] [--data DATA] [--work out/bench-downstream]
@@ -36,7 +37,14 @@ Steps (each resumes or is reused when the script is run again with the same --wo
    run fine-tuned on the labelled masks alone for N epochs at half the learning rate;
 6. with --confident-fraction F, a fourth run, ``wsm train --labels both --min-confidence C``: the labelled masks
    plus only the most confident fraction F of the weak maps (C from the WSM manifest's confidences; no mask is
-   looked at to choose it), with as many optimiser steps as the run with all the weak maps.
+   looked at to choose it), with as many optimiser steps as the run with all the weak maps;
+7. with --predicted-fraction F, the same with the fraction F of the weak maps the bundle's quality model predicts
+   best (``wsm train --min-predicted-jaccard X``, X from the manifest's predicted_jaccard; the model was learnt on
+   the teacher's calibration masks, which are labelled images).
+
+--augment-strength strong: every image of every student is augmented with the strong recipe (`wsm train
+--augment-strength strong`), the official-only student too, which is the fair baseline for few masks; it makes
+another official-only student, so give it its own --work.
 
 Training budget: by default the official-only run gets as many optimiser steps as the run with weak maps
 (--epochs-official = epochs x (labelled + weak) / labelled), so that it is not merely undertrained;
@@ -73,7 +81,7 @@ from pathlib import Path
 
 from devdata import ISIC2018_CROPS
 
-from wsm.train.options import WEAK_AUGMENT_CHOICES
+from wsm.train.options import AUGMENT_STRENGTH_CHOICES, WEAK_AUGMENT_CHOICES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ISIC2018_CROPS
@@ -211,6 +219,11 @@ def main() -> None:
     parser.add_argument("--confident-fraction", type=float, default=0.0,
                         help="a fourth run: the labelled masks plus only this most confident fraction of the weak "
                              "maps, by the WSM manifest's confidence (0, the default: no fourth run)")
+    parser.add_argument("--predicted-fraction", type=float, default=0.0,
+                        help="a fifth run: the labelled masks plus only this fraction of the weak maps predicted "
+                             "best, by the WSM manifest's predicted_jaccard (0, the default: no fifth run)")
+    parser.add_argument("--augment-strength", choices=AUGMENT_STRENGTH_CHOICES, default="standard",
+                        help="augmentation of every image in every student (`wsm train --augment-strength`)")
     parser.add_argument("--teacher", choices=("fit", "student"), default="fit",
                         help="what makes the weak maps: a bundle fitted on the labelled masks (fit), or the "
                              "official-only student itself as the bundle's prior (student: `wsm fit --prior-run`)")
@@ -245,8 +258,10 @@ def main() -> None:
     parser.add_argument("--small", action="store_true",
                         help="smoke test: 24 labelled, 40 weak, 24 eval, 64 px, tiny models, 2 epochs")
     args = parser.parse_args()
-    if not 0 <= args.confident_fraction <= 1:
-        parser.error(f"--confident-fraction must be within (0, 1] (0: no fourth run), got {args.confident_fraction}")
+    for flag, value in (("--confident-fraction", args.confident_fraction),
+                        ("--predicted-fraction", args.predicted_fraction)):
+        if not 0 <= value <= 1:
+            parser.error(f"{flag} must be within (0, 1] (0: no such run), got {value}")
     if args.variant and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.variant):
         parser.error(f"--variant names folders: letters, digits, '_', '.', '-' only, got {args.variant!r}")
     if args.weak is None:
@@ -364,7 +379,18 @@ def student_settings(args, data: Path) -> dict:
     """The `wsm train` settings both students share: labelled masks as split train, scored on split test."""
     return dict(data=data, split_train="train", eval_split="test", arch=args.arch, encoder=args.encoder,
                 size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                workers=args.workers, pretrained=args.train_pretrained, resume=True)
+                workers=args.workers, pretrained=args.train_pretrained, augment_strength=args.augment_strength,
+                resume=True)
+
+
+def kept_by(manifest, column: str, ids: list[str], fraction: float) -> tuple[float, int]:
+    """The threshold on a WSM manifest column that keeps at least ``fraction`` of the maps of ``ids`` (rounded
+    down), and how many maps it keeps. No mask is looked at."""
+    import math
+
+    values = manifest.set_index("isic_id")[column].reindex(ids)
+    threshold = math.floor(float(values.quantile(1 - fraction)) * 1e4) / 1e4
+    return threshold, int((values >= threshold).sum())
 
 
 def run_point(args) -> dict:
@@ -384,8 +410,10 @@ def run_point(args) -> dict:
     parts = partition(read_manifest(source)["isic_id"].tolist(), args.eval, args.labelled, args.weak, args.seed,
                       args.eval_seed)
     suffix = variant_suffix(args)
+    augmentation = {"augment_strength": args.augment_strength} if args.augment_strength != "standard" else {}
     shared = check_settings(args.work / "settings.json", {"source": str(source.resolve()), "parts": parts,
-                                                          "device": args.device}, "split or device", "another --work")
+                                                          "device": args.device, **augmentation},
+                            "split, device or augmentation", "another --work")
     # a folder from before variants kept its fit overrides in settings.json: they hold for its unnamed variant
     earlier = ({"teacher": args.teacher, "fit_overrides": shared["fit_overrides"], "weak_augment": "same"}
                if "fit_overrides" in shared and not args.variant else None)
@@ -439,20 +467,18 @@ def run_point(args) -> dict:
         runs["weak, then official (+init)"] = TrainOptions(
             out=args.work / f"run-finetune{suffix}", labels="official", init=str(runs["official+weak"].out),
             epochs=args.epochs_finetune, **{**common, "lr": args.lr / 2, "pretrained": False})  # init: every weight
-    if args.confident_fraction:
-        import math
+    filters = (("official+confident weak", "official+confident", "confidence", "min_confidence",
+                args.confident_fraction),
+               ("official+predicted-good weak", "official+predicted", "predicted_jaccard", "min_predicted_jaccard",
+                args.predicted_fraction))
+    for name, folder, column, option, fraction in filters:
+        if fraction:
+            import pandas as pd
 
-        import pandas as pd
-
-        confidence = pd.read_parquet(wsm_dir / "manifest.parquet").set_index("isic_id")["confidence"]
-        # rounded down, so that the fraction kept is at least the one asked for
-        threshold = math.floor(float(confidence.reindex(parts["weak"]).quantile(1 - args.confident_fraction))
-                               * 1e4) / 1e4
-        n_confident = int((confidence.reindex(parts["weak"]) >= threshold).sum())
-        steps = args.epochs * n_both
-        runs["official+confident weak"] = TrainOptions(
-            out=args.work / f"run-official+confident{suffix}", labels="both", wsm=wsm_dir, min_confidence=threshold,
-            epochs=max(1, round(steps / (args.labelled + n_confident))), weak_augment=args.weak_augment, **common)
+            threshold, kept = kept_by(pd.read_parquet(wsm_dir / "manifest.parquet"), column, parts["weak"], fraction)
+            runs[name] = TrainOptions(out=args.work / f"run-{folder}{suffix}", labels="both", wsm=wsm_dir,
+                                      epochs=max(1, round(args.epochs * n_both / (args.labelled + kept))),
+                                      weak_augment=args.weak_augment, **{option: threshold}, **common)
     for name, opts in runs.items():
         if name not in results:
             record(name, opts)
@@ -465,6 +491,7 @@ def run_point(args) -> dict:
                                                  >= results["official"]["jaccard"])
     report = {"command": bench_cmd, "seed": args.seed, "eval_seed": args.eval_seed, "teacher": args.teacher,
               "variant": args.variant, "weak_augment": args.weak_augment, "fit_overrides": args.overrides,
+              "augment_strength": args.augment_strength,
               "split": {k: len(v) for k, v in parts.items()}, "weak_map_quality": weak_quality,
               "teacher_at_least_as_good": teacher_fair, "results": results, "seconds": seconds,
               "fit_command": f"wsm fit --data {data} --out {bundle} --exclude {args.work / 'eval_ids.txt'}"

@@ -1,8 +1,9 @@
 """Calibrating a bundle to a user's own masks: how many masks `wsm fit --from-bundle` needs.
 
-    python benchmarks/user_masks.py [--bundle out/bench-quality/fold0/bundle-default] [--ph2 PH2_HALF]
-                                    [--work out/bench-user-masks] [--n 10,25,50] [--seeds 0,1,2] [--ceiling]
-                                    [--set calibration.offsets_px=[0] ...]
+    python benchmarks/user_masks.py [--bundle out/bench-quality/fold0/bundle-default] [--dataset PH2_HALF]
+                                    [--image-type dermoscopic] [--work out/bench-user-masks] [--n 10,25,50]
+                                    [--seeds 0,1,2] [--ceiling] [--set calibration.offsets_px=[0] ...]
+                                    [--recipe-set box_prompt.enabled=true ...]
 
 PH2's masks stand for a user's own protocol: they are drawn tighter than ISIC's, so maps from networks that learnt
 ISIC's masks have a halo on them. The 100 ph2-half images and masks are imported into WORK/data with `wsm import`
@@ -11,7 +12,13 @@ ISIC's masks have a halo on them. The 100 ph2-half images and masks are imported
 networks and recalibrates on those N masks alone; the maps of the other 100 - N images are generated with the new
 bundle and scored against their masks with the official metrics (benchmarks/quality.py's score_pairs: 255 as
 background, and left out weighted by coverage). The uncalibrated bundle's maps of the same images are scored beside
-them. One JSON line per (N, seed), then a table of the means over the seeds. Torch runs on one thread, generate on
+them, and how well each bundle's predicted_jaccard ranks the held-out maps (the calibrated bundle's quality model is
+learnt on the N masks). One JSON line per (N, seed), then a table of the means over the seeds.
+
+Any dataset laid out like ph2-half (images/, masks/, a pairs.csv with image_id, image and mask columns) can stand
+for the user's: --dataset clinical-dermis --image-type "clinical: close-up" for a clinic's own photographs.
+--recipe-set gives a generate-time setting (box_prompt, image_types, the inference-only keys) to the uncalibrated
+maps and to every recalibration alike. Torch runs on one thread, generate on
 one worker process. With --ceiling, first the most any calibration of these networks could reach: each image's
 best candidate of the grid, chosen with its own mask.
 """
@@ -34,23 +41,27 @@ from quality import REPO, score_pairs  # noqa: E402
 HEADLINE = "jaccard_255_as_background"
 KEPT = (HEADLINE, "jaccard_255_left_out", "threshold_jaccard_255_as_background", "dice_255_as_background",
         "certain_coverage")
+RANKING = ("spearman", "auroc_fail", "failing", "mean_kept", "mean_kept_oracle", "aurc", "aurc_oracle")
 
 
-def ph2_masks(ph2: Path) -> dict[str, Path]:
-    """image id -> its mask file, from ph2-half's pairs.csv."""
-    with open(ph2 / "pairs.csv", newline="", encoding="utf8") as fh:
-        return {row["image_id"]: ph2 / row["mask"] for row in csv.DictReader(fh)}
+def dataset_masks(dataset: Path) -> dict[str, Path]:
+    """image id -> its mask file, from the dataset's pairs.csv."""
+    with open(dataset / "pairs.csv", newline="", encoding="utf8") as fh:
+        return {row["image_id"]: dataset / row["mask"] for row in csv.DictReader(fh)}
 
 
-def import_ph2(ph2: Path, data: Path) -> str:
-    """ph2-half imported into DATA as a user's own dataset (masks in the train split); the equivalent command."""
+def import_dataset(dataset: Path, data: Path, image_type: str) -> str:
+    """The dataset imported into DATA as a user's own (masks in the train split, named after its folder); the
+    equivalent command."""
     from archive_client.importer import import_folders
 
     if not (data / "manifest.parquet").exists():
-        summary = import_folders(data, labels=ph2 / "pairs.csv", challenge="ph2", progress=False)
+        summary = import_folders(data, labels=dataset / "pairs.csv", challenge=dataset.name, progress=False,
+                                 image_type=image_type)
         if not summary.ok:
             raise SystemExit("\n".join(summary.lines()))
-    return shlex.join(["wsm", "import", "--labels", str(ph2 / "pairs.csv"), "--challenge", "ph2", "--out", str(data)])
+    return shlex.join(["wsm", "import", "--labels", str(dataset / "pairs.csv"), "--challenge", dataset.name,
+                       "--image-type", image_type, "--out", str(data)])
 
 
 def draw(ids: list[str], n: int, seed: int) -> list[str]:
@@ -58,18 +69,19 @@ def draw(ids: list[str], n: int, seed: int) -> list[str]:
     return sorted(random.Random(seed).sample(sorted(ids), n))
 
 
-def maps_of(bundle: Path, data: Path, out: Path, ids: list[str]) -> dict[str, Path]:
-    """`wsm generate` of ``ids`` with ``bundle`` (once: an existing manifest is reused); id -> map file of the maps
-    whose mask the bundle was not fitted on."""
+def maps_of(bundle: Path, data: Path, out: Path, ids: list[str],
+            overrides: tuple[str, ...] = ()) -> dict[str, tuple[Path, float]]:
+    """`wsm generate` of ``ids`` with ``bundle`` and generate-time ``overrides`` (once: an existing manifest is
+    reused); id -> (map file, predicted Jaccard) of the maps whose mask the bundle was not fitted on."""
     import pandas as pd
 
     from wsm.generate import GenerateOptions, generate
 
     if not (out / "manifest.parquet").exists():
         generate(GenerateOptions(out=out, bundle=bundle, data=data, only_ids=frozenset(ids), workers=1,
-                                 progress=False))
+                                 overrides=overrides, progress=False))
     manifest = pd.read_parquet(out / "manifest.parquet").set_index("isic_id")
-    return {i: out / manifest.loc[i, "path"] for i in ids
+    return {i: (out / manifest.loc[i, "path"], float(manifest.loc[i, "predicted_jaccard"])) for i in ids
             if i in manifest.index and manifest.loc[i, "status"] == "ok" and not manifest.loc[i, "mask_used_in_fit"]}
 
 
@@ -90,15 +102,16 @@ def halo(pairs: list[tuple[Path, Path]]) -> dict:
             (("area_ratio", ratios), ("sensitivity", sensitivities), ("precision", precisions))}
 
 
-def scores(masks: dict[str, Path], maps: dict[str, Path], ids: list[str]) -> dict:
-    """The official metrics over ``ids`` (each must have a map: a missing one is an error, not a smaller n) and the
-    halo's medians."""
+def scores(masks: dict[str, Path], maps: dict[str, tuple[Path, float]], ids: list[str]) -> dict:
+    """The official metrics over ``ids`` (each must have a map: a missing one is an error, not a smaller n), the
+    halo's medians and how well predicted_jaccard ranks the maps."""
     missing = sorted(set(ids) - set(maps))
     if missing:
         raise SystemExit(f"no honest map of {len(missing)} held-out images: {missing[:5]}")
-    pairs = [(masks[i], maps[i]) for i in ids]
-    result = score_pairs(pairs)
-    return {"n": result["n"], **{k: round(result[k], 4) for k in KEPT}, "halo": halo(pairs)}
+    pairs = [(masks[i], maps[i][0]) for i in ids]
+    result = score_pairs(pairs, {"predicted_jaccard": [maps[i][1] for i in ids]})
+    ranking = {k: result["ranking"]["predicted_jaccard"].get(k) for k in RANKING}
+    return {"n": result["n"], **{k: round(result[k], 4) for k in KEPT}, "halo": halo(pairs), "ranking": ranking}
 
 
 def calibrate_on(bundle: Path, data: Path, folder: Path, chosen: list[str], rest: list[str],
@@ -123,7 +136,7 @@ def calibrate_on(bundle: Path, data: Path, folder: Path, chosen: list[str], rest
     return out, chosen_values, command
 
 
-def calibration_ceiling(bundle: Path, data: Path, ids: list[str]) -> float:
+def calibration_ceiling(bundle: Path, data: Path, ids: list[str], overrides: tuple[str, ...] = ()) -> float:
     """The mean over ``ids`` of the best Jaccard any candidate of the bundle's calibration grid reaches on each image
     with that image's own mask (the refined mask at the working size): an oracle that no calibration shared by the
     images can beat."""
@@ -132,9 +145,9 @@ def calibration_ceiling(bundle: Path, data: Path, ids: list[str]) -> float:
     from wsm.fit.driver import calibration_samples
     from wsm.selection import read_manifest, read_truth, with_truth
 
-    loaded = load_bundle(bundle)
+    loaded = load_bundle(bundle).with_inference_overrides(overrides)
     rows = with_truth(read_manifest(data), read_truth(data))
-    samples = calibration_samples(loaded.recipe, data, rows[rows["isic_id"].isin(ids)],
+    samples = calibration_samples(loaded.recipes, data, rows[rows["isic_id"].isin(ids)],
                                   loaded.load_models(skip_unweighted=False))
     return statistics.mean(max(point.jaccard for point in calibrate([s], loaded.recipe).grid) for s in samples)
 
@@ -160,26 +173,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=REPO / "out" / "bench-quality" / "fold0" / "bundle-default",
                         help="the fitted bundle whose networks are recalibrated")
-    parser.add_argument("--ph2", type=Path, default=PH2_HALF, help="ph2-half: images, masks, pairs.csv")
+    parser.add_argument("--dataset", "--ph2", type=Path, default=PH2_HALF,
+                        help="the user's dataset: images, masks, pairs.csv (default ph2-half)")
+    parser.add_argument("--image-type", default="dermoscopic",
+                        help="the dataset's image type, which chooses its recipe (e.g. 'clinical: close-up')")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-user-masks")
     parser.add_argument("--n", default="10,25,50", help="how many masks calibrate (comma-separated)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds of which images are drawn (comma-separated)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a calibration setting for every recalibration, e.g. calibration.offsets_px=[0] "
                              "(repeatable; use another --work)")
+    parser.add_argument("--recipe-set", dest="recipe_sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a generate-time setting for the uncalibrated maps and every recalibration, e.g. "
+                             "box_prompt.enabled=true (repeatable; use another --work)")
     parser.add_argument("--ceiling", action="store_true",
                         help="also the oracle ceiling of calibration: each image's best candidate of the grid for its "
                              "own mask, averaged over the 100 (at the working size)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    data, masks = args.work / "data", ph2_masks(args.ph2)
-    print(json.dumps({"import": import_ph2(args.ph2, data), "images": len(masks)}), flush=True)
+    data, masks, recipe_sets = args.work / "data", dataset_masks(args.dataset), tuple(args.recipe_sets)
+    print(json.dumps({"import": import_dataset(args.dataset, data, args.image_type), "images": len(masks)}),
+          flush=True)
     ids = sorted(masks)
-    source_maps = maps_of(args.bundle, data, args.work / "wsm-uncalibrated", ids)
+    source_maps = maps_of(args.bundle, data, args.work / "wsm-uncalibrated", ids, recipe_sets)
     print(json.dumps({"uncalibrated": str(args.bundle), "all": scores(masks, source_maps, ids)}), flush=True)
     if args.ceiling:
-        print(json.dumps({"calibration_ceiling": round(calibration_ceiling(args.bundle, data, ids), 4)}), flush=True)
+        print(json.dumps({"calibration_ceiling": round(calibration_ceiling(args.bundle, data, ids, recipe_sets), 4)}), flush=True)
     rows = []
     for n in (int(v) for v in args.n.split(",")):
         for seed in (int(v) for v in args.seeds.split(",")):
@@ -188,7 +208,7 @@ def main() -> None:
             folder = args.work / f"n{n}-seed{seed}"
             started = time.perf_counter()
             bundle, calibration, command = calibrate_on(args.bundle, data, folder, chosen, rest,
-                                                        tuple(args.overrides))
+                                                        recipe_sets + tuple(args.overrides))
             fitted = time.perf_counter()
             maps = maps_of(bundle, data, folder / "wsm", rest)
             row = {"n": n, "seed": seed, "calibrated": scores(masks, maps, rest),

@@ -116,6 +116,12 @@ class MapModels:
                 item["prior"] = resize_prob(prob, (size, size))
         return out
 
+    def evidence_for(self, pres: list[Preprocessed], recipes: list[Recipe]) -> list[dict[str, np.ndarray]]:
+        """The evidence of a batch as each image's recipe makes it: the networks' maps, box-prompted where the
+        recipe says so. Generate and fit's calibration both take this road, so calibration chooses its settings on
+        the maps that generate decides on."""
+        return self.box_prompted(pres, self.evidence([pre.image for pre in pres]), recipes)
+
     def box_prompted(self, pres: list[Preprocessed], maps: list[dict[str, np.ndarray]],
                      recipes: list[Recipe]) -> list[dict[str, np.ndarray]]:
         """The evidence with each prior map whose recipe prompts the box segmenter replaced by the mix of the two

@@ -85,6 +85,18 @@ def test_variants_share_the_split_and_are_refused_with_other_settings(tmp_path):
     assert names == {"", "-strong", "-student", "-student-strong"}
 
 
+def test_a_filtered_run_keeps_at_least_the_fraction_asked_by_the_manifest_alone():
+    import pandas as pd
+    from downstream import kept_by
+
+    manifest = pd.DataFrame({"isic_id": [f"ISIC_{i:07d}" for i in range(10)],
+                             "predicted_jaccard": [0.05 * i + 0.3 for i in range(10)]})
+    weak = [f"ISIC_{i:07d}" for i in range(1, 10)]          # ISIC_0000000 is not a weak image
+    threshold, kept = kept_by(manifest, "predicted_jaccard", weak, 0.5)
+    assert kept >= 0.5 * len(weak) and kept == sum(0.05 * i + 0.3 >= threshold for i in range(1, 10))
+    assert kept_by(manifest, "predicted_jaccard", weak, 1.0) == (0.35, 9)
+
+
 def test_the_curve_shows_every_variant_of_the_teacher_once():
     from downstream import curve_rows
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from wsm.cli.common import (HelpFormatter, UsageError, add_data_and_out, add_renamed, add_set_flag, add_workers_flag,
                             note_renamed, number, print_summary)
 from wsm.selection import SPLIT_CHOICES
-from wsm.train.options import DEFAULT_ENCODERS, WEAK_AUGMENT_CHOICES, default_encoder, has_imagenet_weights
+from wsm.train.options import (AUGMENT_STRENGTH_CHOICES, DEFAULT_ENCODERS, WEAK_AUGMENT_CHOICES, default_encoder,
+                               has_imagenet_weights)
 
 # Kept here as literals so that building the parser imports no torch; tests check them against the registries
 # (wsm.models.segmentation.ARCHITECTURES, wsm.learn.losses.LOSSES).
@@ -82,6 +83,10 @@ def register(commands) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     add_workers_flag(p, "read and augment the images", "one fewer than the cores, at most 8", default=0)
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no DeepHealth augmentation")
+    p.add_argument("--augment-strength", choices=AUGMENT_STRENGTH_CHOICES, default="standard",
+                   help="augmentation of every image: the segmenter recipe (flips, rotation, scale, brightness, "
+                        "blur, dropout), or strong (more zoom, stretch, colour jitter, more blur), which regularises "
+                        "a network trained on few masks")
     p.add_argument("--weak-augment", choices=WEAK_AUGMENT_CHOICES, default="same",
                    help="augmentation of the images whose labels are weak maps: the same as the official masks' "
                         "images, or strong (zoom, stretch, colour jitter, more blur: the student cannot copy its "
@@ -131,7 +136,8 @@ def options(args):
                         min_confidence=args.min_confidence, min_predicted_jaccard=args.min_predicted_jaccard,
                         num_classes=args.num_classes,
                         split_train=args.train_split, eval_split=args.eval_split,
-                        weight_decay=args.weight_decay, augment=args.augment, weak_augment=args.weak_augment,
+                        weight_decay=args.weight_decay, augment=args.augment, augment_strength=args.augment_strength,
+                        weak_augment=args.weak_augment,
                         seed=args.seed, device=args.device,
                         workers=_loader_workers(args.workers), amp=args.amp, accumulate=args.accumulate,
                         pretrained=pretrained, weights_file=args.weights_file, init=args.init,
@@ -171,6 +177,7 @@ def _check_attribute_flags(args) -> None:
                                        ("--min-predicted-jaccard", args.min_predicted_jaccard is not None),
                                        ("--labels", args.labels != "official"),
                                        ("--weak-augment", args.weak_augment != "same"),
+                                       ("--augment-strength", args.augment_strength != "standard"),
                                        ("--num-classes", args.num_classes != 1),
                                        ("--loss (only focal)", args.loss not in (None, "focal"))) if given]
     if unused:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from wsm.config.recipe import Recipe
+from wsm.config.recipe import DEFAULT_TYPE, Recipe
 from wsm.metrics import confusion_counts, image_metrics
 from wsm.stages.preprocess import Preprocessed
 from wsm.stages.quality import QualityConfig, fit_quality
@@ -29,6 +29,7 @@ class Sample:
     maps: dict            # evidence maps at the working size
     truth: np.ndarray     # bool (S, S): the official mask at the working size
     isic_id: str = ""     # whose mask it is (what calibration and the quality model learnt from)
+    recipe_key: str = DEFAULT_TYPE   # which recipe of wsm.config.recipe.recipes_by_type made its maps (its image type)
 
 
 class GridPoint(NamedTuple):
@@ -187,14 +188,15 @@ def _with_margin(samples, recipe, best: GridPoint, grid) -> Calibration:
                        n_images=len(samples), grid=grid)
 
 
-def learn_quality(samples: list[Sample], recipe: Recipe) -> QualityConfig:
-    """The quality model (wsm.stages.quality) learnt on the calibration samples as the calibrated ``recipe`` labels
-    them: each map's signals against its true Jaccard (255 as background) at the working size."""
+def learn_quality(samples: list[Sample], recipes: dict[str, Recipe]) -> QualityConfig:
+    """The quality model (wsm.stages.quality) learnt on the calibration samples as the calibrated recipes label
+    them (``recipes``: wsm.config.recipe.recipes_by_type, each sample by its own type's): each map's signals against
+    its true Jaccard (255 as background) at the working size."""
     from wsm.mapping import label_image
 
     signals, jaccards = [], []
     for sample in samples:
-        labelled = label_image(sample.pre, sample.maps, recipe, with_signals=True)
+        labelled = label_image(sample.pre, sample.maps, recipes[sample.recipe_key], with_signals=True)
         signals.append(labelled.signals)
         jaccards.append(_jaccard(sample.truth, labelled.label_map == 1))
     return fit_quality(signals, jaccards)

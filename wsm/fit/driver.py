@@ -21,7 +21,7 @@ import pandas as pd
 
 from archive_client.layout import DataLayout
 from wsm.config.pipeline import PipelineError, load_pipeline, pipeline_hash
-from wsm.config.recipe import INFERENCE_ONLY, Recipe, build_recipe
+from wsm.config.recipe import DEFAULT_TYPE, INFERENCE_ONLY, Recipe, build_recipe, recipe_key, recipes_by_type
 from wsm.folders import bundle as B
 from wsm.fit.prior_run import load_prior, prior_run_settings
 from wsm.fit.source_bundle import SourceBundle, SourceBundleError, open_source
@@ -262,43 +262,55 @@ def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, d
                               **pixels_key(recipe)}))
 
 
-def calibration_samples(recipe: Recipe, data: Path, rows: pd.DataFrame, models, bar=None) -> list:
-    """A wsm.fit.calibrate.Sample of each masked row of DATA: the image as ``recipe`` preprocesses it, the maps of
-    ``models`` (wsm.mapping.MapModels), the mask at the working size."""
+def calibration_samples(recipes: dict[str, Recipe], data: Path, rows: pd.DataFrame, models, bar=None) -> list:
+    """A wsm.fit.calibrate.Sample of each masked row of DATA whose image type gets a map: the image preprocessed,
+    its evidence as generate makes it for its type (``recipes``: wsm.config.recipe.recipes_by_type; e.g. the box
+    prompt for clinical close-ups) with ``models`` (wsm.mapping.MapModels), the mask at the working size."""
     from wsm.fit.calibrate import Sample
     from wsm.mapping import prepare
     from wsm.models.inputs import truth_at
 
-    size, samples, batch = recipe.preprocess.working_size, [], 16
+    base = recipes[DEFAULT_TYPE]
+    types = rows["image_type"] if "image_type" in rows.columns else pd.Series(None, index=rows.index, dtype=object)
+    keys = pd.Series([recipe_key(base, t if isinstance(t, str) and t else None) for t in types], index=rows.index)
+    rows, keys = rows[keys.notna()], keys[keys.notna()]        # a type that gets no map calibrates nothing
+    size, samples, batch = base.preprocess.working_size, [], 16
     for start in range(0, len(rows), batch):
-        chunk = rows.iloc[start:start + batch]
-        pres = [prepare(data / f, recipe.preprocess) for f in chunk["file"]]
-        maps = models.evidence([p.image for p in pres])
-        samples += [Sample(p, m, truth_at(data / mf, size), i)
-                    for p, m, mf, i in zip(pres, maps, chunk["mask_file"], chunk["isic_id"])]
+        chunk, chunk_keys = rows.iloc[start:start + batch], list(keys.iloc[start:start + batch])
+        pres = [prepare(data / f, base.preprocess) for f in chunk["file"]]
+        maps = models.evidence_for(pres, [recipes[k] for k in chunk_keys])
+        samples += [Sample(p, m, truth_at(data / mf, size), i, k)
+                    for p, m, mf, i, k in zip(pres, maps, chunk["mask_file"], chunk["isic_id"], chunk_keys)]
         if bar is not None:
             bar.update(len(chunk))
     return samples
 
 
-def _calibrate(recipe: Recipe, data: Path, rows: pd.DataFrame, models, progress: bool):
+def _calibrate(recipes: dict[str, Recipe], data: Path, rows: pd.DataFrame, models, progress: bool):
     """The calibration, and the samples it was chosen on."""
     from wsm.fit.calibrate import calibrate
 
+    recipe = recipes[DEFAULT_TYPE]
     rows = rows.head(recipe.calibration.max_images)
     bar = progress_bar(total=2 * len(rows), desc="calibrate", unit="img", enabled=progress)
-    samples = calibration_samples(recipe, data, rows, models, bar)
+    samples = calibration_samples(recipes, data, rows, models, bar)
+    if not samples:
+        raise DataError(f"the {len(rows)} masks left for calibration are all of image types the pipeline makes no "
+                        "map for ([image_types] skip): import masks of the types you generate maps for")
     result = calibrate(samples, recipe, progress=bar)
     bar.close()
     return result, samples
 
 
-def _calibration_estimate_s(recipe: Recipe, data: Path, rows: pd.DataFrame, models) -> float:
+def _calibration_estimate_s(recipes: dict[str, Recipe], data: Path, rows: pd.DataFrame, models) -> float:
     """Seconds calibration will take here: every candidate setting on one image, measured, times the images."""
     from wsm.fit.calibrate import calibrate
 
+    recipe = recipes[DEFAULT_TYPE]
     started = time.perf_counter()
-    calibrate(calibration_samples(recipe, data, rows.head(1), models), recipe)
+    samples = calibration_samples(recipes, data, rows.head(1), models)
+    if samples:                                 # none: a type that gets no map (fit then says so)
+        calibrate(samples, recipe)
     return (time.perf_counter() - started) * min(len(rows), recipe.calibration.max_images)
 
 
@@ -361,12 +373,13 @@ def fit(opts: FitOptions) -> FitSummary:
     provenance = _provenance(opts, recipe, data, requested, images.evaluation_ids)
     _keep_given_networks(opts, source, models, folder, prior_source, len(teacher_ids), provenance)
     calibration_rows = images.calibration_rows if images.calibrating else None
-    phases = _Phases(_announce_plan(opts, recipe, data, networks, calibration_rows, models, images.evaluation_ids))
+    phases = _Phases(_announce_plan(opts, recipes_by_type(resolved), data, networks, calibration_rows, models,
+                                    images.evaluation_ids))
     _train_networks(networks, folder, phases, opts.progress, provenance, summary)
     _count_what_trained(networks, images, teacher_ids, models, provenance, summary)
     if images.calibrating:
         phases.begin()
-        resolved = _calibrate_bundle(recipe, data, images.calibration_rows, models, resolved, folder, opts.progress,
+        resolved = _calibrate_bundle(data, images.calibration_rows, models, resolved, folder, opts.progress,
                                      provenance, summary)
     _write_bundle(folder, resolved, images, teacher_ids, provenance, summary)
     return summary
@@ -489,16 +502,16 @@ def _count_what_trained(networks: list[_Network], images: _Images, teacher_ids: 
         summary.prior_steps = prior.cfg.epochs * -(-len(prior.dataset) // prior.cfg.batch_size)
 
 
-def _calibrate_bundle(recipe: Recipe, data: Path, rows: pd.DataFrame, models, resolved: dict,
+def _calibrate_bundle(data: Path, rows: pd.DataFrame, models, resolved: dict,
                       folder: B.BundleFolder, progress: bool, provenance: dict, summary: FitSummary) -> dict:
     """Calibrate on the masks of ``rows`` and learn the quality model on the same samples; write calibration.json.
     The resolved recipe with both applied."""
     from wsm.fit.calibrate import learn_quality
 
     started = time.perf_counter()
-    summary.calibration, samples = _calibrate(recipe, data, rows, models, progress)
+    summary.calibration, samples = _calibrate(recipes_by_type(resolved), data, rows, models, progress)
     resolved = summary.calibration.apply(resolved)
-    summary.quality = learn_quality(samples, build_recipe(resolved))
+    summary.quality = learn_quality(samples, recipes_by_type(resolved))
     resolved["quality"] = quality_table(summary.quality)
     provenance["calibration_mask_ids"] = [s.isic_id for s in samples]
     write_json(folder.calibration, {**summary.calibration.__dict__, "isic_ids": provenance["calibration_mask_ids"]})
@@ -553,16 +566,17 @@ def _nothing_to_recalibrate(recipe: Recipe, data: Path, held_out: int) -> DataEr
                      f"--out {data}` (a dataset of your own goes to the train split)")
 
 
-def _announce_plan(opts: FitOptions, recipe: Recipe, data: Path, networks: list, calibration_rows, models,
-                   evaluation_ids: frozenset[str]) -> list[tuple[str, str, float]]:
+def _announce_plan(opts: FitOptions, recipes: dict[str, Recipe], data: Path, networks: list, calibration_rows,
+                   models, evaluation_ids: frozenset[str]) -> list[tuple[str, str, float]]:
     """Say up front what fit will do and how long it will take here (each cost measured on this machine); the
     phases (name, what, estimated seconds; none without progress output)."""
     if not opts.progress:
         return []
     estimates = [(n.name, n.describe(), n.estimate_s()) for n in networks]
     if calibration_rows is not None:
-        estimates.append(("calibration", f"on {min(len(calibration_rows), recipe.calibration.max_images)} masks",
-                          _calibration_estimate_s(recipe, data, calibration_rows, models)))
+        most = recipes[DEFAULT_TYPE].calibration.max_images
+        estimates.append(("calibration", f"on {min(len(calibration_rows), most)} masks",
+                          _calibration_estimate_s(recipes, data, calibration_rows, models)))
     if evaluation_ids:
         announce(f"fit keeps {len(evaluation_ids)} masked images out of everything, so that `wsm report` can score "
                  "their maps honestly (--set fit.eval_fraction=0 uses every mask)")

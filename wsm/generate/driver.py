@@ -311,7 +311,7 @@ def _evidence(models: MapModels | None, pres: list, recipes: list) -> list[dict]
     """The networks' maps of a batch, box-prompted where an image's recipe says so."""
     if models is None:
         return [{} for _ in pres]
-    return models.box_prompted(pres, models.evidence([pre.image for pre in pres]), recipes)
+    return models.evidence_for(pres, recipes)
 
 
 def _submit_one(pool, row, opts: GenerateOptions, record: _Recorder) -> Future:

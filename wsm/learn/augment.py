@@ -18,7 +18,8 @@ dark dermoscope vignette); photometric steps and dropout touch the image only.
 :data:`WEAK_MAP_AUGMENT` is the strong variant `wsm train --weak-augment strong` applies to the images whose labels
 are weak maps: the segmenter recipe with zoom, stretch, colour jitter and more blur, so that a student cannot
 just copy its teacher's answer on an image it has seen the same way (the consistency idea of FixMatch-style
-self-training; the maps' labels move with every geometric step).
+self-training; the maps' labels move with every geometric step). `wsm train --augment-strength strong` applies it
+to every image, which regularises a network trained on few masks.
 
 Coarse dropout, as in ECVL ``CoarseDropout``: the image is tiled with square cells of side ``drop_size`` x the
 image side (drawn per call), and each cell is zeroed with probability ``p`` (drawn per call); with probability
@@ -41,6 +42,7 @@ __all__ = [
     "CLASSIFIER_AUGMENT",
     "COLOUR_JITTER",
     "SEGMENTER_AUGMENT",
+    "AUGMENT_STRENGTHS",
     "WEAK_AUGMENTS",
     "WEAK_MAP_AUGMENT",
     "augment",
@@ -73,6 +75,7 @@ COLOUR_JITTER = {"brightness": (0.75, 1.25), "contrast": (0.75, 1.25), "saturati
                  "hue_deg": (-10.0, 10.0)}   # other cameras and lights; `[prior] augment_colour` adds it too
 WEAK_MAP_AUGMENT = replace(SEGMENTER_AUGMENT, scale=(0.75, 1.25), stretch=1.25, blur_sigma=(0.0, 1.5), **COLOUR_JITTER)
 WEAK_AUGMENTS = {"same": None, "strong": WEAK_MAP_AUGMENT}   # `wsm train --weak-augment`: None = the same recipe
+AUGMENT_STRENGTHS = {"standard": SEGMENTER_AUGMENT, "strong": WEAK_MAP_AUGMENT}   # `wsm train --augment-strength`
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:

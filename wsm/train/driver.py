@@ -198,15 +198,13 @@ def _train_one(plan: Plan, init: Path | None, device: str, start: Callable[[dict
 
     from wsm.models.segmentation import create_segmenter, predict_prob
     from wsm.models.weights import weight_source
-    from wsm.learn.augment import WEAK_AUGMENTS
     from wsm.learn.datasets import LabelMapDataset
     from wsm.learn.loop import TrainConfig, class_weights, train
     from wsm.learn.losses import create_loss
 
     opts = plan.opts
-    dataset = LabelMapDataset(opts.data, plan.train_rows, opts.size, augment=opts.augment, seed=opts.seed,
-                              num_classes=opts.num_classes,
-                              weak_augment_cfg=WEAK_AUGMENTS[opts.weak_augment])
+    dataset = LabelMapDataset(opts.data, plan.train_rows, opts.size, seed=opts.seed, num_classes=opts.num_classes,
+                              **opts.augmentation())
     weights = None
     loss_name = opts.resolved_loss()
     if opts.num_classes > 1 and loss_name in ("ce", "focal"):

@@ -364,7 +364,6 @@ def _train_coarse(run: _MbdcnnRun, seg_loss):
     """1. The coarse segmentation network on the training labels; the network (on the device) and its result."""
     import torch
 
-    from wsm.learn.augment import WEAK_AUGMENTS
     from wsm.learn.datasets import LabelMapDataset
     from wsm.models.segmentation import create_segmenter
 
@@ -373,8 +372,8 @@ def _train_coarse(run: _MbdcnnRun, seg_loss):
         torch.manual_seed(opts.seed)
         coarse = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
                                   weights_file=cfg.weights_file or None)
-    dataset = LabelMapDataset(run.data, run.plan.train_rows, run.recipe.size, augment=opts.augment,
-                              seed=opts.seed, weak_augment_cfg=WEAK_AUGMENTS[opts.weak_augment])
+    dataset = LabelMapDataset(run.data, run.plan.train_rows, run.recipe.size, seed=opts.seed,
+                              **opts.augmentation())
     result = run.train(coarse, dataset, seg_loss, cfg, "coarse")
     coarse.to(run.device)
     return coarse, result
@@ -429,7 +428,6 @@ def _train_enhanced(run: _MbdcnnRun, seg_loss):
     its result."""
     import torch
 
-    from wsm.learn.augment import WEAK_AUGMENTS
     from wsm.learn.datasets import LabelMapDataset
 
     opts, cfg, train_rows = run.opts, run.recipe.enhanced, run.plan.train_rows
@@ -438,8 +436,7 @@ def _train_enhanced(run: _MbdcnnRun, seg_loss):
         enhanced = create_enhanced_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
                                              weights_file=cfg.weights_file or None)
     dataset = LabelMapDataset(run.data, train_rows.assign(guide_file=run.maps_of("cams", train_rows["isic_id"])),
-                              run.recipe.size, augment=opts.augment, seed=opts.seed, guides=True,
-                              weak_augment_cfg=WEAK_AUGMENTS[opts.weak_augment])
+                              run.recipe.size, seed=opts.seed, guides=True, **opts.augmentation())
     return enhanced, run.train(enhanced, dataset, seg_loss, cfg, "enhanced")
 
 

@@ -14,6 +14,7 @@ NO_EVAL = "none"                       # --eval-split none: no evaluation
 
 
 WEAK_AUGMENT_CHOICES = ("same", "strong")   # keys of wsm.learn.augment.WEAK_AUGMENTS
+AUGMENT_STRENGTH_CHOICES = ("standard", "strong")   # keys of wsm.learn.augment.AUGMENT_STRENGTHS
 
 
 class TrainError(WsmError, ValueError):
@@ -71,6 +72,7 @@ class TrainOptions:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     augment: bool = True                 # the DeepHealth recipe (wsm.learn.augment)
+    augment_strength: str = "standard"   # the recipe on every image: the segmenter's, or "strong" (WEAK_MAP_AUGMENT)
     weak_augment: str = "same"           # on the weak maps' images: "same" recipe, or "strong" (WEAK_MAP_AUGMENT)
     seed: int = 0
     device: str = "cpu"
@@ -89,6 +91,17 @@ class TrainOptions:
         if self.weak_augment not in WEAK_AUGMENT_CHOICES:
             raise TrainError(f"weak_augment must be one of {', '.join(WEAK_AUGMENT_CHOICES)}, "
                              f"got {self.weak_augment!r}")
+        if self.augment_strength not in AUGMENT_STRENGTH_CHOICES:
+            raise TrainError(f"augment_strength must be one of {', '.join(AUGMENT_STRENGTH_CHOICES)}, "
+                             f"got {self.augment_strength!r}")
+
+    def augmentation(self) -> dict:
+        """wsm.learn.datasets.LabelMapDataset's augmentation arguments: whether, the recipe of the official masks'
+        images, that of the weak maps' images."""
+        from wsm.learn.augment import AUGMENT_STRENGTHS, WEAK_AUGMENTS
+
+        return {"augment": self.augment, "augment_cfg": AUGMENT_STRENGTHS[self.augment_strength],
+                "weak_augment_cfg": WEAK_AUGMENTS[self.weak_augment]}
 
     def resolved_loss(self) -> str:
         return self.loss or ("bce+dice" if self.num_classes == 1 else "ce")
@@ -124,6 +137,7 @@ class TrainOptions:
             "--seed": self.seed,
             "--device": self.device,
             "--no-augment": True if not self.augment else None,
+            "--augment-strength": self.augment_strength if self.augment_strength != "standard" else None,
             "--weak-augment": self.weak_augment if self.weak_augment != "same" else None,
             "--accumulate": self.accumulate if self.accumulate != 1 else None,
             "--no-pretrained": True if not self.pretrained else None,

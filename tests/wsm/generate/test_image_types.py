@@ -137,6 +137,45 @@ def test_images_of_a_folder_take_the_type_given(typed_bundle, tmp_path):
     assert [r["status"] for r in rows] == ["skipped", "skipped"]
 
 
+def test_fit_calibrates_each_image_on_the_maps_generate_makes_for_its_type(typed_data, typed_bundle):
+    """Calibration and the quality model see the evidence generate decides on: box-prompted for the close-up types,
+    the prior's map for the rest; images of a type that gets no map calibrate nothing."""
+    from wsm.fit.driver import calibration_samples
+    from wsm.folders.bundle import load_bundle
+    from wsm.selection import read_manifest, read_truth, with_truth
+
+    bundle = load_bundle(typed_bundle)
+    rows = with_truth(read_manifest(typed_data), read_truth(typed_data)).head(12)
+    models = bundle.load_models()
+    samples = calibration_samples(bundle.recipes, typed_data, rows, models)
+    types = dict(zip(rows["isic_id"], rows["image_type"]))
+    assert {s.isic_id for s in samples} == {i for i, t in types.items() if t != "clinical: overview"}
+    changed = {True: [], False: []}      # box-prompted or not -> whether the map differs from the prior's
+    for sample in samples:
+        assert sample.recipe_key == {"": "TBP tile: close-up"}.get(types[sample.isic_id], types[sample.isic_id])
+        prior_alone = models.evidence([sample.pre.image])[0]["prior"]
+        box_prompted = bundle.recipes[sample.recipe_key].box_prompt.enabled
+        changed[box_prompted].append(not np.allclose(sample.maps["prior"], prior_alone, atol=1e-4))   # (batching)
+    assert any(changed[True]) and not any(changed[False]), changed   # (a prior that finds no lesion: no box)
+
+
+def test_fit_refuses_calibration_masks_all_of_a_type_without_maps(typed_bundle, tmp_path, capsys):
+    from archive_client.importer import import_folders
+
+    images, masks = tmp_path / "images", tmp_path / "masks"     # new ids: the bundle was fitted on the sample's
+    images.mkdir()
+    masks.mkdir()
+    for n, path in enumerate(sorted((SAMPLE / "images").glob("*.jpg"))[:3]):
+        (images / f"overview{n}.jpg").write_bytes(path.read_bytes())
+        mask = SAMPLE / "masks" / f"{path.stem}_segmentation.png"
+        (masks / f"overview{n}_segmentation.png").write_bytes(mask.read_bytes())
+    import_folders(tmp_path / "DATA", images=images, masks=masks, challenge="mine", split="train", progress=False,
+                   image_type="clinical: overview")
+    assert main(["-q", "fit", "--data", str(tmp_path / "DATA"), "--from-bundle", str(typed_bundle),
+                 "--out", str(tmp_path / "bundle"), "--set", "fit.eval_fraction=0"]) == 2
+    assert "all of image types the pipeline makes no map for ([image_types] skip)" in capsys.readouterr().err
+
+
 def _clinical_pairs(shared_data, n: int):
     """The first n DermIS photographs at the working size 256 and their true lesion masks."""
     from wsm.models.inputs import preprocessed_file, truth_at

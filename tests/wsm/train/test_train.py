@@ -336,6 +336,20 @@ def test_weak_augment_names_a_recipe(tmp_path):
         TrainOptions(data=tmp_path, out=tmp_path / "RUN", weak_augment="heavy")
 
 
+def test_augment_strength_sets_every_image_s_recipe_and_weak_maps_follow_it(tmp_path):
+    from wsm.learn.augment import AUGMENT_STRENGTHS, SEGMENTER_AUGMENT, WEAK_MAP_AUGMENT
+    from wsm.train import TrainOptions
+    from wsm.train.options import AUGMENT_STRENGTH_CHOICES, TrainError
+
+    assert set(AUGMENT_STRENGTH_CHOICES) == set(AUGMENT_STRENGTHS)
+    standard = TrainOptions(data=tmp_path, out=tmp_path / "RUN").augmentation()
+    assert standard == {"augment": True, "augment_cfg": SEGMENTER_AUGMENT, "weak_augment_cfg": None}
+    strong = TrainOptions(data=tmp_path, out=tmp_path / "RUN", augment_strength="strong").augmentation()
+    assert strong["augment_cfg"] == WEAK_MAP_AUGMENT and strong["weak_augment_cfg"] is None   # weak: the same
+    with pytest.raises(TrainError, match="augment_strength must be one of standard, strong"):
+        TrainOptions(data=tmp_path, out=tmp_path / "RUN", augment_strength="heavy")
+
+
 def test_distributed_batches_are_the_one_process_batches():
     from torch.utils.data import DataLoader
 

@@ -23,7 +23,7 @@ OPTIONS = {
                          augment=False, pretrained=False, weights_file="enc.safetensors", init="earlier run",
                          threshold=0.4, weight_decay=0.0),
     "classes": TrainOptions(data=Path("DATA"), out=Path("RUN"), labels="class_maps", num_classes=3,
-                            eval_split="none", split_train="all"),
+                            eval_split="none", split_train="all", augment_strength="strong"),
 }
 
 SINGLE = {
@@ -40,7 +40,8 @@ SINGLE = {
             "--weights enc.safetensors --init 'earlier run' --threshold 0.4",
     "classes": "wsm train --data DATA --out RUN --labels weak --maps class_maps --arch unet "
                "--encoder tf_efficientnet_lite0 --num-classes 3 --loss ce --train-split all --eval-split none "
-               "--epochs 20 --size 192 --batch-size 16 --lr 0.001 --weight-decay 0.0001 --seed 0 --device cpu",
+               "--epochs 20 --size 192 --batch-size 16 --lr 0.001 --weight-decay 0.0001 --seed 0 --device cpu "
+               "--augment-strength strong",
 }
 
 ATTRIBUTES = {
@@ -106,3 +107,18 @@ def test_every_recorded_line_is_one_the_command_line_takes():
     parser = build_parser()
     for line in [*SINGLE.values(), *(case[-1] for case in MBDCNN), *ATTRIBUTES.values()]:
         parser.parse_args(shlex.split(line)[1:])      # exits (SystemExit) on a flag or value it does not take
+
+
+def test_a_recorded_single_line_gives_back_the_run_s_options():
+    import dataclasses
+    import shlex
+
+    from wsm.cli import build_parser
+    from wsm.cli.train import options
+
+    parser = build_parser()
+    for name, line in SINGLE.items():
+        parsed, _ = options(parser.parse_args([*shlex.split(line)[1:], "-q"]))
+        for field in ("augment", "augment_strength", "weak_augment", "min_predicted_jaccard", "epochs", "seed"):
+            assert getattr(parsed, field) == getattr(OPTIONS[name], field), (name, field)
+        assert dataclasses.replace(parsed, progress=True).command() == line, name
