@@ -8,15 +8,20 @@ label-efficiency curve (Jaccard against the number of labelled masks, both arms,
         [--encoder tf_efficientnet_lite0] [--no-train-pretrained] [--batch-size 16] [--lr 0.001] [--seed 0]
         [--device cpu] [--threads 0]
         [--source DEV_DATA] [--data DATA] [--work out/bench-downstream]
-        [--set section.key=value ...] [--small] [--teacher fit|student] [--weak-augment same|strong]
+        [--set section.key=value ...] [--small] [--teacher fit|student|student-holdout]
+        [--weak-augment same|strong]
         [--variant NAME]
         [--curve [--curve-n 50,100,200,400] [--curve-seeds 0,1,2] [--curve-seeds-n 100] [--plot PNG]]
 
 --teacher student: the official-only student is trained first and becomes the prior of the bundle that makes the
 weak maps (`wsm fit --prior-run`, one self-training round), so the teacher is as good as that student by
 construction; the default (fit) fits a bundle on the labelled masks, whose strength the script reports against
-the official-only student ("teacher: ... at least as good" or "WEAKER"). --weak-augment strong: the student with
-weak maps augments the weak maps' images more (`wsm train --weak-augment strong`).
+the official-only student ("teacher: ... at least as good" or "WEAKER"). --teacher student-holdout: a student
+trained like the official-only one on all the labelled masks but a fifth (WORK/run-teacher, on WORK/data-teacher)
+is the prior, and that fifth calibrates the bundle and learns its quality model: a teacher nearly as strong as the
+student whose predicted_jaccard still comes from masks its prior never learnt from (a student-as-teacher has no
+such masks). --weak-augment strong: the student with weak maps augments the weak maps' images more (`wsm train
+--weak-augment strong`).
 
 Steps (each resumes or is reused when the script is run again with the same --work):
 
@@ -134,8 +139,20 @@ def source_data(args) -> Path:
 
 
 def variant_suffix(args) -> str:
-    """What names a teacher / student variant's folders and results file in WORK: "", "-student", "-student-NAME"."""
-    return ("" if args.teacher == "fit" else "-student") + (f"-{args.variant}" if args.variant else "")
+    """What names a teacher / student variant's folders and results file in WORK: "", "-student",
+    "-student-holdout", then "-NAME"."""
+    return ("" if args.teacher == "fit" else f"-{args.teacher}") + (f"-{args.variant}" if args.variant else "")
+
+
+TEACHER_HOLDOUT = 0.2   # --teacher student-holdout: the fraction of the labelled masks that calibrates
+
+
+def teacher_split(labelled: list[str], seed: int, fraction: float = TEACHER_HOLDOUT) -> tuple[list[str], list[str]]:
+    """The labelled ids the teacher student trains on, and those (``fraction``, at least one) it leaves to calibrate
+    the bundle, drawn by a hash of (seed, isic_id) apart from the partition's."""
+    ordered = sorted(labelled, key=lambda i: hashlib.sha256(f"downstream-teacher:{seed}:{i}".encode()).digest())
+    n_held = max(1, round(len(ordered) * fraction))
+    return sorted(ordered[n_held:]), sorted(ordered[:n_held])
 
 
 def check_settings(path: Path, settings: dict, what: str, instead: str, earlier: dict | None = None) -> dict:
@@ -224,9 +241,11 @@ def main() -> None:
                              "best, by the WSM manifest's predicted_jaccard (0, the default: no fifth run)")
     parser.add_argument("--augment-strength", choices=AUGMENT_STRENGTH_CHOICES, default="standard",
                         help="augmentation of every image in every student (`wsm train --augment-strength`)")
-    parser.add_argument("--teacher", choices=("fit", "student"), default="fit",
-                        help="what makes the weak maps: a bundle fitted on the labelled masks (fit), or the "
-                             "official-only student itself as the bundle's prior (student: `wsm fit --prior-run`)")
+    parser.add_argument("--teacher", choices=("fit", "student", "student-holdout"), default="fit",
+                        help="what makes the weak maps: a bundle fitted on the labelled masks (fit), the "
+                             "official-only student itself as the bundle's prior (student: `wsm fit --prior-run`), "
+                             "or a student trained on four fifths of them, calibrated on the fifth "
+                             "(student-holdout)")
     parser.add_argument("--weak-augment", choices=WEAK_AUGMENT_CHOICES, default="same",
                         help="augmentation of the weak maps' images in the student with weak maps (`wsm train "
                              "--weak-augment`)")
@@ -441,16 +460,27 @@ def run_point(args) -> dict:
                          "command": opts.command().replace(" --resume", "")}
         print(f"{name}: {json.dumps(results[name])}", flush=True)
 
-    # the teacher: a bundle fitted on the labelled masks, or the official-only student itself (a self-training
-    # round: `wsm fit --prior-run`), whose maps are then as good as that student by construction
+    # the teacher: a bundle fitted on the labelled masks, the official-only student itself (a self-training
+    # round: `wsm fit --prior-run`), whose maps are then as good as that student by construction, or a student on
+    # four fifths of the labelled masks, calibrated on the fifth
     bundle, wsm_dir = args.work / f"bundle{suffix}", args.work / f"wsm{suffix}"
+    prior_run = None
     if args.teacher == "student":
         record("official", official)
+        prior_run = official.out
+    elif args.teacher == "student-holdout":
+        taught, calibrating = teacher_split(parts["labelled"], args.seed)
+        teacher_data = benchmark_data(source, args.work / "data-teacher", {**parts, "labelled": taught})
+        prior_run = args.work / "run-teacher"
+        record("teacher student", TrainOptions(out=prior_run, labels="official", epochs=epochs_official,
+                                               **{**common, "data": teacher_data}))   # a finished run is read back
+        print(f"teacher: a student on {len(taught)} labelled masks; the other {len(calibrating)} calibrate",
+              flush=True)
     t0 = time.perf_counter()
     if not (bundle / "provenance.json").exists():
         summary = fit(FitOptions(data=data, out=bundle, pipeline="default", device=args.device,
                                  overrides=tuple(args.overrides), exclude_ids=frozenset(parts["eval"]),
-                                 prior_run=official.out if args.teacher == "student" else None))
+                                 prior_run=prior_run))
         print("\n".join(summary.lines()), flush=True)
     seconds["fit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -495,7 +525,7 @@ def run_point(args) -> dict:
               "split": {k: len(v) for k, v in parts.items()}, "weak_map_quality": weak_quality,
               "teacher_at_least_as_good": teacher_fair, "results": results, "seconds": seconds,
               "fit_command": f"wsm fit --data {data} --out {bundle} --exclude {args.work / 'eval_ids.txt'}"
-                             + (f" --prior-run {official.out}" if args.teacher == "student" else "")
+                             + (f" --prior-run {prior_run}" if prior_run else "")
                              + "".join(f" --set {o}" for o in args.overrides),
               "generate_command": f"wsm generate --data {data} --bundle {bundle} --split unlabeled --out {wsm_dir}"}
     (args.work / f"results{suffix}.json").write_text(json.dumps(report, indent=2))

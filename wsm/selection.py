@@ -79,14 +79,24 @@ def with_truth(manifest: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     return manifest.merge(truth, on="isic_id", how="left")
 
 
+def split_names(split: str) -> list[str]:
+    """The splits that ``split`` names: one of SPLIT_CHOICES, or several joined by commas (``train,val``)."""
+    names = split.split(",")
+    unknown = [name for name in names if name not in SPLIT_CHOICES]
+    if unknown:
+        raise DataError(f"unknown split {unknown[0]!r} in {split!r}; choose one of {', '.join(SPLIT_CHOICES)}, or "
+                        "several joined by commas (train,val)")
+    return names
+
+
 def select_split(rows: pd.DataFrame, split: str) -> pd.DataFrame:
-    """Rows of one split: all, labeled (has an official mask), unlabeled, or an official split."""
-    if split not in SPLIT_CHOICES:
-        raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
+    """Rows of one split: all, labeled (has an official mask), unlabeled, or an official split; or of several
+    joined by commas (``train,val``)."""
     has_mask = rows["mask_file"].notna()
-    keep = {"all": has_mask | ~has_mask, "labeled": has_mask, "unlabeled": ~has_mask}.get(split)
-    if keep is None:
-        keep = rows["split"] == split
+    keep = pd.Series(False, index=rows.index)
+    for name in split_names(split):
+        keep |= {"all": has_mask | ~has_mask, "labeled": has_mask, "unlabeled": ~has_mask}.get(
+            name, rows["split"] == name)
     return rows[keep].reset_index(drop=True)
 
 

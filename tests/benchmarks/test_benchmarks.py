@@ -81,8 +81,22 @@ def test_variants_share_the_split_and_are_refused_with_other_settings(tmp_path):
     check_settings(tmp_path / "old" / "settings.json", {"device": "cpu"}, "split", "another --work")
     assert "fit_overrides" in (tmp_path / "old" / "settings.json").read_text()        # other keys are kept
     names = {variant_suffix(argparse.Namespace(teacher=t, variant=v))
-             for t in ("fit", "student") for v in ("", "strong")}
-    assert names == {"", "-strong", "-student", "-student-strong"}
+             for t in ("fit", "student", "student-holdout") for v in ("", "strong")}
+    assert names == {"", "-strong", "-student", "-student-strong", "-student-holdout", "-student-holdout-strong"}
+
+
+def test_the_holdout_teacher_leaves_a_fifth_of_the_labelled_masks_to_calibrate():
+    from downstream import partition, rank_key, teacher_split
+
+    ids = [f"ISIC_{i:07d}" for i in range(200)]
+    labelled = partition(ids, 50, 100, 50, 0)["labelled"]
+    taught, calibrating = teacher_split(labelled, 0)
+    assert len(calibrating) == 20 and sorted(taught + calibrating) == labelled
+    assert teacher_split(list(reversed(labelled)), 0) == (taught, calibrating)   # by id, not by order
+    assert teacher_split(labelled, 1)[1] != calibrating
+    # not the partition's own order: the held-out fifth is not the first labelled ids the seed drew
+    assert set(calibrating) != set(sorted(labelled, key=lambda i: rank_key(i, 0))[:20])
+    assert teacher_split(labelled[:3], 0)[1] and len(teacher_split(labelled[:3], 0)[0]) == 2   # at least one
 
 
 def test_a_filtered_run_keeps_at_least_the_fraction_asked_by_the_manifest_alone():

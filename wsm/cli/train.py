@@ -7,7 +7,7 @@ from pathlib import Path
 
 from wsm.cli.common import (HelpFormatter, UsageError, add_data_and_out, add_renamed, add_set_flag, add_workers_flag,
                             note_renamed, number, print_summary)
-from wsm.selection import SPLIT_CHOICES
+from wsm.selection import SPLIT_CHOICES, DataError, split_names
 from wsm.train.options import (AUGMENT_STRENGTH_CHOICES, DEFAULT_ENCODERS, WEAK_AUGMENT_CHOICES, default_encoder,
                                has_imagenet_weights)
 
@@ -68,7 +68,10 @@ def register(commands) -> None:
     p.add_argument("--num-classes", type=int, default=1,
                    help="1: lesion maps; K > 1: class-index maps in --maps (255 ignored)")
     p.add_argument("--loss", choices=LOSS_CHOICES, help="(default: bce+dice for 1 class, ce for K classes)")
-    p.add_argument("--train-split", default="train", choices=SPLIT_CHOICES, help="the DATA split whose images train")
+    p.add_argument("--train-split", default="train", type=training_split, metavar="SPLIT[,SPLIT]",
+                   help=f"the DATA split whose images train: {', '.join(SPLIT_CHOICES)}, or several joined by "
+                        "commas (train,val: e.g. the masks a teacher run left to `wsm fit --prior-run` to calibrate "
+                        "on, and those it trained on)")
     add_renamed(p, "--split-train", "--train-split")
     p.add_argument("--eval-split", default="val", choices=(*SPLIT_CHOICES, "none"),
                    help="the DATA split whose official masks evaluate (never trained on)")
@@ -108,6 +111,15 @@ def register(commands) -> None:
                    help="(the default) a RUN holding a run with the same settings is continued from its checkpoints; "
                         "one with other settings is refused")
     p.set_defaults(run=run_train)
+
+
+def training_split(value: str) -> str:
+    """--train-split: one split or several joined by commas, each a known one."""
+    try:
+        split_names(value)
+    except DataError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
 
 
 def _labels(args) -> str:

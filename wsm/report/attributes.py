@@ -89,7 +89,7 @@ def read_attribute_truths(data: Path | str, split: str = "all", only_ids: Collec
                         f"`wsm import --images DIR --attributes DIR --out {layout.root}`")
     masks = read_attribute_manifest(layout.root)
     if split not in ("all", "labeled"):
-        masks = masks[masks["split"] == split]
+        masks = masks[masks["split"].isin(split.split(","))]
     # one challenge's set per image, the newest (as for lesion masks): attributes never mix sources
     newest = masks.groupby("isic_id")["challenge"].transform("max")
     masks = masks[masks["challenge"] == newest]

@@ -4,7 +4,7 @@ the official masks of a held-out split.
 Which images train, with which labels (``labels``; :mod:`wsm.train.rows`):
 
 - ``official``: the official masks (0/255 -> 0/1) of the ``split_train`` split (a DATA split: train, val, test,
-  labeled, all);
+  labeled, all; or several joined by commas, e.g. train,val);
 - a WSM folder (``wsm generate`` output, or any folder of ``ISIC_x.png`` label maps): the maps of the images of
   ``split_train`` and of the images that have no official mask at all (the archive at large); 255 is ignored by
   the loss;

@@ -159,6 +159,12 @@ def test_training_rows_per_label_source(half_labelled):
 
     with pytest.raises(DataError, match="--maps"):
         training_rows(root, "both", "train")
+    # several splits joined by commas: their masks together, still never another split's
+    val = set(gt[gt["split"] == "val"]["isic_id"])
+    together = training_rows(root, "official", "train,val")
+    assert val and set(together["isic_id"]) == set(official["isic_id"]) | val
+    with pytest.raises(DataError, match="unknown split 'tran'"):
+        training_rows(root, "official", "train,tran")
     with pytest.raises(DataError, match="does not exist"):
         training_rows(root, str(root / "nope"), "train")
 
@@ -259,6 +265,8 @@ def test_bad_options_are_one_line_errors(data, tmp_path, capsys):
     assert "multiple of 32" in capsys.readouterr().err
     assert _train("--data", str(data), "--out", str(tmp_path / "d"), "--num-classes", "3") == 2
     assert "class-index maps" in capsys.readouterr().err
+    assert main(["-q", "train", "--data", str(data), "--out", str(tmp_path / "e"), "--train-split", "train,"]) == 2
+    assert "unknown split '' in 'train,'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("loss", ["ce", "focal"])
