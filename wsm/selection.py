@@ -93,10 +93,10 @@ def select_split(rows: pd.DataFrame, split: str) -> pd.DataFrame:
     """Rows of one split: all, labeled (has an official mask), unlabeled, or an official split; or of several
     joined by commas (``train,val``)."""
     has_mask = rows["mask_file"].notna()
+    by_mask = {"all": has_mask | ~has_mask, "labeled": has_mask, "unlabeled": ~has_mask}
     keep = pd.Series(False, index=rows.index)
     for name in split_names(split):
-        keep |= {"all": has_mask | ~has_mask, "labeled": has_mask, "unlabeled": ~has_mask}.get(
-            name, rows["split"] == name)
+        keep |= by_mask[name] if name in by_mask else rows["split"] == name
     return rows[keep].reset_index(drop=True)
 
 

@@ -80,7 +80,7 @@ def read_attribute_truths(data: Path | str, split: str = "all", only_ids: Collec
     """One row per image with every attribute mask: isic_id, split, file (the image) and one
     ``mask_<attribute>`` column per attribute (paths relative to DATA), sorted by isic_id."""
     from archive_client.layout import DataLayout
-    from wsm.selection import read_attribute_manifest, read_manifest
+    from wsm.selection import read_attribute_manifest, read_manifest, split_names
 
     layout = DataLayout(Path(data))
     if not layout.attribute_manifest.exists():
@@ -89,7 +89,7 @@ def read_attribute_truths(data: Path | str, split: str = "all", only_ids: Collec
                         f"`wsm import --images DIR --attributes DIR --out {layout.root}`")
     masks = read_attribute_manifest(layout.root)
     if split not in ("all", "labeled"):
-        masks = masks[masks["split"].isin(split.split(","))]
+        masks = masks[masks["split"].isin(split_names(split))]
     # one challenge's set per image, the newest (as for lesion masks): attributes never mix sources
     newest = masks.groupby("isic_id")["challenge"].transform("max")
     masks = masks[masks["challenge"] == newest]

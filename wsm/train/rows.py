@@ -66,18 +66,11 @@ def _check_split(name: str, what: str, allow_none: bool = False) -> None:
         raise DataError(f"unknown {what} {name!r}; choose one of {', '.join(choices)}")
 
 
-def _check_training_split(name: str) -> None:
-    try:
-        split_names(name)
-    except DataError as err:
-        raise DataError(f"training split: {err}") from None
-
-
 def training_rows(data: Path | str, labels: str, split_train: str = "train", wsm: Path | str | None = None,
                   min_confidence: float | None = None, min_predicted_jaccard: float | None = None) -> pd.DataFrame:
     """The training images with their labels: columns isic_id, file, label_file, label_kind (mask | labels),
     label_source (official | weak), sorted by isic_id. See the module doc for which images take part."""
-    _check_training_split(split_train)
+    split_names(split_train)     # a wrong name fails before DATA is read
     minimums = {column: value for column, value in (("confidence", min_confidence),
                                                     ("predicted_jaccard", min_predicted_jaccard)) if value is not None}
     for column, value in minimums.items():
