@@ -2,8 +2,8 @@
 
     python benchmarks/user_masks.py [--bundle out/bench-quality/fold0/bundle-default] [--dataset PH2_HALF]
                                     [--image-type dermoscopic] [--work out/bench-user-masks] [--n 10,25,50]
-                                    [--seeds 0,1,2] [--ceiling] [--set calibration.offsets_px=[0] ...]
-                                    [--recipe-set box_prompt.enabled=true ...]
+                                    [--seeds 0,1,2] [--folds K] [--fine-tune] [--ceiling]
+                                    [--set calibration.offsets_px=[0] ...] [--recipe-set box_prompt.enabled=true ...]
 
 PH2's masks stand for a user's own protocol: they are drawn tighter than ISIC's, so maps from networks that learnt
 ISIC's masks have a halo on them. The 100 ph2-half images and masks are imported into WORK/data with `wsm import`
@@ -14,6 +14,9 @@ bundle and scored against their masks with the official metrics (benchmarks/qual
 background, and left out weighted by coverage). The uncalibrated bundle's maps of the same images are scored beside
 them, and how well each bundle's predicted_jaccard ranks the held-out maps (the calibrated bundle's quality model is
 learnt on the N masks). One JSON line per (N, seed), then a table of the means over the seeds.
+With --fine-tune the bundle's prior also trains further on the N masks (`wsm fit --from-bundle --fine-tune`). With
+--folds K the images are dealt into K folds instead (by the first of --seeds), each fold's maps come from the bundle
+recalibrated (or fine-tuned) on the other K - 1 folds, and every image is scored once: k-fold by image.
 
 Any dataset laid out like ph2-half (images/, masks/, a pairs.csv with image_id, image and mask columns) can stand
 for the user's: --dataset clinical-dermis --image-type "clinical: close-up" for a clinic's own photographs.
@@ -69,6 +72,27 @@ def draw(ids: list[str], n: int, seed: int) -> list[str]:
     return sorted(random.Random(seed).sample(sorted(ids), n))
 
 
+def folds(ids: list[str], k: int, seed: int) -> list[list[str]]:
+    """The ids dealt into ``k`` folds of (nearly) equal size, in an order shuffled by ``seed``."""
+    shuffled = sorted(ids)
+    random.Random(seed).shuffle(shuffled)
+    return [sorted(shuffled[f::k]) for f in range(k)]
+
+
+def draws(ids: list[str], args) -> list[tuple[str, list[str], list[str]]]:
+    """(folder name, the ids that calibrate, the ids scored) of each recalibration the arguments ask for: N drawn
+    per seed, or with --folds K every fold scored by the bundle calibrated on the other K - 1."""
+    if args.folds:
+        dealt = folds(ids, args.folds, int(args.seeds.split(",")[0]))
+        return [(f"fold{f}-of{args.folds}", sorted(set(ids) - set(fold)), fold) for f, fold in enumerate(dealt)]
+    out = []
+    for n in (int(v) for v in args.n.split(",")):
+        for seed in (int(v) for v in args.seeds.split(",")):
+            chosen = draw(ids, n, seed)
+            out.append((f"n{n}-seed{seed}", chosen, [i for i in ids if i not in set(chosen)]))
+    return out
+
+
 def maps_of(bundle: Path, data: Path, out: Path, ids: list[str],
             overrides: tuple[str, ...] = ()) -> dict[str, tuple[Path, float]]:
     """`wsm generate` of ``ids`` with ``bundle`` and generate-time ``overrides`` (once: an existing manifest is
@@ -115,9 +139,9 @@ def scores(masks: dict[str, Path], maps: dict[str, tuple[Path, float]], ids: lis
 
 
 def calibrate_on(bundle: Path, data: Path, folder: Path, chosen: list[str], rest: list[str],
-                 overrides: tuple[str, ...] = ()) -> tuple[Path, dict, str]:
-    """`wsm fit --from-bundle` on the ``chosen`` masks alone (--exclude the rest), with ``overrides`` (--set): the new
-    bundle, its calibration, and the equivalent command."""
+                 overrides: tuple[str, ...] = (), fine_tune: bool = False) -> tuple[Path, dict, str]:
+    """`wsm fit --from-bundle [--fine-tune]` on the ``chosen`` masks alone (--exclude the rest), with ``overrides``
+    (--set): the new bundle, its calibration, and the equivalent command."""
     from wsm.fit import FitOptions, fit
 
     out, exclude = folder / "bundle", folder / "exclude.txt"
@@ -125,14 +149,15 @@ def calibrate_on(bundle: Path, data: Path, folder: Path, chosen: list[str], rest
     exclude.write_text("\n".join(rest) + "\n", encoding="utf8")
     if not (out / "provenance.json").exists():
         fit(FitOptions(data=data, out=out, from_bundle=bundle, exclude_ids=frozenset(rest), overrides=overrides,
-                       progress=False))
+                       fine_tune=fine_tune, progress=False))
     provenance = json.loads((out / "provenance.json").read_text(encoding="utf8"))
     assert sorted(provenance["calibration_mask_ids"]) == chosen and not set(provenance["fit_mask_ids"]) & set(rest)
     calibration = json.loads((out / "calibration.json").read_text(encoding="utf8"))
     chosen_values = {k: calibration[k] for k in ("prior_weight", "crf", "mask_threshold", "offset_px",
                                                   "lesion_threshold", "background_threshold", "jaccard")}
     command = shlex.join(["wsm", "fit", "--data", str(data), "--from-bundle", str(bundle), "--exclude", str(exclude),
-                          "--out", str(out), *[a for o in overrides for a in ("--set", o)]])
+                          *(["--fine-tune"] if fine_tune else []), "--out", str(out),
+                          *[a for o in overrides for a in ("--set", o)]])
     return out, chosen_values, command
 
 
@@ -154,13 +179,13 @@ def calibration_ceiling(bundle: Path, data: Path, ids: list[str], overrides: tup
 
 def summary_table(rows: list[dict]) -> list[str]:
     """Markdown: per N, each seed's held-out Jaccard (255 as background) calibrated and uncalibrated, and the means."""
-    lines = ["| N masks | held-out images | seeds | calibrated, per seed | calibrated, mean | uncalibrated, mean | "
+    lines = ["| N masks | held-out images | draws | calibrated, per draw | calibrated, mean | uncalibrated, mean | "
              "gain |", "|---|---|---|---|---|---|---|"]
     for n in sorted({r["n"] for r in rows}):
         mine = [r for r in rows if r["n"] == n]
         calibrated = [r["calibrated"][HEADLINE] for r in mine]
         uncalibrated = [r["uncalibrated"][HEADLINE] for r in mine]
-        lines.append(f"| {n} | {mine[0]['calibrated']['n']} | {', '.join(str(r['seed']) for r in mine)} | "
+        lines.append(f"| {n} | {mine[0]['calibrated']['n']} | {', '.join(r['draw'] for r in mine)} | "
                      f"{', '.join(f'{j:.4f}' for j in calibrated)} | {statistics.mean(calibrated):.4f} | "
                      f"{statistics.mean(uncalibrated):.4f} | "
                      f"{statistics.mean(calibrated) - statistics.mean(uncalibrated):+.4f} |")
@@ -186,11 +211,17 @@ def main() -> None:
     parser.add_argument("--recipe-set", dest="recipe_sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a generate-time setting for the uncalibrated maps and every recalibration, e.g. "
                              "box_prompt.enabled=true (repeatable; use another --work)")
+    parser.add_argument("--fine-tune", action="store_true",
+                        help="`wsm fit --from-bundle --fine-tune`: the prior also trains further on the N masks")
+    parser.add_argument("--folds", type=int, default=0, metavar="K",
+                        help="instead of --n: k-fold by image (dealt by the first of --seeds), each fold's maps from "
+                             "the bundle recalibrated on the other folds, every image scored once")
     parser.add_argument("--ceiling", action="store_true",
                         help="also the oracle ceiling of calibration: each image's best candidate of the grid for its "
                              "own mask, averaged over the 100 (at the working size)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    if not args.fine_tune:
+        torch.set_num_threads(1)        # training takes every core
 
     data, masks, recipe_sets = args.work / "data", dataset_masks(args.dataset), tuple(args.recipe_sets)
     print(json.dumps({"import": import_dataset(args.dataset, data, args.image_type), "images": len(masks)}),
@@ -200,24 +231,26 @@ def main() -> None:
     print(json.dumps({"uncalibrated": str(args.bundle), "all": scores(masks, source_maps, ids)}), flush=True)
     if args.ceiling:
         print(json.dumps({"calibration_ceiling": round(calibration_ceiling(args.bundle, data, ids, recipe_sets), 4)}), flush=True)
-    rows = []
-    for n in (int(v) for v in args.n.split(",")):
-        for seed in (int(v) for v in args.seeds.split(",")):
-            chosen = draw(ids, n, seed)
-            rest = [i for i in ids if i not in set(chosen)]
-            folder = args.work / f"n{n}-seed{seed}"
-            started = time.perf_counter()
-            bundle, calibration, command = calibrate_on(args.bundle, data, folder, chosen, rest,
-                                                        recipe_sets + tuple(args.overrides))
-            fitted = time.perf_counter()
-            maps = maps_of(bundle, data, folder / "wsm", rest)
-            row = {"n": n, "seed": seed, "calibrated": scores(masks, maps, rest),
-                   "uncalibrated": scores(masks, source_maps, rest), "calibration": calibration,
-                   "fit_s": round(fitted - started, 1), "generate_s": round(time.perf_counter() - fitted, 1),
-                   "command": command}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    print("\n".join(summary_table(rows)), flush=True)
+    rows, pooled = [], {}
+    for name, chosen, rest in draws(ids, args):
+        folder = args.work / name
+        started = time.perf_counter()
+        bundle, calibration, command = calibrate_on(args.bundle, data, folder, chosen, rest,
+                                                    recipe_sets + tuple(args.overrides), args.fine_tune)
+        fitted = time.perf_counter()
+        maps = maps_of(bundle, data, folder / "wsm", rest)
+        pooled.update(maps)
+        row = {"n": len(chosen), "draw": name, "calibrated": scores(masks, maps, rest),
+               "uncalibrated": scores(masks, source_maps, rest), "calibration": calibration,
+               "fit_s": round(fitted - started, 1), "generate_s": round(time.perf_counter() - fitted, 1),
+               "command": command}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.folds:
+        print(json.dumps({"folds": args.folds, "every image, each from its fold's bundle": scores(masks, pooled, ids),
+                          "uncalibrated": scores(masks, source_maps, ids)}), flush=True)
+    else:
+        print("\n".join(summary_table(rows)), flush=True)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,17 @@ class SegmenterConfig:
                                 "(0: no warm-up)")
 
 
+class _AtLeastSteps:
+    """A training config with ``epochs``, ``min_steps`` and ``batch_size``."""
+
+    def epochs_for(self, n_images: int) -> int:
+        """The epochs to train on ``n_images`` masks: ``epochs``, or more to reach ``min_steps``."""
+        steps_per_epoch = max(1, -(-n_images // self.batch_size))
+        return max(self.epochs, -(-self.min_steps // steps_per_epoch))
+
+
 @dataclass(frozen=True)
-class PriorConfig(SegmenterConfig):
+class PriorConfig(SegmenterConfig, _AtLeastSteps):
     enabled: bool = True            # train a segmentation net on the official masks of the fitting split
     flip_tta: bool = False          # average its maps over the four flips of the image (4x the prior's cost)
     augment_scale: tuple[float, float] = (1.0, 1.0)   # training zoom range (wsm.learn.augment.AugmentConfig.scale)
@@ -70,11 +79,6 @@ class PriorConfig(SegmenterConfig):
                                     # (40 sample images: Jaccard 0.13 after 12 steps, 0.72 after 60; docs/RESULTS.md)
     early_size: int = 0             # progressive resizing: the first early_fraction of the epochs train at this
     early_fraction: float = 0.0     # smaller input side (cheaper steps), the rest at size; 0: size throughout
-
-    def epochs_for(self, n_images: int) -> int:
-        """The epochs to train on ``n_images`` masks: ``epochs``, or more to reach ``min_steps``."""
-        steps_per_epoch = max(1, -(-n_images // self.batch_size))
-        return max(self.epochs, -(-self.min_steps // steps_per_epoch))
 
     def early_epochs(self, epochs: int) -> int:
         """How many of ``epochs`` train at ``early_size`` (the last one always trains at ``size``)."""
@@ -141,6 +145,16 @@ class CalibrationConfig:
 
 
 @dataclass(frozen=True)
+class FineTuneConfig(_AtLeastSteps):
+    """`wsm fit --from-bundle BUNDLE --fine-tune`: the source bundle's prior trained further on DATA's masks."""
+    epochs: int = 30
+    min_steps: int = 120            # at least this many optimiser steps, whatever the number of masks
+    batch_size: int = 8
+    lr: float = 3e-4                # a third of a fresh prior's: it starts from weights that already segment
+    weight_decay: float = 1e-4
+
+
+@dataclass(frozen=True)
 class FitConfig:
     splits: tuple[str, ...] = ("train", "val")   # official-mask splits fit may use (never "test")
     eval_fraction: float = 0.15                  # of those masks, kept out of everything for an honest report, when
@@ -165,6 +179,7 @@ class Recipe:
     classic: ClassicConfig = field(default_factory=ClassicConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)   # learnt by fit (wsm.stages.quality)
     box_prompt: BoxPromptConfig = field(default_factory=BoxPromptConfig)
     image_types: ImageTypesConfig = field(default_factory=ImageTypesConfig)
@@ -216,6 +231,7 @@ def build_recipe(resolved: dict) -> Recipe:
         classic=stage_config(ClassicConfig, resolved.get("classic"), "classic"),
         calibration=stage_config(CalibrationConfig, resolved.get("calibration"), "calibration"),
         fit=stage_config(FitConfig, resolved.get("fit"), "fit"),
+        fine_tune=stage_config(FineTuneConfig, resolved.get("fine_tune"), "fine_tune"),
         quality=stage_config(QualityConfig, resolved.get("quality"), "quality"),
         box_prompt=stage_config(BoxPromptConfig, resolved.get("box_prompt"), "box_prompt"),
         image_types=stage_config(ImageTypesConfig, resolved.get("image_types"), "image_types"),

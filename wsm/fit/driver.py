@@ -5,7 +5,8 @@
 3. calibration of fusion weight, mask threshold and decision margin on the rest (see wsm.fit.calibrate).
 Images listed in ``exclude_ids`` (a held-out fold) are used for nothing. Training resumes from the
 checkpoints in BUNDLE/work/ if a run was interrupted. Given networks train nothing and only calibrate: a `wsm train`
-RUN as the prior (wsm.fit.prior_run), or every network of a fitted bundle (wsm.fit.source_bundle).
+RUN as the prior (wsm.fit.prior_run), or every network of a fitted bundle (wsm.fit.source_bundle), whose prior
+``fine_tune`` trains further on DATA's masks, which then also calibrate.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class FitOptions:
     progress: bool = True
     prior_run: Path | None = None                # a `wsm train` RUN as the prior instead of training one
     from_bundle: Path | None = None              # a fitted BUNDLE whose networks are kept; only calibration reruns
+    fine_tune: bool = False                      # with from_bundle: its prior trains further on DATA's masks first
 
 
 @dataclass
@@ -64,12 +66,16 @@ class FitSummary:
     prior_steps: int = 0            # the prior's optimiser steps
     prior_run: Path | None = None   # the `wsm train` run used as the prior
     from_bundle: Path | None = None  # the bundle whose networks were kept
+    fine_tuned: int = 0             # the masks of DATA its prior was fine-tuned on (0: none)
 
     def lines(self) -> list[str]:
         counts = [f"classifier images {self.classifier_images}"] if self.classifier_images else []
-        if self.from_bundle is not None:
+        if self.from_bundle is not None and self.fine_tuned:
+            counts = [f"the prior of {self.from_bundle} fine-tuned on {self.fine_tuned} masks of {self.data}, its "
+                      "other networks unchanged"]
+        elif self.from_bundle is not None:
             counts = [f"the networks of {self.from_bundle}, unchanged (no training)"]
-        if self.prior_images:
+        if self.prior_images and not self.fine_tuned:
             counts.append(f"prior masks {self.prior_images}")
         if self.held_out:
             counts.append(f"{self.held_out} masked images held out for the report")
@@ -87,7 +93,9 @@ class FitSummary:
             if self.quality is not None:
                 rough = (f"; only {self.quality.n_images} masks make it a rough guide (some {MIN_IMAGES} or more "
                          "make it useful)") if self.quality.n_images < MIN_IMAGES else ""
-                out.append(f"quality model learnt on the same {self.quality.n_images} masks: every map gets a "
+                tuned = (", which the prior learnt from: it has not seen the prior fail on new images, so expect it "
+                         "to be optimistic") if self.fine_tuned else ""
+                out.append(f"quality model learnt on the same {self.quality.n_images} masks{tuned}: every map gets a "
                            f"predicted Jaccard, and those predicted below {FAIL_BELOW} are flagged (manifest columns "
                            f"predicted_jaccard, predicted_fail){rough}")
         elif self.prior_run is not None:
@@ -179,6 +187,7 @@ class _Network:
     loss: object
     cfg: object              # wsm.learn.loop.TrainConfig
     folder: Path             # its checkpoints, under BUNDLE/work/
+    initial_weights: dict | None = None   # where its first weights came from, when not its encoder's (a bundle's)
 
     def train(self, progress: bool):
         from wsm.learn.loop import train
@@ -260,6 +269,28 @@ def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, d
                     work_dir(work, "prior", cfg, recipe,
                              {"size": recipe.preprocess.working_size, "images": ids_sha256(rows["isic_id"])[:16],
                               **pixels_key(recipe)}))
+
+
+def _fine_tune_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str, prior,
+                       source: SourceBundle) -> _Network:
+    """The source bundle's prior, to train further on ``rows``' masks with [fine_tune]'s settings and the prior's
+    own augmentation and input size."""
+    from wsm.learn.datasets import SegmentationDataset
+    from wsm.learn.losses import BCEDice
+
+    if prior is None:
+        raise SourceBundleError(f"--fine-tune: {source.bundle.folder} holds no prior to fine-tune (its pipeline "
+                                "has none); recalibrate it without --fine-tune, or fit afresh on your masks")
+    cfg, started_from = recipe.fine_tune, source.prior_weights()
+    prior.train()
+    dataset = SegmentationDataset(data, rows, recipe.prior.size, augment=True, seed=recipe.seed,
+                                  augment_cfg=prior_augment_config(recipe.prior), pixels=training_pixels(recipe))
+    return _Network("prior", prior, dataset, BCEDice(),
+                    _train_config(cfg, recipe, device, epochs=cfg.epochs_for(len(rows))),
+                    work_dir(work, "fine-tune", cfg, recipe,
+                             {"from": started_from["sha256"], "images": ids_sha256(rows["isic_id"])[:16],
+                              **pixels_key(recipe)}),
+                    initial_weights={"fine_tuned_from": started_from, "masks": len(rows)})
 
 
 def calibration_samples(recipes: dict[str, Recipe], data: Path, rows: pd.DataFrame, models, bar=None) -> list:
@@ -369,7 +400,7 @@ def fit(opts: FitOptions) -> FitSummary:
     requested = pipeline_hash(resolved)
     _start_replacing(out, requested)
     summary = FitSummary(out, held_out=len(images.evaluation_ids), data=data, prior_run=opts.prior_run,
-                         from_bundle=opts.from_bundle)
+                         from_bundle=opts.from_bundle, fine_tuned=len(images.prior_rows) if opts.fine_tune else 0)
     provenance = _provenance(opts, recipe, data, requested, images.evaluation_ids)
     _keep_given_networks(opts, source, models, folder, prior_source, len(teacher_ids), provenance)
     calibration_rows = images.calibration_rows if images.calibrating else None
@@ -413,6 +444,8 @@ def _choose_images(opts: FitOptions, recipe: Recipe, data: Path, teacher_ids: fr
         prior_rows = masked if recipe.uses_prior else masked.iloc[:0]
     if opts.prior_run is not None or opts.from_bundle is not None:   # given networks: every mask they did not
         prior_rows, calibration_rows = masked.iloc[:0], masked          # learn from calibrates
+    if opts.fine_tune:      # a user's few masks both fine-tune and calibrate: held out, they would starve either
+        prior_rows = masked
     calibrating = bool(recipe.calibration.enabled and len(calibration_rows) and recipe.method != "classic")
     return _Images(rows, prior_rows, calibration_rows, evaluation_ids, calibrating)
 
@@ -432,10 +465,14 @@ def _build_networks(opts: FitOptions, recipe: Recipe, data: Path, images: _Image
             models.prior.to(opts.device)
         if source is not None:
             source.load_networks(models, opts.device)
+            if opts.fine_tune:
+                networks.append(_fine_tune_network(recipe, data, images.prior_rows, folder.work, opts.device,
+                                                   models.prior, source))
+                models.prior = networks[-1].model
         elif recipe.uses_classifier:
             networks.append(_classifier_network(recipe, data, images.rows, folder.work, opts.device))
             models.classifier = networks[-1].model
-        if recipe.uses_prior and len(images.prior_rows):
+        if recipe.uses_prior and len(images.prior_rows) and not opts.fine_tune:
             networks.append(_prior_network(recipe, data, images.prior_rows, folder.work, opts.device))
             models.prior = networks[-1].model
     except ValueError as err:       # the registries' "unknown ...; valid ones: ..." for a --set arch or encoder
@@ -468,7 +505,7 @@ def _keep_given_networks(opts: FitOptions, source: SourceBundle | None, models, 
         provenance.update(prior_run=str(Path(opts.prior_run).resolve()), prior_run_ids=n_teacher_ids)
         provenance.setdefault("initial_weights", {})["prior"] = prior_source
     if source is not None:
-        source.copy_networks(folder)
+        source.copy_networks(folder, but=(B.PRIOR,) if opts.fine_tune else ())
         provenance.update(source.provenance())
 
 
@@ -486,7 +523,8 @@ def _train_networks(networks: list[_Network], folder: B.BundleFolder, phases: _P
         save_network(network.model, getattr(folder, network.name))
         network.model.eval()
         provenance[f"{network.name}_losses"] = result.epoch_losses
-        provenance.setdefault("initial_weights", {})[network.name] = weight_source(network.model)
+        provenance.setdefault("initial_weights", {})[network.name] = (network.initial_weights
+                                                                      or weight_source(network.model))
         summary.seconds[network.name] = time.perf_counter() - started
 
 
@@ -532,6 +570,9 @@ def _write_bundle(folder: B.BundleFolder, resolved: dict, images: _Images, teach
 def _source(opts: FitOptions) -> SourceBundle | None:
     """The bundle whose networks this fit keeps (--from-bundle), checked against the other options; None without."""
     if opts.from_bundle is None:
+        if opts.fine_tune:
+            raise SourceBundleError("--fine-tune trains further the prior of a fitted bundle: give it with "
+                                    "--from-bundle BUNDLE")
         return None
     if opts.prior_run is not None:
         raise SourceBundleError("--from-bundle and --prior-run both give the networks: choose one")

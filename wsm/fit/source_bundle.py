@@ -1,7 +1,8 @@
 """A fitted bundle's networks recalibrated to other masks: ``wsm fit --from-bundle BUNDLE``.
 
 For masks drawn by another protocol than the ones the networks learnt from (tighter or looser outlines, another
-clinic's), fit trains nothing: it copies the source bundle's networks (prior, classifier) unchanged into the new
+clinic's), fit trains nothing (with ``--fine-tune``, only the prior: it trains further on DATA's masks, which then
+also calibrate): it copies the source bundle's networks (prior, classifier) unchanged into the new
 bundle and reruns only calibration (fusion weight, dense CRF, mask threshold, boundary offset, decision thresholds,
 the quality model) on the official masks of DATA's fitting splits. The recipe is the source's resolved pipeline;
 ``--set`` may change calibration and inference settings, never what shaped the networks.
@@ -61,11 +62,17 @@ class SourceBundle:
         loaded = self.bundle.load_models(device, skip_unweighted=False)
         models.classifier, models.prior = loaded.classifier, loaded.prior
 
-    def copy_networks(self, folder: B.BundleFolder) -> None:
-        """The source's network files, byte for byte, into the new bundle."""
-        for name in self.networks:
+    def copy_networks(self, folder: B.BundleFolder, but: tuple[str, ...] = ()) -> None:
+        """The source's network files, byte for byte, into the new bundle (``but`` those named: a fine-tuned prior
+        is written by its training)."""
+        for name in (n for n in self.networks if n not in but):
             with atomic_path(folder.root / name) as tmp:
                 shutil.copyfile(self.bundle.folder / name, tmp)
+
+    def prior_weights(self) -> dict:
+        """Where the source's prior weights are, and their hash: what a fine-tuned prior started from."""
+        path = self.bundle.folder / B.PRIOR
+        return {"path": str(path.resolve()), "sha256": sha256_file(path)}
 
     def provenance(self) -> dict:
         """What the new bundle records of its source: where it is, its networks' hashes, the masks it was fitted on,

@@ -131,3 +131,60 @@ def test_from_bundle_refuses_what_it_cannot_use(source, user_data, tmp_path, cap
     err = _fails(capsys, "--data", str(source["data"]), "--from-bundle", bundle, "--out", out)
     assert "nothing to calibrate to" in err and "wsm import" in err
     assert not (tmp_path / "NEW").exists()
+
+
+FINE_TUNE = ["fine_tune.epochs=1", "fine_tune.min_steps=0", "fine_tune.batch_size=4"]
+
+
+def test_fine_tune_trains_the_prior_on_the_users_masks_and_calibrates_on_them(source, user_data, tmp_path, capsys):
+    from wsm.io.hashing import sha256_file
+
+    out = tmp_path / "TUNED"
+    args = ["fit", "--data", str(user_data), "--from-bundle", str(source["bundle"]), "--fine-tune", "--out", str(out),
+            *_sets(FINE_TUNE)]
+    assert main(args) == 0
+    assert "fine-tuned on" in capsys.readouterr().err
+    assert (out / "classifier.safetensors").read_bytes() == (source["bundle"] / "classifier.safetensors").read_bytes()
+    assert (out / "prior.safetensors").read_bytes() != (source["bundle"] / "prior.safetensors").read_bytes()
+
+    provenance = _provenance(out)
+    mine = set(pd.read_parquet(user_data / "manifest.parquet")["isic_id"])
+    held_out = set(provenance["evaluation_ids"])
+    tuned = mine - held_out
+    assert held_out and held_out <= mine
+    started = provenance["initial_weights"]["prior"]
+    assert started["fine_tuned_from"]["sha256"] == sha256_file(source["bundle"] / "prior.safetensors")
+    assert started["masks"] == len(tuned) and len(provenance["prior_losses"]) == 1
+    assert set(provenance["calibration_mask_ids"]) == tuned
+    assert set(provenance["fit_mask_ids"]) == set(_provenance(source["bundle"])["fit_mask_ids"]) | tuned
+
+    # the maps of the masks it learnt from never reach report's headline
+    assert main(["-q", "generate", "--data", str(user_data), "--bundle", str(out), "--out", str(tmp_path / "WSM"),
+                 "-j", "1"]) == 0
+    manifest = pd.read_parquet(tmp_path / "WSM" / "manifest.parquet").set_index("isic_id")
+    assert set(manifest.index[manifest["mask_used_in_fit"]]) >= tuned
+    assert not manifest.loc[sorted(held_out), "mask_used_in_fit"].any()
+
+    # the same command again resumes from the finished checkpoint: the same prior, nothing retrained
+    prior = (out / "prior.safetensors").read_bytes()
+    assert main(["-q", *args]) == 0
+    assert (out / "prior.safetensors").read_bytes() == prior
+
+
+def test_fine_tune_never_learns_from_excluded_masks(source, user_data, tmp_path):
+    mine = sorted(pd.read_parquet(user_data / "manifest.parquet")["isic_id"])
+    exclude = tmp_path / "exclude.txt"
+    exclude.write_text("\n".join(mine[6:]) + "\n")
+    out = tmp_path / "SIX"
+    assert main(["-q", "fit", "--data", str(user_data), "--from-bundle", str(source["bundle"]), "--fine-tune",
+                 "--exclude", str(exclude), "--out", str(out), *_sets(FINE_TUNE)]) == 0
+    provenance = _provenance(out)
+    assert provenance["initial_weights"]["prior"]["masks"] == 6
+    assert provenance["calibration_mask_ids"] == mine[:6]
+    assert not set(provenance["fit_mask_ids"]) & set(mine[6:])
+
+
+def test_fine_tune_needs_a_source_bundle(user_data, tmp_path, capsys):
+    err = _fails(capsys, "--data", str(user_data), "--fine-tune", "--out", str(tmp_path / "NEW"))
+    assert "--from-bundle BUNDLE" in err
+    assert not (tmp_path / "NEW").exists()
