@@ -141,6 +141,26 @@ def test_user_masks_draws_per_seed_and_measures_the_halo(tmp_path):
     Image.fromarray(label_map).save(tmp_path / "map.png")
     assert halo([(tmp_path / "mask.png", tmp_path / "map.png")]) == {"area_ratio": 1.21, "sensitivity": 1.0,
                                                                      "precision": 0.826}
-    rows = [{"n": 25, "seed": seed, "calibrated": {"n": 75, "jaccard_255_as_background": j},
+    rows = [{"n": 25, "draw": f"n25-seed{seed}", "calibrated": {"n": 75, "jaccard_255_as_background": j},
              "uncalibrated": {"n": 75, "jaccard_255_as_background": 0.85}} for seed, j in ((0, 0.86), (1, 0.88))]
-    assert summary_table(rows)[-1] == "| 25 | 75 | 0, 1 | 0.8600, 0.8800 | 0.8700 | 0.8500 | +0.0200 |"
+    assert summary_table(rows)[-1] == ("| 25 | 75 | n25-seed0, n25-seed1 | 0.8600, 0.8800 | 0.8700 | 0.8500 | "
+                                       "+0.0200 |")
+
+
+def test_user_masks_folds_score_every_image_once_and_never_with_its_own_mask():
+    from types import SimpleNamespace
+
+    from user_masks import draws, folds
+
+    ids = [f"IMD{i:03d}" for i in range(10)]
+    dealt = folds(ids, 4, 0)
+    assert sorted(i for fold in dealt for i in fold) == ids and [len(f) for f in dealt] == [3, 3, 2, 2]
+    assert folds(list(reversed(ids)), 4, 0) == dealt and folds(ids, 4, 1) != dealt
+    planned = draws(ids, SimpleNamespace(folds=4, seeds="0,1", n="25"))
+    assert [name for name, *_ in planned] == [f"fold{f}-of4" for f in range(4)]
+    for _, chosen, scored in planned:
+        assert not set(chosen) & set(scored) and sorted(chosen + scored) == ids
+    assert sorted(i for *_, scored in planned for i in scored) == ids
+    per_seed = draws(ids, SimpleNamespace(folds=0, seeds="0,1", n="3,5"))
+    assert [(name, len(chosen), len(scored)) for name, chosen, scored in per_seed] == [
+        ("n3-seed0", 3, 7), ("n3-seed1", 3, 7), ("n5-seed0", 5, 5), ("n5-seed1", 5, 5)]

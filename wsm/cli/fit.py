@@ -40,7 +40,8 @@ def register(commands) -> None:
                      help="keep the networks of this fitted bundle, unchanged, and only recalibrate (fusion weight, "
                           "CRF, mask threshold, boundary offset, decision thresholds, quality model) to DATA's "
                           "masks: for masks drawn by your own protocol (25 or more make it reliable; see README). "
-                          "The recipe is the bundle's; --set may change only calibration and inference settings")
+                          "The recipe is the bundle's; --set may change only calibration and inference settings (and "
+                          "[fine_tune] with --fine-tune)")
     fit.add_argument("--fine-tune", action="store_true",
                      help="with --from-bundle: first train the bundle's prior further on DATA's masks (the "
                           "[fine_tune] settings: 30 epochs, at least 120 steps; some 2 min for 25 masks on a CPU), "

@@ -28,18 +28,20 @@ _WORKER: dict = {}
 
 
 class _SpawnIgnoringCtrlC(multiprocessing.context.SpawnContext):
-    """The spawn start method, with Ctrl-C ignored in the new process from its first instruction (an ignored signal
-    stays ignored across exec): a terminal sends Ctrl-C to the workers too, and only the parent should answer it."""
+    """The spawn start method, with Ctrl-C held back from the new process from its first instruction until its
+    initializer ignores it (a blocked signal stays blocked across fork and exec): a terminal sends Ctrl-C to the
+    workers too, and only the parent should answer it. The parent only blocks it in the starting thread, for the
+    moment of the start: a Ctrl-C meanwhile still reaches it (ignoring it there instead would lose it)."""
 
     class Process(multiprocessing.context.SpawnProcess):
         def start(self) -> None:
-            if threading.current_thread() is not threading.main_thread():   # only it may change signal handlers
+            if not hasattr(signal, "pthread_sigmask"):         # not POSIX: the initializer's ignoring must do
                 return super().start()
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
                 super().start()
             finally:
-                signal.signal(signal.SIGINT, previous)
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class InProcess(Executor):
