@@ -250,18 +250,26 @@ def prior_augment_config(cfg):
                                **(COLOUR_JITTER if cfg.augment_colour else {}))
 
 
+def _prior_dataset(recipe: Recipe, data: Path, rows: pd.DataFrame, early_epochs: int = 0):
+    """The prior's training images: ``rows``' masks at the prior's size, with its augmentation and the recipe's
+    pixels (the first ``early_epochs`` at [prior] early_size)."""
+    from wsm.learn.datasets import SegmentationDataset
+
+    cfg = recipe.prior
+    return SegmentationDataset(data, rows, cfg.size, augment=True, seed=recipe.seed,
+                               augment_cfg=prior_augment_config(cfg), early_size=cfg.early_size,
+                               early_epochs=early_epochs, pixels=training_pixels(recipe))
+
+
 def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str) -> _Network:
     import torch
 
     from wsm.models.segmentation import create_segmenter
-    from wsm.learn.datasets import SegmentationDataset
     from wsm.learn.losses import BCEDice
 
     cfg = recipe.prior
     epochs = cfg.epochs_for(len(rows))
-    dataset = SegmentationDataset(data, rows, cfg.size, augment=True, seed=recipe.seed,
-                                  augment_cfg=prior_augment_config(cfg), early_size=cfg.early_size,
-                                  early_epochs=cfg.early_epochs(epochs), pixels=training_pixels(recipe))
+    dataset = _prior_dataset(recipe, data, rows, cfg.early_epochs(epochs))
     torch.manual_seed(recipe.seed)
     model = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
                              weights_file=cfg.weights_file or None)
@@ -275,17 +283,13 @@ def _fine_tune_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Pat
                        source: SourceBundle) -> _Network:
     """The source bundle's prior, to train further on ``rows``' masks with [fine_tune]'s settings and the prior's
     own augmentation and input size."""
-    from wsm.learn.datasets import SegmentationDataset
     from wsm.learn.losses import BCEDice
 
     if prior is None:
         raise SourceBundleError(f"--fine-tune: {source.bundle.folder} holds no prior to fine-tune (its pipeline "
                                 "has none); recalibrate it without --fine-tune, or fit afresh on your masks")
     cfg, started_from = recipe.fine_tune, source.prior_weights()
-    prior.train()
-    dataset = SegmentationDataset(data, rows, recipe.prior.size, augment=True, seed=recipe.seed,
-                                  augment_cfg=prior_augment_config(recipe.prior), pixels=training_pixels(recipe))
-    return _Network("prior", prior, dataset, BCEDice(),
+    return _Network("prior", prior, _prior_dataset(recipe, data, rows), BCEDice(),
                     _train_config(cfg, recipe, device, epochs=cfg.epochs_for(len(rows))),
                     work_dir(work, "fine-tune", cfg, recipe,
                              {"from": started_from["sha256"], "images": ids_sha256(rows["isic_id"])[:16],
@@ -472,7 +476,7 @@ def _build_networks(opts: FitOptions, recipe: Recipe, data: Path, images: _Image
         elif recipe.uses_classifier:
             networks.append(_classifier_network(recipe, data, images.rows, folder.work, opts.device))
             models.classifier = networks[-1].model
-        if recipe.uses_prior and len(images.prior_rows) and not opts.fine_tune:
+        if source is None and recipe.uses_prior and len(images.prior_rows):
             networks.append(_prior_network(recipe, data, images.prior_rows, folder.work, opts.device))
             models.prior = networks[-1].model
     except ValueError as err:       # the registries' "unknown ...; valid ones: ..." for a --set arch or encoder

@@ -12,6 +12,7 @@ add the masks calibration used: generate marks those maps ``mask_used_in_fit``, 
 from __future__ import annotations
 
 import copy
+import functools
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,11 @@ class SourceBundle:
     def networks(self) -> tuple[str, ...]:
         """The network files the source holds (classifier.safetensors, prior.safetensors)."""
         return tuple(name for name in (B.CLASSIFIER, B.PRIOR) if (self.bundle.folder / name).is_file())
+
+    @functools.cached_property
+    def network_hashes(self) -> dict[str, str]:
+        """The sha256 of each network file the source holds (read once)."""
+        return {name: sha256_file(self.bundle.folder / name) for name in self.networks}
 
     @property
     def fit_ids(self) -> frozenset[str]:
@@ -72,7 +78,7 @@ class SourceBundle:
     def prior_weights(self) -> dict:
         """Where the source's prior weights are, and their hash: what a fine-tuned prior started from."""
         path = self.bundle.folder / B.PRIOR
-        return {"path": str(path.resolve()), "sha256": sha256_file(path)}
+        return {"path": str(path.resolve()), "sha256": self.network_hashes[B.PRIOR]}
 
     def provenance(self) -> dict:
         """What the new bundle records of its source: where it is, its networks' hashes, the masks it was fitted on,
@@ -81,7 +87,7 @@ class SourceBundle:
         return {**kept, "source_bundle": {
             "path": str(self.bundle.folder.resolve()),
             "requested_pipeline_sha256": self.bundle.provenance.get("requested_pipeline_sha256"),
-            "networks": {name: sha256_file(self.bundle.folder / name) for name in self.networks},
+            "networks": self.network_hashes,
             "fit_mask_ids": sorted(self.fit_ids)}}
 
 
