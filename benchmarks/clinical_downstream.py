@@ -2,8 +2,8 @@
 get better on clinical photographs when wsm's maps of unlabelled clinical photographs are added?
 
     python benchmarks/clinical_downstream.py [--labelled 300] [--unlabelled -1] [--test -1] [--size 128]
-        [--epochs 8] [--epochs-official N|same] [--arch unet] [--encoder tf_efficientnet_lite0]
-        [--no-train-pretrained] [--batch-size 16] [--lr 0.001] [--seed 0] [--device cpu] [--threads 0]
+        [--epochs 8] [--epochs-official N|same] [--min-predicted-jaccard X] [--augment-strength standard|strong]
+        [--arch unet] [--encoder tf_efficientnet_lite0] [--no-train-pretrained] [--batch-size 16] [--lr 0.001] [--seed 0] [--device cpu] [--threads 0]
         [--bundle out/bench-quality/fold0/bundle-default] [--set section.key=value ...]
         [--source DEV_DATA] [--clinical SD198_DIR] [--dermis DERMIS_DIR] [--work out/bench-clinical-downstream]
         [--small]
@@ -22,15 +22,18 @@ Steps (each is reused when the script is run again with the same --work and sett
        test, challenge dermis, image_type "clinical: close-up": the only images that score, and nothing else.
 2. ``wsm generate --split unlabeled`` with the teacher --bundle (an existing fitted bundle, e.g. the quality
    benchmark's fold-0 default): maps of the unlabelled clinical photographs into WORK/wsm, each photograph's recipe
-   chosen by its image_type. The default --set turns on the LiteMedSAM box prompt for "clinical: close-up"
-   (a generate-time setting), which a bundle fitted before the pipeline had [image_types] lacks. For information,
+   chosen by its image_type. The default --set gives "clinical: close-up" the packaged pipeline's settings for it
+   (the LiteMedSAM box prompt, the framing check; generate-time settings), which a bundle fitted before the
+   pipeline had them lacks. For information,
    the same bundle's maps of the test photographs (``wsm generate --split test``, into WORK/wsm-test, never
    trained on) are scored against their masks: the teacher's own Jaccard on clinical photographs.
 3. two students, ``wsm train`` on WORK/data with the same architecture, encoder, size, seed and number of
    optimiser steps (the official-only run gets epochs x (labelled + maps) / labelled epochs, as
    benchmarks/downstream.py does): ``--labels official`` (the dermoscopic masks alone) and ``--labels both --maps
    WORK/wsm`` (the masks and the clinical maps, 255 ignored by the loss); both evaluated on the test split (mean over
-   images of Jaccard, threshold Jaccard, Dice, as isic-challenge-scoring).
+   images of Jaccard, threshold Jaccard, Dice, as isic-challenge-scoring). With --min-predicted-jaccard X the second
+   learns only from the maps predicted at least X (``wsm train --min-predicted-jaccard``; 0.65 leaves out the maps
+   wsm flags), and the step count follows the maps kept.
 
 One JSON line per run, a summary with the difference, and WORK/results.json (commands, seed, sizes, times).
 ``--small`` is a smoke test (24 labelled, 16 unlabelled, 12 test photographs, 64 px, a tiny student from random
@@ -53,9 +56,10 @@ from downstream import check_settings, official_epochs, partition, rank_key, stu
 from generality import fitted_on  # noqa: E402
 from quality import REPO, score_fold  # noqa: E402
 
+from wsm.train.options import AUGMENT_STRENGTH_CHOICES  # noqa: E402
+
 CLINICAL_UNLABELLED = DEV_ROOT / "clinical-sd198-lesions"   # 174 clinical photographs, no masks, labels.csv
 CLINICAL = "clinical: close-up"                              # the archive's image_type of a clinical close-up
-BOX_PROMPT = f"image_types.overrides.{CLINICAL}.box_prompt.enabled=true"
 DEFAULT_BUNDLE = REPO / "out" / "bench-quality" / "fold0" / "bundle-default"
 TEST_CHALLENGE = "dermis"
 
@@ -179,6 +183,26 @@ def uncertain_fraction(wsm_dir: Path, ids: list[str]) -> float:
     return float(np.mean([np.mean(read_mask(wsm_dir / manifest.loc[i, "path"]) == 255) for i in ids]))
 
 
+def clinical_overrides() -> list[str]:
+    """The packaged default pipeline's settings for clinical close-ups as generate-time --set overrides, for a
+    teacher bundle fitted before the pipeline had them (the box prompt, the framing check)."""
+    from wsm.config.pipeline import load_pipeline
+
+    table = load_pipeline("default")["image_types"]["overrides"][CLINICAL]
+    return [f"image_types.overrides.{CLINICAL}.{section}.{key}={json.dumps(value)}"
+            for section, settings in table.items() for key, value in settings.items()]
+
+
+def kept_maps(wsm_dir: Path, ids: list[str], min_predicted: float | None) -> list[str]:
+    """The maps of ``ids`` a student learns from: all, or those predicted at least ``min_predicted``."""
+    if min_predicted is None:
+        return ids
+    import pandas as pd
+
+    manifest = pd.read_parquet(wsm_dir / "manifest.parquet").set_index("isic_id")
+    return [i for i in ids if manifest.loc[i, "predicted_jaccard"] >= min_predicted]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labelled", type=int, default=300, help="dev-set images whose official masks train")
@@ -189,6 +213,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs of the run with the clinical maps")
     parser.add_argument("--epochs-official", default=None,
                         help="epochs of the official-only run: a number, 'same', or (default) equal optimiser steps")
+    parser.add_argument("--min-predicted-jaccard", type=float, default=None, metavar="X",
+                        help="the student with maps learns only from those predicted at least X (0.65: the maps "
+                             "wsm does not flag; default: all maps)")
+    parser.add_argument("--augment-strength", choices=AUGMENT_STRENGTH_CHOICES, default="standard",
+                        help="augmentation of every image in both students (`wsm train --augment-strength`)")
     parser.add_argument("--arch", default="unet")
     parser.add_argument("--encoder", default="tf_efficientnet_lite0")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -201,7 +230,8 @@ def main() -> None:
                         help="ImageNet encoder for the `wsm train` runs")
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE, help="the teacher: a fitted bundle")
     parser.add_argument("--set", dest="overrides", action="append", default=None, metavar="SECTION.KEY=VALUE",
-                        help=f"generate-time settings of the teacher (default: {BOX_PROMPT}; giving any replaces it)")
+                        help="generate-time settings of the teacher (default: the packaged pipeline's settings for "
+                             "clinical close-ups; giving any replaces them)")
     parser.add_argument("--source", type=Path, default=ISIC2018_CROPS, help="the dev set (with pairs.csv)")
     parser.add_argument("--clinical", type=Path, default=CLINICAL_UNLABELLED,
                         help="unlabelled clinical photographs (with labels.csv)")
@@ -211,7 +241,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true",
                         help="smoke test: 24 labelled, 16 unlabelled, 12 test, 64 px, a tiny student, 2 epochs")
     args = parser.parse_args()
-    args.overrides = [BOX_PROMPT] if args.overrides is None else args.overrides
+    args.overrides = clinical_overrides() if args.overrides is None else args.overrides
     if args.small:
         args.labelled, args.unlabelled, args.test, args.size, args.epochs = 24, 16, 12, 64, 2
         args.encoder, args.batch_size, args.lr, args.train_pretrained = "test_resnet", 8, 1e-2, False
@@ -266,12 +296,15 @@ def run_point(args) -> dict:
     teacher.pop("ranking", None)
     print(f"teacher's maps vs the test photographs' masks: {json.dumps(teacher)}", flush=True)
 
-    epochs_official = official_epochs(args, args.labelled + len(weak))
+    kept = kept_maps(wsm_dir, weak, args.min_predicted_jaccard)
+    maps["kept"] = len(kept)
+    epochs_official = official_epochs(args, args.labelled + len(kept))
     common = {**student_settings(args, data), "progress": False}
     runs = {"official": TrainOptions(out=args.work / "run-official", labels="official", epochs=epochs_official,
                                      **common),
             "official+clinical maps": TrainOptions(out=args.work / "run-official+clinical", labels="both",
-                                                   wsm=wsm_dir, epochs=args.epochs, **common)}
+                                                   wsm=wsm_dir, epochs=args.epochs,
+                                                   min_predicted_jaccard=args.min_predicted_jaccard, **common)}
     results = {}
     for name, opts in runs.items():
         t0 = time.perf_counter()
@@ -289,7 +322,8 @@ def run_point(args) -> dict:
     report = {"command": bench_cmd, "seed": args.seed, "small": args.small,
               "draw": "labelled: the first by sha256(downstream:seed:isic_id) of the whole dev set; unlabelled and "
                       "test: all, or the first by the same hash of their ids",
-              "sizes": {**sizes, "maps": len(weak), "size_px": args.size},
+              "sizes": {**sizes, "maps": len(weak), "maps_kept": len(kept), "size_px": args.size},
+              "min_predicted_jaccard": args.min_predicted_jaccard, "augment_strength": args.augment_strength,
               "labelled_in_teacher_fit": len(set(parts["labelled"]) & teacher_fit),
               "teacher": {"bundle": str(bundle), "generate_overrides": list(overrides),
                           "maps_unlabelled": maps, "test_quality": teacher},
@@ -300,7 +334,8 @@ def run_point(args) -> dict:
     (args.work / "results.json").write_text(json.dumps(report, indent=2))
 
     print(f"\ncommand: {bench_cmd}\nseed {args.seed}: {sizes['labelled']} dermoscopic masks "
-          f"({report['labelled_in_teacher_fit']} of them among the teacher's fitting masks), {len(weak)} maps of "
+          f"({report['labelled_in_teacher_fit']} of them among the teacher's fitting masks), {len(kept)} of the "
+          f"{len(weak)} maps of "
           f"{sizes['unlabelled']} unlabelled clinical photographs, {sizes['test']} test photographs "
           f"(masks, never trained on)")
     print(f"{'training labels':24s} {'images':>6s} {'epochs':>6s} {'Jaccard':>8s} {'thr.Jacc':>8s} {'Dice':>8s}")

@@ -18,7 +18,7 @@ from wsm.models.inputs import preprocessed_file, to_batch
 from wsm.stages.box_prompt import lesion_box, mix, own_box
 from wsm.stages.classic import lesion_prob_classic
 from wsm.stages.preprocess import Preprocessed
-from wsm.stages.quality import predicted_jaccard, quality_signals
+from wsm.stages.quality import framing_failure, predicted_jaccard, quality_signals
 from wsm.stages.refine import confidence, decide, fuse, refine, resize_prob
 
 
@@ -60,7 +60,8 @@ def cpu_evidence(pre: Preprocessed, recipe: Recipe) -> dict[str, np.ndarray]:
 def label_image(pre: Preprocessed, maps: dict[str, np.ndarray], recipe: Recipe,
                 with_signals: bool = False) -> Labelled:
     """Fuse, refine (CRF + morphology) and decide, at the working size; with the quality signals and the predicted
-    Jaccard when the recipe has a quality model (or ``with_signals``)."""
+    Jaccard when the recipe has a quality model (or ``with_signals``). A map that fails the recipe's framing check
+    is predicted 0, with or without a model (wsm.stages.quality)."""
     maps = {**maps, **cpu_evidence(pre, recipe)}
     prob = fuse(maps, fusion_weights(recipe, maps))
     refined = refine(pre.image, prob, pre.valid_mask, recipe.refine)
@@ -69,6 +70,8 @@ def label_image(pre: Preprocessed, maps: dict[str, np.ndarray], recipe: Recipe,
     if with_signals or recipe.quality.enabled:
         signals = quality_signals(pre.image, pre.valid_mask, prob, refined.mask, label_map, recipe.classic)
     predicted = predicted_jaccard(recipe.quality, signals) if signals is not None else None
+    if framing_failure(refined.mask, pre.valid_mask, recipe.framing) is not None:
+        predicted = 0.0
     return Labelled(label_map, prob, confidence(prob, label_map), refined.mask, signals, predicted)
 
 

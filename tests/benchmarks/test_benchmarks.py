@@ -164,3 +164,24 @@ def test_user_masks_folds_score_every_image_once_and_never_with_its_own_mask():
     per_seed = draws(ids, SimpleNamespace(folds=0, seeds="0,1", n="3,5"))
     assert [(name, len(chosen), len(scored)) for name, chosen, scored in per_seed] == [
         ("n3-seed0", 3, 7), ("n3-seed1", 3, 7), ("n5-seed0", 5, 5), ("n5-seed1", 5, 5)]
+
+
+def test_the_clinical_point_keeps_the_maps_predicted_good_and_gives_the_teacher_the_clinical_recipe(tmp_path):
+    import pandas as pd
+    from clinical_downstream import CLINICAL, clinical_overrides, kept_maps
+
+    from wsm.config.pipeline import apply_override, load_pipeline
+    from wsm.config.recipe import recipes_by_type
+
+    pd.DataFrame({"isic_id": ["a", "b", "c"], "predicted_jaccard": [0.0, 0.65, 0.9]}).to_parquet(
+        tmp_path / "manifest.parquet")
+    assert kept_maps(tmp_path, ["a", "b", "c"], 0.65) == ["b", "c"]
+    assert kept_maps(tmp_path, ["a", "c"], None) == ["a", "c"]
+
+    packaged = recipes_by_type(load_pipeline("default"))[CLINICAL]
+    bare = {k: v for k, v in load_pipeline("default").items() if k != "image_types"}   # an older bundle's pipeline
+    for text in clinical_overrides():
+        apply_override(bare, text)
+    given = recipes_by_type(bare)[CLINICAL]
+    assert given.box_prompt == packaged.box_prompt and given.framing == packaged.framing
+    assert given.framing.max_area < 1

@@ -94,9 +94,11 @@ class GenerateSummary:
             out.append(f"no map, by the pipeline's [image_types] skip (status skipped in the manifest): {types}")
         if self.quality:
             q = self.quality
+            zero = (f", {q['zero']} of them predicted 0 (no lesion found, or a map that fails its image type's "
+                    "[framing] check)") if q.get("zero") else ""
             out.append(f"predicted Jaccard of the {q['n']} maps: median {q['median']:.2f} (quartiles {q['q1']:.2f}-"
                        f"{q['q3']:.2f}); {q['flagged']} predicted below {FAIL_BELOW} are flagged (predicted_fail in "
-                       "the manifest): look at those first")
+                       f"the manifest{zero}): look at those first")
         if self.shards > 1:
             out.append(f"next: when every shard is done, wsm generate --out {self.out} --merge")
         elif self.data is not None:
@@ -250,7 +252,7 @@ def predicted_quality(manifest: Path) -> dict | None:
         return None
     q1, median, q3 = (float(v) for v in predicted.quantile([0.25, 0.5, 0.75]))
     return {"n": int(len(predicted)), "q1": q1, "median": median, "q3": q3,
-            "flagged": int((predicted < FAIL_BELOW).sum())}
+            "flagged": int((predicted < FAIL_BELOW).sum()), "zero": int((predicted == 0).sum())}
 
 
 def _provenance(bundle: Bundle) -> tuple[dict, frozenset[str]]:

@@ -19,6 +19,12 @@ opinion, the colour threshold (wsm.stages.classic), which fails in other ways th
 
 The model (QualityConfig) is ridge regression on standardised signals, written into the bundle's pipeline.toml as
 the [quality] table, so a bundle carries it like its thresholds; its prediction is clipped to [0, 1].
+
+A framing check (FramingConfig, the pipeline's [framing] section, per image type) overrules the model where a map
+cannot be right for how the photograph was taken: a clinical close-up frames its lesion in skin, so a map that marks
+most of the photograph, or runs along one of its sides, has taken the skin, a body contour or a banner for the
+lesion. Such a map is predicted 0 (and so flagged). The model cannot learn this from dermoscopic calibration masks,
+where a large lesion that fills the crop is common and usually an easy map.
 """
 from __future__ import annotations
 
@@ -59,6 +65,42 @@ class QualityConfig:
     @property
     def enabled(self) -> bool:
         return bool(self.signals)
+
+
+@dataclass(frozen=True)
+class FramingConfig:
+    max_area: float = 1.0          # a map marking more than this fraction of the valid pixels fails the check
+    max_edge_contact: float = 1.0  # ... or lying along more than this fraction of one side of the image
+    edge_band: float = 0.03        # how near a side counts as on it, x that side's perpendicular length
+
+    def __post_init__(self):
+        for name in ("max_area", "max_edge_contact"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} = {getattr(self, name)}: give a fraction in (0, 1] (1: no check)")
+        if not 0 < self.edge_band < 0.5:
+            raise ValueError(f"edge_band = {self.edge_band}: give a fraction of the side in (0, 0.5)")
+
+
+def edge_contact(mask: np.ndarray, band: float) -> float:
+    """The largest fraction of one side of the image along which the mask comes within ``band`` x the image's
+    other dimension of that side."""
+    height, width = mask.shape
+    rows, cols = max(1, round(band * height)), max(1, round(band * width))
+    return float(max(mask[:rows].any(axis=0).mean(), mask[-rows:].any(axis=0).mean(),
+                     mask[:, :cols].any(axis=1).mean(), mask[:, -cols:].any(axis=1).mean()))
+
+
+def framing_failure(mask: np.ndarray, valid: np.ndarray, cfg: FramingConfig) -> str | None:
+    """Why the map fails the framing check, or None when it passes."""
+    mask = mask.astype(bool) & valid.astype(bool)
+    area = float(mask.sum() / max(1, int(valid.sum())))
+    if area > cfg.max_area:
+        return f"the map marks {area:.0%} of the image (at most {cfg.max_area:.0%} for this image type)"
+    contact = edge_contact(mask, cfg.edge_band) if cfg.max_edge_contact < 1 else 0.0
+    if contact > cfg.max_edge_contact:
+        return (f"the map lies along {contact:.0%} of a side of the image (at most {cfg.max_edge_contact:.0%} for "
+                "this image type)")
+    return None
 
 
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:

@@ -46,6 +46,7 @@ def test_each_type_gets_its_recipe_and_skipped_types_none():
     base = recipes[DEFAULT_TYPE]
     assert not base.box_prompt.enabled and recipes["clinical: close-up"].box_prompt.enabled
     assert recipes["clinical: close-up"].prior == base.prior        # the networks are the same for every type
+    assert base.framing.max_area == 1 and recipes["clinical: close-up"].framing.max_area < 1   # a close-up frames
     assert recipe_key(base, None) == recipe_key(base, "dermoscopic") == DEFAULT_TYPE
     assert recipe_key(base, "clinical: close-up") == "clinical: close-up"
     assert recipe_key(base, "clinical: overview") is None and recipe_key(base, "RCM: mosaic") is None
@@ -56,6 +57,7 @@ def test_each_type_gets_its_recipe_and_skipped_types_none():
     ({"skip": ["clinical: close-up"], "overrides": {"clinical: close-up": {"box_prompt": {"enabled": True}}}},
      "both in skip and in overrides"),
     ({"overrides": {"clinical: close-up": {"box_prompt": {"margin": 0.7}}}}, "margin"),
+    ({"overrides": {"clinical: close-up": {"framing": {"max_edge_contact": 1.5}}}}, "max_edge_contact"),
 ])
 def test_a_type_table_that_cannot_work_is_a_clear_error(table, message):
     resolved = {**load_pipeline("default"), "image_types": table}
@@ -124,6 +126,25 @@ def test_generate_routes_each_image_by_its_type(typed_data, typed_bundle, tmp_pa
     assert any(map_bytes(tmp_path / "wsm", i) != map_bytes(tmp_path / "plain", i) for i in close_ups)
     assert all(map_bytes(tmp_path / "wsm", i) == map_bytes(tmp_path / "plain", i) for i in others)
     assert plain[close_ups[0]]["image_type"] == "clinical: close-up"
+
+
+def test_maps_that_fail_their_type_s_framing_check_are_predicted_to_fail(typed_data, typed_bundle, tmp_path,
+                                                                         capsys):
+    strict = "image_types.overrides.clinical: close-up.framing.max_area=0.001"   # any lesion fails it
+    rows = _generate(typed_data, typed_bundle, tmp_path / "strict", "--set", strict)
+    said = "".join(capsys.readouterr())
+    loose = _generate(typed_data, typed_bundle, tmp_path / "loose", "--set",
+                      "image_types.overrides.clinical: close-up.framing.max_area=1")
+    close_ups = [i for i, r in rows.items() if r["image_type"] == "clinical: close-up"]
+    others = [i for i, r in rows.items() if r["image_type"] in ("dermoscopic", "TBP tile: close-up")]
+    found = [i for i in close_ups if rows[i]["lesion_fraction"] > 0]
+    assert found and all(rows[i]["predicted_jaccard"] == 0 and rows[i]["predicted_fail"] for i in found)
+    zero = sum(r["predicted_jaccard"] == 0 for r in rows.values() if r["status"] == "ok")
+    assert f"{zero} of them predicted 0 (no lesion found, or a map that fails its image type's [framing]" in said
+    assert any(loose[i]["predicted_jaccard"] > 0 for i in found)          # the check, not the model, said 0
+    assert all(rows[i]["predicted_jaccard"] == loose[i]["predicted_jaccard"] for i in others)
+    assert all((tmp_path / "strict" / f"{i}.png").read_bytes() == (tmp_path / "loose" / f"{i}.png").read_bytes()
+               for i in close_ups)                                          # it judges the map, it does not change it
 
 
 def test_images_of_a_folder_take_the_type_given(typed_bundle, tmp_path):

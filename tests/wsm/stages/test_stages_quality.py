@@ -9,7 +9,8 @@ import pytest
 
 from wsm.config.pipeline import stage_config, to_toml
 from wsm.report.scoring import auroc, quality_assessment, risk_coverage
-from wsm.stages.quality import SIGNALS, QualityConfig, as_table, fit_quality, predicted_jaccard, quality_signals
+from wsm.stages.quality import (SIGNALS, FramingConfig, QualityConfig, as_table, edge_contact, fit_quality,
+                                framing_failure, predicted_jaccard, quality_signals)
 
 
 def _lesion_image(size: int = 64):
@@ -72,6 +73,27 @@ def test_a_map_that_found_no_lesion_is_predicted_to_fail():
     model = fit_quality([{n: float(rng.uniform(0.1, 1)) for n in SIGNALS} for _ in range(30)],
                         rng.uniform(0.5, 0.9, 30).tolist())
     assert predicted_jaccard(model, signals) == 0.0
+
+
+def test_the_framing_check_fails_maps_of_most_of_the_image_or_along_a_side():
+    valid = np.ones((100, 150), bool)
+    centred = np.zeros_like(valid)
+    centred[30:70, 50:100] = True                               # a lesion framed in skin: 13% of the image
+    along_a_side = np.zeros_like(valid)
+    along_a_side[95:, 20:80] = True                             # 4% of the image, on 40% of the bottom side
+    skin = np.zeros_like(valid)
+    skin[10:, :] = True                                         # the skin below a dark background: 90%
+    close_up = FramingConfig(max_area=0.4, max_edge_contact=0.3)
+    assert edge_contact(centred, 0.03) == 0 and edge_contact(along_a_side, 0.03) == pytest.approx(0.4)
+    assert framing_failure(centred, valid, close_up) is None
+    assert "lies along 40% of a side" in framing_failure(along_a_side, valid, close_up)
+    assert "marks 90% of the image" in framing_failure(skin, valid, close_up)
+    assert all(framing_failure(m, valid, FramingConfig()) is None for m in (centred, along_a_side, skin))
+    near = np.zeros_like(valid)
+    near[90:94, 20:80] = True                                   # 6 px from the bottom: beyond 3 px (3%), within 10 px
+    assert edge_contact(near, 0.03) == 0 and edge_contact(near, 0.1) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="max_area"):
+        FramingConfig(max_area=0)
 
 
 def test_a_model_that_does_not_fit_its_signals_is_refused():
