@@ -327,6 +327,19 @@ def test_a_partial_file_of_garbage_is_not_resumed_into_a_kept_file(tmp_path, lyi
     assert not partial.exists()
 
 
+def test_what_a_run_killed_while_recording_a_partial_file_left_is_cleared(tmp_path, lying_archive):
+    base = lying_archive.url
+    lying_archive.records = [_record("ISIC_0000001", f"{base}/files/ISIC_0000001.jpg", len(JPEG))]
+    images = tmp_path / "images"
+    images.mkdir(parents=True)
+    (images / ".ISIC_0000001.jpg.part").write_bytes(JPEG[:100])
+    (images / ".ISIC_0000001.jpg.part.json.tmp").write_text('{"etag": ')     # killed mid-write
+    summary = download_images(tmp_path, _lying_opts(lying_archive))
+    assert summary.ok and summary.downloaded == 1
+    assert sorted(p.name for p in images.iterdir()) == ["ISIC_0000001.jpg"]
+    assert (images / "ISIC_0000001.jpg").read_bytes() == JPEG
+
+
 def test_a_file_that_does_not_decode_is_never_recorded(tmp_path, lying_archive):
     base = lying_archive.url
     garbage = b"\xff\xd8" + b"z" * (len(JPEG) - 2)              # the size of the record, not an image
