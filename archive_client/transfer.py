@@ -33,7 +33,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from wsm.io.atomic import fsync_dir
+from wsm.io.atomic import fsync_dir, write_json
 
 from . import __name__ as _pkg
 from .errors import ArchiveResponseError, DiskFullError, DownloadError
@@ -320,20 +320,9 @@ class _Partial:
         """Empty the partial file, then record the validators of the file it now receives; returns it open."""
         _regular_exists(self.path)          # a link planted since is removed rather than refused
         fh = _open_regular(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "wb")
-        self._record(validators)
+        write_json(self.meta, validators, fixed_tmp=self.meta_tmp)   # a kill leaves meta_tmp: __init__ removes it
         self.digest, self.size, self.validators, self.continued = hashlib.sha256(), 0, validators, False
         return fh
-
-    def _record(self, validators: dict) -> None:
-        """Write the validators beside the partial file, atomically, through a temporary file of a fixed name, so
-        that a run killed while writing it leaves debris the next run that takes up this file removes."""
-        self.meta_tmp.unlink(missing_ok=True)
-        with _open_regular(self.meta_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "w") as tmp:
-            json.dump(validators, tmp, indent=2, sort_keys=True, default=str)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(self.meta_tmp, self.meta)
-        fsync_dir(self.meta.parent)
 
     def add(self, block: bytes) -> None:
         self.digest.update(block)

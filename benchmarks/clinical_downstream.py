@@ -3,7 +3,8 @@ get better on clinical photographs when wsm's maps of unlabelled clinical photog
 
     python benchmarks/clinical_downstream.py [--labelled 300] [--unlabelled -1] [--test -1] [--size 128]
         [--epochs 8] [--epochs-official N|same] [--min-predicted-jaccard X] [--augment-strength standard|strong]
-        [--arch unet] [--encoder tf_efficientnet_lite0] [--no-train-pretrained] [--batch-size 16] [--lr 0.001] [--seed 0] [--device cpu] [--threads 0]
+        [--arch unet] [--encoder tf_efficientnet_lite0] [--no-train-pretrained] [--batch-size 16] [--lr 0.001]
+        [--seed 0] [--device cpu] [--threads 0]
         [--bundle out/bench-quality/fold0/bundle-default] [--set section.key=value ...]
         [--source DEV_DATA] [--clinical SD198_DIR] [--dermis DERMIS_DIR] [--work out/bench-clinical-downstream]
         [--small]

@@ -40,16 +40,23 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: Path | str) -> Iterator[Path]:
+def atomic_path(dest: Path | str, fixed_tmp: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success it is fsynced and renamed onto ``dest``.
 
     ``dest`` gets the mode of a newly created file (:func:`file_mode`), also when the writer replaced the
     temporary file with one of its own (safetensors does, with mode 0600). On any exception the temporary
-    file is removed and ``dest`` is left as it was.
+    file is removed and ``dest`` is left as it was. The temporary file has a random name, or ``fixed_tmp``
+    (whatever is there is replaced, a link without being followed) for a file only one process writes, whose
+    debris after a kill a later run can then remove by name.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    if fixed_tmp is None:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    else:
+        tmp = Path(fixed_tmp)
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -69,8 +76,8 @@ def write_bytes_atomic(dest: Path | str, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_text_atomic(dest: Path | str, text: str) -> None:
-    with atomic_path(dest) as tmp:
+def write_text_atomic(dest: Path | str, text: str, fixed_tmp: Path | None = None) -> None:
+    with atomic_path(dest, fixed_tmp) as tmp:
         tmp.write_text(text, encoding="utf8")
 
 
@@ -89,7 +96,8 @@ def json_safe(value):
     return value
 
 
-def write_json(dest: Path | str, payload, **dumps) -> None:
-    """``payload`` as indented JSON with sorted keys (values JSON cannot hold written as text), atomically."""
+def write_json(dest: Path | str, payload, fixed_tmp: Path | None = None, **dumps) -> None:
+    """``payload`` as indented JSON with sorted keys (values JSON cannot hold written as text), atomically
+    (``fixed_tmp``: see :func:`atomic_path`)."""
     options = {"indent": 2, "sort_keys": True, "default": str, **dumps}
-    write_text_atomic(dest, json.dumps(payload, **options) + "\n")
+    write_text_atomic(dest, json.dumps(payload, **options) + "\n", fixed_tmp)
