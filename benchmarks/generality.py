@@ -12,6 +12,8 @@ themselves beside them.
 - wide: each held-out 512x512 crop of the dev data (--source) centred in a 768x512 canvas filled with
   the mean colour of the crop's outer ring (mask padded with background). The networks see the whole canvas squashed
   to their square, as they see every 3:2 archive photograph; the dev set's crops never show them that.
+- small: each held-out crop in a 1536x1024 canvas (3 x as wide, 2 x as tall) filled the same way, at a place drawn
+  from its id: a small, off-centre lesion in a whole frame, which the networks see at a sixth of the crop's scale.
 - recoloured: each held-out crop as another camera or light might render it: per-channel gains in [0.75, 1.25]
   and a gamma in [0.8, 1.25], drawn from its id (colour casts the dev set's clinics rarely show).
 - ph2-half: 100 PH2 dermoscopic whole frames from another clinic and device (--ph2), never fitted on.
@@ -39,7 +41,8 @@ from devdata import CLINICAL_DERMIS, ISIC2017_FULLRES, PH2_HALF  # noqa: E402
 from quality import DEFAULT_SOURCE, REPO, manifest_rankers, score_pairs  # noqa: E402
 
 RING = 8  # pixels of the crop's border whose mean colour fills the canvas
-SETS = {"crops": "dermoscopic", "full-res": "dermoscopic", "wide": "dermoscopic", "recoloured": "dermoscopic",
+SETS = {"crops": "dermoscopic", "full-res": "dermoscopic", "wide": "dermoscopic", "small": "dermoscopic",
+        "recoloured": "dermoscopic",
         "ph2-half": "dermoscopic", "clinical-dermis": "clinical: close-up"}   # kind of image -> its image_type
 
 
@@ -57,24 +60,42 @@ def paired_set(root: Path) -> tuple[list[str], Callable[[Path, str], Path]]:
     return sorted(masks), lambda _images, image_id: masks[image_id]
 
 
-def widen(image: np.ndarray, mask: np.ndarray, aspect: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
-    """The image centred in a canvas `aspect` times as wide, filled with its outer ring's mean colour."""
+def place(image: np.ndarray, mask: np.ndarray, wider: float, taller: float = 1.0,
+          where: tuple[float, float] = (0.5, 0.5)) -> tuple[np.ndarray, np.ndarray]:
+    """The image in a canvas ``wider`` x as wide and ``taller`` x as tall, filled with its outer ring's mean colour,
+    its top-left corner at ``where`` (fractions of the room left each way; the centre by default)."""
     height, width = mask.shape
     ring = np.concatenate([image[:RING].reshape(-1, 3), image[-RING:].reshape(-1, 3),
                            image[:, :RING].reshape(-1, 3), image[:, -RING:].reshape(-1, 3)])
-    canvas_width = round(width * aspect)
-    canvas = np.empty((height, canvas_width, 3), np.uint8)
+    canvas_height, canvas_width = round(height * taller), round(width * wider)
+    canvas = np.empty((canvas_height, canvas_width, 3), np.uint8)
     canvas[:] = ring.mean(axis=0).round().astype(np.uint8)
-    wide_mask = np.zeros((height, canvas_width), np.uint8)
-    left = (canvas_width - width) // 2
-    canvas[:, left:left + width], wide_mask[:, left:left + width] = image, mask
-    return canvas, wide_mask
+    placed_mask = np.zeros((canvas_height, canvas_width), np.uint8)
+    left, top = int(where[0] * (canvas_width - width)), int(where[1] * (canvas_height - height))
+    canvas[top:top + height, left:left + width] = image
+    placed_mask[top:top + height, left:left + width] = mask
+    return canvas, placed_mask
+
+
+def widen(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image centred in a 3:2 canvas (1.5 x as wide)."""
+    return place(image, mask, 1.5)
+
+
+def shrink_in_frame(image: np.ndarray, mask: np.ndarray, isic_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The image in a canvas 3 x as wide and 2 x as tall, at a place drawn from its id: a small, off-centre lesion
+    in a whole frame."""
+    return place(image, mask, 3.0, 2.0, tuple(_id_rng("small", isic_id).uniform(0, 1, 2)))
+
+
+def _id_rng(purpose: str, isic_id: str) -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{purpose}:{isic_id}".encode()).digest()[:8], "big"))
 
 
 def recolour(image: np.ndarray, isic_id: str) -> np.ndarray:
     """The image under another camera's colour response: per-channel gains in [0.75, 1.25] and a gamma in
     [0.8, 1.25], drawn from the id (the same every run)."""
-    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"recolour:{isic_id}".encode()).digest()[:8], "big"))
+    rng = _id_rng("recolour", isic_id)
     gains, gamma = rng.uniform(0.75, 1.25, 3), rng.uniform(0.8, 1.25)
     return np.clip(np.power(image / 255.0, gamma) * gains * 255.0, 0, 255).round().astype(np.uint8)
 
@@ -175,11 +196,13 @@ def main() -> None:
 
     fullres_ids = sorted(p.stem for p in (args.fullres / "images").glob("*.jpg"))
     held_out = args.held_out.read_text().split()
-    wide, recoloured = args.work / "wide", args.work / "recoloured"
-    make_set(held_out, args.source, wide, lambda image, mask, _: widen(image, mask))
-    make_set(held_out, args.source, recoloured, lambda image, mask, isic_id: (recolour(image, isic_id), mask))
-    sets = [("crops", args.source, held_out, None), ("full-res", args.fullres, fullres_ids, None),
-            ("wide", wide, held_out, None), ("recoloured", recoloured, held_out, None)]
+    made = {"wide": lambda image, mask, _: widen(image, mask), "small": shrink_in_frame,
+            "recoloured": lambda image, mask, isic_id: (recolour(image, isic_id), mask)}
+    sets = [("crops", args.source, held_out, None), ("full-res", args.fullres, fullres_ids, None)]
+    for test, change in made.items():
+        if test in args.sets:
+            make_set(held_out, args.source, args.work / test, change)
+            sets.append((test, args.work / test, held_out, None))
     for test, root in (("ph2-half", args.ph2), ("clinical-dermis", args.dermis)):
         if (root / "pairs.csv").exists():
             sets.append((test, root, *paired_set(root)))

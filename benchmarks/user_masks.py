@@ -173,7 +173,7 @@ def calibration_ceiling(bundle: Path, data: Path, ids: list[str], overrides: tup
     loaded = load_bundle(bundle).with_inference_overrides(overrides)
     rows = with_truth(read_manifest(data), read_truth(data))
     samples = calibration_samples(loaded.recipes, data, rows[rows["isic_id"].isin(ids)],
-                                  loaded.load_models(skip_unweighted=False))
+                                  loaded.load_models(skip_unweighted=False), cascade=False)   # as fit calibrates
     return statistics.mean(max(point.jaccard for point in calibrate([s], loaded.recipe).grid) for s in samples)
 
 

@@ -16,6 +16,7 @@ from wsm.config.pipeline import PipelineError
 from wsm.config.recipe import Recipe
 from wsm.models.inputs import preprocessed_file, to_batch
 from wsm.stages.box_prompt import lesion_box, mix, own_box
+from wsm.stages.cascade import crop, crop_region, detail_image
 from wsm.stages.classic import lesion_prob_classic
 from wsm.stages.preprocess import Preprocessed
 from wsm.stages.quality import framing_failure, predicted_jaccard, quality_signals
@@ -119,11 +120,28 @@ class MapModels:
                 item["prior"] = resize_prob(prob, (size, size))
         return out
 
-    def evidence_for(self, pres: list[Preprocessed], recipes: list[Recipe]) -> list[dict[str, np.ndarray]]:
-        """The evidence of a batch as each image's recipe makes it: the networks' maps, box-prompted where the
-        recipe says so. Generate and fit's calibration both take this road, so calibration chooses its settings on
-        the maps that generate decides on."""
-        return self.box_prompted(pres, self.evidence([pre.image for pre in pres]), recipes)
+    def cascaded_evidence(self, pres: list[Preprocessed],
+                          recipes: list[Recipe]) -> tuple[list[Preprocessed], list[dict[str, np.ndarray]]]:
+        """The evidence of a batch as each image's recipe makes it, with the images it is of: the networks' maps,
+        cascaded and box-prompted where the recipe says so. An image whose recipe cascades and whose prior finds a
+        lesion small in the image is replaced by the crop round its lesion (cut from its detail copy: an image
+        without one stays whole), and the evidence is the crop's. The images come back without their detail
+        copies. Generate and fit both take this road, so that fit learns on the maps generate decides on (its
+        calibration on the images whole, without detail copies; its quality model with the crops)."""
+        maps = self.evidence([pre.image for pre in pres])
+        pres = [self._cascade_crop(pre, evidence, recipe) for pre, evidence, recipe in zip(pres, maps, recipes)]
+        crops = [i for i, pre in enumerate(pres) if pre.placement is not None]
+        for i, evidence in zip(crops, self.evidence([pres[i].image for i in crops])):
+            maps[i] = evidence
+        return [pre._replace(detail=None) for pre in pres], self.box_prompted(pres, maps, recipes)
+
+    @staticmethod
+    def _cascade_crop(pre: Preprocessed, evidence: dict[str, np.ndarray], recipe: Recipe) -> Preprocessed:
+        """The crop round the image's lesion when its recipe cascades and the lesion is small; else the image."""
+        if not (recipe.cascade.enabled and pre.detail is not None and "prior" in evidence):
+            return pre
+        region = crop_region(evidence["prior"], pre.valid_mask, recipe.cascade)
+        return pre if region is None else crop(pre, region, recipe.preprocess)
 
     def box_prompted(self, pres: list[Preprocessed], maps: list[dict[str, np.ndarray]],
                      recipes: list[Recipe]) -> list[dict[str, np.ndarray]]:
@@ -144,9 +162,15 @@ class MapModels:
         return out
 
 
-def prepare(path, cfg, max_pixels: int | None = None) -> Preprocessed:
-    """Decode an image file and preprocess it (the I/O edge of the per-image work)."""
-    from wsm.io.images import image_size
+def prepare(path, cfg, max_pixels: int | None = None, detail_side: int = 0) -> Preprocessed:
+    """Decode an image file and preprocess it (the I/O edge of the per-image work); with ``detail_side``, keep
+    the image at up to that shorter side too, for the cascade to crop from."""
+    from wsm.io.images import DEFAULT_MAX_PIXELS, image_size, read_image
 
     # the label map goes back to the file's true size, not to that of a JPEG decoded at a smaller scale
-    return preprocessed_file(path, cfg, max_pixels)._replace(original_size=image_size(path))
+    pre = preprocessed_file(path, cfg, max_pixels)._replace(original_size=image_size(path))
+    if not detail_side:
+        return pre
+    # decoded again, larger: the working image stays exactly what fit calibrated on
+    rgb = read_image(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, min_side=detail_side)
+    return pre._replace(detail=detail_image(rgb, detail_side))

@@ -5,7 +5,7 @@ import numpy as np
 from paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from generality import recolour, widen  # noqa: E402
+from generality import recolour, shrink_in_frame, widen  # noqa: E402
 
 
 def test_widen_centres_the_crop_on_its_ring_colour_and_pads_the_mask_with_background():
@@ -21,6 +21,23 @@ def test_widen_centres_the_crop_on_its_ring_colour_and_pads_the_mask_with_backgr
     fill = canvas[0, 0]
     assert np.all(canvas[:, :7] == fill) and np.all(canvas[:, 37:] == fill)
     assert 50 < fill[0] < 200  # the ring's mean, not black nor a copy of an edge
+
+
+def test_a_small_frame_holds_the_crop_whole_off_centre_at_a_place_drawn_from_its_id():
+    image = np.full((20, 30, 3), 90, np.uint8)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:15, 10:20] = 255
+    frames = {isic_id: shrink_in_frame(image, mask, isic_id) for isic_id in ("ISIC_0000001", "ISIC_0000002")}
+    places = set()
+    for isic_id, (canvas, frame_mask) in frames.items():
+        assert canvas.shape == (40, 90, 3) and frame_mask.shape == (40, 90)
+        assert (frame_mask == 255).sum() == (mask == 255).sum()     # the whole lesion, nothing else
+        rows, cols = np.nonzero(frame_mask)
+        top, left = rows.min() - 5, cols.min() - 10
+        assert np.array_equal(canvas[top:top + 20, left:left + 30], image)
+        places.add((top, left))
+        assert np.array_equal(shrink_in_frame(image, mask, isic_id)[1], frame_mask)   # the same every run
+    assert len(places) == 2
 
 
 def test_recolour_casts_each_image_its_own_way_the_same_every_run():

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from wsm.config.pipeline import PipelineError, merge_tables, stage_config
 from wsm.stages.box_prompt import BoxPromptConfig
+from wsm.stages.cascade import CascadeConfig
 from wsm.stages.classic import ClassicConfig
 from wsm.stages.preprocess import PreprocessConfig
 from wsm.stages.quality import FramingConfig, QualityConfig
@@ -104,9 +105,10 @@ class PriorConfig(SegmenterConfig, _AtLeastSteps):
 
 
 INFERENCE_ONLY = frozenset({"flip_tta"})   # stage settings that change no training: `generate --set` may change them
-INFERENCE_SECTIONS = frozenset({"box_prompt", "framing", "image_types"})   # sections that change no training either
+# sections that change no training either
+INFERENCE_SECTIONS = frozenset({"box_prompt", "cascade", "framing", "image_types"})
 # what a type may change
-TYPE_SECTIONS = frozenset({"box_prompt", "refine", "crf", "morphology", "decision", "framing"})
+TYPE_SECTIONS = frozenset({"box_prompt", "cascade", "refine", "crf", "morphology", "decision", "framing"})
 DEFAULT_TYPE = "dermoscopic"       # the recipe of an image whose type is not known
 
 
@@ -183,6 +185,7 @@ class Recipe:
     fine_tune: FineTuneConfig = field(default_factory=FineTuneConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)   # learnt by fit (wsm.stages.quality)
     box_prompt: BoxPromptConfig = field(default_factory=BoxPromptConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)   # small lesions segmented again in a crop
     framing: FramingConfig = field(default_factory=FramingConfig)   # predicted 0 where the map cannot be right
     image_types: ImageTypesConfig = field(default_factory=ImageTypesConfig)
 
@@ -236,6 +239,7 @@ def build_recipe(resolved: dict) -> Recipe:
         fine_tune=stage_config(FineTuneConfig, resolved.get("fine_tune"), "fine_tune"),
         quality=stage_config(QualityConfig, resolved.get("quality"), "quality"),
         box_prompt=stage_config(BoxPromptConfig, resolved.get("box_prompt"), "box_prompt"),
+        cascade=stage_config(CascadeConfig, resolved.get("cascade"), "cascade"),
         framing=stage_config(FramingConfig, resolved.get("framing"), "framing"),
         image_types=stage_config(ImageTypesConfig, resolved.get("image_types"), "image_types"),
     )

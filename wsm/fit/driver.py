@@ -297,13 +297,17 @@ def _fine_tune_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Pat
                     initial_weights={"fine_tuned_from": started_from, "masks": len(rows)})
 
 
-def calibration_samples(recipes: dict[str, Recipe], data: Path, rows: pd.DataFrame, models, bar=None) -> list:
+def calibration_samples(recipes: dict[str, Recipe], data: Path, rows: pd.DataFrame, models, bar=None,
+                        cascade: bool = True) -> list:
     """A wsm.fit.calibrate.Sample of each masked row of DATA whose image type gets a map: the image preprocessed,
     its evidence as generate makes it for its type (``recipes``: wsm.config.recipe.recipes_by_type; e.g. the box
-    prompt for clinical close-ups) with ``models`` (wsm.mapping.MapModels), the mask at the working size."""
+    prompt for clinical close-ups, the cascade's crop round a small lesion) with ``models``
+    (wsm.mapping.MapModels), the mask at the working size (of the crop, for a cascaded image). With ``cascade``
+    false, every image whole."""
     from wsm.fit.calibrate import Sample
+    from wsm.io.images import read_mask
     from wsm.mapping import prepare
-    from wsm.models.inputs import truth_at
+    from wsm.stages.cascade import truth_in
 
     base = recipes[DEFAULT_TYPE]
     types = rows["image_type"] if "image_type" in rows.columns else pd.Series(None, index=rows.index, dtype=object)
@@ -312,9 +316,11 @@ def calibration_samples(recipes: dict[str, Recipe], data: Path, rows: pd.DataFra
     size, samples, batch = base.preprocess.working_size, [], 16
     for start in range(0, len(rows), batch):
         chunk, chunk_keys = rows.iloc[start:start + batch], list(keys.iloc[start:start + batch])
-        pres = [prepare(data / f, base.preprocess) for f in chunk["file"]]
-        maps = models.evidence_for(pres, [recipes[k] for k in chunk_keys])
-        samples += [Sample(p, m, truth_at(data / mf, size), i, k)
+        pres = [prepare(data / f, base.preprocess,
+                        detail_side=recipes[k].cascade.detail_side_if_enabled if cascade else 0)   # 0: no crop
+                for f, k in zip(chunk["file"], chunk_keys)]
+        pres, maps = models.cascaded_evidence(pres, [recipes[k] for k in chunk_keys])
+        samples += [Sample(p, m, truth_in(p, read_mask(data / mf), size), i, k)
                     for p, m, mf, i, k in zip(pres, maps, chunk["mask_file"], chunk["isic_id"], chunk_keys)]
         if bar is not None:
             bar.update(len(chunk))
@@ -322,13 +328,14 @@ def calibration_samples(recipes: dict[str, Recipe], data: Path, rows: pd.DataFra
 
 
 def _calibrate(recipes: dict[str, Recipe], data: Path, rows: pd.DataFrame, models, progress: bool):
-    """The calibration, and the samples it was chosen on."""
+    """The calibration, and the samples it was chosen on: the images whole, also where generate cascades (chosen
+    on the cascade's crops, the thresholds did worse on held-out images: docs/RESULTS.md)."""
     from wsm.fit.calibrate import calibrate
 
     recipe = recipes[DEFAULT_TYPE]
     rows = rows.head(recipe.calibration.max_images)
     bar = progress_bar(total=2 * len(rows), desc="calibrate", unit="img", enabled=progress)
-    samples = calibration_samples(recipes, data, rows, models, bar)
+    samples = calibration_samples(recipes, data, rows, models, bar, cascade=False)
     if not samples:
         raise DataError(f"the {len(rows)} masks left for calibration are all of image types the pipeline makes no "
                         "map for ([image_types] skip): import masks of the types you generate maps for")
@@ -343,7 +350,7 @@ def _calibration_estimate_s(recipes: dict[str, Recipe], data: Path, rows: pd.Dat
 
     recipe = recipes[DEFAULT_TYPE]
     started = time.perf_counter()
-    samples = calibration_samples(recipes, data, rows.head(1), models)
+    samples = calibration_samples(recipes, data, rows.head(1), models, cascade=False)
     if samples:                                 # none: a type that gets no map (fit then says so)
         calibrate(samples, recipe)
     return (time.perf_counter() - started) * min(len(rows), recipe.calibration.max_images)
@@ -553,7 +560,11 @@ def _calibrate_bundle(data: Path, rows: pd.DataFrame, models, resolved: dict,
     started = time.perf_counter()
     summary.calibration, samples = _calibrate(recipes_by_type(resolved), data, rows, models, progress)
     resolved = summary.calibration.apply(resolved)
-    summary.quality = learn_quality(samples, recipes_by_type(resolved))
+    recipes = recipes_by_type(resolved)
+    if any(recipe.cascade.enabled for recipe in recipes.values()):   # learnt on the maps generate writes
+        samples = calibration_samples(recipes, data, rows[rows["isic_id"].isin({s.isic_id for s in samples})],
+                                      models)
+    summary.quality = learn_quality(samples, recipes)
     resolved["quality"] = quality_table(summary.quality)
     provenance["calibration_mask_ids"] = [s.isic_id for s in samples]
     write_json(folder.calibration, {**summary.calibration.__dict__, "isic_ids": provenance["calibration_mask_ids"]})

@@ -294,8 +294,8 @@ def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: Gen
                 else:
                     weak.append((row, result))
             if weak:
-                maps = _evidence(models, [pre for _, pre in weak], [recipes[row.recipe] for row, _ in weak])
-                for (row, pre), evidence in zip(weak, maps):
+                pres, maps = _evidence(models, [pre for _, pre in weak], [recipes[row.recipe] for row, _ in weak])
+                for (row, _), pre, evidence in zip(weak, pres, maps):
                     isic_id = row.isic_id
                     future = pool.submit(W.finish, isic_id, pre, evidence, row.mask_file, row.recipe)
                     future.isic_id = isic_id
@@ -309,11 +309,12 @@ def _run(rows: pd.DataFrame, bundle: Bundle, models: MapModels | None, opts: Gen
             yield from _collect(done)
 
 
-def _evidence(models: MapModels | None, pres: list, recipes: list) -> list[dict]:
-    """The networks' maps of a batch, box-prompted where an image's recipe says so."""
+def _evidence(models: MapModels | None, pres: list, recipes: list) -> tuple[list, list[dict]]:
+    """The networks' maps of a batch, cascaded and box-prompted where an image's recipe says so, with the images
+    they are of (a cascaded image's crop)."""
     if models is None:
-        return [{} for _ in pres]
-    return models.evidence_for(pres, recipes)
+        return pres, [{} for _ in pres]
+    return models.cascaded_evidence(pres, recipes)
 
 
 def _submit_one(pool, row, opts: GenerateOptions, record: _Recorder) -> Future:
@@ -325,7 +326,7 @@ def _submit_one(pool, row, opts: GenerateOptions, record: _Recorder) -> Future:
         future = pool.submit(W.official, row.isic_id, row.mask_file)
         future.add_done_callback(record.when_written)
         return future
-    return pool.submit(W.prepare_image, row.file)
+    return pool.submit(W.prepare_image, row.file, row.recipe)
 
 
 def _collect(futures) -> Iterator[dict]:

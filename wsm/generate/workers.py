@@ -92,10 +92,11 @@ def _exit_with_parent() -> None:
         os._exit(1)
 
 
-def prepare_image(path: str):
+def prepare_image(path: str, recipe_key: str = DEFAULT_TYPE):
     from wsm.mapping import prepare
 
-    return prepare(path, _WORKER["recipes"][DEFAULT_TYPE].preprocess)   # the same for every type
+    return prepare(path, _WORKER["recipes"][DEFAULT_TYPE].preprocess,   # the same for every type
+                   detail_side=_WORKER["recipes"][recipe_key].cascade.detail_side_if_enabled)
 
 
 def _write_maps(isic_id: str, label_map: np.ndarray) -> str:
@@ -138,10 +139,10 @@ def map_stats(label_map: np.ndarray) -> dict:
 
 def finish(isic_id: str, pre, maps: dict, mask_path: str | None, recipe_key: str = DEFAULT_TYPE) -> dict:
     from wsm.mapping import label_image
-    from wsm.stages.refine import to_original_size
+    from wsm.stages.cascade import to_frame
 
     labelled = label_image(pre, maps, _WORKER["recipes"][recipe_key])
-    label_map = to_original_size(labelled.label_map, pre.original_size)
+    label_map = to_frame(labelled.label_map, pre)
     agreement = _agreement(label_map, mask_path)
     path = _write_maps(isic_id, label_map)
     predicted = labelled.predicted_jaccard

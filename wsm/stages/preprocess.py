@@ -52,6 +52,8 @@ class Preprocessed(NamedTuple):
     image: np.ndarray  # uint8 (S, S, 3): the working image
     valid_mask: np.ndarray  # bool (S, S): True where the pixel shows skin (not the dermoscope frame)
     original_size: tuple[int, int]  # (width, height) of the input, to map label maps back
+    detail: np.ndarray | None = None  # uint8 (h, w, 3): the input kept larger, to crop from (wsm.stages.cascade)
+    placement: tuple[int, int, int, int] | None = None  # a crop's x0, y0, x1, y1 in the input's pixels
 
 
 def check_rgb(rgb: np.ndarray, name: str = "rgb") -> np.ndarray:

@@ -1,10 +1,11 @@
 """Image types choose the recipe (pipeline [image_types]): no map for some, the box-prompted segmenter for clinical
-photographs (wsm.stages.box_prompt, wsm.models.medsam)."""
+photographs (wsm.stages.box_prompt, wsm.models.medsam), the cascade for whole frames (wsm.stages.cascade)."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -14,9 +15,13 @@ from wsm.config.pipeline import PipelineError, load_pipeline
 from wsm.config.recipe import DEFAULT_TYPE, build_recipe, recipe_key, recipes_by_type
 from wsm.demo import SAMPLE
 from wsm.stages.box_prompt import lesion_box, mix
+from wsm.stages.cascade import CascadeConfig
 
 TINY = ["prior.encoder=test_resnet", "prior.size=64", "prior.epochs=1", "prior.min_steps=0", "prior.batch_size=8",
         "preprocess.working_size=96", "calibration.max_images=6", "crf.bilateral_sxy=4.0", "prior.pretrained=false"]
+# the tiny test prior finds few lesions, faint and large ones: a low threshold, and crops grown 1x (still smaller
+# than the image)
+TINY_CASCADE = CascadeConfig(enabled=True, threshold=0.2, max_area=1.0, grow=1.0, detail_side=128)
 TYPES = {0: "dermoscopic", 1: "clinical: close-up", 2: "clinical: overview", 3: ""}   # by row number mod 4 ("":
                                                                                        # import's --image-type)
 
@@ -47,6 +52,7 @@ def test_each_type_gets_its_recipe_and_skipped_types_none():
     assert not base.box_prompt.enabled and recipes["clinical: close-up"].box_prompt.enabled
     assert recipes["clinical: close-up"].prior == base.prior        # the networks are the same for every type
     assert base.framing.max_area == 1 and recipes["clinical: close-up"].framing.max_area < 1   # a close-up frames
+    assert base.cascade.enabled and not recipes["clinical: close-up"].cascade.enabled   # the box finds its scale
     assert recipe_key(base, None) == recipe_key(base, "dermoscopic") == DEFAULT_TYPE
     assert recipe_key(base, "clinical: close-up") == "clinical: close-up"
     assert recipe_key(base, "clinical: overview") is None and recipe_key(base, "RCM: mosaic") is None
@@ -195,6 +201,126 @@ def test_fit_refuses_calibration_masks_all_of_a_type_without_maps(typed_bundle, 
     assert main(["-q", "fit", "--data", str(tmp_path / "DATA"), "--from-bundle", str(typed_bundle),
                  "--out", str(tmp_path / "bundle"), "--set", "fit.eval_fraction=0"]) == 2
     assert "all of image types the pipeline makes no map for ([image_types] skip)" in capsys.readouterr().err
+
+
+def test_the_cascade_segments_a_crop_round_the_lesion_the_prior_found(typed_bundle):
+    """Generate's road with the cascade: an image whose prior finds a lesion is replaced by the crop round it, cut
+    from its detail copy, and the evidence is the crop's; an image with none stays whole; off, nothing changes."""
+    from dataclasses import replace
+
+    from wsm.folders.bundle import load_bundle
+    from wsm.mapping import prepare
+    from wsm.stages.cascade import crop_region, pixel_box
+
+    bundle = load_bundle(typed_bundle)
+    models = bundle.load_models()
+    recipe = replace(bundle.recipe, cascade=TINY_CASCADE)
+    pres = [prepare(path, recipe.preprocess, detail_side=128) for path in sorted((SAMPLE / "images").glob("*.jpg"))]
+    whole = models.evidence([pre.image for pre in pres])
+    after, maps = models.cascaded_evidence(pres, [recipe] * len(pres))
+    cropped = 0
+    for pre, before, new, evidence in zip(pres, whole, after, maps):
+        assert pre.detail.shape[0] == 128 and new.detail is None and new.original_size == pre.original_size
+        region = crop_region(before["prior"], pre.valid_mask, recipe.cascade)
+        if region is None:
+            assert new.placement is None and np.array_equal(evidence["prior"], before["prior"])
+            continue
+        cropped += 1
+        assert new.placement == pixel_box(region, pre.original_size)
+        assert evidence["prior"].shape == pre.valid_mask.shape and not np.array_equal(new.image, pre.image)
+    assert cropped > 0
+    off = replace(recipe, cascade=CascadeConfig())
+    same, plain = models.cascaded_evidence(pres, [off] * len(pres))
+    assert all(p.placement is None for p in same)
+    assert all(np.array_equal(a["prior"], b["prior"]) for a, b in zip(plain, whole))
+
+
+def test_the_quality_model_learns_a_cascaded_image_on_its_crop_and_the_mask_there(typed_data, typed_bundle):
+    """The samples the quality model learns on take generate's road through the cascade: a cascaded image's sample
+    is the crop, with the crop's evidence and the official mask cut to the same place; calibration's samples are
+    the images whole."""
+    from dataclasses import replace
+
+    from wsm.fit.driver import calibration_samples
+    from wsm.folders.bundle import load_bundle
+    from wsm.io.images import read_mask
+    from wsm.selection import read_manifest, read_truth, with_truth
+
+    bundle = load_bundle(typed_bundle)
+    recipes = {key: replace(recipe, cascade=TINY_CASCADE) for key, recipe in bundle.recipes.items()}
+    rows = with_truth(read_manifest(typed_data), read_truth(typed_data))
+    models = bundle.load_models()
+    samples = calibration_samples(recipes, typed_data, rows, models)
+    assert all(s.pre.placement is None for s in calibration_samples(recipes, typed_data, rows, models, cascade=False))
+    masks = dict(zip(rows["isic_id"], rows["mask_file"]))
+    cascaded = [s for s in samples if s.pre.placement is not None]
+    assert cascaded
+    for sample in cascaded:
+        x0, y0, x1, y1 = sample.pre.placement
+        mask = read_mask(typed_data / masks[sample.isic_id])
+        size = sample.truth.shape[0]
+        expected = cv2.resize(mask[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_NEAREST) > 128
+        assert np.array_equal(sample.truth, expected)
+
+
+def test_generate_with_the_cascade_puts_each_crop_s_map_back_into_its_frame(typed_bundle, tmp_path):
+    """Dermoscopic images of a folder through generate's workers: the maps of the images the prior finds a lesion
+    in change with the cascade, keep their image's size, and are background outside the crop."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from wsm.folders.bundle import load_bundle
+    from wsm.mapping import prepare
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((SAMPLE / "images").glob("*.jpg"))[:4]:
+        (images / path.name).write_bytes(path.read_bytes())
+    cascade = [a for key in ("threshold", "max_area", "grow", "detail_side")
+               for a in ("--set", f"cascade.{key}={getattr(TINY_CASCADE, key)}")]
+    for out, settings in (("cascade", cascade), ("plain", ["--set", "cascade.enabled=false"])):
+        assert main(["-q", "generate", "--workers", "1", "-i", str(images), "--bundle", str(typed_bundle),
+                     "--out", str(tmp_path / out), "--image-type", "dermoscopic", *settings]) == 0
+    bundle = load_bundle(typed_bundle)
+    recipe = replace(bundle.recipe, cascade=TINY_CASCADE)
+    paths = sorted(images.glob("*.jpg"))
+    pres, _ = bundle.load_models().cascaded_evidence(
+        [prepare(p, recipe.preprocess, detail_side=TINY_CASCADE.detail_side) for p in paths], [recipe] * len(paths))
+    cropped = 0
+    for path, pre in zip(paths, pres):
+        with_cascade = np.asarray(Image.open(tmp_path / "cascade" / f"{path.stem}.png"))
+        without = np.asarray(Image.open(tmp_path / "plain" / f"{path.stem}.png"))
+        assert with_cascade.shape == without.shape == pre.original_size[::-1]
+        if pre.placement is None:
+            assert np.array_equal(with_cascade, without)
+            continue
+        cropped += 1
+        x0, y0, x1, y1 = pre.placement
+        outside = np.ones(with_cascade.shape, bool)
+        outside[y0:y1, x0:x1] = False
+        assert not np.array_equal(with_cascade, without) and (with_cascade[outside] == 0).all()
+    assert cropped > 0
+
+
+def test_real_whole_frames_go_through_the_cascade(shared_data, typed_bundle, tmp_path):
+    """Two ISIC 2017 frames at full resolution (up to 4288 px), each cropped round what the prior finds: maps at
+    the frames' own size."""
+    from PIL import Image
+
+    root = shared_data / "isic2017-fullres-sample" / "images"
+    if not root.is_dir():
+        pytest.skip(f"needs {root}")
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(root.glob("*.jpg"))[:2]:
+        (images / path.name).write_bytes(path.read_bytes())
+    assert main(["-q", "generate", "--workers", "1", "-i", str(images), "--bundle", str(typed_bundle), "--out",
+                 str(tmp_path / "wsm"), "--set", "cascade.enabled=true", "--set", "cascade.max_area=1"]) == 0
+    for row in pq.read_table(tmp_path / "wsm" / "manifest.parquet").to_pylist():
+        assert row["status"] == "ok"
+        with Image.open(images / f"{row['isic_id']}.jpg") as image:
+            assert (row["width"], row["height"]) == image.size
 
 
 def _clinical_pairs(shared_data, n: int):

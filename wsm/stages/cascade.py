@@ -1,0 +1,131 @@
+"""The cascade for whole frames: find the lesion on the whole image, crop round it from a larger copy of the image,
+segment the crop at the working size, and put the crop's map back into the frame.
+
+A small lesion in a whole dermoscopic frame (or an off-centre one) covers few of the working size's pixels; the
+networks learnt lesions that fill much of a crop. In a crop grown round the lesion's box the lesion is seen at
+the scale of the training crops and at more pixels, and the map comes back at that resolution. Outside the crop
+the map is background: the crop holds the lesion the whole image showed, with room to spare.
+
+Pure functions over arrays; regions are fractions of the image's sides, so one region names the same part of
+the working image, of the larger copy and of the original file:
+
+    region = crop_region(prior_prob, valid_mask, CascadeConfig(enabled=True))   # or None: no cascade
+    crop_pre = crop(pre, region, preprocess_config)      # a Preprocessed of the crop, with its placement
+    label_map = to_frame(label_map_of_crop, crop_pre)    # the frame's label map at the original size
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+
+from wsm.stages.box_prompt import lesion_box
+from wsm.stages.preprocess import Preprocessed, PreprocessConfig, preprocess
+from wsm.stages.refine import LABEL_BACKGROUND, to_original_size
+
+Region = tuple[float, float, float, float]   # x0, y0, x1, y1 as fractions of the image's width and height
+EPS = 1e-6                                   # a fraction x a side that misses a whole pixel by rounding error hits it
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    enabled: bool = False
+    threshold: float = 0.5     # the lesion is where the prior's probability is above this (fixed, not calibrated:
+                               # fit's calibration and generate must crop alike)
+    max_area: float = 0.35     # a lesion whose box covers less than this fraction of the image is segmented again
+    grow: float = 1.5          # the crop's sides, x the lesion box's (about its centre, clipped to the image)
+    detail_side: int = 1024    # the image is kept at up to this shorter side to crop from
+
+    def __post_init__(self):
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold = {self.threshold}: give a probability in (0, 1)")
+        if not 0 < self.max_area <= 1:
+            raise ValueError(f"max_area = {self.max_area}: give a fraction of the image in (0, 1]")
+        if not 1 <= self.grow <= 10:
+            raise ValueError(f"grow = {self.grow}: give a factor in [1, 10] (the crop's sides x the lesion box's)")
+        if not 64 <= self.detail_side <= 8192:
+            raise ValueError(f"detail_side = {self.detail_side}: give a side in pixels in [64, 8192]")
+
+
+    @property
+    def detail_side_if_enabled(self) -> int:
+        """The side of the detail copy an image needs (0: none)."""
+        return self.detail_side if self.enabled else 0
+
+
+def crop_region(prob: np.ndarray, valid_mask: np.ndarray, cfg: CascadeConfig) -> Region | None:
+    """The crop round the largest lesion region of ``prob > cfg.threshold``: its box grown ``cfg.grow`` times about
+    its centre and clipped to the image, as fractions of the sides. None when there is no lesion or its box covers
+    ``cfg.max_area`` of the image or more (the whole image already shows it at a scale the networks know)."""
+    box = lesion_box(prob, valid_mask, cfg.threshold, 0.0)
+    if box is None:
+        return None
+    height, width = prob.shape
+    x0, y0, x1, y1 = box
+    if (x1 - x0) * (y1 - y0) >= cfg.max_area * width * height:
+        return None
+    half_w, half_h = cfg.grow * (x1 - x0) / 2, cfg.grow * (y1 - y0) / 2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return (max(0.0, (cx - half_w) / width), max(0.0, (cy - half_h) / height),
+            min(1.0, (cx + half_w) / width), min(1.0, (cy + half_h) / height))
+
+
+def pixel_box(region: Region, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The region in whole pixels of an image of ``size`` = (width, height), at least one pixel each way."""
+    width, height = size
+    x0 = min(width - 1, math.floor(region[0] * width + EPS))
+    y0 = min(height - 1, math.floor(region[1] * height + EPS))
+    x1 = max(x0 + 1, min(width, math.ceil(region[2] * width - EPS)))
+    return x0, y0, x1, max(y0 + 1, min(height, math.ceil(region[3] * height - EPS)))
+
+
+def detail_image(rgb: np.ndarray, side: int) -> np.ndarray:
+    """The image shrunk (area averaging) so that its shorter side is at most ``side``; as it is when smaller."""
+    height, width = rgb.shape[:2]
+    scale = side / min(height, width)
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+
+
+def crop(pre: Preprocessed, region: Region, cfg: PreprocessConfig) -> Preprocessed:
+    """The region of ``pre.detail`` preprocessed like a whole image, with the whole image's valid mask (a
+    dermoscope's frame is found on the whole image, not on a part of it) and its placement in the original image."""
+    if pre.detail is None:
+        raise ValueError("crop needs the image's detail copy (wsm.mapping.prepare with detail_side)")
+    detail = pre.detail
+    x0, y0, x1, y1 = pixel_box(region, (detail.shape[1], detail.shape[0]))
+    cropped = preprocess(np.ascontiguousarray(detail[y0:y1, x0:x1]), replace(cfg, vignette=False))
+    vx0, vy0, vx1, vy1 = pixel_box(region, (pre.valid_mask.shape[1], pre.valid_mask.shape[0]))
+    valid = cv2.resize(pre.valid_mask[vy0:vy1, vx0:vx1].astype(np.uint8), cropped.valid_mask.shape[::-1],
+                       interpolation=cv2.INTER_NEAREST_EXACT) > 0
+    return cropped._replace(valid_mask=valid, original_size=pre.original_size,
+                            placement=pixel_box(region, pre.original_size))
+
+
+def truth_in(pre: Preprocessed, mask: np.ndarray, size: int) -> np.ndarray:
+    """A mask of the whole image (8-bit, > 128 is lesion) as bool at the ``size`` working size, of the crop
+    ``pre`` shows where it is one (the mask may be stored at another size than the image: the crop is scaled)."""
+    if pre.placement is not None:
+        width, height = pre.original_size
+        x0, y0, x1, y1 = pre.placement
+        mask = mask[y0 * mask.shape[0] // height:-(-y1 * mask.shape[0] // height),
+                    x0 * mask.shape[1] // width:-(-x1 * mask.shape[1] // width)]
+    if mask.shape != (size, size):           # as wsm.models.inputs.truth_at resizes a whole mask
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return mask > 128
+
+
+def to_frame(label_map: np.ndarray, pre: Preprocessed) -> np.ndarray:
+    """A label map at the working size back at the original image's size; a crop's goes to its placement, with
+    background round it."""
+    if pre.placement is None:
+        return to_original_size(label_map, pre.original_size)
+    x0, y0, x1, y1 = pre.placement
+    width, height = pre.original_size
+    frame = np.full((height, width), LABEL_BACKGROUND, dtype=np.uint8)
+    frame[y0:y1, x0:x1] = to_original_size(label_map, (x1 - x0, y1 - y0))
+    return frame
