@@ -141,7 +141,8 @@ class MapModels:
         if not (recipe.cascade.enabled and pre.detail is not None and "prior" in evidence):
             return pre
         region = crop_region(evidence["prior"], pre.valid_mask, recipe.cascade)
-        return pre if region is None else crop(pre, region, recipe.preprocess)
+        cropped = None if region is None else crop(pre, region, recipe.preprocess)
+        return pre if cropped is None else cropped
 
     def box_prompted(self, pres: list[Preprocessed], maps: list[dict[str, np.ndarray]],
                      recipes: list[Recipe]) -> list[dict[str, np.ndarray]]:

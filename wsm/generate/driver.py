@@ -313,7 +313,7 @@ def _evidence(models: MapModels | None, pres: list, recipes: list) -> tuple[list
     """The networks' maps of a batch, cascaded and box-prompted where an image's recipe says so, with the images
     they are of (a cascaded image's crop)."""
     if models is None:
-        return pres, [{} for _ in pres]
+        return [pre._replace(detail=None) for pre in pres], [{} for _ in pres]
     return models.cascaded_evidence(pres, recipes)
 
 

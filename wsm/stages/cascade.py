@@ -10,7 +10,7 @@ Pure functions over arrays; regions are fractions of the image's sides, so one r
 the working image, of the larger copy and of the original file:
 
     region = crop_region(prior_prob, valid_mask, CascadeConfig(enabled=True))   # or None: no cascade
-    crop_pre = crop(pre, region, preprocess_config)      # a Preprocessed of the crop, with its placement
+    crop_pre = crop(pre, region, preprocess_config)      # a Preprocessed of the crop with its placement (or None)
     label_map = to_frame(label_map_of_crop, crop_pre)    # the frame's label map at the original size
 """
 from __future__ import annotations
@@ -27,13 +27,14 @@ from wsm.stages.refine import LABEL_BACKGROUND, to_original_size
 
 Region = tuple[float, float, float, float]   # x0, y0, x1, y1 as fractions of the image's width and height
 EPS = 1e-6                                   # a fraction x a side that misses a whole pixel by rounding error hits it
+MIN_CROP_PX = 16                             # a crop narrower than this in the detail copy is not made
 
 
 @dataclass(frozen=True)
 class CascadeConfig:
     enabled: bool = False
-    threshold: float = 0.5     # the lesion is where the prior's probability is above this (fixed, not calibrated:
-                               # fit's calibration and generate must crop alike)
+    threshold: float = 0.5     # the lesion is where the prior's probability is above this (fixed, not the
+                               # calibrated mask threshold: fit's quality model and generate must crop alike)
     max_area: float = 0.35     # a lesion whose box covers less than this fraction of the image is segmented again
     grow: float = 1.5          # the crop's sides, x the lesion box's (about its centre, clipped to the image)
     detail_side: int = 1024    # the image is kept at up to this shorter side to crop from
@@ -47,7 +48,6 @@ class CascadeConfig:
             raise ValueError(f"grow = {self.grow}: give a factor in [1, 10] (the crop's sides x the lesion box's)")
         if not 64 <= self.detail_side <= 8192:
             raise ValueError(f"detail_side = {self.detail_side}: give a side in pixels in [64, 8192]")
-
 
     @property
     def detail_side_if_enabled(self) -> int:
@@ -91,24 +91,29 @@ def detail_image(rgb: np.ndarray, side: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
 
 
-def crop(pre: Preprocessed, region: Region, cfg: PreprocessConfig) -> Preprocessed:
+def crop(pre: Preprocessed, region: Region, cfg: PreprocessConfig) -> Preprocessed | None:
     """The region of ``pre.detail`` preprocessed like a whole image, with the whole image's valid mask (a
-    dermoscope's frame is found on the whole image, not on a part of it) and its placement in the original image."""
+    dermoscope's frame is found on the whole image, not on a part of it) and its placement in the original image;
+    None when the region is under MIN_CROP_PX detail pixels either way (a speck, not a lesion to look at closer).
+    The crop, its valid mask and its placement are all cut at the detail copy's whole pixels."""
     if pre.detail is None:
         raise ValueError("crop needs the image's detail copy (wsm.mapping.prepare with detail_side)")
-    detail = pre.detail
-    x0, y0, x1, y1 = pixel_box(region, (detail.shape[1], detail.shape[0]))
-    cropped = preprocess(np.ascontiguousarray(detail[y0:y1, x0:x1]), replace(cfg, vignette=False))
-    vx0, vy0, vx1, vy1 = pixel_box(region, (pre.valid_mask.shape[1], pre.valid_mask.shape[0]))
-    valid = cv2.resize(pre.valid_mask[vy0:vy1, vx0:vx1].astype(np.uint8), cropped.valid_mask.shape[::-1],
-                       interpolation=cv2.INTER_NEAREST_EXACT) > 0
-    return cropped._replace(valid_mask=valid, original_size=pre.original_size,
-                            placement=pixel_box(region, pre.original_size))
+    height, width = pre.detail.shape[:2]
+    x0, y0, x1, y1 = pixel_box(region, (width, height))
+    if min(x1 - x0, y1 - y0) < MIN_CROP_PX:
+        return None
+    cropped = preprocess(np.ascontiguousarray(pre.detail[y0:y1, x0:x1]), replace(cfg, vignette=False))
+    valid = cv2.resize(pre.valid_mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    valid = cv2.resize(valid[y0:y1, x0:x1], cropped.valid_mask.shape[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+    snapped = (x0 / width, y0 / height, x1 / width, y1 / height)
+    return cropped._replace(valid_mask=valid > 0, original_size=pre.original_size,
+                            placement=pixel_box(snapped, pre.original_size))
 
 
 def truth_in(pre: Preprocessed, mask: np.ndarray, size: int) -> np.ndarray:
     """A mask of the whole image (8-bit, > 128 is lesion) as bool at the ``size`` working size, of the crop
-    ``pre`` shows where it is one (the mask may be stored at another size than the image: the crop is scaled)."""
+    ``pre`` shows where it is one (the mask may be stored at another size than the image: the crop is scaled).
+    Lesion outside a crop is left out: scored on it, a map is judged inside its crop only."""
     if pre.placement is not None:
         width, height = pre.original_size
         x0, y0, x1, y1 = pre.placement

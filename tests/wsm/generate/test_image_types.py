@@ -226,8 +226,10 @@ def test_the_cascade_segments_a_crop_round_the_lesion_the_prior_found(typed_bund
             assert new.placement is None and np.array_equal(evidence["prior"], before["prior"])
             continue
         cropped += 1
-        assert new.placement == pixel_box(region, pre.original_size)
-        assert evidence["prior"].shape == pre.valid_mask.shape and not np.array_equal(new.image, pre.image)
+        slack = pre.original_size[0] / pre.detail.shape[1] + 1      # cut at the detail copy's whole pixels
+        assert np.abs(np.subtract(new.placement, pixel_box(region, pre.original_size))).max() <= slack
+        assert not np.array_equal(new.image, pre.image)
+        np.testing.assert_allclose(evidence["prior"], models.evidence([new.image])[0]["prior"], atol=1e-4)
     assert cropped > 0
     off = replace(recipe, cascade=CascadeConfig())
     same, plain = models.cascaded_evidence(pres, [off] * len(pres))
@@ -263,9 +265,14 @@ def test_the_quality_model_learns_a_cascaded_image_on_its_crop_and_the_mask_ther
         assert np.array_equal(sample.truth, expected)
 
 
-def test_generate_with_the_cascade_puts_each_crop_s_map_back_into_its_frame(typed_bundle, tmp_path):
-    """Dermoscopic images of a folder through generate's workers: the maps of the images the prior finds a lesion
-    in change with the cascade, keep their image's size, and are background outside the crop."""
+def _generate_folder(images: Path, bundle: Path, out: Path, *settings: str) -> None:
+    assert main(["-q", "generate", "--workers", "1", "-i", str(images), "--bundle", str(bundle), "--out", str(out),
+                 "--image-type", "dermoscopic", *settings]) == 0
+
+
+def _cascade_put_back(images: Path, bundle_folder: Path, with_cascade: Path, without: Path) -> int:
+    """How many maps of ``images`` the cascade made from a crop; every map has its image's size, and a crop's map
+    is background outside the crop and differs from the map made without the cascade."""
     from dataclasses import replace
 
     from PIL import Image
@@ -273,41 +280,48 @@ def test_generate_with_the_cascade_puts_each_crop_s_map_back_into_its_frame(type
     from wsm.folders.bundle import load_bundle
     from wsm.mapping import prepare
 
-    images = tmp_path / "images"
-    images.mkdir()
-    for path in sorted((SAMPLE / "images").glob("*.jpg"))[:4]:
-        (images / path.name).write_bytes(path.read_bytes())
-    cascade = [a for key in ("threshold", "max_area", "grow", "detail_side")
-               for a in ("--set", f"cascade.{key}={getattr(TINY_CASCADE, key)}")]
-    for out, settings in (("cascade", cascade), ("plain", ["--set", "cascade.enabled=false"])):
-        assert main(["-q", "generate", "--workers", "1", "-i", str(images), "--bundle", str(typed_bundle),
-                     "--out", str(tmp_path / out), "--image-type", "dermoscopic", *settings]) == 0
-    bundle = load_bundle(typed_bundle)
+    bundle = load_bundle(bundle_folder)
     recipe = replace(bundle.recipe, cascade=TINY_CASCADE)
     paths = sorted(images.glob("*.jpg"))
     pres, _ = bundle.load_models().cascaded_evidence(
         [prepare(p, recipe.preprocess, detail_side=TINY_CASCADE.detail_side) for p in paths], [recipe] * len(paths))
     cropped = 0
     for path, pre in zip(paths, pres):
-        with_cascade = np.asarray(Image.open(tmp_path / "cascade" / f"{path.stem}.png"))
-        without = np.asarray(Image.open(tmp_path / "plain" / f"{path.stem}.png"))
-        assert with_cascade.shape == without.shape == pre.original_size[::-1]
+        made = np.asarray(Image.open(with_cascade / f"{path.stem}.png"))
+        plain = np.asarray(Image.open(without / f"{path.stem}.png"))
+        assert made.shape == plain.shape == pre.original_size[::-1]
         if pre.placement is None:
-            assert np.array_equal(with_cascade, without)
+            assert np.array_equal(made, plain)
             continue
         cropped += 1
         x0, y0, x1, y1 = pre.placement
-        outside = np.ones(with_cascade.shape, bool)
+        outside = np.ones(made.shape, bool)
         outside[y0:y1, x0:x1] = False
-        assert not np.array_equal(with_cascade, without) and (with_cascade[outside] == 0).all()
-    assert cropped > 0
+        assert not np.array_equal(made, plain) and (made[outside] == 0).all()
+    return cropped
+
+
+TINY_SETTINGS = [a for key in ("threshold", "max_area", "grow", "detail_side")
+                 for a in ("--set", f"cascade.{key}={getattr(TINY_CASCADE, key)}")]
+
+
+def test_generate_with_the_cascade_puts_each_crop_s_map_back_into_its_frame(typed_bundle, tmp_path):
+    """Dermoscopic images of a folder through generate's workers: the maps of the images the prior finds a lesion
+    in change with the cascade, keep their image's size, and are background outside the crop."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((SAMPLE / "images").glob("*.jpg"))[:4]:
+        (images / path.name).write_bytes(path.read_bytes())
+    _generate_folder(images, typed_bundle, tmp_path / "cascade", *TINY_SETTINGS)
+    _generate_folder(images, typed_bundle, tmp_path / "plain", "--set", "cascade.enabled=false")
+    assert _cascade_put_back(images, typed_bundle, tmp_path / "cascade", tmp_path / "plain") > 0
 
 
 def test_real_whole_frames_go_through_the_cascade(shared_data, typed_bundle, tmp_path):
-    """Two ISIC 2017 frames at full resolution (up to 4288 px), each cropped round what the prior finds: maps at
-    the frames' own size."""
-    from PIL import Image
-
+    """Two ISIC 2017 frames at full resolution (up to 4288 px) through generate with the cascade: maps at the
+    frames' own size, and a crop's map (where the tiny test prior finds a lesion, which on these it may not) put
+    back in its place. The crop's geometry on real frames is tested with their true masks in
+    tests/wsm/stages/test_stages_cascade.py."""
     root = shared_data / "isic2017-fullres-sample" / "images"
     if not root.is_dir():
         pytest.skip(f"needs {root}")
@@ -315,12 +329,9 @@ def test_real_whole_frames_go_through_the_cascade(shared_data, typed_bundle, tmp
     images.mkdir()
     for path in sorted(root.glob("*.jpg"))[:2]:
         (images / path.name).write_bytes(path.read_bytes())
-    assert main(["-q", "generate", "--workers", "1", "-i", str(images), "--bundle", str(typed_bundle), "--out",
-                 str(tmp_path / "wsm"), "--set", "cascade.enabled=true", "--set", "cascade.max_area=1"]) == 0
-    for row in pq.read_table(tmp_path / "wsm" / "manifest.parquet").to_pylist():
-        assert row["status"] == "ok"
-        with Image.open(images / f"{row['isic_id']}.jpg") as image:
-            assert (row["width"], row["height"]) == image.size
+    _generate_folder(images, typed_bundle, tmp_path / "cascade", *TINY_SETTINGS)
+    _generate_folder(images, typed_bundle, tmp_path / "plain", "--set", "cascade.enabled=false")
+    _cascade_put_back(images, typed_bundle, tmp_path / "cascade", tmp_path / "plain")
 
 
 def _clinical_pairs(shared_data, n: int):

@@ -94,6 +94,22 @@ def test_a_crop_takes_the_whole_image_s_valid_mask():
     assert cropped.valid_mask[:, :32].all() and not cropped.valid_mask[:, 32:].any()
 
 
+def test_the_crop_s_valid_mask_is_cut_where_its_pixels_are():
+    rgb, _ = _frame()
+    pre, cfg = _whole(rgb)
+    valid = pre.valid_mask.copy()
+    valid[:, 40:] = False                                    # the frame from 0.625 of the width on
+    cropped = crop(pre._replace(valid_mask=valid), (0.5, 0.0, 0.8, 0.5), cfg)     # not on the working grid
+    edge = (0.625 - 0.5) / 0.3 * 64                          # 26.7 columns of the crop's 64
+    assert cropped.valid_mask[:, :26].all() and not cropped.valid_mask[:, 28:].any(), edge
+
+
+def test_a_speck_gets_no_crop():
+    rgb, _ = _frame()
+    pre, cfg = _whole(rgb)
+    assert crop(pre, (0.5, 0.5, 0.51, 0.51), cfg) is None   # 9 x 6 px of the 900 x 600 detail copy
+
+
 def test_the_crop_s_map_goes_back_to_its_place_with_background_round_it():
     rgb, _ = _frame()
     pre, cfg = _whole(rgb)
