@@ -30,6 +30,7 @@ class Sample:
     truth: np.ndarray     # bool (S, S): the official mask at the working size
     isic_id: str = ""     # whose mask it is (what calibration and the quality model learnt from)
     recipe_key: str = DEFAULT_TYPE   # which recipe of wsm.config.recipe.recipes_by_type made its maps (its image type)
+    missed: float = 0.0   # lesion outside a cascade's crop, in working pixels (wsm.stages.cascade.missed_lesion)
 
 
 class GridPoint(NamedTuple):
@@ -68,8 +69,12 @@ class Calibration:
         return out
 
 
-def _jaccard(truth: np.ndarray, pred: np.ndarray) -> float:
-    return image_metrics(confusion_counts(truth, pred))["jaccard"]
+def _jaccard(truth: np.ndarray, pred: np.ndarray, missed: float = 0.0) -> float:
+    """Jaccard of two masks; ``missed`` lesion pixels beyond them count as false negatives."""
+    counts = confusion_counts(truth, pred)
+    if not missed:
+        return image_metrics(counts)["jaccard"]
+    return counts.tp / (counts.tp + counts.fp + counts.fn + missed)
 
 
 def _fused(sample: Sample, prior_weight: float | None) -> np.ndarray:
@@ -191,12 +196,13 @@ def _with_margin(samples, recipe, best: GridPoint, grid) -> Calibration:
 def learn_quality(samples: list[Sample], recipes: dict[str, Recipe]) -> QualityConfig:
     """The quality model (wsm.stages.quality) learnt on the calibration samples as the calibrated recipes label
     them (``recipes``: wsm.config.recipe.recipes_by_type, each sample by its own type's): each map's signals against
-    its true Jaccard (255 as background) at the working size."""
+    its true Jaccard (255 as background) at the working size, lesion left outside a cascade's crop counted as
+    missed."""
     from wsm.mapping import label_image
 
     signals, jaccards = [], []
     for sample in samples:
         labelled = label_image(sample.pre, sample.maps, recipes[sample.recipe_key], with_signals=True)
         signals.append(labelled.signals)
-        jaccards.append(_jaccard(sample.truth, labelled.label_map == 1))
+        jaccards.append(_jaccard(sample.truth, labelled.label_map == 1, sample.missed))
     return fit_quality(signals, jaccards)

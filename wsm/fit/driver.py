@@ -307,7 +307,7 @@ def calibration_samples(recipes: dict[str, Recipe], data: Path, rows: pd.DataFra
     from wsm.fit.calibrate import Sample
     from wsm.io.images import read_mask
     from wsm.mapping import prepare
-    from wsm.stages.cascade import truth_in
+    from wsm.stages.cascade import missed_lesion, truth_in
 
     base = recipes[DEFAULT_TYPE]
     types = rows["image_type"] if "image_type" in rows.columns else pd.Series(None, index=rows.index, dtype=object)
@@ -320,8 +320,9 @@ def calibration_samples(recipes: dict[str, Recipe], data: Path, rows: pd.DataFra
                         detail_side=recipes[k].cascade.detail_side_if_enabled if cascade else 0)   # 0: no crop
                 for f, k in zip(chunk["file"], chunk_keys)]
         pres, maps = models.cascaded_evidence(pres, [recipes[k] for k in chunk_keys])
-        samples += [Sample(p, m, truth_in(p, read_mask(data / mf), size), i, k)
-                    for p, m, mf, i, k in zip(pres, maps, chunk["mask_file"], chunk["isic_id"], chunk_keys)]
+        masks = [read_mask(data / mf) for mf in chunk["mask_file"]]
+        samples += [Sample(p, m, truth_in(p, mask, size), i, k, missed_lesion(p, mask, size))
+                    for p, m, mask, i, k in zip(pres, maps, masks, chunk["isic_id"], chunk_keys)]
         if bar is not None:
             bar.update(len(chunk))
     return samples

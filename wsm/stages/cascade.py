@@ -110,18 +110,36 @@ def crop(pre: Preprocessed, region: Region, cfg: PreprocessConfig) -> Preprocess
                             placement=pixel_box(snapped, pre.original_size))
 
 
+def _mask_box(pre: Preprocessed, mask: np.ndarray) -> tuple[slice, slice]:
+    """The rows and columns of a crop's placement in a mask of the whole image, which may be stored at another
+    size than the image (the placement is scaled)."""
+    width, height = pre.original_size
+    x0, y0, x1, y1 = pre.placement
+    return (slice(y0 * mask.shape[0] // height, -(-y1 * mask.shape[0] // height)),
+            slice(x0 * mask.shape[1] // width, -(-x1 * mask.shape[1] // width)))
+
+
 def truth_in(pre: Preprocessed, mask: np.ndarray, size: int) -> np.ndarray:
     """A mask of the whole image (8-bit, > 128 is lesion) as bool at the ``size`` working size, of the crop
-    ``pre`` shows where it is one (the mask may be stored at another size than the image: the crop is scaled).
-    Lesion outside a crop is left out: scored on it, a map is judged inside its crop only."""
+    ``pre`` shows where it is one (lesion outside the crop: :func:`missed_lesion`)."""
     if pre.placement is not None:
-        width, height = pre.original_size
-        x0, y0, x1, y1 = pre.placement
-        mask = mask[y0 * mask.shape[0] // height:-(-y1 * mask.shape[0] // height),
-                    x0 * mask.shape[1] // width:-(-x1 * mask.shape[1] // width)]
+        mask = mask[_mask_box(pre, mask)]
     if mask.shape != (size, size):           # as wsm.models.inputs.truth_at resizes a whole mask
         mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
     return mask > 128
+
+
+def missed_lesion(pre: Preprocessed, mask: np.ndarray, size: int) -> float:
+    """The lesion of a whole-image mask that lies outside the crop ``pre`` shows, in pixels of the crop at the
+    ``size`` working size: the map marks it background, so a score of the map counts it as missed (0 for an image
+    that is not a crop)."""
+    if pre.placement is None:
+        return 0.0
+    rows, cols = _mask_box(pre, mask)
+    lesion = mask > 128
+    outside = int(lesion.sum()) - int(lesion[rows, cols].sum())
+    crop_pixels = (rows.stop - rows.start) * (cols.stop - cols.start)
+    return outside * size * size / max(1, crop_pixels)
 
 
 def to_frame(label_map: np.ndarray, pre: Preprocessed) -> np.ndarray:

@@ -263,6 +263,8 @@ def test_the_quality_model_learns_a_cascaded_image_on_its_crop_and_the_mask_ther
         size = sample.truth.shape[0]
         expected = cv2.resize(mask[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_NEAREST) > 128
         assert np.array_equal(sample.truth, expected)
+        outside = (mask > 128).sum() - (mask[y0:y1, x0:x1] > 128).sum()        # counted as missed, per crop pixel
+        assert sample.missed == pytest.approx(outside * size * size / ((x1 - x0) * (y1 - y0)))
 
 
 def _generate_folder(images: Path, bundle: Path, out: Path, *settings: str) -> None:

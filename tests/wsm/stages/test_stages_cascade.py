@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from wsm.models.inputs import resize_square
-from wsm.stages.cascade import CascadeConfig, crop, crop_region, detail_image, pixel_box, to_frame, truth_in
+from wsm.stages.cascade import (CascadeConfig, crop, crop_region, detail_image, missed_lesion, pixel_box, to_frame,
+                                truth_in)
 from wsm.stages.preprocess import PreprocessConfig, preprocess
 from wsm.stages.refine import LABEL_LESION
 
@@ -132,6 +133,18 @@ def test_a_crop_s_truth_is_the_mask_in_its_place_at_the_working_size():
     halved = mask[::2, ::2]                                   # a mask stored at half the image's size
     assert (truth_in(cropped, halved, 64) != inside).mean() < 0.02
     assert np.array_equal(truth_in(pre, mask, 64), resize_square(mask, 64, nearest=True) > 128)   # as truth_at
+
+
+def test_lesion_left_outside_a_crop_is_counted_in_the_crop_s_working_pixels():
+    rgb, truth = _frame()
+    pre, cfg = _whole(rgb)
+    mask = np.where(truth, 255, 0).astype(np.uint8)
+    assert missed_lesion(crop(pre, (0.6, 0.2, 0.9, 0.5), cfg), mask, 64) == 0      # the whole lesion inside
+    half = crop(pre, (0.6, 0.2, 0.75, 0.5), cfg)            # x 720-900 of the lesion's 840-960: 60 x 120 px out
+    assert half.placement == (720, 160, 900, 400)
+    assert missed_lesion(half, mask, 64) == pytest.approx(60 * 120 * 64 * 64 / (180 * 240))
+    assert missed_lesion(half, mask[::2, ::2], 64) == pytest.approx(60 * 120 * 64 * 64 / (180 * 240), rel=0.05)
+    assert missed_lesion(pre, mask, 64) == 0                                       # not a crop
 
 
 def test_a_crop_needs_the_detail_copy():
