@@ -307,7 +307,8 @@ def calibration_samples(recipes: dict[str, Recipe], data: Path, rows: pd.DataFra
     from wsm.fit.calibrate import Sample
     from wsm.io.images import read_mask
     from wsm.mapping import prepare
-    from wsm.stages.cascade import missed_lesion, truth_in
+    from wsm.models.inputs import mask_at
+    from wsm.stages.cascade import mask_in, missed_lesion
 
     base = recipes[DEFAULT_TYPE]
     types = rows["image_type"] if "image_type" in rows.columns else pd.Series(None, index=rows.index, dtype=object)
@@ -321,7 +322,7 @@ def calibration_samples(recipes: dict[str, Recipe], data: Path, rows: pd.DataFra
                 for f, k in zip(chunk["file"], chunk_keys)]
         pres, maps = models.cascaded_evidence(pres, [recipes[k] for k in chunk_keys])
         masks = [read_mask(data / mf) for mf in chunk["mask_file"]]
-        samples += [Sample(p, m, truth_in(p, mask, size), i, k, missed_lesion(p, mask, size))
+        samples += [Sample(p, m, mask_at(mask_in(p, mask), size), i, k, missed_lesion(p, mask, size))
                     for p, m, mask, i, k in zip(pres, maps, masks, chunk["isic_id"], chunk_keys)]
         if bar is not None:
             bar.update(len(chunk))

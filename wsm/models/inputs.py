@@ -84,7 +84,12 @@ def preprocessed_file(path, cfg, max_pixels: int | None = None) -> Preprocessed:
 
 
 def truth_at(path, size: int) -> np.ndarray:
-    """An official 0/255 mask as bool at the (size, size) working size (nearest neighbour)."""
+    """An official 0/255 mask file as bool at the (size, size) working size (nearest neighbour)."""
     from wsm.io.images import read_mask
 
-    return resize_square(read_mask(path), size, nearest=True) > 128
+    return mask_at(read_mask(path), size)
+
+
+def mask_at(mask: np.ndarray, size: int) -> np.ndarray:
+    """An 8-bit mask (> 128 is lesion) as bool at the (size, size) working size (nearest neighbour)."""
+    return resize_square(mask, size, nearest=True) > 128

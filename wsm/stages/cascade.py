@@ -119,14 +119,10 @@ def _mask_box(pre: Preprocessed, mask: np.ndarray) -> tuple[slice, slice]:
             slice(x0 * mask.shape[1] // width, -(-x1 * mask.shape[1] // width)))
 
 
-def truth_in(pre: Preprocessed, mask: np.ndarray, size: int) -> np.ndarray:
-    """A mask of the whole image (8-bit, > 128 is lesion) as bool at the ``size`` working size, of the crop
-    ``pre`` shows where it is one (lesion outside the crop: :func:`missed_lesion`)."""
-    if pre.placement is not None:
-        mask = mask[_mask_box(pre, mask)]
-    if mask.shape != (size, size):           # as wsm.models.inputs.truth_at resizes a whole mask
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-    return mask > 128
+def mask_in(pre: Preprocessed, mask: np.ndarray) -> np.ndarray:
+    """The part of a whole-image mask that the crop ``pre`` shows (the whole mask for an image that is not a crop;
+    lesion outside the crop: :func:`missed_lesion`)."""
+    return mask if pre.placement is None else mask[_mask_box(pre, mask)]
 
 
 def missed_lesion(pre: Preprocessed, mask: np.ndarray, size: int) -> float:

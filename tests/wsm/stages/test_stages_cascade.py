@@ -7,9 +7,9 @@ import csv
 import numpy as np
 import pytest
 
-from wsm.models.inputs import resize_square
-from wsm.stages.cascade import (CascadeConfig, crop, crop_region, detail_image, missed_lesion, pixel_box, to_frame,
-                                truth_in)
+from wsm.models.inputs import mask_at
+from wsm.stages.cascade import (CascadeConfig, crop, crop_region, detail_image, mask_in, missed_lesion, pixel_box,
+                                to_frame)
 from wsm.stages.preprocess import PreprocessConfig, preprocess
 from wsm.stages.refine import LABEL_LESION
 
@@ -128,11 +128,11 @@ def test_a_crop_s_truth_is_the_mask_in_its_place_at_the_working_size():
     pre, cfg = _whole(rgb)
     cropped = crop(pre, (0.6, 0.2, 0.9, 0.5), cfg)         # (720, 160)-(1080, 400): the lesion at its centre
     mask = np.where(truth, 255, 0).astype(np.uint8)
-    inside = truth_in(cropped, mask, 64)
+    inside = mask_at(mask_in(cropped, mask), 64)
     assert inside.shape == (64, 64) and 0.1 < inside.mean() < 0.2 and inside[32, 32] and not inside[2, 2]
     halved = mask[::2, ::2]                                   # a mask stored at half the image's size
-    assert (truth_in(cropped, halved, 64) != inside).mean() < 0.02
-    assert np.array_equal(truth_in(pre, mask, 64), resize_square(mask, 64, nearest=True) > 128)   # as truth_at
+    assert (mask_at(mask_in(cropped, halved), 64) != inside).mean() < 0.02
+    assert mask_in(pre, mask) is mask                         # no crop: the whole mask
 
 
 def test_lesion_left_outside_a_crop_is_counted_in_the_crop_s_working_pixels():
