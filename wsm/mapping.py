@@ -16,7 +16,7 @@ from wsm.config.pipeline import PipelineError
 from wsm.config.recipe import Recipe
 from wsm.models.inputs import preprocessed_file, to_batch
 from wsm.stages.box_prompt import lesion_box, mix, own_box
-from wsm.stages.cascade import crop, crop_region, detail_image
+from wsm.stages.cascade import crop, crop_region, detail_image, view_of_crop
 from wsm.stages.classic import lesion_prob_classic
 from wsm.stages.preprocess import Preprocessed
 from wsm.stages.quality import framing_failure, predicted_jaccard, quality_signals
@@ -69,7 +69,8 @@ def label_image(pre: Preprocessed, maps: dict[str, np.ndarray], recipe: Recipe,
     label_map = decide(prob, refined.mask, pre.valid_mask, recipe.decision)
     signals = None
     if with_signals or recipe.quality.enabled:
-        signals = quality_signals(pre.image, pre.valid_mask, prob, refined.mask, label_map, recipe.classic)
+        signals = quality_signals(pre.image, pre.valid_mask, prob, refined.mask, label_map, recipe.classic,
+                                  pre.whole_view)
     predicted = predicted_jaccard(recipe.quality, signals) if signals is not None else None
     if framing_failure(refined.mask, pre.valid_mask, recipe.framing) is not None:
         predicted = 0.0
@@ -125,13 +126,15 @@ class MapModels:
         """The evidence of a batch as each image's recipe makes it, with the images it is of: the networks' maps,
         cascaded and box-prompted where the recipe says so. An image whose recipe cascades and whose prior finds a
         lesion small in the image is replaced by the crop round its lesion (cut from its detail copy: an image
-        without one stays whole), and the evidence is the crop's. The images come back without their detail
+        without one stays whole), and the evidence is the crop's; the crop keeps the whole image's prior map of
+        its region as a second view (for the quality signals). The images come back without their detail
         copies. Generate and fit both take this road, so that fit learns on the maps generate decides on (its
         calibration on the images whole, without detail copies; its quality model with the crops)."""
         maps = self.evidence([pre.image for pre in pres])
         pres = [self._cascade_crop(pre, evidence, recipe) for pre, evidence, recipe in zip(pres, maps, recipes)]
         crops = [i for i, pre in enumerate(pres) if pre.placement is not None]
         for i, evidence in zip(crops, self.evidence([pres[i].image for i in crops])):
+            pres[i] = pres[i]._replace(whole_view=view_of_crop(maps[i]["prior"], pres[i]))
             maps[i] = evidence
         return [pre._replace(detail=None) for pre in pres], self.box_prompted(pres, maps, recipes)
 

@@ -197,7 +197,7 @@ def learn_quality(samples: list[Sample], recipes: dict[str, Recipe]) -> QualityC
     """The quality model (wsm.stages.quality) learnt on the calibration samples as the calibrated recipes label
     them (``recipes``: wsm.config.recipe.recipes_by_type, each sample by its own type's): each map's signals against
     its true Jaccard (255 as background) at the working size, lesion left outside a cascade's crop counted as
-    missed."""
+    missed. An image may come twice (whole and as its cascade's crop)."""
     from wsm.mapping import label_image
 
     signals, jaccards = [], []
@@ -205,4 +205,4 @@ def learn_quality(samples: list[Sample], recipes: dict[str, Recipe]) -> QualityC
         labelled = label_image(sample.pre, sample.maps, recipes[sample.recipe_key], with_signals=True)
         signals.append(labelled.signals)
         jaccards.append(_jaccard(sample.truth, labelled.label_map == 1, sample.missed))
-    return fit_quality(signals, jaccards)
+    return fit_quality(signals, jaccards, n_images=len({sample.isic_id for sample in samples}))

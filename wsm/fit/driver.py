@@ -563,10 +563,14 @@ def _calibrate_bundle(data: Path, rows: pd.DataFrame, models, resolved: dict,
     summary.calibration, samples = _calibrate(recipes_by_type(resolved), data, rows, models, progress)
     resolved = summary.calibration.apply(resolved)
     recipes = recipes_by_type(resolved)
-    if any(recipe.cascade.enabled for recipe in recipes.values()):   # learnt on the maps generate writes
-        samples = calibration_samples(recipes, data, rows[rows["isic_id"].isin({s.isic_id for s in samples})],
-                                      models)
-    summary.quality = learn_quality(samples, recipes)
+    learnt_on = samples
+    if any(recipe.cascade.enabled for recipe in recipes.values()):
+        # learnt on the maps generate writes, and on a cascaded image's whole map too: beside its crop's, it shows
+        # the model what the agreement of the two views (the agree_scale signal) says
+        cascaded = calibration_samples(recipes, data, rows[rows["isic_id"].isin({s.isic_id for s in samples})],
+                                       models)
+        learnt_on = samples + [s for s in cascaded if s.pre.placement is not None]
+    summary.quality = learn_quality(learnt_on, recipes)
     resolved["quality"] = quality_table(summary.quality)
     provenance["calibration_mask_ids"] = [s.isic_id for s in samples]
     write_json(folder.calibration, {**summary.calibration.__dict__, "isic_ids": provenance["calibration_mask_ids"]})

@@ -110,6 +110,21 @@ def crop(pre: Preprocessed, region: Region, cfg: PreprocessConfig) -> Preprocess
                             placement=pixel_box(snapped, pre.original_size))
 
 
+def view_of_crop(prob: np.ndarray, pre: Preprocessed) -> np.ndarray:
+    """The part of a whole image's map (at its working size) that the crop ``pre`` shows, resampled to the crop's
+    working size (bilinear, pixel centres matched; the whole map for an image that is not a crop)."""
+    if pre.placement is None:
+        return prob
+    width, height = pre.original_size
+    x0, y0, x1, y1 = pre.placement
+    out_h, out_w = pre.valid_mask.shape
+    sx, sy = (x1 - x0) * prob.shape[1] / (width * out_w), (y1 - y0) * prob.shape[0] / (height * out_h)
+    tx, ty = x0 * prob.shape[1] / width + 0.5 * sx - 0.5, y0 * prob.shape[0] / height + 0.5 * sy - 0.5
+    warp = np.array([[sx, 0, tx], [0, sy, ty]], dtype=np.float64)
+    return cv2.warpAffine(prob.astype(np.float32), warp, (out_w, out_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def _mask_box(pre: Preprocessed, mask: np.ndarray) -> tuple[slice, slice]:
     """The rows and columns of a crop's placement in a mask of the whole image, which may be stored at another
     size than the image (the placement is scaled)."""

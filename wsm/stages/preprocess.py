@@ -54,6 +54,7 @@ class Preprocessed(NamedTuple):
     original_size: tuple[int, int]  # (width, height) of the input, to map label maps back
     detail: np.ndarray | None = None  # uint8 (h, w, 3): the input kept larger, to crop from (wsm.stages.cascade)
     placement: tuple[int, int, int, int] | None = None  # a crop's x0, y0, x1, y1 in the input's pixels
+    whole_view: np.ndarray | None = None  # float32 (S, S): a crop's region in the whole image's prior map
 
 
 def check_rgb(rgb: np.ndarray, name: str = "rgb") -> np.ndarray:

@@ -16,6 +16,10 @@ opinion, the colour threshold (wsm.stages.classic), which fails in other ways th
     contrast          CIELAB distance between the mask's mean colour and a ring of skin round it: a mask that took
                       skin or a body contour for the lesion stands out little from its surroundings
     compactness       4 pi area / perimeter^2: lesions are blobs, wrong masks are often ragged or stringy
+    agree_scale       for a cascaded crop (wsm.stages.cascade), Jaccard of the refined mask with the whole image's
+                      prior map of the crop (> 0.5): two views of the lesion at two scales; 1 for an image segmented
+                      whole (one view)
+    cascaded          1 for a cascaded crop, 0 for an image segmented whole
 
 The model (QualityConfig) is ridge regression on standardised signals, written into the bundle's pipeline.toml as
 the [quality] table, so a bundle carries it like its thresholds; its prediction is clipped to [0, 1].
@@ -39,7 +43,7 @@ from wsm.stages.classic import ClassicConfig, lesion_prob_classic
 
 MIN_IMAGES = 20          # calibration masks below which fit calls the model a rough guide
 SIGNALS = ("agree_threshold", "agree_refine", "margin", "certain", "uncertain_ratio", "area", "border",
-           "components", "soft_edge", "contrast", "compactness")
+           "components", "soft_edge", "contrast", "compactness", "agree_scale", "cascaded")
 FAIL_BELOW = 0.65        # a map predicted below this Jaccard is flagged (ISIC 2018's threshold Jaccard cut)
 RIDGE = 0.1              # penalty on the standardised coefficients (relative to the mean squared signal)
 
@@ -117,8 +121,10 @@ def _outline(valid: np.ndarray) -> np.ndarray:
 
 
 def quality_signals(image: np.ndarray, valid: np.ndarray, prob: np.ndarray, mask: np.ndarray,
-                    label_map: np.ndarray, classic: ClassicConfig = ClassicConfig()) -> dict[str, float]:
-    """The signals of one map (see the module doc), from the image and what labelling it computed."""
+                    label_map: np.ndarray, classic: ClassicConfig = ClassicConfig(),
+                    whole_view: np.ndarray | None = None) -> dict[str, float]:
+    """The signals of one map (see the module doc), from the image and what labelling it computed (with a crop's
+    view in the whole image's prior map, for a cascaded crop)."""
     valid = valid.astype(bool)
     n_valid = max(1, int(valid.sum()))
     mask = mask.astype(bool) & valid
@@ -139,6 +145,8 @@ def quality_signals(image: np.ndarray, valid: np.ndarray, prob: np.ndarray, mask
         "soft_edge": float(soft / max(1, soft + mask.sum())),
         "contrast": _contrast(image, mask, valid),
         "compactness": _compactness(mask),
+        "agree_scale": 1.0 if whole_view is None else _jaccard(mask, (whole_view > 0.5) & valid),
+        "cascaded": float(whole_view is not None),
     }
 
 
@@ -175,9 +183,10 @@ def predicted_jaccard(cfg: QualityConfig, signals: Mapping[str, float]) -> float
     return float(np.clip(cfg.intercept + float(np.dot(cfg.coef, z)), 0.0, 1.0))
 
 
-def fit_quality(signals: Sequence[Mapping[str, float]], jaccards: Sequence[float],
-                ridge: float = RIDGE) -> QualityConfig:
-    """Ridge regression of the maps' true Jaccard on their standardised signals (closed form)."""
+def fit_quality(signals: Sequence[Mapping[str, float]], jaccards: Sequence[float], ridge: float = RIDGE,
+                n_images: int | None = None) -> QualityConfig:
+    """Ridge regression of the maps' true Jaccard on their standardised signals (closed form); ``n_images``: the
+    images the maps are of, when some image gave more than one (one map each by default)."""
     x = np.array([[s[name] for name in SIGNALS] for s in signals], dtype=float)
     y = np.asarray(jaccards, dtype=float)
     if len(y) == 0:
@@ -188,7 +197,8 @@ def fit_quality(signals: Sequence[Mapping[str, float]], jaccards: Sequence[float
     gram = z.T @ z / len(y) + ridge * np.eye(len(SIGNALS))
     coef = np.linalg.solve(gram, z.T @ (y - y.mean()) / len(y))
     return QualityConfig(SIGNALS, tuple(mean.round(6).tolist()), tuple(scale.round(6).tolist()),
-                         tuple(coef.round(6).tolist()), round(float(y.mean()), 6), len(y))
+                         tuple(coef.round(6).tolist()), round(float(y.mean()), 6),
+                         len(y) if n_images is None else n_images)
 
 
 def as_table(cfg: QualityConfig) -> dict:

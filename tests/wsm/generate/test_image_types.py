@@ -210,7 +210,7 @@ def test_the_cascade_segments_a_crop_round_the_lesion_the_prior_found(typed_bund
 
     from wsm.folders.bundle import load_bundle
     from wsm.mapping import prepare
-    from wsm.stages.cascade import crop_region, pixel_box
+    from wsm.stages.cascade import crop_region, pixel_box, view_of_crop
 
     bundle = load_bundle(typed_bundle)
     models = bundle.load_models()
@@ -223,13 +223,15 @@ def test_the_cascade_segments_a_crop_round_the_lesion_the_prior_found(typed_bund
         assert pre.detail.shape[0] == 128 and new.detail is None and new.original_size == pre.original_size
         region = crop_region(before["prior"], pre.valid_mask, recipe.cascade)
         if region is None:
-            assert new.placement is None and np.array_equal(evidence["prior"], before["prior"])
+            assert new.placement is None and new.whole_view is None
+            assert np.array_equal(evidence["prior"], before["prior"])
             continue
         cropped += 1
         slack = pre.original_size[0] / pre.detail.shape[1] + 1      # cut at the detail copy's whole pixels
         assert np.abs(np.subtract(new.placement, pixel_box(region, pre.original_size))).max() <= slack
         assert not np.array_equal(new.image, pre.image)
         np.testing.assert_allclose(evidence["prior"], models.evidence([new.image])[0]["prior"], atol=1e-4)
+        assert np.array_equal(new.whole_view, view_of_crop(before["prior"], new))    # the second view, for quality
     assert cropped > 0
     off = replace(recipe, cascade=CascadeConfig())
     same, plain = models.cascaded_evidence(pres, [off] * len(pres))
@@ -256,7 +258,7 @@ def test_the_quality_model_learns_a_cascaded_image_on_its_crop_and_the_mask_ther
     assert all(s.pre.placement is None for s in calibration_samples(recipes, typed_data, rows, models, cascade=False))
     masks = dict(zip(rows["isic_id"], rows["mask_file"]))
     cascaded = [s for s in samples if s.pre.placement is not None]
-    assert cascaded
+    assert cascaded and all(s.pre.whole_view is not None for s in cascaded)    # with the whole image's view
     for sample in cascaded:
         x0, y0, x1, y1 = sample.pre.placement
         mask = read_mask(typed_data / masks[sample.isic_id])

@@ -9,7 +9,7 @@ import pytest
 
 from wsm.models.inputs import mask_at
 from wsm.stages.cascade import (CascadeConfig, crop, crop_region, detail_image, mask_in, missed_lesion, pixel_box,
-                                to_frame)
+                                to_frame, view_of_crop)
 from wsm.stages.preprocess import PreprocessConfig, preprocess
 from wsm.stages.refine import LABEL_LESION
 
@@ -145,6 +145,20 @@ def test_lesion_left_outside_a_crop_is_counted_in_the_crop_s_working_pixels():
     assert missed_lesion(half, mask, 64) == pytest.approx(60 * 120 * 64 * 64 / (180 * 240))
     assert missed_lesion(half, mask[::2, ::2], 64) == pytest.approx(60 * 120 * 64 * 64 / (180 * 240), rel=0.05)
     assert missed_lesion(pre, mask, 64) == 0                                       # not a crop
+
+
+def test_the_whole_image_s_view_of_a_crop_is_the_same_place_at_the_crop_s_size():
+    rgb, _ = _frame()
+    pre, cfg = _whole(rgb)
+    cropped = crop(pre, (0.6, 0.2, 0.9, 0.5), cfg)         # (720, 160)-(1080, 400) of 1200 x 800
+    centres = (np.arange(64, dtype=np.float32) + 0.5) / 64
+    across = np.tile(centres, (64, 1))                        # each pixel's x as a fraction of the width
+    view = view_of_crop(across, cropped)
+    expected = (720 + (np.arange(64) + 0.5) * 360 / 64) / 1200
+    assert view.shape == (64, 64) and np.allclose(view[:, 2:-2], expected[2:-2], atol=1e-4)
+    down = view_of_crop(across.T.copy(), cropped)               # y as a fraction of the height
+    assert np.allclose(down[2:-2, 0], ((160 + (np.arange(64) + 0.5) * 240 / 64) / 800)[2:-2], atol=1e-4)
+    assert view_of_crop(across, pre) is across                # not a crop: the whole map
 
 
 def test_a_crop_needs_the_detail_copy():

@@ -40,6 +40,21 @@ def test_signals_agree_on_a_good_map_and_not_on_a_bad_one():
     assert all(math.isfinite(v) for v in (*good.values(), *bad.values()))
 
 
+def test_a_crop_s_map_is_scored_against_the_whole_image_s_view_of_it():
+    image, lesion = _lesion_image()
+    valid = np.ones(lesion.shape, bool)
+    prob = np.where(lesion, 0.95, 0.05).astype(np.float32)
+    whole = quality_signals(image, valid, prob, lesion, lesion.astype(np.uint8))
+    assert whole["agree_scale"] == 1 and whole["cascaded"] == 0          # one view
+    same = quality_signals(image, valid, prob, lesion, lesion.astype(np.uint8), whole_view=prob)
+    assert same["agree_scale"] == 1 and same["cascaded"] == 1
+    shifted = np.roll(prob, 16, axis=1)                                   # the whole image saw the lesion elsewhere
+    moved = quality_signals(image, valid, prob, lesion, lesion.astype(np.uint8), whole_view=shifted)
+    assert 0 < moved["agree_scale"] < 0.5
+    nothing = quality_signals(image, valid, prob, lesion, lesion.astype(np.uint8), whole_view=np.zeros_like(prob))
+    assert nothing["agree_scale"] == 0
+
+
 def test_the_model_learns_a_relation_and_travels_in_the_pipeline_file():
     rng = np.random.default_rng(0)
     signals = [{name: float(rng.uniform()) for name in SIGNALS} for _ in range(200)]
