@@ -200,14 +200,15 @@ def main() -> None:
             generate(GenerateOptions(out=out, bundle=bundle, data=data, split="all", only_ids=frozenset(held_out)))
             gen_s = time.perf_counter() - started
             scores = score_fold(data, out, held_out)
-            row = {"pipeline": name, "fold": fold, "k": args.k, "seed": args.seed, "fit_s": round(fit_s),
-                   "generate_s": round(gen_s), **scores,
+            row = {"pipeline": name, "fold": fold, "k": args.k, "seed": args.seed, "set": args.overrides,
+                   "fit_s": round(fit_s), "generate_s": round(gen_s), **scores,
                    "calibration": getattr(fit_summary.calibration, "__dict__", None) and
                    {k: v for k, v in fit_summary.calibration.__dict__.items() if k != "grid"}}
             results.append(row)
             (args.work / "results.json").write_text(json.dumps(results, indent=2, default=str))
             print(json.dumps(row, default=str), flush=True)
-            print(f"  reproduce: wsm fit --data DATA --out {bundle} --pipeline {name} --exclude "
+            sets = "".join(f" --set {text}" for text in args.overrides)
+            print(f"  reproduce: wsm fit --data DATA --out {bundle} --pipeline {name}{sets} --exclude "
                   f"{fold_dir / 'held_out.txt'} && wsm generate --data DATA --bundle {bundle} --out {out} "
                   f"--only {fold_dir / 'held_out.txt'}", flush=True)
             if name == "default" and args.bare:

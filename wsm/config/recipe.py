@@ -69,6 +69,9 @@ class _AtLeastSteps:
         return max(self.epochs, -(-self.min_steps // steps_per_epoch))
 
 
+MAX_MEMBERS = 8
+
+
 @dataclass(frozen=True)
 class PriorConfig(SegmenterConfig, _AtLeastSteps):
     enabled: bool = True            # train a segmentation net on the official masks of the fitting split
@@ -80,6 +83,7 @@ class PriorConfig(SegmenterConfig, _AtLeastSteps):
                                     # (40 sample images: Jaccard 0.13 after 12 steps, 0.72 after 60; docs/RESULTS.md)
     early_size: int = 0             # progressive resizing: the first early_fraction of the epochs train at this
     early_fraction: float = 0.0     # smaller input side (cheaper steps), the rest at size; 0: size throughout
+    members: int = 1                # priors trained with seeds seed, seed+1, ...; their probabilities averaged
 
     def early_epochs(self, epochs: int) -> int:
         """How many of ``epochs`` train at ``early_size`` (the last one always trains at ``size``)."""
@@ -102,6 +106,9 @@ class PriorConfig(SegmenterConfig, _AtLeastSteps):
         if not 0 <= self.early_fraction < 1:
             raise PipelineError(f"[prior] early_fraction = {self.early_fraction}: give the fraction of the epochs "
                                 "in [0, 1) that train at early_size (0: none)")
+        if not 1 <= self.members <= MAX_MEMBERS:
+            raise PipelineError(f"[prior] members = {self.members}: give how many priors to train and average, from 1 "
+                                f"to {MAX_MEMBERS} (each costs a prior's fit time, and its forward pass at generate)")
 
 
 INFERENCE_ONLY = frozenset({"flip_tta"})   # stage settings that change no training: `generate --set` may change them

@@ -1,7 +1,8 @@
 """`wsm fit`: train what a recipe needs on a DATA folder and write a BUNDLE.
 
 1. a classifier on the image-level diagnosis labels of the manifest (recipe [classes]);
-2. where the fitting splits have official masks, a segmentation prior on most of them;
+2. where the fitting splits have official masks, a segmentation prior on most of them ([prior] members > 1: that
+   many, with consecutive seeds, one after another; generate averages their probabilities);
 3. calibration of fusion weight, mask threshold and decision margin on the rest (see wsm.fit.calibrate).
 Images listed in ``exclude_ids`` (a held-out fold) are used for nothing. Training resumes from the
 checkpoints in BUNDLE/work/ if a run was interrupted. Given networks train nothing and only calibrate: a `wsm train`
@@ -64,6 +65,7 @@ class FitSummary:
     held_out: int = 0               # masked images kept out of everything, for an honest report
     data: Path | None = None
     prior_steps: int = 0            # the prior's optimiser steps
+    prior_members: int = 1          # priors trained and averaged ([prior] members)
     prior_run: Path | None = None   # the `wsm train` run used as the prior
     from_bundle: Path | None = None  # the bundle whose networks were kept
     fine_tuned: int = 0             # the masks of DATA its prior was fine-tuned on (0: none)
@@ -76,7 +78,8 @@ class FitSummary:
         elif self.from_bundle is not None:
             counts = [f"the networks of {self.from_bundle}, unchanged (no training)"]
         if self.prior_images and not self.fine_tuned:
-            counts.append(f"prior masks {self.prior_images}")
+            members = f" ({self.prior_members} priors, averaged)" if self.prior_members > 1 else ""
+            counts.append(f"prior masks {self.prior_images}{members}")
         if self.held_out:
             counts.append(f"{self.held_out} masked images held out for the report")
         out = [f"bundle written to {self.bundle}", ", ".join(counts) or "no network to train (a no-learning pipeline)"]
@@ -147,8 +150,9 @@ def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
 def work_dir(work: Path, stage: str, cfg, recipe: Recipe, extra: dict | None = None) -> Path:
     """Checkpoints of one stage, keyed by everything that shapes its model (settings, seed, and in ``extra`` the
     images it trains on): a changed setting or another set of images starts afresh instead of resuming a
-    checkpoint trained differently (another --exclude fold must never reuse a prior that saw its images)."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in INFERENCE_ONLY}
+    checkpoint trained differently (another --exclude fold must never reuse a prior that saw its images). A prior's
+    ``members`` is left out: each member is keyed by its own seed, so the first is the prior a one-member fit trains."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in INFERENCE_ONLY and k != "members"}
     key = json.dumps({"cfg": settings, "seed": recipe.seed, **(extra or {})}, sort_keys=True)
     return work / f"{stage}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
@@ -188,6 +192,11 @@ class _Network:
     cfg: object              # wsm.learn.loop.TrainConfig
     folder: Path             # its checkpoints, under BUNDLE/work/
     initial_weights: dict | None = None   # where its first weights came from, when not its encoder's (a bundle's)
+
+    @property
+    def file(self) -> str:
+        """Its file in the bundle: classifier.safetensors, prior.safetensors, prior-2.safetensors, ..."""
+        return f"{self.name}.safetensors"
 
     def train(self, progress: bool):
         from wsm.learn.loop import train
@@ -261,35 +270,55 @@ def _prior_dataset(recipe: Recipe, data: Path, rows: pd.DataFrame, early_epochs:
                                early_epochs=early_epochs, pixels=training_pixels(recipe))
 
 
-def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str) -> _Network:
+def _member_name(member: int) -> str:
+    """The name of the prior's ``member`` in the plan and the provenance: prior, prior-2, ... (its file's stem)."""
+    return B.prior_file(member).removesuffix(".safetensors")
+
+
+def _member_recipe(recipe: Recipe, member: int) -> Recipe:
+    """The recipe the prior's ``member`` trains with: its seed is the recipe's plus ``member``."""
+    return dataclasses.replace(recipe, seed=recipe.seed + member)
+
+
+def _prior_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str,
+                   member: int = 0) -> _Network:
     import torch
 
     from wsm.models.segmentation import create_segmenter
     from wsm.learn.losses import BCEDice
 
-    cfg = recipe.prior
+    recipe, cfg = _member_recipe(recipe, member), recipe.prior
     epochs = cfg.epochs_for(len(rows))
     dataset = _prior_dataset(recipe, data, rows, cfg.early_epochs(epochs))
     torch.manual_seed(recipe.seed)
     model = create_segmenter(cfg.arch, cfg.encoder, pretrained=cfg.pretrained,
                              weights_file=cfg.weights_file or None)
-    return _Network("prior", model, dataset, BCEDice(), _train_config(cfg, recipe, device, epochs=epochs),
+    return _Network(_member_name(member), model, dataset, BCEDice(),
+                    _train_config(cfg, recipe, device, epochs=epochs),
                     work_dir(work, "prior", cfg, recipe,
                              {"size": recipe.preprocess.working_size, "images": ids_sha256(rows["isic_id"])[:16],
                               **pixels_key(recipe)}))
 
 
-def _fine_tune_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str, prior,
-                       source: SourceBundle) -> _Network:
-    """The source bundle's prior, to train further on ``rows``' masks with [fine_tune]'s settings and the prior's
-    own augmentation and input size."""
-    from wsm.learn.losses import BCEDice
+def _fine_tune_networks(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str, prior,
+                        source: SourceBundle) -> list[_Network]:
+    """Each member of the source bundle's prior, to train further on ``rows``' masks with [fine_tune]'s settings
+    and the prior's own augmentation and input size (member k with the recipe's seed plus k)."""
+    from wsm.models.segmentation import members_of
 
     if prior is None:
         raise SourceBundleError(f"--fine-tune: {source.bundle.folder} holds no prior to fine-tune (its pipeline "
                                 "has none); recalibrate it without --fine-tune, or fit afresh on your masks")
-    cfg, started_from = recipe.fine_tune, source.prior_weights()
-    return _Network("prior", prior, _prior_dataset(recipe, data, rows), BCEDice(),
+    return [_fine_tune_network(_member_recipe(recipe, k), data, rows, work, device, member, source, k)
+            for k, member in enumerate(members_of(prior))]
+
+
+def _fine_tune_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str, prior,
+                       source: SourceBundle, member: int) -> _Network:
+    from wsm.learn.losses import BCEDice
+
+    cfg, started_from = recipe.fine_tune, source.prior_weights(member)
+    return _Network(_member_name(member), prior, _prior_dataset(recipe, data, rows), BCEDice(),
                     _train_config(cfg, recipe, device, epochs=cfg.epochs_for(len(rows))),
                     work_dir(work, "fine-tune", cfg, recipe,
                              {"from": started_from["sha256"], "images": ids_sha256(rows["isic_id"])[:16],
@@ -370,8 +399,8 @@ def _start_replacing(out: Path, requested: str) -> None:
         log.warning("%s holds a bundle fitted with other settings; this fit replaces it (checkpoints under "
                     "work/ are kept)", out)
     old.unlink()
-    for stale in (folder.classifier, folder.prior, folder.calibration):   # a refit that trains less must not
-        stale.unlink(missing_ok=True)                                     # leave the old networks in use
+    for stale in (folder.classifier, *folder.prior_files(), folder.calibration):   # a refit that trains less
+        stale.unlink(missing_ok=True)                                    # must not leave old networks in use
 
 
 def held_out_for_evaluation(rows: pd.DataFrame, masked: pd.DataFrame, recipe: Recipe,
@@ -469,7 +498,11 @@ def _build_networks(opts: FitOptions, recipe: Recipe, data: Path, images: _Image
     old bundle is taken out of use: the wsm.mapping.MapModels, the networks to train, where a RUN's prior came
     from."""
     from wsm.mapping import MapModels
+    from wsm.models.segmentation import averaged
 
+    if opts.prior_run is not None and recipe.prior.members > 1:
+        raise PipelineError(f"--prior-run gives one network as the prior; prior.members = {recipe.prior.members} "
+                            "asks for several: leave it at 1 with --prior-run")
     models = MapModels(recipe, device=opts.device)
     networks, prior_source = [], None
     try:
@@ -479,15 +512,18 @@ def _build_networks(opts: FitOptions, recipe: Recipe, data: Path, images: _Image
         if source is not None:
             source.load_networks(models, opts.device)
             if opts.fine_tune:
-                networks.append(_fine_tune_network(recipe, data, images.prior_rows, folder.work, opts.device,
-                                                   models.prior, source))
-                models.prior = networks[-1].model
+                members = _fine_tune_networks(recipe, data, images.prior_rows, folder.work, opts.device,
+                                              models.prior, source)
+                networks += members
+                models.prior = averaged([n.model for n in members])
         elif recipe.uses_classifier:
             networks.append(_classifier_network(recipe, data, images.rows, folder.work, opts.device))
             models.classifier = networks[-1].model
         if source is None and recipe.uses_prior and len(images.prior_rows):
-            networks.append(_prior_network(recipe, data, images.prior_rows, folder.work, opts.device))
-            models.prior = networks[-1].model
+            members = [_prior_network(recipe, data, images.prior_rows, folder.work, opts.device, k)
+                       for k in range(recipe.prior.members)]
+            networks += members
+            models.prior = averaged([n.model for n in members])
     except ValueError as err:       # the registries' "unknown ...; valid ones: ..." for a --set arch or encoder
         raise PipelineError(f"pipeline {opts.pipeline!r}: {err}") from err
     if recipe.method != "classic" and models.prior is None and models.classifier is None:
@@ -518,7 +554,7 @@ def _keep_given_networks(opts: FitOptions, source: SourceBundle | None, models, 
         provenance.update(prior_run=str(Path(opts.prior_run).resolve()), prior_run_ids=n_teacher_ids)
         provenance.setdefault("initial_weights", {})["prior"] = prior_source
     if source is not None:
-        source.copy_networks(folder, but=(B.PRIOR,) if opts.fine_tune else ())
+        source.copy_networks(folder, with_prior=not opts.fine_tune)
         provenance.update(source.provenance())
 
 
@@ -533,7 +569,7 @@ def _train_networks(networks: list[_Network], folder: B.BundleFolder, phases: _P
         phases.begin()
         started = time.perf_counter()
         result = network.train(progress)
-        save_network(network.model, getattr(folder, network.name))
+        save_network(network.model, folder.root / network.file)
         network.model.eval()
         provenance[f"{network.name}_losses"] = result.epoch_losses
         provenance.setdefault("initial_weights", {})[network.name] = (network.initial_weights
@@ -551,6 +587,7 @@ def _count_what_trained(networks: list[_Network], images: _Images, teacher_ids: 
     summary.prior_images = len(images.prior_rows) + len(teacher_ids) if models.prior is not None else 0
     for prior in (n for n in networks if n.name == "prior"):
         summary.prior_steps = prior.cfg.epochs * -(-len(prior.dataset) // prior.cfg.batch_size)
+    summary.prior_members = sum(n.name.startswith("prior") for n in networks) or 1
 
 
 def _calibrate_bundle(data: Path, rows: pd.DataFrame, models, resolved: dict,

@@ -25,7 +25,7 @@ from wsm.io.atomic import atomic_path
 from wsm.io.hashing import sha256_file
 
 NETWORK_SECTIONS = frozenset({"method", "classes", "preprocess", "classifier", "prior"})   # what shaped the networks
-NETWORK_RECORDS = ("classes", "class_counts", "initial_weights", "classifier_losses", "prior_losses")
+NETWORK_RECORDS = ("classes", "class_counts", "initial_weights")      # and each network's "<name>_losses"
 
 
 class SourceBundleError(WsmError, ValueError):
@@ -38,8 +38,8 @@ class SourceBundle:
 
     @property
     def networks(self) -> tuple[str, ...]:
-        """The network files the source holds (classifier.safetensors, prior.safetensors)."""
-        return tuple(name for name in (B.CLASSIFIER, B.PRIOR) if (self.bundle.folder / name).is_file())
+        """The network files the source holds (classifier.safetensors, prior.safetensors, prior-2...)."""
+        return tuple(name for name in self.bundle.network_files() if (self.bundle.folder / name).is_file())
 
     @functools.cached_property
     def network_hashes(self) -> dict[str, str]:
@@ -68,22 +68,24 @@ class SourceBundle:
         loaded = self.bundle.load_models(device, skip_unweighted=False)
         models.classifier, models.prior = loaded.classifier, loaded.prior
 
-    def copy_networks(self, folder: B.BundleFolder, but: tuple[str, ...] = ()) -> None:
-        """The source's network files, byte for byte, into the new bundle (``but`` those named: a fine-tuned prior
-        is written by its training)."""
-        for name in (n for n in self.networks if n not in but):
+    def copy_networks(self, folder: B.BundleFolder, with_prior: bool = True) -> None:
+        """The source's network files, byte for byte, into the new bundle (the prior's only ``with_prior``: a
+        fine-tuned prior is written by its training)."""
+        for name in (n for n in self.networks if with_prior or not n.startswith("prior")):
             with atomic_path(folder.root / name) as tmp:
                 shutil.copyfile(self.bundle.folder / name, tmp)
 
-    def prior_weights(self) -> dict:
-        """Where the source's prior weights are, and their hash: what a fine-tuned prior started from."""
-        path = self.bundle.folder / B.PRIOR
-        return {"path": str(path.resolve()), "sha256": self.network_hashes[B.PRIOR]}
+    def prior_weights(self, member: int = 0) -> dict:
+        """Where the weights of the source's prior (its ``member``) are, and their hash: what a fine-tuned prior
+        started from."""
+        name = B.prior_file(member)
+        return {"path": str((self.bundle.folder / name).resolve()), "sha256": self.network_hashes[name]}
 
     def provenance(self) -> dict:
         """What the new bundle records of its source: where it is, its networks' hashes, the masks it was fitted on,
         and its records of those networks (classes, initial weights, losses)."""
-        kept = {key: self.bundle.provenance[key] for key in NETWORK_RECORDS if key in self.bundle.provenance}
+        kept = {key: value for key, value in self.bundle.provenance.items()
+                if key in NETWORK_RECORDS or key.endswith("_losses")}
         return {**kept, "source_bundle": {
             "path": str(self.bundle.folder.resolve()),
             "requested_pipeline_sha256": self.bundle.provenance.get("requested_pipeline_sha256"),

@@ -3,6 +3,7 @@
     pipeline.toml       the resolved recipe, calibrated values included
     classifier.safetensors, prior.safetensors   (when the recipe uses them; each describes its network in its
                         header, wsm.models.card, and loads only when that agrees with pipeline.toml)
+    prior-2.safetensors ...   the other members of a prior of [prior] members > 1 (averaged at generate)
     calibration.json    the chosen values and the whole grid, with the images they were measured on
     provenance.json     data manifest hash, seed, versions, classes, the ids whose masks fit used, timings
 """
@@ -32,6 +33,11 @@ CALIBRATION = "calibration.json"
 PROVENANCE = "provenance.json"
 
 
+def prior_file(member: int) -> str:
+    """The file of the prior's ``member`` (0: prior.safetensors; 1: prior-2.safetensors; ...)."""
+    return PRIOR if member == 0 else f"prior-{member + 1}.safetensors"
+
+
 class BundleError(WsmError, ValueError):
     """A bundle folder that is missing or incomplete."""
 
@@ -46,6 +52,10 @@ class BundleFolder:
     calibration = property(lambda self: self.root / CALIBRATION)
     provenance = property(lambda self: self.root / PROVENANCE)
     work = property(lambda self: self.root / "work")    # training checkpoints: resume or refit; not needed after
+
+    def prior_files(self) -> list[Path]:
+        """prior.safetensors and every other member's file this folder holds."""
+        return [self.prior, *sorted(self.root.glob("prior-*.safetensors"))]
 
     def read_provenance(self) -> dict | None:
         return json.loads(self.provenance.read_text(encoding="utf8")) if self.provenance.exists() else None
@@ -67,8 +77,13 @@ class Bundle:
         """The recipe of each image type (wsm.config.recipe.recipes_by_type)."""
         return recipes_by_type(self.resolved)
 
+    def network_files(self) -> list[str]:
+        """The network files the recipe uses: the classifier, the prior's members."""
+        members = self.recipe.prior.members if self.recipe.uses_prior else 1
+        return [CLASSIFIER, *(prior_file(k) for k in range(members))]
+
     def model_hashes(self) -> dict[str, str]:
-        return {name: sha256_file(self.folder / name)[:16] for name in (CLASSIFIER, PRIOR)
+        return {name: sha256_file(self.folder / name)[:16] for name in self.network_files()
                 if (self.folder / name).exists()}
 
     def load_models(self, device: str = "cpu", *, skip_unweighted: bool = True) -> MapModels:
@@ -87,8 +102,12 @@ class Bundle:
             models.classifier = self._network(CLASSIFIER, "classifier", cfg.arch, "", cfg.size,
                                               len(self.provenance["classes"])).to(device).eval()
         if "prior" in wanted:
+            from wsm.models.segmentation import averaged
+
             cfg = self.recipe.prior
-            models.prior = self._network(PRIOR, "segmenter", cfg.arch, cfg.encoder, cfg.size, 1).to(device).eval()
+            members = [self._network(prior_file(k), "segmenter", cfg.arch, cfg.encoder, cfg.size, 1)
+                       for k in range(cfg.members)]
+            models.prior = averaged(members).to(device).eval()
         return models
 
     def _network(self, name: str, network: str, arch: str, encoder: str, size: int, num_classes: int):

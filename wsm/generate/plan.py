@@ -109,4 +109,5 @@ def heavy_net_on_cpu(models, recipe, device: str, box_prompts: bool = False) -> 
     ``box_prompts``: some of its images go through the box-prompted segmenter (~1 s each on one core)."""
     if models is None or device.startswith("cuda"):
         return False
-    return models.classifier is not None or (models.prior is not None and (recipe.prior.flip_tta or box_prompts))
+    return models.classifier is not None or (models.prior is not None and (recipe.prior.flip_tta or box_prompts
+                                                                           or recipe.prior.members > 1))

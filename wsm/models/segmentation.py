@@ -463,6 +463,29 @@ def create_segmenter(arch: str, encoder: str, in_chans: int = 3, num_classes: in
     return model
 
 
+class MeanOfMembers(nn.Module):
+    """Several one-class segmenters as one: its logits are those of the members' mean probability, so that
+    :func:`predict_prob`, flip TTA and every caller see a single network."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        prob = torch.stack([torch.sigmoid(member(images).float()) for member in self.members]).mean(0)
+        return torch.logit(prob, eps=1e-6)
+
+
+def averaged(members: list[nn.Module]) -> nn.Module:
+    """One network from ``members``: itself when there is one, else their :class:`MeanOfMembers`."""
+    return members[0] if len(members) == 1 else MeanOfMembers(members)
+
+
+def members_of(model: nn.Module) -> list[nn.Module]:
+    """The segmenters ``model`` averages (:func:`averaged`'s inverse)."""
+    return list(model.members) if isinstance(model, MeanOfMembers) else [model]
+
+
 def pad_to_multiple(images: torch.Tensor, multiple: int = 32, value: float = 0.0
                     ) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad (B, C, H, W) images at the bottom and right to multiples of ``multiple``.
