@@ -143,7 +143,7 @@ class ImageTypesConfig:
 class CalibrationConfig:
     enabled: bool = True                 # choose fusion weight and mask threshold by agreement with masks
     holdout_fraction: float = 0.2        # fitting-split masks kept from the prior's training to calibrate on
-    max_images: int = 120                # calibration images at most (each candidate runs the CRF on all)
+    max_images: int = 500                # calibration images at most (each candidate runs the CRF on all)
     prior_weights: tuple[float, ...] = (0.5, 0.7, 0.85, 1.0)   # weight of the prior; the CAM gets the rest
     mask_thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6)
     crf_choices: tuple[bool, ...] = (True,)                    # dense CRF on and/or off (when [crf] enabled)

@@ -141,10 +141,23 @@ FEW_MASKS = 200
 FEW_STEPS = 60
 
 
+def _unit_hash(text: str) -> float:
+    """A number in [0, 1) drawn from ``text``: the same on every machine and in any order."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
 def in_holdout(isic_id: str, fraction: float, seed: int) -> bool:
     """Deterministic, order-free choice of the calibration images."""
-    digest = hashlib.sha256(f"{seed}:{isic_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return _unit_hash(f"{seed}:{isic_id}") < fraction
+
+
+def calibration_sample(rows: pd.DataFrame, most: int, seed: int) -> pd.DataFrame:
+    """At most ``most`` of ``rows``, in their order, drawn by a hash of the id: the first ones of a manifest sorted
+    by id would be the archive's oldest images (on the dev data the first 120 scored 0.87 Jaccard, all 410 0.83)."""
+    if len(rows) <= most:
+        return rows
+    draws = rows["isic_id"].map(lambda i: _unit_hash(f"calibration:{seed}:{i}"))
+    return rows[draws.rank(method="first") <= most]
 
 
 def work_dir(work: Path, stage: str, cfg, recipe: Recipe, extra: dict | None = None) -> Path:
@@ -364,7 +377,7 @@ def _calibrate(recipes: dict[str, Recipe], data: Path, rows: pd.DataFrame, model
     from wsm.fit.calibrate import calibrate
 
     recipe = recipes[DEFAULT_TYPE]
-    rows = rows.head(recipe.calibration.max_images)
+    rows = calibration_sample(rows, recipe.calibration.max_images, recipe.seed)
     bar = progress_bar(total=2 * len(rows), desc="calibrate", unit="img", enabled=progress)
     samples = calibration_samples(recipes, data, rows, models, bar, cascade=False)
     if not samples:
