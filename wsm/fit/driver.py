@@ -322,14 +322,15 @@ def _fine_tune_networks(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Pa
     if prior is None:
         raise SourceBundleError(f"--fine-tune: {source.bundle.folder} holds no prior to fine-tune (its pipeline "
                                 "has none); recalibrate it without --fine-tune, or fit afresh on your masks")
-    return [_fine_tune_network(_member_recipe(recipe, k), data, rows, work, device, member, source, k)
-            for k, member in enumerate(members_of(prior))]
+    return [_fine_tune_network(recipe, data, rows, work, device, network, source, k)
+            for k, network in enumerate(members_of(prior))]
 
 
 def _fine_tune_network(recipe: Recipe, data: Path, rows: pd.DataFrame, work: Path, device: str, prior,
                        source: SourceBundle, member: int) -> _Network:
     from wsm.learn.losses import BCEDice
 
+    recipe = _member_recipe(recipe, member)
     cfg, started_from = recipe.fine_tune, source.prior_weights(member)
     return _Network(_member_name(member), prior, _prior_dataset(recipe, data, rows), BCEDice(),
                     _train_config(cfg, recipe, device, epochs=cfg.epochs_for(len(rows))),
@@ -592,7 +593,10 @@ def _train_networks(networks: list[_Network], folder: B.BundleFolder, phases: _P
 
 def _count_what_trained(networks: list[_Network], images: _Images, teacher_ids: frozenset[str], models,
                         provenance: dict, summary: FitSummary) -> None:
-    """The classifier's classes and images, the prior's masks and optimiser steps (a given prior's masks too)."""
+    """The classifier's classes and images, the prior's masks, members and optimiser steps (a given prior's masks
+    too)."""
+    from wsm.models.segmentation import members_of
+
     for classifier in (n for n in networks if n.name == "classifier"):
         classes, counts = classifier.dataset.mapping.classes, classifier.dataset.class_counts().tolist()
         provenance.update(classes=list(classes), class_counts=dict(zip(classes, counts)))
@@ -600,7 +604,7 @@ def _count_what_trained(networks: list[_Network], images: _Images, teacher_ids: 
     summary.prior_images = len(images.prior_rows) + len(teacher_ids) if models.prior is not None else 0
     for prior in (n for n in networks if n.name == "prior"):
         summary.prior_steps = prior.cfg.epochs * -(-len(prior.dataset) // prior.cfg.batch_size)
-    summary.prior_members = sum(n.name.startswith("prior") for n in networks) or 1
+    summary.prior_members = len(members_of(models.prior)) if models.prior is not None else 1
 
 
 def _calibrate_bundle(data: Path, rows: pd.DataFrame, models, resolved: dict,
